@@ -1,0 +1,83 @@
+"""The small interface the engine drives; plain torch implementations of the steps every backend shares.
+
+A backend holds :class:`~costeff_fast.packing.PackedWeights` on its device and implements five steps on
+packed tokens ``hidden [T, H]`` laid out by a :class:`~costeff_fast.engine.PackedBatch`: ``embed``,
+``layer``, ``exit_head``, ``scatter_exits`` and ``compact``. Only ``layer`` has no default here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..engine import PackedBatch
+from ..modeling import exit_entropy
+from ..packing import PackedWeights
+
+
+class Backend:
+    """Base backend: torch implementations of embedding, exit head, output scatter and compaction.
+
+    Args:
+        weights: packed weights, already on ``device`` in the backend's storage dtype.
+        device: where the weights live and the work runs.
+    """
+
+    name = "base"
+
+    def __init__(self, weights: PackedWeights, device: torch.device | str = "cpu"):
+        self.weights = weights
+        self.device = torch.device(device)
+        self.num_layers = len(weights.layers)
+        self.num_labels = weights.exits[0].classifier_weight.shape[1]
+
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """Word + position + token-type embeddings, then LayerNorm: ``[T]`` ids -> ``[T, H]``."""
+        w = self.weights
+        hidden = w.word_embeddings[input_ids]
+        hidden += w.position_embeddings[batch.position_ids]
+        hidden += w.token_type_embeddings[token_type_ids]
+        return F.layer_norm(
+            hidden, hidden.shape[-1:], w.embedding_norm_weight, w.embedding_norm_bias, w.layer_norm_eps
+        )
+
+    def layer(self, index: int, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """Encoder layer ``index`` (0-based) on packed tokens: ``[T, H]`` -> ``[T, H]``."""
+        raise NotImplementedError
+
+    def exit_logits(self, index: int, cls_hidden: torch.Tensor) -> torch.Tensor:
+        """Exit ``index`` on the CLS rows: ``[B, H]`` -> fp32 logits ``[B, C]``."""
+        head = self.weights.exits[index]
+        if head.pooler_weight is not None:
+            cls_hidden = torch.addmm(head.pooler_bias, cls_hidden, head.pooler_weight)
+        return torch.addmm(head.classifier_bias, torch.tanh(cls_hidden), head.classifier_weight).float()
+
+    def exit_head(
+        self, index: int, hidden: torch.Tensor, batch: PackedBatch, entropy_threshold: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[B, C]`` fp32 of exit ``index`` and the exit mask ``[B]`` bool (entropy < tau, nats)."""
+        logits = self.exit_logits(index, hidden[batch.cls_index])
+        if entropy_threshold is None:
+            return logits, torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+        return logits, exit_entropy(logits) < entropy_threshold
+
+    def scatter_exits(
+        self,
+        logits_out: torch.Tensor,
+        exit_layer: torch.Tensor,
+        logits: torch.Tensor,
+        exits: torch.Tensor,
+        row_ids: torch.Tensor,
+        layer: int,
+    ) -> None:
+        """Write the exited rows' logits and their 1-based ``layer`` into the outputs at ``row_ids``."""
+        rows = row_ids[exits]
+        logits_out[rows] = logits[exits]
+        exit_layer[rows] = layer
+
+    def compact(
+        self, hidden: torch.Tensor, batch: PackedBatch, keep: torch.Tensor
+    ) -> tuple[torch.Tensor, PackedBatch]:
+        """Keep the token spans of the rows where ``keep [B]`` is True: new ``hidden [T', H]`` and batch."""
+        token_keep = keep[batch.token_row]
+        return hidden[token_keep], batch.keep(keep)

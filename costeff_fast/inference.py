@@ -1,0 +1,221 @@
+"""The user-facing inference model: tokenization, input checks and the early-exit engine behind one call."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from .backends import build_backend, resolve_backend_name
+from .config import check_entropy_threshold
+from .engine import run_early_exit
+from .modeling import CostEffForSequenceClassification
+
+
+def _check_right_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Return the row lengths of a right-padded ``[B, S]`` batch; raise if a mask is not ones-then-zeros."""
+    mask = attention_mask.to(torch.bool)
+    lengths = mask.sum(dim=1)
+    prefix = torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]
+    if not torch.equal(mask, prefix):
+        raise ValueError(
+            "attention_mask must be right-padded (ones, then zeros) in every row; tokenize with "
+            "padding_side='right' or pass unpadded lists of ids"
+        )
+    return lengths
+
+
+def _as_id_rows(name: str, value) -> list[list[int]] | torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 2:
+            raise ValueError(f"{name} must be a [batch, seq] tensor, got shape {tuple(value.shape)}")
+        return value.long()
+    if isinstance(value, Sequence) and all(isinstance(row, Sequence) and not isinstance(row, str) for row in value):
+        return [list(row) for row in value]
+    raise TypeError(f"{name} must be a [batch, seq] tensor or a list of lists of ints, got {type(value).__name__}")
+
+
+class CostEffInferenceModel:
+    """A COST-EFF checkpoint packed for batch inference with early exit (see :func:`from_pretrained`).
+
+    Attributes:
+        config: the checkpoint's :class:`~costeff_fast.config.CostEffConfig`.
+        tokenizer: the checkpoint's fast tokenizer.
+        backend: the :class:`~costeff_fast.backends.base.Backend` running the layers.
+        entropy_threshold: default threshold per layer (nats) or None (full depth).
+    """
+
+    def __init__(self, model: CostEffForSequenceClassification, tokenizer, backend: str = "auto",
+                 entropy_threshold=None, device=None):
+        self.config = model.config
+        self.tokenizer = tokenizer
+        self.backend = build_backend(model, backend, device)
+        threshold = entropy_threshold if entropy_threshold is not None else model.config.entropy_threshold
+        self.entropy_threshold = check_entropy_threshold(threshold, model.config.num_hidden_layers)
+        limits = [model.config.max_position_embeddings]
+        if tokenizer is not None and tokenizer.model_max_length:
+            limits.append(int(min(tokenizer.model_max_length, 1 << 30)))
+        self.max_length = min(limits)
+
+    def encode(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Turn a batch into packed token ids.
+
+        Args:
+            batch: a list of strings, a list of ``(text, text_pair)`` tuples, or a tokenized mapping with
+                ``input_ids`` (``[B, S]`` tensor, right-padded, or a list of lists of ints), optional
+                ``attention_mask`` and optional ``token_type_ids`` of the same shape.
+
+        Returns:
+            ``input_ids [T]``, ``token_type_ids [T]`` (int64, rows concatenated without padding) and
+            ``lengths [B]`` (int64).
+
+        Raises:
+            TypeError: the batch or its items are of the wrong type.
+            ValueError: singles mixed with pairs, tuples that are not pairs, an empty row, left padding,
+                a row longer than the model's ``max_position_embeddings``, ids outside the vocabulary.
+        """
+        if isinstance(batch, Mapping):
+            return self._encode_tokenized(batch)
+        if isinstance(batch, str) or not isinstance(batch, Sequence):
+            raise TypeError(
+                f"batch must be a list of strings, a list of (text, text_pair) tuples or a tokenized mapping, "
+                f"got {type(batch).__name__}" + (" (wrap a single string in a list)" if isinstance(batch, str) else "")
+            )
+        if len(batch) == 0:
+            return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; pass a tokenized mapping with input_ids")
+        is_pair = [isinstance(item, (tuple, list)) for item in batch]
+        if any(is_pair) and not all(is_pair):
+            raise ValueError("batch mixes single texts and (text, text_pair) tuples; pass one kind per call")
+        if all(is_pair):
+            for item in batch:
+                if len(item) != 2 or not all(isinstance(x, str) for x in item):
+                    raise ValueError(f"each pair must be a (text, text_pair) tuple of two strings, got {item!r}")
+            texts, pairs = [item[0] for item in batch], [item[1] for item in batch]
+        else:
+            for item in batch:
+                if not isinstance(item, str):
+                    raise TypeError(f"batch items must be strings or (text, text_pair) tuples, got {type(item).__name__}")
+            texts, pairs = list(batch), None
+        encoded = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, padding=False)
+        return self._encode_tokenized(encoded)
+
+    def _encode_tokenized(self, batch: Mapping):
+        if "input_ids" not in batch:
+            raise ValueError(f"a tokenized batch needs 'input_ids'; got keys {sorted(batch)}")
+        ids = _as_id_rows("input_ids", batch["input_ids"])
+        optional = {}
+        for name in ("attention_mask", "token_type_ids"):
+            if batch.get(name) is not None:
+                optional[name] = _as_id_rows(name, batch[name])
+        if isinstance(ids, torch.Tensor):
+            for name, value in optional.items():
+                if not isinstance(value, torch.Tensor) or value.shape != ids.shape:
+                    raise ValueError(f"{name} must be a tensor of input_ids' shape {tuple(ids.shape)}")
+            mask = optional.get("attention_mask", torch.ones_like(ids))
+            lengths = _check_right_padded(ids, mask)
+            real = mask.to(torch.bool)
+            flat_ids = ids[real]
+            flat_types = optional["token_type_ids"][real] if "token_type_ids" in optional else torch.zeros_like(flat_ids)
+        else:
+            lengths = torch.tensor([len(row) for row in ids], dtype=torch.long)
+            for name, value in optional.items():
+                if isinstance(value, torch.Tensor) or [len(row) for row in value] != lengths.tolist():
+                    raise ValueError(f"{name} must be lists of the same lengths as input_ids")
+            if "attention_mask" in optional:
+                if any(0 in row for row in optional["attention_mask"]):
+                    raise ValueError("with lists of ids pass no padding: attention_mask must be all ones")
+            flat_ids = torch.tensor([t for row in ids for t in row], dtype=torch.long)
+            types = optional.get("token_type_ids")
+            flat_types = (
+                torch.tensor([t for row in types for t in row], dtype=torch.long) if types else torch.zeros_like(flat_ids)
+            )
+        if len(lengths) and int(lengths.min()) < 1:
+            raise ValueError("every row needs at least one token ([CLS]); found an empty row")
+        if len(lengths) and int(lengths.max()) > self.config.max_position_embeddings:
+            raise ValueError(
+                f"a row has {int(lengths.max())} tokens, more than max_position_embeddings="
+                f"{self.config.max_position_embeddings}; truncate it"
+            )
+        if flat_ids.numel() and (int(flat_ids.min()) < 0 or int(flat_ids.max()) >= self.config.vocab_size):
+            raise ValueError(f"input_ids must lie in [0, vocab_size={self.config.vocab_size})")
+        if flat_types.numel() and (int(flat_types.min()) < 0 or int(flat_types.max()) >= self.config.type_vocab_size):
+            raise ValueError(f"token_type_ids must lie in [0, type_vocab_size={self.config.type_vocab_size})")
+        return flat_ids, flat_types, lengths
+
+    @torch.inference_mode()
+    def generate_logits(self, batch, *, entropy_threshold=None, return_exit_layers: bool = False):
+        """Classify a batch with batch-level early exit.
+
+        Args:
+            batch: see :meth:`encode`.
+            entropy_threshold: nats, a float or one float per layer; None uses the model's default.
+                A row answers at the first layer whose exit entropy is below the threshold; the last
+                layer always answers. ``0.0`` disables early exit.
+            return_exit_layers: also return each row's 1-based exit layer.
+
+        Returns:
+            ``logits [B, num_labels]`` fp32 in input order, and with ``return_exit_layers`` a tuple
+            ``(logits, exit_layer [B] int64)``. An empty batch gives ``[0, num_labels]`` and ``[0]``.
+
+        Raises:
+            TypeError / ValueError: bad batch (see :meth:`encode`) or threshold (negative, wrong length).
+        """
+        threshold = entropy_threshold if entropy_threshold is not None else self.entropy_threshold
+        tau = check_entropy_threshold(threshold, self.config.num_hidden_layers)
+        input_ids, token_type_ids, lengths = self.encode(batch)
+        logits, exit_layer = run_early_exit(self.backend, input_ids, token_type_ids, lengths, tau)
+        logits, exit_layer = logits.cpu(), exit_layer.cpu()
+        return (logits, exit_layer) if return_exit_layers else logits
+
+    def predict(self, batch, *, entropy_threshold=None) -> torch.Tensor:
+        """Label ids ``[B]`` int64: the argmax of :meth:`generate_logits` (same arguments and errors)."""
+        return self.generate_logits(batch, entropy_threshold=entropy_threshold).argmax(dim=-1)
+
+
+def from_pretrained(
+    path: str | os.PathLike,
+    entropy_threshold=None,
+    backend: str = "auto",
+    num_threads: int | None = None,
+    device=None,
+) -> CostEffInferenceModel:
+    """Load a COST-EFF checkpoint directory and pack it for fast inference.
+
+    Args:
+        path: a directory written by ``CostEffForSequenceClassification.save_pretrained`` (``config.json``,
+            ``model.safetensors``, tokenizer files).
+        entropy_threshold: default threshold (nats, float or one per layer); None uses the config's.
+        backend: ``"auto"`` (the best available here) or ``"torch"``.
+        num_threads: CPU threads for torch (``torch.set_num_threads``; process-wide); None leaves it.
+        device: torch device for the weights (default CPU).
+
+    Returns:
+        A :class:`CostEffInferenceModel`.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a directory with a ``config.json``.
+        ValueError: the checkpoint is not a COST-EFF model, a bad backend, threshold or thread count.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    directory = Path(path)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory} has no config.json; pass a directory written by save_pretrained")
+    resolve_backend_name(backend)
+    if num_threads is not None:
+        if not isinstance(num_threads, int) or num_threads < 1:
+            raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
+        torch.set_num_threads(num_threads)
+    config = AutoConfig.from_pretrained(directory)
+    if config.model_type != "costeff":
+        raise ValueError(
+            f"{directory} holds a {config.model_type!r} model, not a COST-EFF one; convert it with "
+            "CostEffForSequenceClassification.from_bert or compress it with `costeff-fast compress`"
+        )
+    model = CostEffForSequenceClassification.from_pretrained(directory, use_safetensors=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").is_file() else None
+    return CostEffInferenceModel(model, tokenizer, backend=backend, entropy_threshold=entropy_threshold, device=device)

@@ -1,0 +1,443 @@
+"""Trainable reference model: a post-LN BERT encoder with per-layer widths and an exit after every layer.
+
+This module is the oracle every fast path is checked against. Its math is plain PyTorch on padded
+``[batch, seq, hidden]`` tensors; the packed, padding-free engine lives in :mod:`costeff_fast.engine`.
+Source: COST-EFF (Shen et al., EMNLP 2022, arXiv 2210.15523), Sec. 3; BERT layer as in
+``transformers.models.bert.modeling_bert``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .config import CostEffConfig, check_entropy_threshold
+
+
+def exit_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of ``softmax(logits)`` in nats, computed in fp32.
+
+    Args:
+        logits: ``[..., num_labels]`` any float dtype.
+
+    Returns:
+        ``[...]`` fp32, ``-sum p ln p`` (DESIGN.md, Terms).
+    """
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    return -(log_probs.exp() * log_probs).sum(dim=-1)
+
+
+def first_exit(entropies: torch.Tensor, entropy_threshold: list[float] | None) -> torch.Tensor:
+    """1-based exit layer of each row: the first layer whose entropy is below its threshold.
+
+    Args:
+        entropies: ``[batch, num_layers]`` fp32 entropies of every exit (nats).
+        entropy_threshold: one threshold per layer (nats) or None (every row answers at the last layer).
+
+    Returns:
+        ``[batch]`` int64 in ``1..num_layers``; the last layer always answers.
+    """
+    batch, num_layers = entropies.shape
+    if entropy_threshold is None:
+        return torch.full((batch,), num_layers, dtype=torch.long, device=entropies.device)
+    tau = torch.tensor(entropy_threshold, dtype=entropies.dtype, device=entropies.device)
+    confident = entropies < tau
+    confident[:, -1] = True
+    return confident.int().argmax(dim=1) + 1
+
+
+class _GradientRescale(torch.autograd.Function):
+    """Identity forward, ``grad * scale`` backward (gradient equilibrium, Li et al. 2019)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def gradient_rescale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Return ``x`` unchanged; its gradient is multiplied by ``scale`` on the way back."""
+    return _GradientRescale.apply(x, scale)
+
+
+class CostEffEmbeddings(nn.Module):
+    """Word (optionally factorized to rank r), position and token-type embeddings, then LayerNorm."""
+
+    def __init__(self, config: CostEffConfig):
+        super().__init__()
+        rank = config.embedding_rank
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, rank or config.hidden_size, padding_idx=config.pad_token_id
+        )
+        # Factorized embedding E = A @ B (COST-EFF Sec. 3.2): A = word_embeddings [V, r], B = word_projection.
+        self.word_projection = nn.Linear(rank, config.hidden_size, bias=False) if rank else None
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def word_embedding_matrix(self) -> torch.Tensor:
+        """The full ``[vocab_size, hidden_size]`` word embedding (the product A @ B when factorized)."""
+        weight = self.word_embeddings.weight
+        return weight if self.word_projection is None else weight @ self.word_projection.weight.T
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        words = self.word_embeddings(input_ids)
+        if self.word_projection is not None:
+            words = self.word_projection(words)
+        positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
+        hidden = words + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(hidden))
+
+
+class CostEffLayer(nn.Module):
+    """One post-LN BERT layer with ``h_l`` heads of size d and an FFN of width ``F_l``."""
+
+    def __init__(self, config: CostEffConfig, layer_index: int):
+        super().__init__()
+        hidden = config.hidden_size
+        self.num_heads = config.num_attention_heads[layer_index]
+        self.head_size = config.attention_head_size
+        width = self.num_heads * self.head_size
+        self.query = nn.Linear(hidden, width)
+        self.key = nn.Linear(hidden, width)
+        self.value = nn.Linear(hidden, width)
+        self.attention_output = nn.Linear(width, hidden)  # W_O: head h owns input columns [h*d, (h+1)*d)
+        self.attention_layer_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.intermediate = nn.Linear(hidden, config.intermediate_size[layer_index])  # W_1
+        self.output = nn.Linear(config.intermediate_size[layer_index], hidden)  # W_2
+        self.output_layer_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.attention_dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        """``hidden [B, S, H]``, ``additive_mask [B, 1, 1, S]`` (0 for tokens, -inf-like for padding)."""
+        batch, seq, _ = hidden.shape
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, seq, self.num_heads, self.head_size).transpose(1, 2)
+
+        q, k, v = heads(self.query(hidden)), heads(self.key(hidden)), heads(self.value(hidden))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + additive_mask
+        probs = self.attention_dropout(torch.softmax(scores, dim=-1))
+        context = (probs @ v).transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_size)
+        hidden = self.attention_layer_norm(hidden + self.dropout(self.attention_output(context)))
+        ffn = self.output(F.gelu(self.intermediate(hidden)))
+        return self.output_layer_norm(hidden + self.dropout(ffn))
+
+
+class CostEffExit(nn.Module):
+    """Exit classifier: ``Linear(H, C)(tanh(x_cls))`` (COST-EFF), or ``Linear(H, C)(tanh(dense(x_cls)))``
+    with a BERT-style pooler."""
+
+    def __init__(self, config: CostEffConfig, pooler: bool):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
+        dropout = config.classifier_dropout
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, cls_hidden: torch.Tensor) -> torch.Tensor:
+        """``cls_hidden [B, H]`` -> logits ``[B, num_labels]``."""
+        if self.dense is not None:
+            cls_hidden = self.dense(cls_hidden)
+        return self.classifier(self.dropout(torch.tanh(cls_hidden)))
+
+
+@dataclass
+class CostEffClassifierOutput(SequenceClassifierOutput):
+    """``SequenceClassifierOutput`` plus the logits of every exit.
+
+    Attributes:
+        logits: ``[B, num_labels]`` of the answering exit (the last one, or each row's early exit).
+        exit_logits: tuple of ``num_hidden_layers`` tensors ``[B, num_labels]``, exit 1 first.
+        exit_layer: ``[B]`` int64, 1-based layer that answered each row.
+        hidden_states: with ``output_hidden_states``, ``num_hidden_layers + 1`` tensors ``[B, S, H]``
+            (embedding output first).
+    """
+
+    exit_logits: tuple[torch.Tensor, ...] | None = None
+    exit_layer: torch.Tensor | None = None
+
+
+class CostEffPreTrainedModel(PreTrainedModel):
+    """Weight initialization and HF loading glue for COST-EFF models."""
+
+    config_class = CostEffConfig
+    base_model_prefix = "costeff"
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(0.0, std)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+
+
+class CostEffForSequenceClassification(CostEffPreTrainedModel):
+    """Slenderized multi-exit BERT classifier (COST-EFF, arXiv 2210.15523, Sec. 3).
+
+    ``forward`` computes every layer and every exit on padded inputs (training and the reference);
+    with an entropy threshold (argument or ``config.entropy_threshold``, eval mode only) each row's
+    ``logits`` come from its first confident exit. :meth:`early_exit_reference` runs each row alone and
+    stops at its exit: the oracle of the batch engine.
+    """
+
+    def __init__(self, config: CostEffConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.embeddings = CostEffEmbeddings(config)
+        self.layers = nn.ModuleList(CostEffLayer(config, i) for i in range(config.num_hidden_layers))
+        self.exits = nn.ModuleList(CostEffExit(config, pooler) for pooler in config.exit_pooler)
+        self.post_init()
+
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids):
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be a [batch, seq] LongTensor, got {getattr(input_ids, 'shape', input_ids)}")
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings="
+                f"{self.config.max_position_embeddings}; tokenize with truncation=True"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if tensor.shape != input_ids.shape:
+                raise ValueError(f"{name} shape {tuple(tensor.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        return attention_mask, token_type_ids
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        entropy_threshold: float | list[float] | None = None,
+        gradient_equilibrium: bool = False,
+        **kwargs,
+    ) -> CostEffClassifierOutput:
+        """Run every layer and every exit.
+
+        Args:
+            input_ids: ``[B, S]`` int64 token ids.
+            attention_mask: ``[B, S]`` 1 for tokens, 0 for padding (default all ones).
+            token_type_ids: ``[B, S]`` segment ids (default zeros).
+            labels: ``[B]`` int64; the loss is the mean cross-entropy over all exits.
+            output_hidden_states: also return the ``L + 1`` hidden states.
+            entropy_threshold: nats, float or one per layer; in eval mode ``logits`` are then each row's
+                first confident exit (default ``config.entropy_threshold``; ignored in training mode).
+            gradient_equilibrium: rescale gradients between layers (Li et al. 2019; COST-EFF Sec. 3.3):
+                layer l's output is scaled by ``1/(L-l+1)`` in the backward of its exit and by ``L-l``
+                in the backward of layer l+1. The forward is unchanged.
+
+        Returns:
+            :class:`CostEffClassifierOutput` (a tuple ``(loss?, logits, exit_logits)`` if not return_dict).
+        """
+        attention_mask, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids)
+        dtype = self.embeddings.position_embeddings.weight.dtype
+        additive_mask = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        hidden = self.embeddings(input_ids, token_type_ids)
+        all_hidden = [hidden]
+        exit_logits = []
+        num_layers = self.config.num_hidden_layers
+        for index, (layer, exit_head) in enumerate(zip(self.layers, self.exits)):
+            hidden = layer(hidden, additive_mask)
+            exit_input = hidden
+            if gradient_equilibrium:
+                depth = index + 1
+                exit_input = gradient_rescale(hidden, 1.0 / (num_layers - depth + 1))
+                if depth < num_layers:
+                    hidden = gradient_rescale(hidden, float(num_layers - depth))
+            exit_logits.append(exit_head(exit_input[:, 0]))
+            all_hidden.append(hidden)
+
+        threshold = entropy_threshold if entropy_threshold is not None else self.config.entropy_threshold
+        tau = None if self.training else check_entropy_threshold(threshold, num_layers)
+        stacked = torch.stack(exit_logits, dim=1)  # [B, L, C]
+        exit_layer = first_exit(exit_entropy(stacked), tau)
+        logits = stacked[torch.arange(stacked.shape[0], device=stacked.device), exit_layer - 1]
+        loss = None
+        if labels is not None:
+            loss = torch.stack([F.cross_entropy(z, labels) for z in exit_logits]).mean()
+        if not return_dict:
+            return tuple(x for x in (loss, logits, tuple(exit_logits)) if x is not None)
+        return CostEffClassifierOutput(
+            loss=loss,
+            logits=logits,
+            exit_logits=tuple(exit_logits),
+            exit_layer=exit_layer,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+        )
+
+    @torch.no_grad()
+    def early_exit_reference(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        entropy_threshold: float | list[float] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample early exit: each row runs alone (batch size 1, padding removed) and stops at its exit.
+
+        Slow by design; it is the oracle for :mod:`costeff_fast.engine` (DESIGN.md, Engine).
+
+        Args:
+            input_ids, attention_mask, token_type_ids: ``[B, S]`` as in :meth:`forward`; padding may be
+                anywhere the mask is 0 but real tokens must come first in each row.
+            entropy_threshold: nats, float or one per layer (default ``config.entropy_threshold``;
+                None runs every row to the last layer).
+
+        Returns:
+            ``logits [B, num_labels]`` fp32, ``exit_layer [B]`` int64 (1-based),
+            ``entropy [B]`` fp32 of the answering exit (nats).
+        """
+        attention_mask, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids)
+        threshold = entropy_threshold if entropy_threshold is not None else self.config.entropy_threshold
+        tau = check_entropy_threshold(threshold, self.config.num_hidden_layers)
+        num_layers = self.config.num_hidden_layers
+        logits_out, layer_out, entropy_out = [], [], []
+        for row in range(input_ids.shape[0]):
+            length = int(attention_mask[row].sum())
+            ids = input_ids[row : row + 1, :length]
+            hidden = self.embeddings(ids, token_type_ids[row : row + 1, :length])
+            no_mask = hidden.new_zeros(1, 1, 1, length)
+            for depth, (layer, exit_head) in enumerate(zip(self.layers, self.exits), start=1):
+                hidden = layer(hidden, no_mask)
+                logits = exit_head(hidden[:, 0]).float()
+                entropy = exit_entropy(logits)
+                if depth == num_layers or (tau is not None and entropy.item() < tau[depth - 1]):
+                    break
+            logits_out.append(logits[0])
+            layer_out.append(depth)
+            entropy_out.append(entropy[0])
+        num_labels = self.config.num_labels
+        if not logits_out:
+            return torch.empty(0, num_labels), torch.empty(0, dtype=torch.long), torch.empty(0)
+        return torch.stack(logits_out), torch.tensor(layer_out), torch.stack(entropy_out)
+
+    @classmethod
+    def from_bert(cls, bert, num_labels: int | None = None, **config_overrides) -> "CostEffForSequenceClassification":
+        """Convert an HF BERT into a full-width multi-exit model, copying the encoder weights exactly.
+
+        Args:
+            bert: a ``transformers.BertModel`` or ``BertForSequenceClassification`` instance, or a directory
+                holding one (loaded with ``AutoModel``/``AutoModelForSequenceClassification``).
+            num_labels: number of classes; default from the source classifier (required for a bare
+                ``BertModel``).
+            **config_overrides: extra :class:`CostEffConfig` fields (e.g. ``entropy_threshold``).
+
+        Returns:
+            A model whose hidden states equal the source's; when the source has a classification head, the
+            last exit carries its pooler and classifier, so the last exit reproduces its logits. Other
+            exits are freshly initialized COST-EFF exits (tanh of CLS, then Linear).
+
+        Raises:
+            TypeError: ``bert`` is neither a BERT model nor a directory.
+            ValueError: ``num_labels`` missing for a bare encoder, or conflicting with the source head.
+        """
+        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, BertModel
+        from transformers import BertForSequenceClassification
+
+        if isinstance(bert, (str, Path)):
+            source_config = AutoConfig.from_pretrained(bert)
+            architectures = source_config.architectures or []
+            if any(name.endswith("ForSequenceClassification") for name in architectures):
+                bert = AutoModelForSequenceClassification.from_pretrained(bert)
+            else:
+                bert = AutoModel.from_pretrained(bert)
+        if isinstance(bert, BertForSequenceClassification):
+            encoder, head = bert.bert, bert.classifier
+            if num_labels is not None and num_labels != bert.config.num_labels:
+                raise ValueError(f"num_labels={num_labels} conflicts with the source head's {bert.config.num_labels}")
+            num_labels = bert.config.num_labels
+        elif isinstance(bert, BertModel):
+            encoder, head = bert, None
+            if num_labels is None:
+                raise ValueError("num_labels is required when converting a bare BertModel")
+        else:
+            raise TypeError(f"from_bert expects a BertModel, BertForSequenceClassification or a directory, got {type(bert).__name__}")
+        if encoder.pooler is None and head is not None:
+            raise ValueError("the source classifier has no pooler; cannot reproduce its logits")
+
+        src = encoder.config
+        label_fields = {}
+        if head is not None:
+            label_fields = {"id2label": dict(src.id2label), "label2id": dict(src.label2id)}
+        pooler = [False] * src.num_hidden_layers
+        pooler[-1] = head is not None
+        config = CostEffConfig(
+            vocab_size=src.vocab_size,
+            hidden_size=src.hidden_size,
+            num_hidden_layers=src.num_hidden_layers,
+            num_attention_heads=src.num_attention_heads,
+            attention_head_size=src.hidden_size // src.num_attention_heads,
+            intermediate_size=src.intermediate_size,
+            hidden_act=src.hidden_act,
+            hidden_dropout_prob=src.hidden_dropout_prob,
+            attention_probs_dropout_prob=src.attention_probs_dropout_prob,
+            max_position_embeddings=src.max_position_embeddings,
+            type_vocab_size=src.type_vocab_size,
+            initializer_range=src.initializer_range,
+            layer_norm_eps=src.layer_norm_eps,
+            pad_token_id=src.pad_token_id,
+            exit_pooler=pooler,
+            classifier_dropout=getattr(src, "classifier_dropout", None),
+            num_labels=num_labels,
+            **label_fields,
+            **config_overrides,
+        )
+        model = cls(config)
+        state = {}
+        emb = encoder.embeddings
+        for name in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm"):
+            for key, value in getattr(emb, name).state_dict().items():
+                state[f"embeddings.{name}.{key}"] = value
+        for index, src_layer in enumerate(encoder.encoder.layer):
+            pairs = {
+                "query": src_layer.attention.self.query,
+                "key": src_layer.attention.self.key,
+                "value": src_layer.attention.self.value,
+                "attention_output": src_layer.attention.output.dense,
+                "attention_layer_norm": src_layer.attention.output.LayerNorm,
+                "intermediate": src_layer.intermediate.dense,
+                "output": src_layer.output.dense,
+                "output_layer_norm": src_layer.output.LayerNorm,
+            }
+            for name, module in pairs.items():
+                for key, value in module.state_dict().items():
+                    state[f"layers.{index}.{name}.{key}"] = value
+        if head is not None:
+            last = config.num_hidden_layers - 1
+            for key, value in encoder.pooler.dense.state_dict().items():
+                state[f"exits.{last}.dense.{key}"] = value
+            for key, value in head.state_dict().items():
+                state[f"exits.{last}.classifier.{key}"] = value
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        assert not unexpected, unexpected
+        expected_missing = {k for k in missing if k.startswith("exits.")}
+        assert set(missing) == expected_missing, set(missing) - expected_missing
+        return model.to(encoder.dtype)
