@@ -251,8 +251,9 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             entropy_threshold: nats, float or one per layer; in eval mode ``logits`` are then each row's
                 first confident exit (default ``config.entropy_threshold``; ignored in training mode).
             gradient_equilibrium: rescale gradients between layers (Li et al. 2019; COST-EFF Sec. 3.3):
-                layer l's output is scaled by ``1/(L-l+1)`` in the backward of its exit and by ``L-l``
-                in the backward of layer l+1. The forward is unchanged.
+                the backward of layer l's output (1-based) is scaled by ``1/(L-l+1)``, and the backward
+                from layer l+1 into it additionally by ``L-l``, so the deeper path carries
+                ``(L-l)/(L-l+1)`` as in the authors' code. The forward is unchanged.
 
         Returns:
             :class:`CostEffClassifierOutput` (a tuple ``(loss?, logits, exit_logits)`` if not return_dict).
@@ -266,14 +267,13 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         num_layers = self.config.num_hidden_layers
         for index, (layer, exit_head) in enumerate(zip(self.layers, self.exits)):
             hidden = layer(hidden, additive_mask)
-            exit_input = hidden
+            depth = index + 1
             if gradient_equilibrium:
-                depth = index + 1
-                exit_input = gradient_rescale(hidden, 1.0 / (num_layers - depth + 1))
-                if depth < num_layers:
-                    hidden = gradient_rescale(hidden, float(num_layers - depth))
-            exit_logits.append(exit_head(exit_input[:, 0]))
+                hidden = gradient_rescale(hidden, 1.0 / (num_layers - depth + 1))
+            exit_logits.append(exit_head(hidden[:, 0]))
             all_hidden.append(hidden)
+            if gradient_equilibrium and depth < num_layers:
+                hidden = gradient_rescale(hidden, float(num_layers - depth))
 
         threshold = entropy_threshold if entropy_threshold is not None else self.config.entropy_threshold
         tau = None if self.training else check_entropy_threshold(threshold, num_layers)

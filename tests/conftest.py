@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny random COST-EFF models and the real packaged MiniLM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import costeff_fast  # noqa: F401  (registers the Auto classes)
+from costeff_fast import CostEffConfig, CostEffForSequenceClassification
+
+
+def make_tiny_model(seed: int = 0, *, num_labels: int = 3, weight_std: float = 0.3, **overrides):
+    """A random multi-exit model with uneven per-layer widths, factorized embedding and one pooled exit."""
+    torch.manual_seed(seed)
+    fields = dict(
+        vocab_size=97, hidden_size=32, num_hidden_layers=4, num_attention_heads=[2, 1, 3, 2],
+        attention_head_size=8, intermediate_size=[16, 40, 7, 24], num_labels=num_labels,
+        max_position_embeddings=64, embedding_rank=12, exit_pooler=[False, True, False, False],
+    )
+    fields.update(overrides)
+    model = CostEffForSequenceClassification(CostEffConfig(**fields)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, weight_std)
+    return model
+
+
+def random_batch(seed: int, batch: int, vocab: int, max_len: int = 20, pairs: bool = False):
+    """Right-padded random ``input_ids``, ``attention_mask``, ``token_type_ids`` with uneven lengths >= 1."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, max_len + 1, (batch,), generator=generator)
+    seq = int(lengths.max())
+    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+    ids = torch.randint(1, vocab, (batch, seq), generator=generator) * mask
+    types = torch.zeros_like(ids)
+    if pairs:
+        split = (lengths.float() * torch.rand(batch, generator=generator)).long()
+        types = ((torch.arange(seq)[None, :] >= split[:, None]).long()) * mask
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+@pytest.fixture
+def tiny_model():
+    return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    from costeff_fast.training.trainer import packaged_minilm_dir
+
+    return packaged_minilm_dir()
