@@ -1,0 +1,120 @@
+"""Public API: from_pretrained, generate_logits, predict, input checks; real MiniLM on real rt text."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tiny_model, random_batch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+import costeff_fast
+from costeff_fast import CostEffForSequenceClassification
+from costeff_fast.data import load_task
+from costeff_fast.inference import CostEffInferenceModel
+
+
+@pytest.fixture(scope="module")
+def minilm_checkpoint(tmp_path_factory, minilm_dir):
+    """The packaged MiniLM converted to a 6-exit COST-EFF checkpoint (random exits) with its tokenizer."""
+    torch.manual_seed(0)
+    hf = AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2).eval()
+    model = CostEffForSequenceClassification.from_bert(hf).eval()
+    with torch.no_grad():  # spread the untrained exits' logits so entropies differ between rows
+        for exit_head in model.exits:
+            exit_head.classifier.weight.mul_(40.0)
+    directory = tmp_path_factory.mktemp("minilm_costeff")
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def rt_texts():
+    return list(load_task("rt", max_eval_rows=48)["validation"]["text"])
+
+
+def test_real_minilm_engine_matches_per_sample_reference(minilm_checkpoint, rt_texts):
+    engine = costeff_fast.from_pretrained(minilm_checkpoint)
+    reference = CostEffForSequenceClassification.from_pretrained(minilm_checkpoint).eval()
+    encoded = engine.tokenizer(rt_texts, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        entropies = costeff_fast.exit_entropy(torch.stack(reference(**encoded).exit_logits, dim=1))
+    tau = entropies.median(dim=0).values.tolist()
+    logits, layers = engine.generate_logits(rt_texts, entropy_threshold=tau, return_exit_layers=True)
+    ref_logits, ref_layers, _ = reference.early_exit_reference(**encoded, entropy_threshold=tau)
+    ties = ((entropies[:, :-1] - torch.tensor(tau[:-1])).abs() < 1e-5).any(dim=1)
+    assert (~ties).sum() >= 40 and len(set(layers.tolist())) >= 3
+    assert torch.equal(layers[~ties], ref_layers[~ties])
+    torch.testing.assert_close(logits[~ties], ref_logits[~ties], atol=1e-4, rtol=0)
+
+
+def test_pipeline_and_auto_classes_load_the_checkpoint(minilm_checkpoint, rt_texts):
+    classifier = pipeline("text-classification", model=str(minilm_checkpoint))
+    assert isinstance(classifier.model, CostEffForSequenceClassification)
+    labels = [classifier.model.config.label2id[row["label"]] for row in classifier(list(rt_texts[:8]))]
+    engine = costeff_fast.from_pretrained(minilm_checkpoint, entropy_threshold=0.0)
+    assert labels == engine.predict(list(rt_texts[:8])).tolist()
+
+
+def test_text_pairs_equal_tokenizer_pairs(minilm_checkpoint):
+    engine = costeff_fast.from_pretrained(minilm_checkpoint)
+    pairs = [("is the sky blue?", "the sky is blue on clear days."), ("a question", "a passage")]
+    encoded = engine.tokenizer([p[0] for p in pairs], [p[1] for p in pairs], padding=True, return_tensors="pt")
+    torch.testing.assert_close(engine.generate_logits(pairs), engine.generate_logits(dict(encoded)), atol=0, rtol=0)
+    assert int(encoded["token_type_ids"].sum()) > 0
+
+
+def test_long_text_is_truncated_to_the_model_limit(minilm_checkpoint):
+    engine = costeff_fast.from_pretrained(minilm_checkpoint)
+    assert engine.generate_logits(["word " * 2000]).shape == (1, 2)
+
+
+def test_from_pretrained_errors(tmp_path, minilm_dir):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        costeff_fast.from_pretrained(tmp_path / "missing")
+    with pytest.raises(ValueError, match="not a COST-EFF"):
+        costeff_fast.from_pretrained(minilm_dir)
+    make_tiny_model().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        costeff_fast.from_pretrained(tmp_path, backend="cuda-magic")
+    with pytest.raises(ValueError, match="num_threads"):
+        costeff_fast.from_pretrained(tmp_path, num_threads=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        costeff_fast.from_pretrained(tmp_path, entropy_threshold=-0.5)
+
+
+def test_config_threshold_is_the_default_and_call_overrides_it(tmp_path):
+    model = make_tiny_model(entropy_threshold=100.0)
+    engine = CostEffInferenceModel(model, None)
+    batch = random_batch(0, batch=5, vocab=97)
+    assert engine.generate_logits(batch, return_exit_layers=True)[1].tolist() == [1] * 5
+    assert engine.generate_logits(batch, entropy_threshold=0.0, return_exit_layers=True)[1].tolist() == [4] * 5
+
+
+@pytest.mark.parametrize(
+    "batch, error, match",
+    [
+        ("just a string", TypeError, "wrap a single string"),
+        (42, TypeError, "batch must be"),
+        (["fine", 3], TypeError, "strings or"),
+        (["single", ("text", "pair")], ValueError, "mixes single texts"),
+        ([("a", "b", "c")], ValueError, "two strings"),
+        ({"attention_mask": [[1]]}, ValueError, "needs 'input_ids'"),
+        ({"input_ids": [[]]}, ValueError, "empty row"),
+        ({"input_ids": [[1, 2], [3]], "token_type_ids": [[0, 0]]}, ValueError, "same lengths"),
+        ({"input_ids": torch.tensor([[5, 6, 0]]), "attention_mask": torch.tensor([[0, 1, 1]])}, ValueError, "right-padded"),
+        ({"input_ids": torch.tensor([[5, 600]])}, ValueError, "vocab_size"),
+        ({"input_ids": torch.ones(1, 70, dtype=torch.long)}, ValueError, "max_position_embeddings"),
+        ({"input_ids": torch.ones(3, dtype=torch.long)}, ValueError, r"\[batch, seq\]"),
+    ],
+)
+def test_bad_batches_raise_clear_errors(tiny_model, minilm_checkpoint, batch, error, match):
+    engine = costeff_fast.from_pretrained(minilm_checkpoint) if isinstance(batch, (str, list)) else CostEffInferenceModel(tiny_model, None)
+    with pytest.raises(error, match=match):
+        engine.generate_logits(batch)
+
+
+@pytest.mark.parametrize("tau, error", [(-1.0, ValueError), ([0.1, 0.2], ValueError), (float("nan"), ValueError), ("x", TypeError)])
+def test_bad_thresholds_raise(tiny_model, tau, error):
+    with pytest.raises(error, match="entropy_threshold"):
+        CostEffInferenceModel(tiny_model, None).generate_logits(random_batch(0, 2, 97), entropy_threshold=tau)
