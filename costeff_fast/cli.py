@@ -1,0 +1,67 @@
+"""Command line: ``costeff-fast demo`` (the main job on real data) and ``costeff-fast compress``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="costeff-fast", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="teacher -> multi-exit model on rt, then early-exit inference vs HF")
+    demo.add_argument("--work-dir", type=Path, default=Path("work/demo"), help="checkpoint cache (default work/demo)")
+    demo.add_argument("--train-rows", type=_positive_int, default=3000, help="rt training rows (default 3000)")
+    demo.add_argument("--epochs", type=float, default=1.0, help="epochs per training step (default 1)")
+    demo.add_argument("--batch-size", type=_positive_int, default=64, help="inference batch size (default 64)")
+    demo.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    compress = commands.add_parser("compress", help="run the COST-EFF pipeline and write a calibrated checkpoint")
+    source = compress.add_mutually_exclusive_group(required=True)
+    source.add_argument("--teacher", type=Path, help="a fine-tuned HF BERT classifier directory")
+    source.add_argument("--task-default", action="store_true", help="fine-tune the packaged MiniLM as the teacher")
+    compress.add_argument("--task", required=True, help="rt, boolq or trec")
+    compress.add_argument("--heads", type=_positive_int, default=2, help="attention heads per layer (default 2)")
+    compress.add_argument("--ffn", type=_positive_int, default=160, help="FFN width per layer (default 160)")
+    compress.add_argument("--embedding-rank", type=_positive_int, default=128, help="word embedding rank (default 128)")
+    compress.add_argument("--allocation", choices=["uniform", "global"], default="uniform")
+    compress.add_argument("--final-exit-importance", action="store_true",
+                          help="ablation: importance from the final exit only (no exit calibration)")
+    compress.add_argument("--budget", choices=["quick", "paper", "demo"], default="quick")
+    compress.add_argument("--max-drop", type=float, default=0.01, help="allowed dev accuracy drop (default 0.01)")
+    compress.add_argument("--work-dir", type=Path, default=None, help="stage cache (default work/<task>-<budget>)")
+    compress.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
+    compress.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.command == "demo":
+        from costeff_fast.training.demo import run_demo
+
+        run_demo(args.work_dir, train_rows=args.train_rows, epochs=args.epochs, batch_size=args.batch_size)
+    elif args.command == "compress":
+        from costeff_fast.training.pipeline import CompressionSettings, compress
+
+        settings = CompressionSettings(heads=args.heads, ffn=args.ffn, embedding_rank=args.embedding_rank,
+                                       allocation=args.allocation, calibrate_exits=not args.final_exit_importance)
+        report = compress(args.task, args.out, teacher_dir=args.teacher, settings=settings, budget=args.budget,
+                          work_dir=args.work_dir, max_drop=args.max_drop)
+        print(json.dumps({k: report[k] for k in ("parameters", "flops_per_row", "accuracy", "targets")}, indent=2))
+        print(f"checkpoint, report.json and report.png in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""FLOP and parameter accounting of (slenderized, multi-exit) BERT classifiers.
+
+FLOPs count ``2 * multiply-adds`` of the matmuls (DESIGN.md, Measuring speed); softmax, GELU, LayerNorm and
+embedding gathers are not counted. Attention counts ``Q K^T`` and ``P V`` over a row's own tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def layer_flops(config, layer: int, seq_len: int) -> int:
+    """Matmul FLOPs of encoder layer ``layer`` (0-based) for one row of ``seq_len`` tokens.
+
+    Works for a :class:`~costeff_fast.config.CostEffConfig` (per-layer widths) and a ``BertConfig``.
+    """
+    hidden = config.hidden_size
+    heads = config.num_attention_heads
+    heads = heads[layer] if isinstance(heads, Sequence) else heads
+    head_size = getattr(config, "attention_head_size", None) or hidden // heads
+    ffn = config.intermediate_size
+    ffn = ffn[layer] if isinstance(ffn, Sequence) else ffn
+    width = heads * head_size
+    projections = 2 * seq_len * hidden * (3 * width) + 2 * seq_len * width * hidden
+    attention = 2 * 2 * seq_len * seq_len * width
+    feed_forward = 2 * 2 * seq_len * hidden * ffn
+    return projections + attention + feed_forward
+
+
+def exit_flops(config, layer: int) -> int:
+    """Matmul FLOPs of exit ``layer`` (0-based) for one row: optional pooler plus classifier."""
+    pooler = getattr(config, "exit_pooler", None)
+    has_pooler = pooler[layer] if pooler is not None else layer == config.num_hidden_layers - 1
+    return 2 * config.hidden_size * config.num_labels + (2 * config.hidden_size**2 if has_pooler else 0)
+
+
+def embedding_flops(config, seq_len: int) -> int:
+    """FLOPs of a factorized word embedding's projection (rank r -> hidden) as trained; 0 when unfactorized.
+
+    The engine folds the factorization into one ``[vocab, hidden]`` table, so it executes no embedding FLOPs;
+    this term is reported for the paper's accounting only.
+    """
+    rank = getattr(config, "embedding_rank", None)
+    return 2 * seq_len * rank * config.hidden_size if rank else 0
+
+
+def model_flops(config, seq_lens: Sequence[int] | torch.Tensor, exit_layers: Sequence[int] | torch.Tensor | None = None,
+                *, every_exit: bool = True, count_embedding: bool = False) -> int:
+    """Matmul FLOPs of running rows of the given lengths to their exit layers.
+
+    Args:
+        config: model config (COST-EFF or BERT).
+        seq_lens: ``[B]`` real tokens per row (or 128 for the paper's padded accounting).
+        exit_layers: ``[B]`` 1-based exit layer per row; None = full depth.
+        every_exit: count the exit head of every layer a row passes (multi-exit inference); False counts
+            only the final classifier (a plain BERT classifier).
+        count_embedding: add the factorized embedding projection (the paper's accounting).
+
+    Returns:
+        Total FLOPs (int).
+    """
+    num_layers = config.num_hidden_layers
+    seq_lens = [int(n) for n in seq_lens]
+    exits = [num_layers] * len(seq_lens) if exit_layers is None else [int(e) for e in exit_layers]
+    if len(exits) != len(seq_lens):
+        raise ValueError(f"{len(exits)} exit layers for {len(seq_lens)} rows")
+    total = 0
+    for n, depth in zip(seq_lens, exits):
+        if not 1 <= depth <= num_layers:
+            raise ValueError(f"exit layer must be in 1..{num_layers}, got {depth}")
+        total += sum(layer_flops(config, layer, n) for layer in range(depth))
+        if every_exit:
+            total += sum(exit_flops(config, layer) for layer in range(depth))
+        else:
+            total += exit_flops(config, num_layers - 1)
+        if count_embedding:
+            total += embedding_flops(config, n)
+    return total
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """``total`` parameters and ``encoder`` parameters (the transformer layers, without embeddings and heads).
+
+    Works for :class:`~costeff_fast.modeling.CostEffForSequenceClassification` (``layers``) and HF BERT
+    classifiers (``bert.encoder``).
+    """
+    total = sum(p.numel() for p in model.parameters())
+    if hasattr(model, "layers"):
+        encoder = model.layers
+    else:
+        encoder = model.base_model.encoder
+    return {"total": total, "encoder": sum(p.numel() for p in encoder.parameters())}

@@ -1,0 +1,78 @@
+"""Smoke run of the whole COST-EFF pipeline on a tiny teacher and a few hundred real rt rows; calibration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+import costeff_fast
+from costeff_fast.training.calibrate import pick_threshold
+from costeff_fast.training.pipeline import CompressionSettings, budget_with, compress
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory, minilm_dir):
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    directory = tmp_path_factory.mktemp("tiny_teacher")
+    BertForSequenceClassification(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(directory)
+    return directory
+
+
+def test_compress_end_to_end_on_rt_rows(tiny_teacher, tmp_path):
+    budget = budget_with("quick", train_rows=256, eval_rows=128, max_length=32, ta_hidden_epochs=0.25,
+                         ta_prediction_epochs=0.5, num_events=2, importance_batches=2, distill_steps=3,
+                         recovery_hidden_epochs=0.25, recovery_prediction_epochs=0.5)
+    settings = CompressionSettings(heads=1, ffn=16, embedding_rank=16, allocation="global")
+    out = tmp_path / "out"
+    report = compress("rt", out, teacher_dir=tiny_teacher, settings=settings, budget=budget,
+                      work_dir=tmp_path / "work")
+    config = json.loads((out / "config.json").read_text())
+    assert sum(config["num_attention_heads"]) == 3 and min(config["num_attention_heads"]) >= 1
+    assert sum(config["intermediate_size"]) == 48 and config["embedding_rank"] == 16
+    assert config["entropy_threshold"] == report["calibration"]["chosen"]["entropy_threshold"]
+    assert (out / "report.png").stat().st_size > 10_000
+    assert report["parameters"]["ratio_encoder"] < 0.5
+    assert len(report["accuracy"]["costeff_exits"]) == 3
+    chosen = report["calibration"]["chosen"]
+    if chosen["constraint_met"]:
+        assert chosen["accuracy"] >= report["accuracy"]["teacher"] - 0.01 - 1e-12
+    # The calibrated checkpoint serves with its stored threshold and reproduces the reported accuracy.
+    model = costeff_fast.from_pretrained(out)
+    assert model.entropy_threshold == [chosen["entropy_threshold"]] * 3
+    # A second run reuses every finished stage.
+    again = compress("rt", tmp_path / "out2", teacher_dir=tiny_teacher, settings=settings, budget=budget,
+                     work_dir=tmp_path / "work")
+    assert again["accuracy"]["costeff_exits"] == report["accuracy"]["costeff_exits"]
+    assert again["stage_seconds"]["slenderization"] == report["stage_seconds"]["slenderization"]
+
+
+def sweep_rows(points):
+    return [{"entropy_threshold": t, "accuracy": a, "gflops": g} for t, a, g in points]
+
+
+def test_pick_threshold_takes_the_cheapest_admissible_row():
+    sweep = sweep_rows([(0.0, 0.80, 10.0), (0.1, 0.795, 6.0), (0.2, 0.785, 3.0), (0.3, 0.70, 1.0)])
+    chosen = pick_threshold(sweep, reference_accuracy=0.80, max_drop=0.01)
+    assert chosen["entropy_threshold"] == 0.1 and chosen["constraint_met"]
+    assert pick_threshold(sweep, 0.80, max_drop=0.02)["entropy_threshold"] == 0.2
+
+
+def test_pick_threshold_reports_an_unmet_constraint():
+    sweep = sweep_rows([(0.0, 0.70, 10.0), (0.1, 0.72, 6.0)])
+    chosen = pick_threshold(sweep, reference_accuracy=0.80)
+    assert not chosen["constraint_met"] and chosen["entropy_threshold"] == 0.1
+    with pytest.raises(ValueError, match="empty"):
+        pick_threshold([], 0.8)
+
+
+def test_compress_rejects_unknown_task_and_budget(tmp_path):
+    with pytest.raises(ValueError, match="unknown task"):
+        compress("sst2", tmp_path)
+    with pytest.raises(ValueError, match="budget must be one of"):
+        compress("rt", tmp_path, budget="huge")

@@ -1,0 +1,109 @@
+"""Per-run report of a COST-EFF compression: parameters, FLOPs, accuracies, threshold sweep, Pareto plot."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from costeff_fast.flops import model_flops, parameter_counts
+from costeff_fast.inference import from_pretrained
+from costeff_fast.modeling import CostEffForSequenceClassification
+
+PADDED_TOKENS = 128
+
+
+def write_report(out_dir: Path, *, task, budget, settings, teacher, ta_dir, model_dir, data, validation_inputs,
+                 labels, teacher_accuracy, ta_record, recovery_record, slender_record, sweep, chosen, max_drop,
+                 timings) -> dict:
+    """Write ``report.json`` and ``report.png`` to ``out_dir`` and return the report.
+
+    FLOPs are matmul FLOPs (:mod:`costeff_fast.flops`): at full depth for 128 padded tokens per row (the
+    paper's accounting, the factorized embedding's projection included), and at the dev rows' real token
+    counts (the teacher at full depth; COST-EFF at its calibrated threshold, exit heads included).
+    """
+    model = CostEffForSequenceClassification.from_pretrained(model_dir)
+    ta = CostEffForSequenceClassification.from_pretrained(ta_dir)
+    engine = from_pretrained(model_dir)
+    lengths = torch.cat([engine.encode(validation_inputs[i : i + 256])[2] for i in range(0, len(validation_inputs), 256)])
+    rows = len(lengths)
+    teacher_params, model_params = parameter_counts(teacher), parameter_counts(model)
+    padded = [PADDED_TOKENS] * rows
+    teacher_padded = model_flops(teacher.config, padded, every_exit=False) / rows
+    model_padded = model_flops(model.config, padded, count_embedding=True) / rows
+    teacher_real = model_flops(teacher.config, lengths, every_exit=False) / rows
+    model_real_full = model_flops(model.config, lengths) / rows
+    model_real_exit = chosen["gflops"] * 1e9 / rows
+    report = {
+        "task": task,
+        "budget": asdict(budget),
+        "settings": {**asdict(settings), "name": settings.name},
+        "train_rows": len(data.train),
+        "validation_rows": rows,
+        "mean_tokens_per_row": lengths.double().mean().item(),
+        "widths": {"num_attention_heads": model.config.num_attention_heads,
+                   "attention_head_size": model.config.attention_head_size,
+                   "intermediate_size": model.config.intermediate_size,
+                   "embedding_rank": model.config.embedding_rank},
+        "parameters": {
+            "teacher": teacher_params, "costeff": model_params,
+            "ratio_total": model_params["total"] / teacher_params["total"],
+            "ratio_encoder": model_params["encoder"] / teacher_params["encoder"],
+        },
+        "flops_per_row": {
+            "teacher_padded128": teacher_padded, "costeff_padded128_full_depth": model_padded,
+            "ratio_padded128": model_padded / teacher_padded,
+            "teacher_real_lengths": teacher_real, "costeff_real_lengths_full_depth": model_real_full,
+            "costeff_real_lengths_calibrated": model_real_exit,
+            "ratio_real_lengths_calibrated": model_real_exit / teacher_real,
+        },
+        "accuracy": {
+            "teacher": teacher_accuracy,
+            "ta_exits": ta_record["exit_accuracies"],
+            "costeff_exits": recovery_record["exit_accuracies"],
+            "costeff_calibrated": chosen["accuracy"],
+            "retained_fraction_of_teacher": chosen["accuracy"] / teacher_accuracy,
+        },
+        "calibration": {"max_drop": max_drop, "chosen": chosen, "sweep": sweep},
+        "targets": {
+            "retains_96.5_percent": chosen["accuracy"] >= 0.965 * teacher_accuracy,
+            "at_most_1/19_flops_real_lengths": model_real_exit <= teacher_real / 19,
+        },
+        "slenderization_events": slender_record["events"],
+        "stage_seconds": timings,
+    }
+    out_dir = Path(out_dir)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    plot_pareto(report, out_dir / "report.png")
+    return report
+
+
+def plot_pareto(report: dict, path: Path) -> None:
+    """Accuracy against executed GFLOPs per row (real lengths): the sweep, the teacher and each exit at depth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["validation_rows"]
+    sweep = sorted(report["calibration"]["sweep"], key=lambda r: r["gflops"])
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+    ax.plot([r["gflops"] / rows for r in sweep], [r["accuracy"] for r in sweep], "o-", ms=3,
+            label="COST-EFF, entropy threshold sweep")
+    chosen = report["calibration"]["chosen"]
+    ax.plot(chosen["gflops"] / rows, chosen["accuracy"], "*", ms=14, label=f"calibrated tau={chosen['entropy_threshold']:.3f}")
+    teacher_gflops = report["flops_per_row"]["teacher_real_lengths"] / 1e9
+    ax.plot(teacher_gflops, report["accuracy"]["teacher"], "s", ms=8, color="black", label="teacher (HF)")
+    ax.axhline(0.965 * report["accuracy"]["teacher"], color="gray", ls=":", lw=1, label="96.5% of teacher")
+    ax.axvline(teacher_gflops / 19, color="gray", ls="--", lw=1, label="1/19 of teacher FLOPs")
+    ax.set_xscale("log")
+    ax.set_xlabel("executed GFLOPs per sentence (real lengths)")
+    ax.set_ylabel("dev accuracy")
+    ax.set_title(f"{report['task']}: {report['settings']['name']} ({report['budget']['name']} budget)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
