@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from .config import CostEffConfig
 from .inference import CostEffInferenceModel, from_pretrained
 from .modeling import CostEffClassifierOutput, CostEffForSequenceClassification, exit_entropy
+from .optimize import optimize
 
 AutoConfig.register(CostEffConfig.model_type, CostEffConfig, exist_ok=True)
 AutoModel.register(CostEffConfig, CostEffForSequenceClassification, exist_ok=True)
@@ -23,4 +24,5 @@ __all__ = [
     "CostEffInferenceModel",
     "exit_entropy",
     "from_pretrained",
+    "optimize",
 ]

@@ -1,0 +1,128 @@
+"""Drop-in speed-up for a Hugging Face BERT classifier: the same call, run by the packed, padding-free engine."""
+
+from __future__ import annotations
+
+import torch
+from transformers import BertForSequenceClassification
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .inference import CostEffInferenceModel
+from .modeling import CostEffForSequenceClassification
+
+
+class OptimizedBertForSequenceClassification:
+    """A ``BertForSequenceClassification`` converted for inference with the torch backend (CPU, fp32).
+
+    The encoder weights are copied exactly (:meth:`CostEffForSequenceClassification.from_bert`); the answer is
+    the last layer's exit, which carries the source's pooler and classifier, so the logits equal the
+    source's. No row exits early. Linear layers run on the real tokens only (no padding).
+
+    Attributes:
+        config: the source model's ``BertConfig`` (``num_labels``, ``id2label`` ...).
+        engine: the :class:`~costeff_fast.inference.CostEffInferenceModel` that runs the layers.
+    """
+
+    device = torch.device("cpu")
+    dtype = torch.float32
+
+    def __init__(self, model: BertForSequenceClassification):
+        if not isinstance(model, BertForSequenceClassification):
+            raise TypeError(f"optimize expects a transformers BertForSequenceClassification, got {type(model).__name__}")
+        converted = CostEffForSequenceClassification.from_bert(model).float().eval()
+        self.config = model.config
+        self.engine = CostEffInferenceModel(converted, tokenizer=None, backend="torch", entropy_threshold=None)
+
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple[torch.Tensor]:
+        """Classify a right-padded batch, as ``BertForSequenceClassification.forward`` does in eval mode.
+
+        Args:
+            input_ids: ``[B, S]`` int64 token ids (or a list of lists of ints, unpadded).
+            attention_mask: ``[B, S]``, ones then zeros in each row (right padding); default all ones.
+            token_type_ids: ``[B, S]`` segment ids; default zeros.
+            return_dict: False returns the tuple ``(logits,)``.
+            position_ids, inputs_embeds, labels, output_attentions, output_hidden_states: accepted for
+                signature compatibility; only None/False is supported.
+
+        Returns:
+            ``SequenceClassifierOutput`` with ``logits [B, num_labels]`` fp32 on the CPU.
+
+        Raises:
+            ValueError: an unsupported argument, left padding, an empty row, ids outside the vocabulary or a
+                row longer than ``max_position_embeddings``.
+            TypeError: ``input_ids`` of the wrong type.
+        """
+        unsupported = {
+            "position_ids": position_ids is not None,
+            "inputs_embeds": inputs_embeds is not None,
+            "labels": labels is not None,
+            "output_attentions": bool(output_attentions),
+            "output_hidden_states": bool(output_hidden_states),
+        }
+        for name, given in unsupported.items():
+            if given:
+                raise ValueError(
+                    f"{name} is not supported by the optimized model (inference only, input_ids with right "
+                    "padding); call the original Hugging Face model for it"
+                )
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        logits = self.engine.generate_logits(batch)
+        if return_dict is False:
+            return (logits,)
+        return SequenceClassifierOutput(logits=logits)
+
+    def eval(self) -> "OptimizedBertForSequenceClassification":
+        """Return self (the optimized model is always in inference mode)."""
+        return self
+
+    def to(self, *args, **kwargs) -> "OptimizedBertForSequenceClassification":
+        """Return self for ``"cpu"`` and/or ``torch.float32`` (the only placement supported).
+
+        Raises:
+            ValueError: any other device or dtype.
+        """
+        for value in (*args, kwargs.get("device"), kwargs.get("dtype")):
+            if value is None:
+                continue
+            if isinstance(value, torch.dtype):
+                if value != torch.float32:
+                    raise ValueError(f"the optimized model runs in torch.float32 only, got {value}")
+            elif torch.device(value).type != "cpu":
+                raise ValueError(f"the optimized model runs on the CPU only, got device {value!r}")
+        return self
+
+    def __repr__(self) -> str:
+        config = self.config
+        return (
+            f"{type(self).__name__}(layers={config.num_hidden_layers}, hidden={config.hidden_size}, "
+            f"heads={config.num_attention_heads}, num_labels={config.num_labels}, backend=torch)"
+        )
+
+
+def optimize(model: BertForSequenceClassification) -> OptimizedBertForSequenceClassification:
+    """Convert a Hugging Face BERT classifier to the packed, padding-free CPU engine.
+
+    Args:
+        model: a ``transformers.BertForSequenceClassification`` (any dtype; run in fp32 on the CPU).
+
+    Returns:
+        An :class:`OptimizedBertForSequenceClassification` called like the source
+        (``model(input_ids=..., attention_mask=..., token_type_ids=...)``) and returning
+        ``SequenceClassifierOutput`` with the same predictions (logits within 1e-4).
+
+    Raises:
+        TypeError: ``model`` is not a ``BertForSequenceClassification``.
+    """
+    return OptimizedBertForSequenceClassification(model)
