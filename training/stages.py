@@ -79,12 +79,13 @@ def teacher_outputs(teacher, inputs: dict, hidden: bool) -> tuple[tuple | None, 
 def distill_multi_exit(student: CostEffForSequenceClassification, teacher, data: TrainingData, *,
                        hidden_epochs: float, prediction_epochs: float, lr: float, kd_weight: float,
                        hidden_in_prediction: bool, temperature: float = 1.0, gradient_equilibrium: bool = True,
-                       desc: str) -> list[float]:
+                       exit_lr_scale: float = 1.0, desc: str) -> list[float]:
     """Distill a multi-exit student from a teacher in two phases; keep the best mean-exit-accuracy weights.
 
     Phase 1 (``hidden_epochs``): MSE of all ``L + 1`` hidden states, padding masked. Phase 2
     (``prediction_epochs``): every exit's ``kd_weight * soft-CE(exit, teacher / T) + (1 - kd_weight) * CE``,
-    plus the hidden MSE when ``hidden_in_prediction``, with gradient equilibrium between layers. Used for the
+    plus the hidden MSE when ``hidden_in_prediction``, with gradient equilibrium between layers; exit heads
+    learn at ``exit_lr_scale`` times ``lr``. Used for the
     TA (teacher = the fine-tuned BERT, COST-EFF step 2) and for recovery (teacher = the TA, step 4).
 
     Returns:
@@ -118,7 +119,7 @@ def distill_multi_exit(student: CostEffForSequenceClassification, teacher, data:
         train(student, data.train_loader(), hidden_loss, epochs=hidden_epochs, lr=lr, desc=f"{desc} hidden KD")
     if prediction_epochs > 0:
         train(student, data.train_loader(), prediction_loss, epochs=prediction_epochs, lr=lr,
-              desc=f"{desc} exit KD", evaluate=mean_exit_accuracy)
+              desc=f"{desc} exit KD", evaluate=mean_exit_accuracy, exit_lr_scale=exit_lr_scale)
     return exit_accuracies(student, eval_loader)
 
 
@@ -143,7 +144,8 @@ def distill_teaching_assistant(teacher_dir: Path, data: TrainingData, out_dir: P
     ta = CostEffForSequenceClassification.from_bert(teacher)
     accuracies = distill_multi_exit(ta, teacher, data, hidden_epochs=hidden_epochs,
                                     prediction_epochs=prediction_epochs, lr=lr, kd_weight=kd_weight,
-                                    hidden_in_prediction=False, temperature=temperature, desc="TA")
+                                    hidden_in_prediction=False, temperature=temperature, exit_lr_scale=20.0,
+                                    desc="TA")
     ta.save_pretrained(out_dir)
     data.tokenizer.save_pretrained(out_dir)
     return stage.finish({"exit_accuracies": accuracies, "mean_accuracy": sum(accuracies) / len(accuracies)}, started)

@@ -77,6 +77,7 @@ def train(
     warmup_ratio: float = 0.1,
     weight_decay: float = 0.01,
     max_grad_norm: float = 1.0,
+    exit_lr_scale: float = 1.0,
 ) -> float | None:
     """AdamW with linear warmup and decay; keeps the best weights by ``evaluate`` (higher is better).
 
@@ -89,6 +90,8 @@ def train(
         desc: progress-bar label.
         evaluate: ``model -> metric`` run every ``eval_every`` steps and at the end.
         eval_every: steps between evaluations (default: once per epoch).
+        exit_lr_scale: learning-rate multiplier for parameters under ``exits.`` (freshly initialized exit
+            classifiers learn from scratch while the encoder is only adapted).
 
     Returns:
         The best metric, or None without ``evaluate``.
@@ -96,13 +99,16 @@ def train(
     total_steps = max(1, int(round(epochs * len(loader))))
     eval_every = eval_every or len(loader)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(no_decay)],
-         "weight_decay": weight_decay},
-        {"params": [p for n, p in model.named_parameters() if p.requires_grad and n.endswith(no_decay)],
-         "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    groups = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            key = (name.endswith(no_decay), name.startswith("exits."))
+            groups.setdefault(key, []).append(parameter)
+    optimizer = torch.optim.AdamW(
+        [{"params": params, "weight_decay": 0.0 if plain else weight_decay, "lr": lr * (exit_lr_scale if head else 1.0)}
+         for (plain, head), params in groups.items()],
+        lr=lr,
+    )
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
     best_metric, best_state = None, None
 
