@@ -1,0 +1,36 @@
+"""Installs costeff_fast with its training pipeline (``training/`` as ``costeff_fast.training``)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="costeff_fast",
+    version="0.1.0",
+    description="Slenderized multi-exit BERT classifiers (COST-EFF) with batch-level early exit on CPU and GPU",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["costeff_fast", "costeff_fast.*"]) + ["costeff_fast.training"],
+    package_dir={"costeff_fast.training": "training"},
+    install_requires=[
+        "torch>=2.3,<3",
+        "transformers>=4.46,<6",
+        "tokenizers>=0.20,<1",
+        "safetensors>=0.4.3",
+        "datasets>=2.20,<6",
+        "numpy>=1.24",
+        "tqdm>=4.66",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "gpu": ["triton>=3.0; platform_system == 'Linux'"],
+        "test": [
+            "triton>=3.0; platform_system == 'Linux'",
+            "pytest>=8",
+            "pytest-benchmark>=4",
+            "hypothesis>=6.100",
+            "ninja>=1.11",
+        ],
+    },
+    entry_points={"console_scripts": ["costeff-fast=costeff_fast.cli:main"]},
+)
