@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from .backends import build_backend, resolve_backend_name
 from .config import check_entropy_threshold
-from .engine import run_early_exit
+from .engine import run_early_exit, stream_early_exit
 from .modeling import CostEffForSequenceClassification
 
 
@@ -170,6 +171,51 @@ class CostEffInferenceModel:
         logits, exit_layer = run_early_exit(self.backend, input_ids, token_type_ids, lengths, tau)
         logits, exit_layer = logits.cpu(), exit_layer.cpu()
         return (logits, exit_layer) if return_exit_layers else logits
+
+    def generate_logits_stream(
+        self, items: Iterable, batch_size: int = 64, *, entropy_threshold=None
+    ) -> Iterator[tuple[int, torch.Tensor, int]]:
+        """Classify an iterable of any length with early exit, keeping every layer's batch near ``batch_size``.
+
+        Rows that leave early are replaced by new input rows (one queue per layer,
+        :func:`~costeff_fast.engine.stream_early_exit`). Input is read and tokenized ``batch_size`` items at
+        a time, only when the first layer needs more rows; at most about ``2 * batch_size * num_layers``
+        rows are held at once. Each row gets the same exit layer and logits as :meth:`generate_logits`
+        (up to fp32 rounding from a different batch composition).
+
+        Args:
+            items: strings, or ``(text, text_pair)`` tuples (one kind per ``batch_size`` chunk), e.g. a
+                generator over a file.
+            batch_size: rows per layer call (int >= 1).
+            entropy_threshold: as in :meth:`generate_logits`.
+
+        Yields:
+            ``(index, logits, exit_layer)`` per row: ``index`` (int) is the row's position in ``items``,
+            ``logits [num_labels]`` fp32 on the CPU, ``exit_layer`` the 1-based layer that answered (int).
+            Rows come out when they finish, not in input order.
+
+        Raises:
+            ValueError: ``batch_size`` is not a positive int or a bad threshold (both at the call), or a bad
+                item (as :meth:`encode`, when its chunk is read).
+            TypeError: ``items`` is a string or a mapping, or an item of the wrong type (when read).
+        """
+        if isinstance(items, (str, Mapping)) or not isinstance(items, Iterable):
+            raise TypeError(
+                f"items must be an iterable of strings or (text, text_pair) tuples, got {type(items).__name__}"
+            )
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        threshold = entropy_threshold if entropy_threshold is not None else self.entropy_threshold
+        tau = check_entropy_threshold(threshold, self.config.num_hidden_layers)
+        iterator = iter(items)
+        chunks = (self.encode(chunk) for chunk in iter(lambda: list(itertools.islice(iterator, batch_size)), []))
+
+        @torch.inference_mode()
+        def rows() -> Iterator[tuple[int, torch.Tensor, int]]:
+            for row_ids, logits, exit_layer in stream_early_exit(self.backend, chunks, batch_size, tau):
+                yield from ((index, row, exit_layer) for index, row in zip(row_ids.tolist(), logits))
+
+        return rows()
 
     def predict(self, batch, *, entropy_threshold=None) -> torch.Tensor:
         """Label ids ``[B]`` int64: the argmax of :meth:`generate_logits` (same arguments and errors)."""
