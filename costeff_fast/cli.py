@@ -17,10 +17,9 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="costeff-fast", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="teacher -> multi-exit model on rt, then early-exit inference vs HF")
+    demo = commands.add_parser("demo", help="COST-EFF model of the packaged MiniLM on rt, then early-exit inference vs HF")
     demo.add_argument("--work-dir", type=Path, default=Path("work/demo"), help="checkpoint cache (default work/demo)")
-    demo.add_argument("--train-rows", type=_positive_int, default=3000, help="rt training rows (default 3000)")
-    demo.add_argument("--epochs", type=float, default=1.0, help="epochs per training step (default 1)")
+    demo.add_argument("--budget", choices=["demo", "quick"], default="demo", help="training budget (default demo)")
     demo.add_argument("--batch-size", type=_positive_int, default=64, help="inference batch size (default 64)")
     demo.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     compress = commands.add_parser("compress", help="run the COST-EFF pipeline and write a calibrated checkpoint")
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "demo":
         from costeff_fast.training.demo import run_demo
 
-        run_demo(args.work_dir, train_rows=args.train_rows, epochs=args.epochs, batch_size=args.batch_size)
+        run_demo(args.work_dir, budget=args.budget, batch_size=args.batch_size)
     elif args.command == "compress":
         from costeff_fast.training.pipeline import CompressionSettings, compress
 

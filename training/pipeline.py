@@ -189,7 +189,8 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
 
     started = time.time()
     inputs, labels = dev_inputs(validation)
-    teacher_accuracy = hf_accuracy(teacher.eval(), tokenizer, inputs, labels, budget.max_length)
+    teacher_logits = hf_predict(teacher.eval(), tokenizer, inputs, 64, budget.max_length)
+    teacher_accuracy = (teacher_logits.argmax(-1) == labels).double().mean().item()
     model = from_pretrained(recovered_dir)
     sweep = threshold_sweep(model, inputs, labels, default_thresholds(data.num_labels))
     chosen = pick_threshold(sweep, teacher_accuracy, max_drop)
@@ -213,16 +214,17 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
 
 
 @torch.inference_mode()
-def hf_accuracy(model, tokenizer, inputs: list, labels: torch.Tensor, max_length: int, batch_size: int = 64) -> float:
-    """Dev accuracy of an HF classifier on strings or (text, text_pair) tuples."""
-    correct = 0
+def hf_predict(model, tokenizer, inputs: list, batch_size: int, max_length: int) -> torch.Tensor:
+    """HF baseline: tokenize each batch of strings or (text, text_pair) tuples with dynamic padding and run
+    the classifier; logits ``[N, C]`` fp32."""
+    out = []
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]
         pairs = isinstance(chunk[0], tuple)
         enc = tokenizer([c[0] for c in chunk] if pairs else chunk, [c[1] for c in chunk] if pairs else None,
                         padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        correct += int((model(**enc).logits.argmax(-1) == labels[start : start + batch_size]).sum())
-    return correct / len(inputs)
+        out.append(model(**enc).logits.float())
+    return torch.cat(out)
 
 
 def budget_with(budget: str, **changes) -> Budget:
