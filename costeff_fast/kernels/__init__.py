@@ -1,0 +1,12 @@
+"""Fused Triton kernels of the ``triton`` backend: one kernel family per module, each with its PyTorch reference.
+
+Importing this package imports triton and defines the kernels; set ``TRITON_INTERPRET=1`` before the first
+import to run them on the CPU through the Triton interpreter (tiny fp32 shapes, for tests). See README.md.
+"""
+
+from .attention import varlen_attention
+from .compaction import compact_tokens, scatter_exits
+from .exit_head import exit_head
+from .ffn import linear, linear_residual_layernorm
+
+__all__ = ["compact_tokens", "exit_head", "linear", "linear_residual_layernorm", "scatter_exits", "varlen_attention"]

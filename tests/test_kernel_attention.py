@@ -1,0 +1,67 @@
+"""costeff_fast.kernels.attention against its PyTorch reference (CPU: Triton interpreter, fp32/fp16)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # the kernels pick the interpreter when they are defined: set it first
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+pytest.importorskip("triton")
+
+from costeff_fast.kernels.attention import varlen_attention, varlen_attention_reference  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tl.dot is wrong in the interpreter")
+DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=GPU_ONLY)]
+ATOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 4e-2}  # |values| up to ~8
+
+
+def _packed(lengths: list[int], num_heads: int, head_size: int, dtype, index_dtype=torch.int64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    cu_seqlens = torch.tensor([0] + lengths, dtype=index_dtype).cumsum(0).to(index_dtype)
+    qkv = torch.randn(sum(lengths), 3 * num_heads * head_size, generator=generator) * 2.0
+    return qkv.to(device=DEVICE, dtype=dtype), cu_seqlens.to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_heads,head_size", [(1, 16), (3, 16), (2, 32), (1, 64)])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_matches_reference(dtype, num_heads, head_size, index_dtype):
+    lengths = [1, 7, 33, 3, 1, 16, 17]  # one-token rows, rows spanning 1, 2 and 3 blocks of 16
+    qkv, cu_seqlens = _packed(lengths, num_heads, head_size, dtype, index_dtype)
+    out = varlen_attention(qkv, cu_seqlens, max(lengths), num_heads, head_size)
+    expected = varlen_attention_reference(qkv, cu_seqlens, num_heads, head_size)
+    assert out.dtype == dtype and out.shape == (sum(lengths), num_heads * head_size)
+    err = (out.float() - expected).abs().max().item()
+    print(f"max abs err attention h={num_heads} d={head_size} {dtype} cu_seqlens {index_dtype}: {err:.2e}")
+    assert err <= ATOL[dtype]
+
+
+def test_one_token_row_returns_its_value_vector():
+    qkv, cu_seqlens = _packed([1], 2, 16, torch.float32)
+    out = varlen_attention(qkv, cu_seqlens, 1, 2, 16)
+    torch.testing.assert_close(out, qkv[:, 64:], atol=1e-6, rtol=0)
+
+
+def test_rows_do_not_attend_to_each_other():
+    qkv, cu_seqlens = _packed([5, 9], 1, 32, torch.float32)
+    alone = varlen_attention(qkv[5:].contiguous(), torch.tensor([0, 9], device=DEVICE), 9, 1, 32)
+    changed = qkv.clone()
+    changed[:5] += 10.0  # the first row's tokens must not affect the second row
+    out = varlen_attention(changed, cu_seqlens, 9, 1, 32)
+    torch.testing.assert_close(out[5:], alone, atol=1e-5, rtol=0)
+
+
+def test_bad_inputs_raise():
+    qkv, cu_seqlens = _packed([3, 4], 2, 16, torch.float32)
+    with pytest.raises(ValueError, match="head size must be one of"):
+        varlen_attention(qkv, cu_seqlens, 4, 4, 8)
+    with pytest.raises(ValueError, match="qkv must have shape"):
+        varlen_attention(qkv, cu_seqlens, 4, 1, 16)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        varlen_attention(qkv, cu_seqlens.float(), 4, 2, 16)
