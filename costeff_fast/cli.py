@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--final-exit-importance", action="store_true",
                           help="ablation: importance from the final exit only (no exit calibration)")
     compress.add_argument("--budget", choices=["quick", "paper", "demo"], default="quick")
+    compress.add_argument("--max-length", type=_positive_int, default=None,
+                          help="tokens per row in training and inference (default: the budget's)")
     compress.add_argument("--max-drop", type=float, default=0.01, help="allowed dev accuracy drop (default 0.01)")
     compress.add_argument("--work-dir", type=Path, default=None, help="stage cache (default work/<task>-<budget>)")
     compress.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
@@ -52,11 +54,16 @@ def main(argv: list[str] | None = None) -> None:
 
         run_demo(args.work_dir, budget=args.budget, batch_size=args.batch_size)
     elif args.command == "compress":
-        from costeff_fast.training.pipeline import CompressionSettings, compress
+        from dataclasses import replace
+
+        from costeff_fast.training.pipeline import BUDGETS, CompressionSettings, compress
 
         settings = CompressionSettings(heads=args.heads, ffn=args.ffn, embedding_rank=args.embedding_rank,
                                        allocation=args.allocation, calibrate_exits=not args.final_exit_importance)
-        report = compress(args.task, args.out, teacher_dir=args.teacher, settings=settings, budget=args.budget,
+        budget = BUDGETS[args.budget]
+        if args.max_length:
+            budget = replace(budget, max_length=args.max_length)
+        report = compress(args.task, args.out, teacher_dir=args.teacher, settings=settings, budget=budget,
                           work_dir=args.work_dir, max_drop=args.max_drop)
         print(json.dumps({k: report[k] for k in ("parameters", "flops_per_row", "accuracy", "targets")}, indent=2))
         print(f"checkpoint, report.json and report.png in {args.out}")

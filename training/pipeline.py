@@ -143,7 +143,7 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
         teacher_dir: a fine-tuned HF BERT classifier; None fine-tunes the packaged MiniLM on ``task``.
         settings: target widths and allocation.
         budget: ``"quick"``, ``"paper"``, ``"demo"`` or a :class:`Budget`.
-        work_dir: stage cache (default ``work/<task>-<budget>``); finished stages are reused.
+        work_dir: stage cache (default ``work/<task>-<budget>-len<max_length>``); finished stages are reused.
         max_drop: calibration keeps accuracy within this fraction of the teacher's (0.01 = one point).
 
     Returns:
@@ -159,7 +159,7 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
             raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}")
         budget = BUDGETS[budget]
     out_dir = Path(out_dir)
-    work_dir = Path(work_dir or Path("work") / f"{task}-{budget.name}")
+    work_dir = Path(work_dir or Path("work") / f"{task}-{budget.name}-len{budget.max_length}")
     timings = {}
     started = time.time()
     source = Path(teacher_dir) if teacher_dir else packaged_minilm_dir()

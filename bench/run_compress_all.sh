@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Reproduces the committed COST-EFF runs under bench/results/: rt and trec at ~1/8 of the MiniLM teacher's
+# encoder parameters with both allocations plus the final-exit-importance ablation, and boolq, all at the
+# quick budget. Teacher and TA are cached per task under work/ and shared by the settings of a task.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COSTEFF=${COSTEFF:-costeff-fast}
+run() {  # run NAME TASK [extra compress flags...]
+  local name=$1 task=$2; shift 2
+  $COSTEFF compress --task-default --task "$task" --heads 2 --ffn 160 --embedding-rank 128 --budget quick \
+    --out "work/out/$name" "$@"
+  mkdir -p "bench/results/$name"
+  cp "work/out/$name/report.json" "work/out/$name/report.png" "bench/results/$name/"
+}
+run rt-quick-uniform rt --allocation uniform
+run rt-quick-global rt --allocation global
+run rt-quick-uniform-lastexit rt --allocation uniform --final-exit-importance
+run trec-quick-uniform trec --allocation uniform
+run trec-quick-global trec --allocation global
+run trec-quick-uniform-lastexit trec --allocation uniform --final-exit-importance
+run boolq-quick-uniform boolq --allocation uniform --max-length 192
