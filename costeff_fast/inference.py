@@ -15,7 +15,7 @@ from .engine import run_early_exit, stream_early_exit
 from .modeling import CostEffForSequenceClassification
 
 
-def _check_right_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def _check_right_padded(attention_mask: torch.Tensor) -> torch.Tensor:
     """Return the row lengths of a right-padded ``[B, S]`` batch; raise if a mask is not ones-then-zeros."""
     mask = attention_mask.to(torch.bool)
     lengths = mask.sum(dim=1)
@@ -117,7 +117,7 @@ class CostEffInferenceModel:
                 if not isinstance(value, torch.Tensor) or value.shape != ids.shape:
                     raise ValueError(f"{name} must be a tensor of input_ids' shape {tuple(ids.shape)}")
             mask = optional.get("attention_mask", torch.ones_like(ids))
-            lengths = _check_right_padded(ids, mask)
+            lengths = _check_right_padded(mask)
             real = mask.to(torch.bool)
             flat_ids = ids[real]
             flat_types = optional["token_type_ids"][real] if "token_type_ids" in optional else torch.zeros_like(flat_ids)
