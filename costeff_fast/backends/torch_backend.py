@@ -1,26 +1,55 @@
-"""CPU backend: torch ops on packed tokens; no linear layer ever touches padding."""
+"""CPU backend: torch ops on packed tokens, no linear layer ever touches padding; native kernels where faster."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from .. import native as native_kernels
 from ..engine import PackedBatch
 from .base import Backend
 
 
 class TorchBackend(Backend):
-    """Runs every encoder layer with torch ops (fp32 on this CPU; any dtype and device torch supports).
+    """Runs every encoder layer with torch ops, plus the native kernels of ``csrc/`` on fp32 CPU tensors.
 
-    Linear layers run on the ``T`` real tokens only. The attention core scatters Q, K, V into a
-    ``[B, h_l, max_seqlen, d]`` buffer for ``scaled_dot_product_attention`` with a key-padding mask and
-    gathers the result back, so its cost grows with ``B * max_seqlen`` while the GEMMs grow with T.
+    Linear layers are ``torch.addmm``/``torch.mm`` on the ``T`` real tokens only; GELU runs in place.
+    Two paths share everything else:
+
+    * native (``native=True``; the default when :func:`costeff_fast.native.available`): varlen attention
+      straight on the packed QKV, GEMM + fused bias + residual + LayerNorm, span-copy compaction;
+    * plain torch (``native=False``; the reference the native path is tested against, and the fallback on
+      other devices and dtypes): the attention core scatters Q, K, V into a ``[B, h_l, max_seqlen, d]``
+      buffer for ``scaled_dot_product_attention`` with a key-padding mask and gathers the result back (its
+      cost grows with ``B * max_seqlen``), then ``addmm``, ``add_`` and ``layer_norm``.
+
+    Args:
+        weights, device: as :class:`~costeff_fast.backends.base.Backend`.
+        native: True, False, or None (use the kernels when they are built and the weights are fp32 on the
+            CPU).
+
+    Raises:
+        RuntimeError: ``native=True`` but the kernels are unavailable or the weights are not fp32 on the CPU.
     """
 
     name = "torch"
 
+    def __init__(self, weights, device: torch.device | str = "cpu", native: bool | None = None):
+        super().__init__(weights, device)
+        fits = self.device.type == "cpu" and weights.word_embeddings.dtype == torch.float32
+        if native is None:
+            native = fits and native_kernels.available()
+        elif native and not (fits and native_kernels.available()):
+            raise RuntimeError(
+                "native=True needs fp32 weights on the CPU and built native kernels (see the costeff_fast.native "
+                "warning in the log); pass native=None to fall back to plain torch"
+            )
+        self.native = native
+
     def attention(self, qkv: torch.Tensor, num_heads: int, head_size: int, batch: PackedBatch) -> torch.Tensor:
         """Varlen self-attention: ``qkv [T, 3 * h * d]`` (columns Q | K | V) -> context ``[T, h * d]``."""
+        if self.native:
+            return native_kernels.varlen_attention(qkv, batch.cu_seqlens, num_heads, head_size, batch.max_seqlen)
         rows, seq = batch.num_rows, batch.max_seqlen
         width = num_heads * head_size
         padded_index = batch.padded_index
@@ -30,13 +59,40 @@ class TorchBackend(Backend):
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.key_padding_mask[:, None, None, :])
         return context.transpose(1, 2).reshape(rows * seq, width).index_select(0, padded_index)
 
+    def linear_residual_layernorm(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        residual: torch.Tensor,
+        norm_weight: torch.Tensor,
+        norm_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """``LayerNorm(x @ weight + bias + residual)``: ``x [T, in]``, ``weight [in, H]``, ``residual [T, H]``."""
+        eps = self.weights.layer_norm_eps
+        if self.native:
+            out = torch.mm(x, weight)
+            return native_kernels.bias_residual_layernorm_(out, bias, residual, norm_weight, norm_bias, eps)
+        out = torch.addmm(bias, x, weight).add_(residual)
+        return F.layer_norm(out, out.shape[-1:], norm_weight, norm_bias, eps)
+
     def layer(self, index: int, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         w = self.weights.layers[index]
-        eps = self.weights.layer_norm_eps
         qkv = torch.addmm(w.qkv_bias, hidden, w.qkv_weight)
         context = self.attention(qkv, w.num_heads, w.head_size, batch)
-        attn = torch.addmm(w.attention_output_bias, context, w.attention_output_weight)
-        hidden = F.layer_norm(attn.add_(hidden), hidden.shape[-1:], w.attention_norm_weight, w.attention_norm_bias, eps)
-        inter = F.gelu(torch.addmm(w.intermediate_bias, hidden, w.intermediate_weight))
-        out = torch.addmm(w.output_bias, inter, w.output_weight)
-        return F.layer_norm(out.add_(hidden), hidden.shape[-1:], w.output_norm_weight, w.output_norm_bias, eps)
+        hidden = self.linear_residual_layernorm(
+            context, w.attention_output_weight, w.attention_output_bias, hidden,
+            w.attention_norm_weight, w.attention_norm_bias,
+        )
+        inter = torch.ops.aten.gelu_(torch.addmm(w.intermediate_bias, hidden, w.intermediate_weight))
+        return self.linear_residual_layernorm(
+            inter, w.output_weight, w.output_bias, hidden, w.output_norm_weight, w.output_norm_bias
+        )
+
+    def compact(
+        self, hidden: torch.Tensor, batch: PackedBatch, keep: torch.Tensor
+    ) -> tuple[torch.Tensor, PackedBatch]:
+        """Keep the token spans of the rows where ``keep [B]`` is True: new ``hidden [T', H]`` and batch."""
+        if self.native:
+            return native_kernels.compact_tokens(hidden, batch.cu_seqlens, keep), batch.keep(keep)
+        return super().compact(hidden, batch, keep)

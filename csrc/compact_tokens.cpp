@@ -1,0 +1,52 @@
+// Compaction gather: copy the token spans of the kept rows of a packed [T, H] buffer into a new buffer, one
+// memcpy per row (torch needs a per-token boolean mask, nonzero and an index gather).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <vector>
+
+namespace costeff_native {
+
+// hidden [T, H] fp32 contiguous, cu_seqlens [B + 1] int64 CPU, keep [B] bool CPU. Returns [T', H].
+at::Tensor compact_tokens(const at::Tensor& hidden, const at::Tensor& cu_seqlens, const at::Tensor& keep) {
+  TORCH_CHECK(hidden.device().is_cpu() && hidden.scalar_type() == at::kFloat && hidden.dim() == 2 &&
+                  hidden.is_contiguous(),
+              "compact_tokens: hidden must be a contiguous 2-D float32 CPU tensor");
+  TORCH_CHECK(cu_seqlens.device().is_cpu() && cu_seqlens.scalar_type() == at::kLong && cu_seqlens.dim() == 1 &&
+                  cu_seqlens.is_contiguous(),
+              "compact_tokens: cu_seqlens must be a contiguous 1-D int64 CPU tensor");
+  const int64_t rows = cu_seqlens.numel() - 1;
+  TORCH_CHECK(keep.device().is_cpu() && keep.scalar_type() == at::kBool && keep.dim() == 1 &&
+                  keep.is_contiguous() && keep.numel() == rows,
+              "compact_tokens: keep must be a contiguous bool CPU vector with one entry per row");
+  const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
+  TORCH_CHECK(cu[rows] == hidden.size(0), "compact_tokens: cu_seqlens must end at T = ", hidden.size(0));
+  const bool* kp = keep.data_ptr<bool>();
+  std::vector<int64_t> kept, offset{0};
+  for (int64_t r = 0; r < rows; ++r) {
+    if (kp[r]) {
+      kept.push_back(r);
+      offset.push_back(offset.back() + cu[r + 1] - cu[r]);
+    }
+  }
+  const int64_t h = hidden.size(1);
+  at::Tensor out = at::empty({offset.back(), h}, hidden.options());
+  const float* src = hidden.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, static_cast<int64_t>(kept.size()), 4, [=](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = kept[i];
+      std::memcpy(dst + offset[i] * h, src + cu[r] * h, sizeof(float) * (cu[r + 1] - cu[r]) * h);
+    }
+  });
+  return out;
+}
+
+}  // namespace costeff_native
+
+TORCH_LIBRARY_FRAGMENT(costeff_native, m) {
+  m.def("compact_tokens(Tensor hidden, Tensor cu_seqlens, Tensor keep) -> Tensor", &costeff_native::compact_tokens);
+}

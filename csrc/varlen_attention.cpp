@@ -1,0 +1,193 @@
+// Varlen self-attention on packed tokens (flash-attention's varlen interface, no padding): for every row and
+// head, softmax(Q K^T / sqrt(d)) V over that row's own tokens only. Work items are (row, head) pairs spread
+// over at::parallel_for. Per item, K^T goes to a small zero-padded buffer; then blocks of queries run
+// register-blocked micro-kernels (GCC vector extensions: AVX-512 or AVX2 with -march=native) for Q K^T and
+// P V, with the softmax in between, all in L1. Head sizes that are not a multiple of the vector width take a
+// plain loop path.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "vec_math.h"
+
+namespace costeff_native {
+
+#if defined(__AVX512F__)
+#define COSTEFF_VEC 16
+#else
+#define COSTEFF_VEC 8
+#endif
+constexpr int64_t kVec = COSTEFF_VEC;
+typedef float vfloat __attribute__((vector_size(COSTEFF_VEC * sizeof(float))));
+
+inline vfloat load(const float* p) {
+  vfloat v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline void store(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
+
+// Layout of one (row, head) item inside qkv: rows of `stride` floats, q/k/v point at the head's columns.
+struct Item {
+  const float* q;
+  const float* v;
+  int64_t n, stride;
+};
+
+// s[qi][j] = scale * q_(i0+qi) . k_j for QB queries and all keys; kt is [d][npad] (zero-padded to kVec).
+template <int QB>
+void scores(const Item& it, int64_t i0, int64_t d, const float* kt, int64_t npad, float scale, float* s) {
+  for (int64_t j0 = 0; j0 < npad; j0 += kVec) {
+    vfloat acc[QB] = {};
+    for (int64_t c = 0; c < d; ++c) {
+      const vfloat kv = load(kt + c * npad + j0);
+      for (int qi = 0; qi < QB; ++qi) acc[qi] += it.q[(i0 + qi) * it.stride + c] * kv;
+    }
+    for (int qi = 0; qi < QB; ++qi) store(s + qi * npad + j0, acc[qi] * scale);
+  }
+}
+
+// In place over the first n entries of each of the QB rows of s: exp(s - max); returns 1 / sum in inv.
+template <int QB>
+void softmax_rows(float* s, int64_t n, int64_t npad, float* inv) {
+  for (int qi = 0; qi < QB; ++qi) {
+    float* row = s + qi * npad;
+    float m = row[0];
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 1; j < n; ++j) m = std::max(m, row[j]);
+    float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+    for (int64_t j = 0; j < n; ++j) {
+      row[j] = exp_approx(row[j] - m);
+      total += row[j];
+    }
+    inv[qi] = 1.0f / total;
+  }
+}
+
+// out[qi][:] = inv[qi] * sum_j p[qi][j] v_j for d = DV * kVec.
+template <int QB, int DV>
+void weighted_values(const Item& it, const float* p, int64_t npad, const float* inv, float* out, int64_t ld) {
+  vfloat acc[QB][DV] = {};
+  for (int64_t j = 0; j < it.n; ++j) {
+    vfloat vv[DV];
+    for (int dv = 0; dv < DV; ++dv) vv[dv] = load(it.v + j * it.stride + dv * kVec);
+    for (int qi = 0; qi < QB; ++qi) {
+      const float pj = p[qi * npad + j];
+      for (int dv = 0; dv < DV; ++dv) acc[qi][dv] += pj * vv[dv];
+    }
+  }
+  for (int qi = 0; qi < QB; ++qi) {
+    for (int dv = 0; dv < DV; ++dv) store(out + qi * ld + dv * kVec, acc[qi][dv] * inv[qi]);
+  }
+}
+
+// Any d: one query at a time, inner loops over contiguous memory.
+void weighted_values_any(const Item& it, const float* p, int64_t d, float inv, float* acc, float* out) {
+  std::fill(acc, acc + d, 0.0f);
+  for (int64_t j = 0; j < it.n; ++j) {
+    const float pj = p[j];
+    const float* vj = it.v + j * it.stride;
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) acc[c] += pj * vj[c];
+  }
+#pragma omp simd
+  for (int64_t c = 0; c < d; ++c) out[c] = acc[c] * inv;
+}
+
+// Queries [i0, i0 + QB) of one item: scores, softmax, weighted values into out (row stride ld).
+template <int QB, int DV>
+void query_block(const Item& it, int64_t i0, int64_t d, const float* kt, int64_t npad, float scale, float* s,
+                 float* acc, float* out, int64_t ld) {
+  float inv[QB];
+  scores<QB>(it, i0, d, kt, npad, scale, s);
+  softmax_rows<QB>(s, it.n, npad, inv);
+  if constexpr (DV > 0) {
+    weighted_values<QB, DV>(it, s, npad, inv, out + i0 * ld, ld);
+  } else {
+    for (int qi = 0; qi < QB; ++qi) weighted_values_any(it, s + qi * npad, d, inv[qi], acc, out + (i0 + qi) * ld);
+  }
+}
+
+// All queries of one item, QB at a time, then one at a time for the tail.
+template <int QB, int DV>
+void attend(const Item& it, int64_t d, const float* kt, int64_t npad, float scale, float* s, float* acc,
+            float* out, int64_t ld) {
+  int64_t i0 = 0;
+  for (; i0 + QB <= it.n; i0 += QB) query_block<QB, DV>(it, i0, d, kt, npad, scale, s, acc, out, ld);
+  for (; i0 < it.n; ++i0) query_block<1, DV>(it, i0, d, kt, npad, scale, s, acc, out, ld);
+}
+
+// qkv [T, 3 * h * d] fp32 (columns Q heads | K heads | V heads), cu_seqlens [B + 1] int64 on the CPU.
+// Returns the context [T, h * d] fp32.
+at::Tensor varlen_attention(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t num_heads,
+                            int64_t head_size, int64_t max_seqlen) {
+  TORCH_CHECK(qkv.device().is_cpu() && qkv.scalar_type() == at::kFloat && qkv.dim() == 2 && qkv.is_contiguous(),
+              "varlen_attention: qkv must be a contiguous 2-D float32 CPU tensor");
+  TORCH_CHECK(num_heads >= 1 && head_size >= 1 && qkv.size(1) == 3 * num_heads * head_size,
+              "varlen_attention: qkv has ", qkv.size(1), " columns, expected 3 * num_heads * head_size = ",
+              3 * num_heads * head_size);
+  TORCH_CHECK(cu_seqlens.device().is_cpu() && cu_seqlens.scalar_type() == at::kLong && cu_seqlens.dim() == 1 &&
+                  cu_seqlens.is_contiguous() && cu_seqlens.numel() >= 1,
+              "varlen_attention: cu_seqlens must be a contiguous 1-D int64 CPU tensor");
+  const int64_t rows = cu_seqlens.numel() - 1;
+  const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
+  TORCH_CHECK(cu[0] == 0 && cu[rows] == qkv.size(0), "varlen_attention: cu_seqlens must run from 0 to T = ",
+              qkv.size(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(cu[r + 1] > cu[r] && cu[r + 1] - cu[r] <= max_seqlen,
+                "varlen_attention: row lengths must lie in [1, max_seqlen]");
+  }
+  const int64_t d = head_size, width = num_heads * head_size, stride = 3 * width;
+  at::Tensor out = at::empty({qkv.size(0), width}, qkv.options());
+  const float* src = qkv.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const int64_t max_pad = (max_seqlen + kVec - 1) / kVec * kVec;
+
+  at::parallel_for(0, rows * num_heads, 1, [=](int64_t begin, int64_t end) {
+    std::vector<float> kt(d * max_pad), s(8 * max_pad), acc(d);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t row = item / num_heads, head = item % num_heads;
+      const int64_t start = cu[row], n = cu[row + 1] - cu[row];
+      const int64_t npad = (n + kVec - 1) / kVec * kVec;
+      const float* q = src + start * stride + head * d;
+      const Item it{q, q + 2 * width, n, stride};
+      const float* k = q + width;
+      for (int64_t c = 0; c < d; ++c) {
+        float* ktc = kt.data() + c * npad;
+        for (int64_t j = 0; j < n; ++j) ktc[j] = k[j * stride + c];
+        std::fill(ktc + n, ktc + npad, 0.0f);
+      }
+      float* o = dst + start * width + head * d;
+      float* sp = s.data();
+      float* ap = acc.data();
+      if (d == 8 * kVec) {
+        attend<2, 8>(it, d, kt.data(), npad, scale, sp, ap, o, width);
+      } else if (d == 4 * kVec) {
+        attend<4, 4>(it, d, kt.data(), npad, scale, sp, ap, o, width);
+      } else if (d == 2 * kVec) {
+        attend<8, 2>(it, d, kt.data(), npad, scale, sp, ap, o, width);
+      } else if (d == kVec) {
+        attend<8, 1>(it, d, kt.data(), npad, scale, sp, ap, o, width);
+      } else {
+        attend<4, 0>(it, d, kt.data(), npad, scale, sp, ap, o, width);
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace costeff_native
+
+TORCH_LIBRARY_FRAGMENT(costeff_native, m) {
+  m.def("varlen_attention(Tensor qkv, Tensor cu_seqlens, int num_heads, int head_size, int max_seqlen) -> Tensor",
+        &costeff_native::varlen_attention);
+}

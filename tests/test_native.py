@@ -1,0 +1,125 @@
+"""Native CPU kernels (csrc/) against the plain torch path of the torch backend, and the build fallback."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import make_tiny_model, random_batch
+from test_engine import TIE, reference_entropies
+
+from costeff_fast import native
+from costeff_fast.backends.torch_backend import TorchBackend
+from costeff_fast.engine import PackedBatch, run_early_exit
+from costeff_fast.inference import CostEffInferenceModel
+from costeff_fast.packing import PackedWeights
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="native kernels could not be built here")
+
+LENGTHS = {
+    "uneven": [5, 1, 17, 3, 33, 2],
+    "single-tokens": [1, 1, 1],
+    "one-row": [1],
+    "long": [130, 7, 64, 65],
+}
+
+
+@pytest.fixture(scope="module")
+def backends():
+    """The same packed tiny model on the native path and on the plain torch reference path."""
+    weights = PackedWeights.from_model(make_tiny_model())
+    return TorchBackend(weights, native=True), TorchBackend(weights, native=False)
+
+
+@pytest.mark.parametrize("heads,head_size", [(1, 8), (2, 64), (12, 32), (1, 32), (3, 24), (2, 16), (1, 128)])
+@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
+def test_varlen_attention_matches_padded_sdpa(backends, heads, head_size, lengths):
+    fast, reference = backends
+    batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu")
+    qkv = torch.randn(batch.num_tokens, 3 * heads * head_size, generator=torch.Generator().manual_seed(len(lengths)))
+    expected = reference.attention(qkv, heads, head_size, batch)
+    torch.testing.assert_close(fast.attention(qkv, heads, head_size, batch), expected, atol=2e-5, rtol=1e-5)
+
+
+def test_varlen_attention_is_stable_for_large_scores(backends):
+    """Scores of a few hundred (peaked softmax) must not overflow the exp."""
+    fast, reference = backends
+    batch = PackedBatch.from_lengths(torch.tensor([9, 40, 1]), "cpu")
+    qkv = 30.0 * torch.randn(batch.num_tokens, 3 * 2 * 32, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(fast.attention(qkv, 2, 32, batch), reference.attention(qkv, 2, 32, batch),
+                               atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tokens,width,hidden", [(1, 8, 32), (37, 40, 32), (300, 256, 768)])
+def test_linear_residual_layernorm_matches_torch(backends, tokens, width, hidden):
+    fast, reference = backends
+    g = torch.Generator().manual_seed(tokens)
+    x, weight, residual = torch.randn(tokens, width, generator=g), torch.randn(width, hidden, generator=g) / 8, \
+        torch.randn(tokens, hidden, generator=g)
+    bias, norm_weight, norm_bias = (torch.randn(hidden, generator=g) for _ in range(3))
+    args = (x, weight, bias, residual, norm_weight, norm_bias)
+    expected = reference.linear_residual_layernorm(*args)
+    torch.testing.assert_close(fast.linear_residual_layernorm(*args), expected, atol=2e-5, rtol=1e-5)
+    assert torch.equal(args[3], residual), "the residual must not be modified"
+
+
+@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
+def test_compaction_matches_torch(backends, lengths):
+    fast, reference = backends
+    batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu", row_ids=torch.arange(len(lengths)) + 10)
+    hidden = torch.randn(batch.num_tokens, 32)
+    for keep in (torch.arange(len(lengths)) % 2 == 0, torch.ones(len(lengths), dtype=torch.bool),
+                 torch.zeros(len(lengths), dtype=torch.bool)):
+        got, got_batch = fast.compact(hidden, batch, keep)
+        want, want_batch = reference.compact(hidden, batch, keep)
+        assert torch.equal(got, want)
+        assert torch.equal(got_batch.cu_seqlens, want_batch.cu_seqlens)
+        assert torch.equal(got_batch.row_ids, want_batch.row_ids)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_engine_native_path_equals_torch_path(backends, seed):
+    model = make_tiny_model(seed, weight_std=0.15)
+    batch = random_batch(seed, batch=20, vocab=97, max_len=40, pairs=True)
+    entropies = reference_entropies(model, batch)
+    tau = entropies.median(dim=0).values.tolist()
+    ok = ~((entropies[:, :-1] - torch.tensor(tau[:-1])).abs() < TIE).any(dim=1)
+    engine = CostEffInferenceModel(model, None)
+    assert engine.backend.native, "the default CPU backend must take the native path when it is built"
+    inputs = engine.encode(batch)
+    weights = engine.backend.weights
+    fast = run_early_exit(TorchBackend(weights, native=True), *inputs, tau)
+    plain = run_early_exit(TorchBackend(weights, native=False), *inputs, tau)
+    assert len(set(plain[1].tolist())) >= 2 and ok.sum() >= 5
+    assert torch.equal(fast[1][ok], plain[1][ok])
+    torch.testing.assert_close(fast[0][ok], plain[0][ok], atol=1e-5, rtol=0)
+
+
+def test_kernels_reject_bad_inputs():
+    qkv = torch.randn(4, 12)
+    cu = torch.tensor([0, 4])
+    with pytest.raises(RuntimeError, match="float32"):
+        native.varlen_attention(qkv.double(), cu, 2, 2, 4)
+    with pytest.raises(RuntimeError, match="3 \\* num_heads \\* head_size"):
+        native.varlen_attention(qkv, cu, 3, 2, 4)
+    with pytest.raises(RuntimeError, match="cu_seqlens must run from 0 to T"):
+        native.varlen_attention(qkv, torch.tensor([0, 3]), 2, 2, 4)
+    with pytest.raises(RuntimeError, match="row lengths"):
+        native.varlen_attention(qkv, torch.tensor([0, 4, 4]), 2, 2, 4)
+    with pytest.raises(RuntimeError, match="residual"):
+        native.bias_residual_layernorm_(torch.randn(2, 3), torch.zeros(3), torch.randn(3, 3), torch.ones(3),
+                                        torch.zeros(3), 1e-5)
+    with pytest.raises(RuntimeError, match="keep"):
+        native.compact_tokens(torch.randn(4, 3), cu, torch.ones(2, dtype=torch.bool))
+
+
+def test_failed_build_logs_one_warning_and_falls_back(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(native, "CSRC", tmp_path)  # no sources there
+    with caplog.at_level(logging.WARNING, logger="costeff_fast.native"):
+        assert native.available.__wrapped__() is False
+    warnings = [r for r in caplog.records if r.name == "costeff_fast.native"]
+    assert len(warnings) == 1 and "using the pure-torch path" in warnings[0].getMessage()
+    assert "sources not found" in warnings[0].getMessage()
+    monkeypatch.setenv(native.DISABLE_ENV, "0")
+    assert native.available.__wrapped__() is False
