@@ -97,9 +97,7 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
         ``{candidate: (torch_fn, native_fn)}``; each call runs the operation once on the same inputs.
         Candidates: ``attention`` (padded SDPA vs varlen kernel), ``residual_layernorm`` (``add`` +
         ``layer_norm`` on an ``addmm`` output vs the fused bias + residual + LayerNorm in place on an ``mm``
-        output), ``linear_residual_layernorm`` (the same with the GEMM), ``bias_gelu`` (bias add + in-place
-        GELU vs the fused kernel; both first copy the GEMM output, as the kernel works in place),
-        ``compaction`` (boolean-mask gather vs span copy, half of the rows kept) and ``layer`` (a whole
+        output), ``linear_residual_layernorm`` (the same with the GEMM), ``compaction`` (boolean-mask gather vs span copy, half of the rows kept) and ``layer`` (a whole
         encoder layer, every kernel in use).
 
     Raises:
@@ -109,14 +107,13 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
         raise RuntimeError("the native kernels are not built here; see the costeff_fast.native warning")
     fast, plain = one_layer_backends(shape)
     w, eps = fast.weights.layers[0], fast.weights.layer_norm_eps
-    hidden_size, heads, head_size, ffn = KERNEL_SHAPES[shape]
+    hidden_size, heads, head_size, _ = KERNEL_SHAPES[shape]
     batch = PackedBatch.from_lengths(rt_lengths(num_rows), "cpu")
     tokens = batch.num_tokens
     g = torch.Generator().manual_seed(0)
     qkv = torch.randn(tokens, 3 * heads * head_size, generator=g)
     context = torch.randn(tokens, heads * head_size, generator=g)
     hidden, gemm_out = torch.randn(tokens, hidden_size, generator=g), torch.randn(tokens, hidden_size, generator=g)
-    inter, scratch = torch.randn(tokens, ffn, generator=g), torch.empty(tokens, ffn)
     keep = torch.arange(batch.num_rows) % 2 == 0
     norm = (w.attention_norm_weight, w.attention_norm_bias)
     ln_args = (context, w.attention_output_weight, w.attention_output_bias, hidden, *norm)
@@ -132,10 +129,6 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
         "linear_residual_layernorm": (
             lambda: plain.linear_residual_layernorm(*ln_args),
             lambda: fast.linear_residual_layernorm(*ln_args),
-        ),
-        "bias_gelu": (
-            lambda: torch.ops.aten.gelu_(scratch.copy_(inter).add_(w.intermediate_bias)),
-            lambda: native.bias_gelu_(scratch.copy_(inter), w.intermediate_bias),
         ),
         "compaction": (
             lambda: plain.compact(hidden, batch, keep)[0],

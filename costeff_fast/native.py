@@ -7,7 +7,8 @@ compiler, no ninja, sources not shipped) one warning is logged and :func:`availa
 then take their plain torch path. Set ``COSTEFF_FAST_NATIVE=0`` to skip the kernels altogether.
 
 Only kernels that beat their torch counterpart by >= 1.2x on their own operation are kept
-(``bench/bench_native.py``).
+(``bench/test_cpu_kernels.py``, ``bench/run_cpu.py``); a fused bias + GELU did not (about 1.0x against
+``addmm`` + in-place ``gelu_``) and was removed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-SOURCES = ("varlen_attention.cpp", "residual_layernorm.cpp", "bias_gelu.cpp", "compact_tokens.cpp")
+SOURCES = ("varlen_attention.cpp", "residual_layernorm.cpp", "compact_tokens.cpp")
 DISABLE_ENV = "COSTEFF_FAST_NATIVE"
 
 
@@ -110,21 +111,6 @@ def bias_residual_layernorm_(
         RuntimeError: wrong dtype, device, layout or shapes.
     """
     return torch.ops.costeff_native.bias_residual_layernorm_(x, bias, residual, weight, norm_bias, eps)
-
-
-def bias_gelu_(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """In place: ``x <- gelu(x + bias)`` with the exact erf GELU (absolute error < 1e-6 here).
-
-    Args:
-        x: ``[T, F]`` fp32 contiguous CPU. bias: ``[F]`` fp32.
-
-    Returns:
-        ``x``.
-
-    Raises:
-        RuntimeError: wrong dtype, device, layout or shapes.
-    """
-    return torch.ops.costeff_native.bias_gelu_(x, bias)
 
 
 def compact_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
