@@ -235,7 +235,7 @@ def from_pretrained(
         path: a directory written by ``CostEffForSequenceClassification.save_pretrained`` (``config.json``,
             ``model.safetensors``, tokenizer files).
         entropy_threshold: default threshold (nats, float or one per layer); None uses the config's.
-        backend: ``"auto"`` (the best available here) or ``"torch"``.
+        backend: ``"auto"`` (``"triton"`` on a CUDA GPU, else ``"torch"``), ``"torch"`` or ``"triton"``.
         num_threads: CPU threads for torch (``torch.set_num_threads``; process-wide); None leaves it.
         device: torch device for the weights (default CPU).
 

@@ -21,7 +21,7 @@ def reference_entropies(model, batch) -> torch.Tensor:
 
 def assert_matches_reference(model, batch, tau):
     """Engine == per-sample reference: same exit layer, logits within 1e-4, except entropy ties."""
-    engine = CostEffInferenceModel(model, tokenizer=None)
+    engine = CostEffInferenceModel(model, tokenizer=None, backend="torch")
     logits, layers = engine.generate_logits(batch, entropy_threshold=tau, return_exit_layers=True)
     ref_logits, ref_layers, _ = model.early_exit_reference(**batch, entropy_threshold=tau)
     entropies = reference_entropies(model, batch)
@@ -67,7 +67,7 @@ def test_no_row_exits_early(tiny_model):
 
 def test_engine_equals_full_forward_without_early_exit(tiny_model):
     batch = random_batch(3, batch=12, vocab=97, pairs=True)
-    logits = CostEffInferenceModel(tiny_model, None).generate_logits(batch, entropy_threshold=0.0)
+    logits = CostEffInferenceModel(tiny_model, None, backend="torch").generate_logits(batch, entropy_threshold=0.0)
     with torch.no_grad():
         expected = tiny_model(**batch).exit_logits[-1]
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
@@ -75,7 +75,7 @@ def test_engine_equals_full_forward_without_early_exit(tiny_model):
 
 def test_output_order_is_input_order(tiny_model):
     batch = random_batch(4, batch=10, vocab=97)
-    engine = CostEffInferenceModel(tiny_model, None)
+    engine = CostEffInferenceModel(tiny_model, None, backend="torch")
     tau = reference_entropies(tiny_model, batch).median(dim=0).values.tolist()
     logits, layers = engine.generate_logits(batch, entropy_threshold=tau, return_exit_layers=True)
     order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
@@ -89,12 +89,12 @@ def test_unpadded_lists_equal_padded_tensors(tiny_model):
     batch = random_batch(5, batch=6, vocab=97, pairs=True)
     lengths = batch["attention_mask"].sum(1).tolist()
     as_lists = {k: [row[:n].tolist() for row, n in zip(v, lengths)] for k, v in batch.items() if k != "attention_mask"}
-    engine = CostEffInferenceModel(tiny_model, None)
+    engine = CostEffInferenceModel(tiny_model, None, backend="torch")
     torch.testing.assert_close(engine.generate_logits(as_lists), engine.generate_logits(batch), atol=0, rtol=0)
 
 
 def test_empty_batch_gives_empty_outputs(tiny_model):
-    engine = CostEffInferenceModel(tiny_model, None)
+    engine = CostEffInferenceModel(tiny_model, None, backend="torch")
     logits, layers = engine.generate_logits([], return_exit_layers=True)
     assert logits.shape == (0, 3) and logits.dtype == torch.float32
     assert layers.shape == (0,) and layers.dtype == torch.long

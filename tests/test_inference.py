@@ -34,7 +34,7 @@ def rt_texts():
 
 
 def test_real_minilm_engine_matches_per_sample_reference(minilm_checkpoint, rt_texts):
-    engine = costeff_fast.from_pretrained(minilm_checkpoint)
+    engine = costeff_fast.from_pretrained(minilm_checkpoint, backend="torch")
     reference = CostEffForSequenceClassification.from_pretrained(minilm_checkpoint).eval()
     encoded = engine.tokenizer(rt_texts, padding=True, truncation=True, return_tensors="pt")
     with torch.no_grad():
@@ -52,12 +52,12 @@ def test_pipeline_and_auto_classes_load_the_checkpoint(minilm_checkpoint, rt_tex
     classifier = pipeline("text-classification", model=str(minilm_checkpoint))
     assert isinstance(classifier.model, CostEffForSequenceClassification)
     labels = [classifier.model.config.label2id[row["label"]] for row in classifier(list(rt_texts[:8]))]
-    engine = costeff_fast.from_pretrained(minilm_checkpoint, entropy_threshold=0.0)
+    engine = costeff_fast.from_pretrained(minilm_checkpoint, entropy_threshold=0.0, backend="torch")
     assert labels == engine.predict(list(rt_texts[:8])).tolist()
 
 
 def test_text_pairs_equal_tokenizer_pairs(minilm_checkpoint):
-    engine = costeff_fast.from_pretrained(minilm_checkpoint)
+    engine = costeff_fast.from_pretrained(minilm_checkpoint, backend="torch")
     pairs = [("is the sky blue?", "the sky is blue on clear days."), ("a question", "a passage")]
     encoded = engine.tokenizer([p[0] for p in pairs], [p[1] for p in pairs], padding=True, return_tensors="pt")
     torch.testing.assert_close(engine.generate_logits(pairs), engine.generate_logits(dict(encoded)), atol=0, rtol=0)
@@ -65,7 +65,7 @@ def test_text_pairs_equal_tokenizer_pairs(minilm_checkpoint):
 
 
 def test_long_text_is_truncated_to_the_model_limit(minilm_checkpoint):
-    engine = costeff_fast.from_pretrained(minilm_checkpoint)
+    engine = costeff_fast.from_pretrained(minilm_checkpoint, backend="torch")
     assert engine.generate_logits(["word " * 2000]).shape == (1, 2)
 
 
@@ -85,7 +85,7 @@ def test_from_pretrained_errors(tmp_path, minilm_dir):
 
 def test_config_threshold_is_the_default_and_call_overrides_it(tmp_path):
     model = make_tiny_model(entropy_threshold=100.0)
-    engine = CostEffInferenceModel(model, None)
+    engine = CostEffInferenceModel(model, None, backend="torch")
     batch = random_batch(0, batch=5, vocab=97)
     assert engine.generate_logits(batch, return_exit_layers=True)[1].tolist() == [1] * 5
     assert engine.generate_logits(batch, entropy_threshold=0.0, return_exit_layers=True)[1].tolist() == [4] * 5
@@ -109,7 +109,7 @@ def test_config_threshold_is_the_default_and_call_overrides_it(tmp_path):
     ],
 )
 def test_bad_batches_raise_clear_errors(tiny_model, minilm_checkpoint, batch, error, match):
-    engine = costeff_fast.from_pretrained(minilm_checkpoint) if isinstance(batch, (str, list)) else CostEffInferenceModel(tiny_model, None)
+    engine = costeff_fast.from_pretrained(minilm_checkpoint, backend="torch") if isinstance(batch, (str, list)) else CostEffInferenceModel(tiny_model, None, backend="torch")
     with pytest.raises(error, match=match):
         engine.generate_logits(batch)
 
@@ -117,4 +117,4 @@ def test_bad_batches_raise_clear_errors(tiny_model, minilm_checkpoint, batch, er
 @pytest.mark.parametrize("tau, error", [(-1.0, ValueError), ([0.1, 0.2], ValueError), (float("nan"), ValueError), ("x", TypeError)])
 def test_bad_thresholds_raise(tiny_model, tau, error):
     with pytest.raises(error, match="entropy_threshold"):
-        CostEffInferenceModel(tiny_model, None).generate_logits(random_batch(0, 2, 97), entropy_threshold=tau)
+        CostEffInferenceModel(tiny_model, None, backend="torch").generate_logits(random_batch(0, 2, 97), entropy_threshold=tau)
