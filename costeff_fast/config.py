@@ -77,6 +77,11 @@ class CostEffConfig(PretrainedConfig):
             (a bool for all exits or one per exit). COST-EFF exits use ``tanh`` of the CLS vector only;
             a converted HF classifier keeps its pooler on the last exit so its logits are unchanged.
         classifier_dropout: dropout before every exit classifier (None: ``hidden_dropout_prob``).
+        exit_pooling: what an exit without a pooler reads: ``"cls"`` (the [CLS] vector, COST-EFF) or
+            ``"mean"`` (the mean of the row's token vectors). Exits with a BERT pooler always read [CLS].
+            ``"mean"`` lets early exits work on encoders whose [CLS] carries little before the last layers
+            (all-MiniLM-L6-v2, trained with mean pooling: its exits 1-3 stay at the majority class with
+            ``"cls"``).
         entropy_threshold: default early-exit threshold in nats (float or one per layer); None means
             every row runs to the last layer.
 
@@ -105,6 +110,7 @@ class CostEffConfig(PretrainedConfig):
         embedding_rank: int | None = None,
         exit_pooler: bool | list[bool] = False,
         classifier_dropout: float | None = None,
+        exit_pooling: str = "cls",
         entropy_threshold: float | list[float] | None = None,
         **kwargs,
     ):
@@ -132,6 +138,9 @@ class CostEffConfig(PretrainedConfig):
             raise ValueError(f"exit_pooler must be a bool or a list of {num_hidden_layers} bools, got {exit_pooler!r}")
         self.exit_pooler = pooler
         self.classifier_dropout = classifier_dropout
+        if exit_pooling not in ("cls", "mean"):
+            raise ValueError(f"exit_pooling must be 'cls' or 'mean', got {exit_pooling!r}")
+        self.exit_pooling = exit_pooling
         check_entropy_threshold(entropy_threshold, num_hidden_layers)
         self.entropy_threshold = entropy_threshold
 

@@ -73,6 +73,11 @@ class PackedBatch:
         """``[T]`` int64 position of every packed token inside its row (0 = [CLS])."""
         return torch.arange(self.num_tokens, device=self.cu_seqlens.device) - self.cu_seqlens[self.token_row]
 
+    def row_mean(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Mean of each row's token vectors: packed ``[T, H]`` -> ``[B, H]`` (same dtype)."""
+        sums = hidden.new_zeros(self.num_rows, hidden.shape[1]).index_add_(0, self.token_row, hidden)
+        return sums / self.lengths.to(device=hidden.device, dtype=hidden.dtype)[:, None]
+
     @cached_property
     def padded_index(self) -> torch.Tensor:
         """``[T]`` int64 index of every packed token in a padded ``[B * max_seqlen]`` layout."""

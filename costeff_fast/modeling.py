@@ -138,21 +138,27 @@ class CostEffLayer(nn.Module):
 
 
 class CostEffExit(nn.Module):
-    """Exit classifier: ``Linear(H, C)(tanh(x_cls))`` (COST-EFF), or ``Linear(H, C)(tanh(dense(x_cls)))``
-    with a BERT-style pooler."""
+    """Exit classifier: ``Linear(H, C)(tanh(x))`` (COST-EFF) with x the [CLS] vector or the mean of the row's
+    tokens (``config.exit_pooling``), or ``Linear(H, C)(tanh(dense(x_cls)))`` with a BERT-style pooler."""
 
     def __init__(self, config: CostEffConfig, pooler: bool):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
+        self.pooling = "cls" if pooler else config.exit_pooling
         dropout = config.classifier_dropout
         self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
-    def forward(self, cls_hidden: torch.Tensor) -> torch.Tensor:
-        """``cls_hidden [B, H]`` -> logits ``[B, num_labels]``."""
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``hidden [B, S, H]``, ``attention_mask [B, S]`` (1 = token) -> logits ``[B, num_labels]``."""
+        if self.pooling == "cls":
+            features = hidden[:, 0]
+        else:
+            mask = attention_mask.to(hidden.dtype)[..., None]
+            features = (hidden * mask).sum(dim=1) / mask.sum(dim=1)
         if self.dense is not None:
-            cls_hidden = self.dense(cls_hidden)
-        return self.classifier(self.dropout(torch.tanh(cls_hidden)))
+            features = self.dense(features)
+        return self.classifier(self.dropout(torch.tanh(features)))
 
 
 @dataclass
@@ -270,7 +276,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             depth = index + 1
             if gradient_equilibrium:
                 hidden = gradient_rescale(hidden, 1.0 / (num_layers - depth + 1))
-            exit_logits.append(exit_head(hidden[:, 0]))
+            exit_logits.append(exit_head(hidden, attention_mask))
             all_hidden.append(hidden)
             if gradient_equilibrium and depth < num_layers:
                 hidden = gradient_rescale(hidden, float(num_layers - depth))
@@ -327,7 +333,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             no_mask = hidden.new_zeros(1, 1, 1, length)
             for depth, (layer, exit_head) in enumerate(zip(self.layers, self.exits), start=1):
                 hidden = layer(hidden, no_mask)
-                logits = exit_head(hidden[:, 0]).float()
+                logits = exit_head(hidden, attention_mask[row : row + 1, :length]).float()
                 entropy = exit_entropy(logits)
                 if depth == num_layers or (tau is not None and entropy.item() < tau[depth - 1]):
                     break

@@ -37,8 +37,10 @@ class PackedLayer:
 
 @dataclass(frozen=True)
 class PackedExit:
-    """One exit: optional pooler ``[H, H]`` then classifier ``[H, C]``."""
+    """One exit: features (``pooling``: the [CLS] row or the row's token mean), optional pooler ``[H, H]``,
+    tanh, then classifier ``[H, C]``."""
 
+    pooling: str
     pooler_weight: torch.Tensor | None
     pooler_bias: torch.Tensor | None
     classifier_weight: torch.Tensor  # [H, C]
@@ -97,6 +99,7 @@ class PackedWeights:
             dense = head.dense
             exits.append(
                 PackedExit(
+                    pooling=head.pooling,
                     pooler_weight=None if dense is None else input_major(dense),
                     pooler_bias=None if dense is None else put(dense.bias),
                     classifier_weight=input_major(head.classifier),

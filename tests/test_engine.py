@@ -36,8 +36,9 @@ def assert_matches_reference(model, batch, tau):
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("pairs", [False, True])
-def test_mixed_exits_match_reference(seed, pairs):
-    model = make_tiny_model(seed, weight_std=0.15)
+@pytest.mark.parametrize("exit_pooling", ["cls", "mean"])
+def test_mixed_exits_match_reference(seed, pairs, exit_pooling):
+    model = make_tiny_model(seed, weight_std=0.15, exit_pooling=exit_pooling)
     batch = random_batch(seed, batch=24, vocab=97, pairs=pairs)
     # Per-layer thresholds at the median entropy of each layer make about half the rows leave at each exit.
     tau = reference_entropies(model, batch).median(dim=0).values.tolist()

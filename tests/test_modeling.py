@@ -162,3 +162,27 @@ def test_gradient_equilibrium_scales_layer_gradients_as_specified(tiny_model, la
 
     expected = expected_equilibrium_scale(layer, exit_, num_layers=4)
     torch.testing.assert_close(layer_grad(True), layer_grad(False) * expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("exit_pooling", ["cls", "mean"])
+def test_padded_forward_equals_per_row_reference(exit_pooling):
+    """Padding must not leak into any exit (the mean exit averages real tokens only)."""
+    model = make_tiny_model(4, exit_pooling=exit_pooling)
+    batch = random_batch(4, batch=7, vocab=97, max_len=25, pairs=True)
+    with torch.no_grad():
+        padded = model(**batch).exit_logits[-1]
+    per_row, layers, _ = model.early_exit_reference(**batch, entropy_threshold=0.0)
+    assert layers.tolist() == [4] * 7
+    torch.testing.assert_close(padded, per_row, atol=1e-5, rtol=0)
+
+
+def test_mean_pooled_exit_reads_token_means_and_pooled_exit_reads_cls():
+    model = make_tiny_model(5, exit_pooling="mean")
+    assert [head.pooling for head in model.exits] == ["mean", "cls", "mean", "mean"]
+    hidden = torch.randn(2, 3, 32)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    head = model.exits[0]
+    expected = head.classifier(torch.tanh(torch.stack([hidden[0, :2].mean(0), hidden[1].mean(0)])))
+    torch.testing.assert_close(head(hidden, mask), expected)
+    with pytest.raises(ValueError, match="exit_pooling"):
+        CostEffConfig(exit_pooling="max")

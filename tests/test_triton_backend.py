@@ -49,9 +49,9 @@ def _entropies(model, batch) -> torch.Tensor:
         return exit_entropy(torch.stack(model(**batch).exit_logits, dim=1))
 
 
-@pytest.mark.parametrize("seed,pairs", [(0, False), (1, True)])
-def test_engine_matches_reference_with_mixed_exits(seed, pairs):
-    model = _model(seed)
+@pytest.mark.parametrize("seed,pairs,exit_pooling", [(0, False, "cls"), (1, True, "cls"), (2, True, "mean")])
+def test_engine_matches_reference_with_mixed_exits(seed, pairs, exit_pooling):
+    model = _model(seed, exit_pooling=exit_pooling)
     batch = random_batch(seed, batch=24, vocab=97, max_len=33, pairs=pairs)
     entropies = _entropies(model, batch)
     middle = entropies.sort(dim=0).values[11:13]  # tau between the two middle entropies: half the rows exit

@@ -45,18 +45,24 @@ class Backend:
         """Encoder layer ``index`` (0-based) on packed tokens: ``[T, H]`` -> ``[T, H]``."""
         raise NotImplementedError
 
-    def exit_logits(self, index: int, cls_hidden: torch.Tensor) -> torch.Tensor:
-        """Exit ``index`` on the CLS rows: ``[B, H]`` -> fp32 logits ``[B, C]``."""
+    def exit_logits(self, index: int, features: torch.Tensor) -> torch.Tensor:
+        """Exit ``index`` on its per-row features (see :meth:`exit_features`): ``[B, H]`` -> fp32 logits ``[B, C]``."""
         head = self.weights.exits[index]
         if head.pooler_weight is not None:
-            cls_hidden = torch.addmm(head.pooler_bias, cls_hidden, head.pooler_weight)
-        return torch.addmm(head.classifier_bias, torch.tanh(cls_hidden), head.classifier_weight).float()
+            features = torch.addmm(head.pooler_bias, features, head.pooler_weight)
+        return torch.addmm(head.classifier_bias, torch.tanh(features), head.classifier_weight).float()
+
+    def exit_features(self, index: int, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """What exit ``index`` reads: each row's [CLS] vector or its token mean, ``[B, H]``."""
+        if self.weights.exits[index].pooling == "mean":
+            return batch.row_mean(hidden)
+        return hidden[batch.cls_index]
 
     def exit_head(
         self, index: int, hidden: torch.Tensor, batch: PackedBatch, entropy_threshold: float | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[B, C]`` fp32 of exit ``index`` and the exit mask ``[B]`` bool (entropy < tau, nats)."""
-        logits = self.exit_logits(index, hidden[batch.cls_index])
+        logits = self.exit_logits(index, self.exit_features(index, hidden, batch))
         if entropy_threshold is None:
             return logits, torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
         return logits, exit_entropy(logits) < entropy_threshold

@@ -108,8 +108,12 @@ class TritonBackend(Backend):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[B, C]`` fp32 on the device and the exit mask ``[B]`` bool **on the host** (one wait)."""
         head = self.weights.exits[index]
+        rows = batch.cls_index
+        if head.pooling == "mean":  # the kernel then reads row b of the [B, H] token means
+            hidden = batch.row_mean(hidden)
+            rows = torch.arange(batch.num_rows, device=hidden.device)
         logits, _, exits = kernels.exit_head(
-            hidden, batch.cls_index, head.classifier_weight, head.classifier_bias,
+            hidden, rows, head.classifier_weight, head.classifier_bias,
             head.pooler_weight, head.pooler_bias, entropy_threshold,
         )
         if entropy_threshold is None:  # nobody exits: no copy, no wait
