@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--budget", choices=["quick", "paper", "demo"], default="quick")
     compress.add_argument("--max-length", type=_positive_int, default=None,
                           help="tokens per row in training and inference (default: the budget's)")
+    compress.add_argument("--exit-pooling", choices=["mean", "cls"], default="mean",
+                          help="what non-pooled exits read: token mean (default) or [CLS] (the paper)")
     compress.add_argument("--max-drop", type=float, default=0.01, help="allowed dev accuracy drop (default 0.01)")
     compress.add_argument("--work-dir", type=Path, default=None, help="stage cache (default work/<task>-<budget>)")
     compress.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.max_length:
             budget = replace(budget, max_length=args.max_length)
         report = compress(args.task, args.out, teacher_dir=args.teacher, settings=settings, budget=budget,
-                          work_dir=args.work_dir, max_drop=args.max_drop)
+                          work_dir=args.work_dir, max_drop=args.max_drop, exit_pooling=args.exit_pooling)
         print(json.dumps({k: report[k] for k in ("parameters", "flops_per_row", "accuracy", "targets")}, indent=2))
         print(f"checkpoint, report.json and report.png in {args.out}")
 

@@ -133,7 +133,7 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, settings: 
 
 def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, settings: CompressionSettings = CompressionSettings(),
              budget: str | Budget = "quick", work_dir: Path | None = None, max_drop: float = 0.01,
-             seed: int = 0) -> dict:
+             exit_pooling: str = "mean", seed: int = 0) -> dict:
     """Run the whole COST-EFF pipeline and write the calibrated checkpoint and its report to ``out_dir``.
 
     Args:
@@ -143,8 +143,10 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
         teacher_dir: a fine-tuned HF BERT classifier; None fine-tunes the packaged MiniLM on ``task``.
         settings: target widths and allocation.
         budget: ``"quick"``, ``"paper"``, ``"demo"`` or a :class:`Budget`.
-        work_dir: stage cache (default ``work/<task>-<budget>-len<max_length>``); finished stages are reused.
+        work_dir: stage cache (default ``work/<task>-<budget>-len<max_length>-<exit_pooling>``); finished stages are reused.
         max_drop: calibration keeps accuracy within this fraction of the teacher's (0.01 = one point).
+        exit_pooling: what the TA's (and so the COST-EFF model's) non-pooled exits read: ``"mean"`` (default:
+            the packaged MiniLM's [CLS] is uninformative before layer 4) or ``"cls"`` (the paper).
 
     Returns:
         The report dict.
@@ -159,7 +161,7 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
             raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}")
         budget = BUDGETS[budget]
     out_dir = Path(out_dir)
-    work_dir = Path(work_dir or Path("work") / f"{task}-{budget.name}-len{budget.max_length}")
+    work_dir = Path(work_dir or Path("work") / f"{task}-{budget.name}-len{budget.max_length}-{exit_pooling}")
     timings = {}
     started = time.time()
     source = Path(teacher_dir) if teacher_dir else packaged_minilm_dir()
@@ -176,7 +178,8 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
         raise ValueError(f"the teacher has {teacher.config.num_labels} labels, task {task!r} has {data.num_labels}")
     ta_dir = work_dir / "ta"
     ta_record = distill_teaching_assistant(teacher_dir, data, ta_dir, hidden_epochs=budget.ta_hidden_epochs,
-                                           prediction_epochs=budget.ta_prediction_epochs, lr=budget.ta_lr)
+                                           prediction_epochs=budget.ta_prediction_epochs, lr=budget.ta_lr,
+                                           exit_pooling=exit_pooling)
     timings["teaching assistant"] = ta_record["seconds"]
     variant_dir = work_dir / settings.name
     slender_record = slenderize_stage(ta_dir, data, variant_dir / "slender", settings, budget)

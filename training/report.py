@@ -46,7 +46,7 @@ def write_report(out_dir: Path, *, task, budget, settings, teacher, ta_dir, mode
         "widths": {"num_attention_heads": model.config.num_attention_heads,
                    "attention_head_size": model.config.attention_head_size,
                    "intermediate_size": model.config.intermediate_size,
-                   "embedding_rank": model.config.embedding_rank},
+                   "embedding_rank": model.config.embedding_rank, "exit_pooling": model.config.exit_pooling},
         "parameters": {
             "teacher": teacher_params, "costeff": model_params,
             "ratio_total": model_params["total"] / teacher_params["total"],

@@ -125,12 +125,13 @@ def distill_multi_exit(student: CostEffForSequenceClassification, teacher, data:
 
 def distill_teaching_assistant(teacher_dir: Path, data: TrainingData, out_dir: Path, *, hidden_epochs: float = 1.0,
                                prediction_epochs: float = 1.0, lr: float = 5e-5, kd_weight: float = 0.5,
-                               temperature: float = 1.0) -> dict:
+                               temperature: float = 1.0, exit_pooling: str = "cls") -> dict:
     """Step 2: a full-width multi-exit teaching assistant distilled from the teacher.
 
     The TA starts from :meth:`CostEffForSequenceClassification.from_bert` (encoder copied, last exit =
-    the teacher's pooler and classifier), then :func:`distill_multi_exit` from the teacher: hidden states,
-    then every exit against the teacher's logits plus hard labels, with gradient equilibrium.
+    the teacher's pooler and classifier; the other exits read [CLS] or the token mean, ``exit_pooling``), then
+    :func:`distill_multi_exit` from the teacher: hidden states, then every exit against the teacher's logits
+    plus hard labels, with gradient equilibrium.
 
     Returns:
         The stage record: ``exit_accuracies`` (one per exit), ``mean_accuracy``, ``seconds``.
@@ -141,7 +142,7 @@ def distill_teaching_assistant(teacher_dir: Path, data: TrainingData, out_dir: P
     started = time.time()
     torch.manual_seed(data.seed)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
-    ta = CostEffForSequenceClassification.from_bert(teacher)
+    ta = CostEffForSequenceClassification.from_bert(teacher, exit_pooling=exit_pooling)
     accuracies = distill_multi_exit(ta, teacher, data, hidden_epochs=hidden_epochs,
                                     prediction_epochs=prediction_epochs, lr=lr, kd_weight=kd_weight,
                                     hidden_in_prediction=False, temperature=temperature, exit_lr_scale=20.0,
