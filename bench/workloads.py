@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 
 from costeff_fast import CostEffConfig, CostEffForSequenceClassification, native
 from costeff_fast.backends.torch_backend import TorchBackend
-from costeff_fast.engine import PackedBatch
+from costeff_fast.config import check_entropy_threshold
+from costeff_fast.engine import PackedBatch, run_early_exit
 from costeff_fast.packing import PackedWeights
 
 MAX_LENGTH = 128  # tokens per sentence after truncation (and the padded length of the "128 tokens" runs)
@@ -95,7 +97,7 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
 
     Returns:
         ``{candidate: (torch_fn, native_fn)}``; each call runs the operation once on the same inputs.
-        Candidates: ``attention`` (padded SDPA vs varlen kernel), ``residual_layernorm`` (``add`` +
+        Candidates: ``attention`` (bias + padded SDPA vs varlen kernel with the bias inside), ``residual_layernorm`` (``add`` +
         ``layer_norm`` on an ``addmm`` output vs the fused bias + residual + LayerNorm in place on an ``mm``
         output), ``linear_residual_layernorm`` (the same with the GEMM), ``compaction`` (boolean-mask gather vs span copy, half of the rows kept) and ``layer`` (a whole
         encoder layer, every kernel in use).
@@ -119,8 +121,8 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
     ln_args = (context, w.attention_output_weight, w.attention_output_bias, hidden, *norm)
     return {
         "attention": (
-            lambda: plain.attention(qkv, heads, head_size, batch),
-            lambda: fast.attention(qkv, heads, head_size, batch),
+            lambda: plain.attention(qkv, w.qkv_bias, heads, head_size, batch),
+            lambda: fast.attention(qkv, w.qkv_bias, heads, head_size, batch),
         ),
         "residual_layernorm": (
             lambda: F.layer_norm(torch.add(gemm_out, hidden), (hidden_size,), *norm, eps),
@@ -136,3 +138,226 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
         ),
         "layer": (lambda: plain.layer(0, hidden, batch), lambda: fast.layer(0, hidden, batch)),
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models and end-to-end contenders
+
+
+@dataclass
+class Contender:
+    """One timed workload: ``fn()`` classifies ``sentences`` rows once.
+
+    Attributes:
+        gflop: executed matmul GFLOP per pass (2 x multiply-adds on real tokens and real exit layers; padded
+            tokens count for the models that compute them).
+        paper_gflop: the same rows counted at MAX_LENGTH (128) padded tokens each (the paper's accounting).
+    """
+
+    fn: Callable[[], object]
+    sentences: int
+    gflop: float
+    paper_gflop: float
+
+
+def report(contender: Contender, seconds: float, peak_gflops: float) -> dict:
+    """sentences/s, executed GFLOP/s and its fraction of the same-run ``torch.mm`` peak for one timing."""
+    gflops = contender.gflop / seconds
+    return {
+        "seconds_per_pass": seconds,
+        "sentences": contender.sentences,
+        "sentences_per_s": contender.sentences / seconds,
+        "gflop_per_sentence": contender.gflop / contender.sentences,
+        "paper_gflop_per_sentence": contender.paper_gflop / contender.sentences,
+        "gflops": gflops,
+        "fraction_of_mm_peak": gflops / peak_gflops,
+    }
+
+
+def costeff_flops(config: CostEffConfig, lengths: torch.Tensor, exit_layers: torch.Tensor) -> float:
+    """Executed matmul FLOPs of an engine run: ``2 x`` multiply-adds of QKV, W_O, W_1, W_2 on the real tokens of
+    the rows that reach each layer, Q K^T and P V per row and head (``4 n^2 A``), and every evaluated exit
+    head (optional pooler ``H x H`` and classifier ``H x C`` on the CLS row).
+
+    Args:
+        lengths: ``[B]`` tokens per row. exit_layers: ``[B]`` 1-based exit layer of each row.
+    """
+    hidden, head_size, labels = config.hidden_size, config.attention_head_size, config.num_labels
+    n = lengths.double()
+    total = 0.0
+    for layer in range(config.num_hidden_layers):
+        alive = exit_layers > layer
+        tokens = n[alive]
+        width, ffn = config.num_attention_heads[layer] * head_size, config.intermediate_size[layer]
+        total += 2 * float(tokens.sum()) * (hidden * 3 * width + width * hidden + 2 * hidden * ffn)
+        total += 4 * float((tokens * tokens).sum()) * width
+        head = hidden * labels + (hidden * hidden if config.exit_pooler[layer] else 0)
+        total += 2 * int(alive.sum()) * head
+    return total
+
+
+def bert_flops(config, padded_lengths: torch.Tensor) -> float:
+    """Executed matmul FLOPs of an HF BERT classifier on rows of ``padded_lengths [B]`` tokens (padding computed):
+    every layer's QKV, output, FFN GEMMs and attention, then pooler and classifier on each row."""
+    hidden, ffn = config.hidden_size, config.intermediate_size
+    n = padded_lengths.double()
+    per_layer = 2 * float(n.sum()) * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * float((n * n).sum()) * hidden
+    return config.num_hidden_layers * per_layer + len(n) * 2 * (hidden * hidden + hidden * config.num_labels)
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def hf_batches(texts: list[str], batch_size: int, pad_to_max: bool = False) -> list[dict]:
+    """Tokenized ``[b, S]`` batches: dynamic padding (longest row), or every row padded to MAX_LENGTH."""
+    padding = "max_length" if pad_to_max else "longest"
+    return [
+        dict(tokenizer()(chunk, truncation=True, max_length=MAX_LENGTH, padding=padding, return_tensors="pt"))
+        for chunk in chunks(texts, batch_size)
+    ]
+
+
+def hf_contender(model, texts: list[str], batch_size: int, pad_to_max: bool = False, packed: bool = False) -> Contender:
+    """An HF-style classifier in inference mode on padded tokenized batches (tokenization not timed).
+
+    ``packed``: the model skips padding (``costeff_fast.optimize``), so FLOPs count real tokens only.
+    """
+    batches = hf_batches(texts, batch_size, pad_to_max)
+
+    @torch.inference_mode()
+    def run():
+        return [model(**batch).logits for batch in batches]
+
+    if packed:
+        executed = torch.cat([b["attention_mask"].sum(dim=1) for b in batches])
+    else:
+        executed = torch.cat([torch.full((len(b["input_ids"]),), b["input_ids"].shape[1]) for b in batches])
+    return Contender(run, len(texts), bert_flops(model.config, executed) / 1e9,
+                     bert_flops(model.config, torch.full_like(executed, MAX_LENGTH)) / 1e9)
+
+
+def engine_batches(texts: list[str], batch_size: int) -> list[dict]:
+    """Tokenized, unpadded batches (lists of ids) for :meth:`CostEffInferenceModel.generate_logits`."""
+    return [dict(tokenizer()(chunk, truncation=True, max_length=MAX_LENGTH)) for chunk in chunks(texts, batch_size)]
+
+
+def engine_contender(engine, texts: list[str], batch_size: int, tau) -> Contender:
+    """The engine at threshold ``tau`` on pre-tokenized batches; FLOPs from the rows' real exit layers."""
+    batches = engine_batches(texts, batch_size)
+
+    def run():
+        return [engine.generate_logits(batch, entropy_threshold=tau, return_exit_layers=True) for batch in batches]
+
+    exit_layers = torch.cat([layers for _, layers in run()])
+    lengths = torch.tensor([len(ids) for batch in batches for ids in batch["input_ids"]])
+    config = engine.config
+    return Contender(run, len(texts), costeff_flops(config, lengths, exit_layers) / 1e9,
+                     costeff_flops(config, torch.full_like(lengths, MAX_LENGTH), exit_layers) / 1e9)
+
+
+def streaming_contenders(engine, texts: list[str], batch_size: int, tau) -> dict[str, Contender]:
+    """Raw texts (tokenization timed in both) classified batch by batch, or by the streaming scheduler."""
+    flops = engine_contender(engine, texts, batch_size, tau)
+
+    def per_batch():
+        return [engine.generate_logits(chunk, entropy_threshold=tau) for chunk in chunks(texts, batch_size)]
+
+    def streaming():
+        return list(engine.generate_logits_stream(texts, batch_size, entropy_threshold=tau))
+
+    return {
+        "per_batch_compaction": Contender(per_batch, len(texts), flops.gflop, flops.paper_gflop),
+        "streaming": Contender(streaming, len(texts), flops.gflop, flops.paper_gflop),
+    }
+
+
+class _LayerRecorder:
+    """Backend proxy recording the inputs of every ``layer`` call (a layer never modifies its input)."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.calls = []
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def layer(self, index, hidden, batch):
+        self.calls.append((index, hidden, batch))
+        return self._backend.layer(index, hidden, batch)
+
+
+@torch.inference_mode()
+def early_exit_overhead(engine, texts: list[str], batch_size: int, tau, repeats: int) -> dict:
+    """Whole early-exit runs against the sum of their layer calls alone at the same (surviving) rows.
+
+    The difference is what early exit adds: embedding, exit heads, output scatter, compaction, Python.
+
+    Returns:
+        ``early_exit_s`` and ``sum_of_layers_s`` (median seconds for all batches), ``overhead`` (ratio - 1)
+        and ``rows_per_layer`` (rows entering each layer, summed over batches).
+    """
+    threshold = check_entropy_threshold(tau, engine.config.num_hidden_layers)
+    encoded = [engine.encode(batch) for batch in engine_batches(texts, batch_size)]
+    recorder = _LayerRecorder(engine.backend)
+    for inputs in encoded:
+        run_early_exit(recorder, *inputs, threshold)
+    rows = [0] * engine.config.num_hidden_layers
+    for index, _, batch in recorder.calls:
+        rows[index] += batch.num_rows
+
+    def whole():
+        for inputs in encoded:
+            run_early_exit(engine.backend, *inputs, threshold)
+
+    def layers_only():
+        for index, hidden, batch in recorder.calls:
+            engine.backend.layer(index, hidden, batch)
+
+    seconds = interleaved_seconds({"whole": whole, "layers": layers_only}, repeats)
+    return {
+        "early_exit_s": seconds["whole"],
+        "sum_of_layers_s": seconds["layers"],
+        "overhead": seconds["whole"] / seconds["layers"] - 1.0,
+        "rows_per_layer": rows,
+    }
+
+
+def costeff_8x_config() -> CostEffConfig:
+    """The 8x COST-EFF shape: 12 layers, hidden 768, 2 heads of 64, FFN 256, embedding rank 128, BERT vocab."""
+    return CostEffConfig(
+        vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=2, attention_head_size=64,
+        intermediate_size=256, embedding_rank=128, max_position_embeddings=512, num_labels=2,
+    )
+
+
+@cache
+def random_bert_base():
+    """HF BERT-base shapes (``BertConfig()``), random weights, 2 labels, sdpa attention, eval mode."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(num_labels=2, attn_implementation="sdpa")).eval()
+
+
+def hf_teacher(directory=None):
+    """The teacher: a fine-tuned HF BERT classifier directory, or the packaged MiniLM with a new 2-label head."""
+    from transformers import AutoModelForSequenceClassification
+
+    from costeff_fast.training.trainer import packaged_minilm_dir
+
+    torch.manual_seed(0)
+    source = directory or packaged_minilm_dir()
+    kwargs = {} if directory else {"num_labels": 2}
+    return AutoModelForSequenceClassification.from_pretrained(source, attn_implementation="sdpa", **kwargs).eval()
+
+
+@torch.inference_mode()
+def median_thresholds(model, texts: list[str]) -> list[float]:
+    """Per-layer median exit entropy (nats) of ``texts`` under the reference ``model`` (every exit computed):
+    a synthetic threshold that sends about half of the remaining rows out at every exit, for shape-only runs
+    without a calibrated checkpoint."""
+    from costeff_fast.modeling import exit_entropy
+
+    entropies = [exit_entropy(torch.stack(model(**batch).exit_logits, dim=1)) for batch in hf_batches(texts, 64)]
+    return torch.cat(entropies).median(dim=0).values.tolist()

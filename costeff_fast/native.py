@@ -74,12 +74,14 @@ def available() -> bool:
 
 
 def varlen_attention(
-    qkv: torch.Tensor, cu_seqlens: torch.Tensor, num_heads: int, head_size: int, max_seqlen: int
+    qkv: torch.Tensor, bias: torch.Tensor, cu_seqlens: torch.Tensor, num_heads: int, head_size: int, max_seqlen: int
 ) -> torch.Tensor:
-    """Self-attention of each packed row over its own tokens, without padding.
+    """Self-attention of each packed row over its own tokens, without padding; the QKV bias is added on the fly.
 
     Args:
-        qkv: ``[T, 3 * num_heads * head_size]`` fp32 contiguous CPU, columns ``[Q heads | K heads | V heads]``.
+        qkv: ``[T, 3 * num_heads * head_size]`` fp32 contiguous CPU, columns ``[Q heads | K heads | V heads]``,
+            without bias (e.g. ``hidden @ W_qkv``).
+        bias: ``[3 * num_heads * head_size]`` fp32, the QKV bias.
         cu_seqlens: ``[B + 1]`` int64 CPU prefix sums of the row lengths (each row >= 1 token).
         num_heads, head_size: h and d.
         max_seqlen: the longest row (sizes the per-thread scratch buffers).
@@ -90,7 +92,7 @@ def varlen_attention(
     Raises:
         RuntimeError: wrong dtype, device, layout or lengths.
     """
-    return torch.ops.costeff_native.varlen_attention(qkv, cu_seqlens, num_heads, head_size, max_seqlen)
+    return torch.ops.costeff_native.varlen_attention(qkv, bias, cu_seqlens, num_heads, head_size, max_seqlen)
 
 
 def bias_residual_layernorm_(

@@ -13,15 +13,17 @@ from .base import Backend
 class TorchBackend(Backend):
     """Runs every encoder layer with torch ops, plus the native kernels of ``csrc/`` on fp32 CPU tensors.
 
-    Linear layers are ``torch.addmm``/``torch.mm`` on the ``T`` real tokens only; GELU runs in place.
+    Linear layers are ``torch.mm``/``torch.addmm`` on the ``T`` real tokens only; GELU runs in place.
     Two paths share everything else:
 
     * native (``native=True``; the default when :func:`costeff_fast.native.available`): varlen attention
-      straight on the packed QKV, GEMM + fused bias + residual + LayerNorm, span-copy compaction;
+      straight on the packed QKV (bias added inside), GEMM + fused bias + residual + LayerNorm, span-copy
+      compaction;
     * plain torch (``native=False``; the reference the native path is tested against, and the fallback on
-      other devices and dtypes): the attention core scatters Q, K, V into a ``[B, h_l, max_seqlen, d]``
-      buffer for ``scaled_dot_product_attention`` with a key-padding mask and gathers the result back (its
-      cost grows with ``B * max_seqlen``), then ``addmm``, ``add_`` and ``layer_norm``.
+      other devices and dtypes): the attention core adds the bias while scattering Q, K, V into a
+      ``[B, h_l, max_seqlen, d]`` buffer for ``scaled_dot_product_attention`` with a key-padding mask and
+      gathers the result back (its cost grows with ``B * max_seqlen``), then ``addmm``, ``add_`` and
+      ``layer_norm``.
 
     Args:
         weights, device: as :class:`~costeff_fast.backends.base.Backend`.
@@ -46,15 +48,18 @@ class TorchBackend(Backend):
             )
         self.native = native
 
-    def attention(self, qkv: torch.Tensor, num_heads: int, head_size: int, batch: PackedBatch) -> torch.Tensor:
-        """Varlen self-attention: ``qkv [T, 3 * h * d]`` (columns Q | K | V) -> context ``[T, h * d]``."""
+    def attention(
+        self, qkv: torch.Tensor, bias: torch.Tensor, num_heads: int, head_size: int, batch: PackedBatch
+    ) -> torch.Tensor:
+        """Varlen self-attention of ``qkv + bias``: ``qkv [T, 3 * h * d]`` (columns Q | K | V, no bias yet),
+        ``bias [3 * h * d]`` -> context ``[T, h * d]``."""
         if self.native:
-            return native_kernels.varlen_attention(qkv, batch.cu_seqlens, num_heads, head_size, batch.max_seqlen)
+            return native_kernels.varlen_attention(qkv, bias, batch.cu_seqlens, num_heads, head_size, batch.max_seqlen)
         rows, seq = batch.num_rows, batch.max_seqlen
         width = num_heads * head_size
         padded_index = batch.padded_index
-        padded = qkv.new_zeros(rows * seq, 3 * width)
-        padded.index_copy_(0, padded_index, qkv)
+        padded = bias.repeat(rows * seq, 1)  # padding slots hold the bias: finite, and masked out below
+        padded.index_add_(0, padded_index, qkv)
         q, k, v = padded.view(rows, seq, 3, num_heads, head_size).permute(2, 0, 3, 1, 4)
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.key_padding_mask[:, None, None, :])
         return context.transpose(1, 2).reshape(rows * seq, width).index_select(0, padded_index)
@@ -78,8 +83,7 @@ class TorchBackend(Backend):
 
     def layer(self, index: int, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         w = self.weights.layers[index]
-        qkv = torch.addmm(w.qkv_bias, hidden, w.qkv_weight)
-        context = self.attention(qkv, w.num_heads, w.head_size, batch)
+        context = self.attention(torch.mm(hidden, w.qkv_weight), w.qkv_bias, w.num_heads, w.head_size, batch)
         hidden = self.linear_residual_layernorm(
             context, w.attention_output_weight, w.attention_output_bias, hidden,
             w.attention_norm_weight, w.attention_norm_bias,

@@ -1,0 +1,278 @@
+"""CPU benchmark of record: every contender in one process, interleaved repeats, medians; JSON + plot.
+
+Usage (from the repository root)::
+
+    python bench/run_cpu.py --costeff CHECKPOINT_DIR --teacher TEACHER_DIR   # throughput and accuracy
+    python bench/run_cpu.py                                                 # shape-only (no accuracy)
+
+Writes ``bench/results/cpu.json`` and ``bench/results/cpu.png`` (throughput vs rt validation accuracy per model;
+a throughput chart in shape-only runs). Without ``--costeff``/``--teacher`` the teacher is the packaged MiniLM
+with an untrained 2-label head, the COST-EFF model its full-width multi-exit conversion and the early-exit
+threshold a synthetic per-layer median entropy: speed only, said so in the output.
+
+Measured (all on rt validation sentences, truncated to 128 tokens, tokenization not timed unless noted):
+
+* threads: 1 vs 2 on the teacher group; everything else runs at the faster setting for COST-EFF;
+* ``torch.mm`` fp32 peak GFLOP/s in the same run (before and after; the higher);
+* rt batch 64: HF teacher (sdpa, dynamic padding, inference mode), full-width multi-exit without exit,
+  COST-EFF without and with early exit;
+* BERT-base shapes (``BertConfig()``, random weights), real-length batch 32: HF sdpa vs ``optimize()``;
+* the 8x COST-EFF shape at full depth on real lengths vs HF BERT-base on 128 padded tokens, batch 32;
+* early exit vs the sum of its layer calls at the surviving rows;
+* streaming scheduler vs per-batch compaction at the same threshold (tokenization timed in both);
+* each native kernel against the torch op it replaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import workloads as wl  # noqa: E402
+
+import costeff_fast  # noqa: E402
+from costeff_fast import CostEffForSequenceClassification, native  # noqa: E402
+from costeff_fast.inference import CostEffInferenceModel  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--costeff", type=Path, help="trained COST-EFF checkpoint directory (calibrated threshold)")
+    parser.add_argument("--teacher", type=Path, help="the fine-tuned HF teacher directory it was compressed from")
+    parser.add_argument("--rows", type=int, default=512, help="rt validation rows timed in the batch-64 groups")
+    parser.add_argument("--bert-rows", type=int, default=64, help="rows timed in the BERT-base groups (batch 32)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats per group (median reported)")
+    parser.add_argument("--threads", default="1,2", help="thread counts to compare (default 1,2)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="output directory (default bench/results)")
+    args = parser.parse_args(argv)
+    if (args.costeff is None) != (args.teacher is None):
+        parser.error("pass both --costeff and --teacher (accuracy needs both), or neither (shape-only)")
+    return args
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def time_group(contenders: dict, repeats: int, peak: float) -> dict:
+    seconds = wl.interleaved_seconds({name: c.fn for name, c in contenders.items()}, repeats)
+    return {name: wl.report(c, seconds[name], peak) for name, c in contenders.items()}
+
+
+@torch.inference_mode()
+def accuracy(predict, texts: list[str], labels: list[int], batch_size: int = 64) -> float:
+    correct = 0
+    for chunk, truth in zip(wl.chunks(texts, batch_size), wl.chunks(labels, batch_size)):
+        correct += int((predict(chunk) == torch.tensor(truth)).sum())
+    return correct / len(texts)
+
+
+def load_models(args):
+    """Teacher, full-width multi-exit engine, COST-EFF engine and its reference model, the early-exit threshold."""
+    teacher = wl.hf_teacher(args.teacher)
+    full_width = CostEffInferenceModel(CostEffForSequenceClassification.from_bert(teacher).eval(), wl.tokenizer())
+    if args.costeff:
+        costeff = costeff_fast.from_pretrained(args.costeff)
+        reference = CostEffForSequenceClassification.from_pretrained(args.costeff).eval()
+    else:
+        reference = CostEffForSequenceClassification.from_bert(teacher).eval()
+        costeff = CostEffInferenceModel(reference, wl.tokenizer())
+    return teacher, full_width, costeff, reference
+
+
+def teacher_group(teacher, full_width, costeff, tau, texts) -> dict:
+    return {
+        "hf_teacher": wl.hf_contender(teacher, texts, 64),
+        "costeff_full_width_no_exit": wl.engine_contender(full_width, texts, 64, 0.0),
+        "costeff_no_exit": wl.engine_contender(costeff, texts, 64, 0.0),
+        "costeff_early_exit": wl.engine_contender(costeff, texts, 64, tau),
+    }
+
+
+def measure_threads(thread_counts, contenders, repeats) -> tuple[dict, int]:
+    measured = {}
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        seconds = wl.interleaved_seconds({name: c.fn for name, c in contenders.items()}, repeats)
+        measured[str(threads)] = {name: c.sentences / seconds[name] for name, c in contenders.items()}
+        log(f"threads={threads}: " + ", ".join(f"{k} {v:.1f} sentences/s" for k, v in measured[str(threads)].items()))
+    best = max(thread_counts, key=lambda t: measured[str(t)]["costeff_early_exit"])
+    torch.set_num_threads(best)
+    return measured, best
+
+
+def kernel_speedups(repeats: int) -> dict:
+    if not native.available():
+        return {"unavailable": "native kernels could not be built (see the costeff_fast.native warning)"}
+    table = {}
+    for shape in wl.KERNEL_SHAPES:
+        table[shape] = {}
+        for name, (torch_fn, native_fn) in wl.kernel_candidates(shape).items():
+            seconds = wl.interleaved_seconds({"torch": torch_fn, "native": native_fn}, max(repeats, 9))
+            table[shape][name] = {
+                "torch_ms": 1e3 * seconds["torch"], "native_ms": 1e3 * seconds["native"],
+                "speedup": seconds["torch"] / seconds["native"],
+            }
+    return table
+
+
+def target(name: str, measured: float, goal: float, higher_is_better: bool = True) -> dict:
+    met = measured >= goal if higher_is_better else measured <= goal
+    return {"name": name, "goal": goal, "measured": measured, "met": bool(met)}
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    rt = results["groups"]["rt_batch64"]
+    if results["accuracy"]:
+        for name, acc in results["accuracy"].items():
+            speed = rt[name]["sentences_per_s"]
+            ax.scatter(speed, acc, s=60)
+            ax.annotate(name, (speed, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("sentences/s (rt validation, batch 64, log scale)")
+        ax.set_ylabel("rt validation accuracy")
+        ax.set_title(f"CPU throughput vs accuracy ({results['threads']['best']} threads)")
+    else:
+        rows = [(f"{group}: {name}", r["sentences_per_s"]) for group, members in results["groups"].items()
+                for name, r in members.items()]
+        ax.barh([label for label, _ in rows], [speed for _, speed in rows])
+        ax.set_xscale("log")
+        ax.set_xlabel("sentences/s (log scale)")
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_title("shape-only run (no --costeff/--teacher): throughput, no accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    shape_only = args.costeff is None
+    if shape_only:
+        log("shape-only run: no --costeff/--teacher, so no accuracy; teacher = packaged MiniLM with an untrained head, "
+            "COST-EFF = its full-width conversion, threshold = synthetic per-layer median entropy")
+    native.available()
+    texts_all, labels_all = (list(x) for x in wl.rt_split("validation"))
+    texts = texts_all[: args.rows]
+    teacher, full_width, costeff, reference = load_models(args)
+    calibrated = costeff.entropy_threshold is not None and not shape_only
+    tau = costeff.entropy_threshold if calibrated else wl.median_thresholds(reference, texts)
+    results = {
+        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                    "native_kernels": native.available()},
+        "shape_only": shape_only,
+        "costeff": str(args.costeff) if args.costeff else "packaged MiniLM, full-width multi-exit (untrained exits)",
+        "teacher": str(args.teacher) if args.teacher else "packaged MiniLM, untrained 2-label head",
+        "entropy_threshold": {"values": tau, "kind": "calibrated (checkpoint config)" if calibrated
+                              else "synthetic: per-layer median entropy of the timed rows"},
+        "rows": {"rt_batch64": len(texts), "bert_base": args.bert_rows},
+    }
+
+    log("building the rt batch-64 group")
+    rt = teacher_group(teacher, full_width, costeff, tau, texts)
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    subset = {k: rt[k] for k in ("hf_teacher", "costeff_early_exit")}
+    measured, best = measure_threads(thread_counts, subset, max(2, args.repeats // 2))
+    results["threads"] = {"measured_sentences_per_s": measured, "best": best}
+    peak_before = wl.mm_peak_gflops()
+    log(f"torch.mm peak {peak_before:.1f} GFLOP/s at {best} threads")
+
+    groups = {}
+    log("timing rt batch 64: teacher vs COST-EFF")
+    groups["rt_batch64"] = time_group(rt, args.repeats, peak_before)
+    exits = costeff.generate_logits(texts, entropy_threshold=tau, return_exit_layers=True)[1]
+    results["mean_exit_layer"] = float(exits.float().mean())
+
+    log("timing BERT-base shapes: HF sdpa vs optimize(), real-length batch 32")
+    bert = wl.random_bert_base()
+    fast_bert = costeff_fast.optimize(bert)
+    bert_texts = texts_all[: args.bert_rows]
+    hf_logits = torch.cat(wl.hf_contender(bert, bert_texts, 32).fn())
+    fast_logits = torch.cat([fast_bert(**batch).logits for batch in wl.hf_batches(bert_texts, 32)])
+    results["optimize_agreement"] = {
+        "same_predictions": bool(torch.equal(hf_logits.argmax(-1), fast_logits.argmax(-1))),
+        "max_abs_logit_diff": float((hf_logits - fast_logits).abs().max()),
+    }
+    groups["bert_base_batch32"] = time_group({
+        "hf_bert_base_sdpa": wl.hf_contender(bert, bert_texts, 32),
+        "optimize_bert_base": wl.hf_contender(fast_bert, bert_texts, 32, packed=True),
+    }, args.repeats, peak_before)
+
+    log("timing the 8x COST-EFF shape (full depth, real lengths) vs HF BERT-base at 128 padded tokens, batch 32")
+    torch.manual_seed(0)
+    eight_x = CostEffInferenceModel(CostEffForSequenceClassification(wl.costeff_8x_config()).eval(), wl.tokenizer())
+    groups["costeff_8x_vs_bert_base_128"] = time_group({
+        "costeff_8x_full_depth": wl.engine_contender(eight_x, bert_texts, 32, 0.0),
+        "hf_bert_base_128_padded": wl.hf_contender(bert, bert_texts, 32, pad_to_max=True),
+    }, args.repeats, peak_before)
+    del bert, fast_bert
+
+    log("timing streaming vs per-batch compaction")
+    groups["streaming_vs_per_batch"] = time_group(wl.streaming_contenders(costeff, texts, 64, tau), args.repeats,
+                                                  peak_before)
+    log("timing early exit against its layer calls")
+    results["early_exit_overhead"] = wl.early_exit_overhead(costeff, texts[:256], 64, tau, args.repeats)
+    log("timing native kernels")
+    results["native_kernels"] = kernel_speedups(args.repeats)
+    peak = max(peak_before, wl.mm_peak_gflops())
+    results["mm_peak_gflops"] = peak
+    for members in groups.values():
+        for report in members.values():
+            report["fraction_of_mm_peak"] = report["gflops"] / peak
+    results["groups"] = groups
+
+    results["accuracy"] = None
+    if not shape_only:
+        log("accuracy on the whole rt validation split")
+        labels = labels_all
+        results["accuracy"] = {
+            "hf_teacher": accuracy(lambda c: teacher(**wl.hf_batches(c, len(c))[0]).logits.argmax(-1), texts_all, labels),
+            "costeff_full_width_no_exit": accuracy(lambda c: full_width.predict(c, entropy_threshold=0.0), texts_all, labels),
+            "costeff_no_exit": accuracy(lambda c: costeff.predict(c, entropy_threshold=0.0), texts_all, labels),
+            "costeff_early_exit": accuracy(lambda c: costeff.predict(c, entropy_threshold=tau), texts_all, labels),
+        }
+
+    speed = {name: r["sentences_per_s"] for name, r in groups["rt_batch64"].items()}
+    bert_group, eight = groups["bert_base_batch32"], groups["costeff_8x_vs_bert_base_128"]
+    stream = groups["streaming_vs_per_batch"]
+    results["targets"] = [
+        target("COST-EFF early exit vs HF teacher, rt batch 64 (x)", speed["costeff_early_exit"] / speed["hf_teacher"], 12.0),
+        target("COST-EFF early exit executed-matmul GFLOP/s / torch.mm peak",
+               groups["rt_batch64"]["costeff_early_exit"]["fraction_of_mm_peak"], 0.75),
+        target("early exit time over the sum of its layer times", results["early_exit_overhead"]["overhead"], 0.10,
+               higher_is_better=False),
+        target("optimize() vs HF sdpa, BERT-base real-length batch 32 (x)",
+               bert_group["optimize_bert_base"]["sentences_per_s"] / bert_group["hf_bert_base_sdpa"]["sentences_per_s"], 1.5),
+        target("8x shape full depth vs HF BERT-base 128 padded tokens (x)",
+               eight["costeff_8x_full_depth"]["sentences_per_s"] / eight["hf_bert_base_128_padded"]["sentences_per_s"], 7.0),
+        target("streaming vs per-batch compaction (x)",
+               stream["streaming"]["sentences_per_s"] / stream["per_batch_compaction"]["sentences_per_s"], 1.15),
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cpu.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, args.out / "cpu.png")
+    for t in results["targets"]:
+        log(f"{'MET ' if t['met'] else 'MISS'} {t['name']}: {t['measured']:.3f} (goal {t['goal']})")
+    log(f"wrote {args.out / 'cpu.json'} and {args.out / 'cpu.png'}" + (" (shape-only)" if shape_only else ""))
+    return results
+
+
+if __name__ == "__main__":
+    main()
