@@ -76,28 +76,6 @@ def accuracy(predict, texts: list[str], labels: list[int], batch_size: int = 64)
     return correct / len(texts)
 
 
-def load_models(args):
-    """Teacher, full-width multi-exit engine, COST-EFF engine and its reference model, the early-exit threshold."""
-    teacher = wl.hf_teacher(args.teacher)
-    full_width = CostEffInferenceModel(CostEffForSequenceClassification.from_bert(teacher).eval(), wl.tokenizer())
-    if args.costeff:
-        costeff = costeff_fast.from_pretrained(args.costeff)
-        reference = CostEffForSequenceClassification.from_pretrained(args.costeff).eval()
-    else:
-        reference = CostEffForSequenceClassification.from_bert(teacher).eval()
-        costeff = CostEffInferenceModel(reference, wl.tokenizer())
-    return teacher, full_width, costeff, reference
-
-
-def teacher_group(teacher, full_width, costeff, tau, texts) -> dict:
-    return {
-        "hf_teacher": wl.hf_contender(teacher, texts, 64),
-        "costeff_full_width_no_exit": wl.engine_contender(full_width, texts, 64, 0.0),
-        "costeff_no_exit": wl.engine_contender(costeff, texts, 64, 0.0),
-        "costeff_early_exit": wl.engine_contender(costeff, texts, 64, tau),
-    }
-
-
 def measure_threads(thread_counts, contenders, repeats) -> tuple[dict, int]:
     measured = {}
     for threads in thread_counts:
@@ -169,9 +147,8 @@ def main(argv=None) -> dict:
     native.available()
     texts_all, labels_all = (list(x) for x in wl.rt_split("validation"))
     texts = texts_all[: args.rows]
-    teacher, full_width, costeff, reference = load_models(args)
-    calibrated = costeff.entropy_threshold is not None and not shape_only
-    tau = costeff.entropy_threshold if calibrated else wl.median_thresholds(reference, texts)
+    teacher, full_width, costeff, reference = wl.load_models(args.costeff, args.teacher)
+    tau, tau_kind = wl.early_exit_threshold(costeff, reference, texts, trained=not shape_only)
     results = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -180,13 +157,12 @@ def main(argv=None) -> dict:
         "shape_only": shape_only,
         "costeff": str(args.costeff) if args.costeff else "packaged MiniLM, full-width multi-exit (untrained exits)",
         "teacher": str(args.teacher) if args.teacher else "packaged MiniLM, untrained 2-label head",
-        "entropy_threshold": {"values": tau, "kind": "calibrated (checkpoint config)" if calibrated
-                              else "synthetic: per-layer median entropy of the timed rows"},
+        "entropy_threshold": {"values": tau, "kind": tau_kind},
         "rows": {"rt_batch64": len(texts), "bert_base": args.bert_rows},
     }
 
     log("building the rt batch-64 group")
-    rt = teacher_group(teacher, full_width, costeff, tau, texts)
+    rt = wl.teacher_group(teacher, full_width, costeff, tau, texts)
     thread_counts = [int(t) for t in args.threads.split(",")]
     subset = {k: rt[k] for k in ("hf_teacher", "costeff_early_exit")}
     measured, best = measure_threads(thread_counts, subset, max(2, args.repeats // 2))

@@ -361,3 +361,44 @@ def median_thresholds(model, texts: list[str]) -> list[float]:
 
     entropies = [exit_entropy(torch.stack(model(**batch).exit_logits, dim=1)) for batch in hf_batches(texts, 64)]
     return torch.cat(entropies).median(dim=0).values.tolist()
+
+
+def load_models(costeff_dir=None, teacher_dir=None):
+    """Teacher, full-width multi-exit engine of it, COST-EFF engine and the COST-EFF reference model.
+
+    Without directories: the packaged MiniLM (untrained 2-label head) and its full-width conversion stands in
+    for the COST-EFF model (shape-only).
+    """
+    import costeff_fast
+    from costeff_fast.inference import CostEffInferenceModel
+
+    teacher = hf_teacher(teacher_dir)
+    full_width = CostEffInferenceModel(CostEffForSequenceClassification.from_bert(teacher).eval(), tokenizer())
+    if costeff_dir:
+        costeff = costeff_fast.from_pretrained(costeff_dir)
+        reference = CostEffForSequenceClassification.from_pretrained(costeff_dir).eval()
+    else:
+        reference = CostEffForSequenceClassification.from_bert(teacher).eval()
+        costeff = CostEffInferenceModel(reference, tokenizer())
+    return teacher, full_width, costeff, reference
+
+
+def teacher_group(teacher, full_width, costeff, tau, texts: list[str]) -> dict[str, Contender]:
+    """rt batch 64: HF teacher, its full-width multi-exit engine and COST-EFF without and with early exit."""
+    return {
+        "hf_teacher": hf_contender(teacher, texts, 64),
+        "costeff_full_width_no_exit": engine_contender(full_width, texts, 64, 0.0),
+        "costeff_no_exit": engine_contender(costeff, texts, 64, 0.0),
+        "costeff_early_exit": engine_contender(costeff, texts, 64, tau),
+    }
+
+
+def early_exit_threshold(costeff, reference, texts: list[str], trained: bool):
+    """The checkpoint's calibrated threshold when ``trained`` and set, else the synthetic per-layer median.
+
+    Returns:
+        ``(threshold, kind)``: nats (float or one per layer) and a description for the results.
+    """
+    if trained and costeff.entropy_threshold is not None:
+        return costeff.entropy_threshold, "calibrated (checkpoint config)"
+    return median_thresholds(reference, texts), "synthetic: per-layer median entropy of the timed rows"
