@@ -2,22 +2,41 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 
 from costeff_fast.flops import model_flops
 from costeff_fast.inference import CostEffInferenceModel
+from costeff_fast.modeling import CostEffForSequenceClassification, exit_entropy
 
 
-def default_thresholds(num_labels: int, count: int = 24) -> list[float]:
-    """``count`` thresholds from 0 (no early exit) to ``ln(num_labels)`` (every row exits at layer 1), nats.
+@torch.inference_mode()
+def quantile_thresholds(model: CostEffForSequenceClassification, tokenizer, batch: list, *, max_length: int,
+                        count: int = 24, batch_size: int = 64) -> list[float]:
+    """Thresholds (nats) at evenly spaced quantiles of the dev entropies of exits 1..L-1, plus 0 (no exit).
 
-    Spaced quadratically so small thresholds, where accuracy changes fastest, are sampled densely.
+    Each step of the sweep then lets about ``1/count`` more of the early-exit decisions through, wherever the
+    entropies concentrate (near ``ln C`` for weak exits, near 0 for confident ones).
+
+    Args:
+        model: the reference model (one full-depth padded forward per chunk gives every exit's entropy).
+        tokenizer: its tokenizer; ``batch`` holds strings or ``(text, text_pair)`` tuples.
+        max_length: truncation, as in inference.
     """
-    top = math.log(num_labels) * 1.0001
-    return [top * (i / (count - 1)) ** 2 for i in range(count)]
+    model.eval()
+    entropies = []
+    for start in range(0, len(batch), batch_size):
+        chunk = batch[start : start + batch_size]
+        pairs = isinstance(chunk[0], tuple)
+        enc = tokenizer([c[0] for c in chunk] if pairs else chunk, [c[1] for c in chunk] if pairs else None,
+                        padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        exits = torch.stack(model(**enc).exit_logits[:-1], dim=1)
+        entropies.append(exit_entropy(exits).flatten())
+    levels = torch.linspace(0, 1, count, dtype=torch.float64)[1:]
+    quantiles = torch.quantile(torch.cat(entropies).double(), levels)
+    # Just above each quantile, so rows whose entropy equals it exit too (the rule is entropy < tau).
+    return [0.0] + sorted({float(q) * (1 + 1e-6) + 1e-9 for q in quantiles})
 
 
 @torch.inference_mode()

@@ -21,7 +21,7 @@ from costeff_fast.data import TASKS, load_task
 from costeff_fast.inference import from_pretrained
 from costeff_fast.modeling import CostEffForSequenceClassification
 
-from .calibrate import default_thresholds, pick_threshold, threshold_sweep
+from .calibrate import pick_threshold, quantile_thresholds, threshold_sweep
 from .report import write_report
 from .slenderize import slenderize
 from .stages import TrainingData, distill_teaching_assistant, finetune_teacher, recover
@@ -195,7 +195,9 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
     teacher_logits = hf_predict(teacher.eval(), tokenizer, inputs, 64, budget.max_length)
     teacher_accuracy = (teacher_logits.argmax(-1) == labels).double().mean().item()
     model = from_pretrained(recovered_dir)
-    sweep = threshold_sweep(model, inputs, labels, default_thresholds(data.num_labels))
+    reference = CostEffForSequenceClassification.from_pretrained(recovered_dir)
+    thresholds = quantile_thresholds(reference, tokenizer, inputs, max_length=budget.max_length)
+    sweep = threshold_sweep(model, inputs, labels, thresholds)
     chosen = pick_threshold(sweep, teacher_accuracy, max_drop)
     timings["calibration"] = time.time() - started
 

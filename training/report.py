@@ -83,6 +83,7 @@ def write_report(out_dir: Path, *, task, budget, settings, teacher, ta_dir, mode
 def plot_pareto(report: dict, path: Path) -> None:
     """Accuracy against executed GFLOPs per row (real lengths): the sweep, the teacher and each exit at depth."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -99,6 +100,7 @@ def plot_pareto(report: dict, path: Path) -> None:
     ax.axhline(0.965 * report["accuracy"]["teacher"], color="gray", ls=":", lw=1, label="96.5% of teacher")
     ax.axvline(teacher_gflops / 19, color="gray", ls="--", lw=1, label="1/19 of teacher FLOPs")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("executed GFLOPs per sentence (real lengths)")
     ax.set_ylabel("dev accuracy")
     ax.set_title(f"{report['task']}: {report['settings']['name']} ({report['budget']['name']} budget)")
