@@ -23,10 +23,12 @@ from costeff_fast.packing import PackedWeights
 
 MAX_LENGTH = 128  # tokens per sentence after truncation (and the padded length of the "128 tokens" runs)
 
-# Kernel shapes (hidden H, heads h, head size d, FFN F): the 8x COST-EFF model, the MiniLM teacher, BERT-base.
+# Kernel shapes (hidden H, heads h, head size d, FFN F): the 8x COST-EFF model, the MiniLM teacher, its COST-EFF
+# compression for rt (`costeff-fast compress --heads 2 --ffn 160`), BERT-base.
 KERNEL_SHAPES = {
     "costeff-8x": (768, 2, 64, 256),
     "minilm": (384, 12, 32, 1536),
+    "minilm-slender": (384, 2, 32, 160),
     "bert-base": (768, 12, 64, 3072),
 }
 
@@ -85,7 +87,7 @@ def one_layer_backends(shape: str) -> tuple[TorchBackend, TorchBackend]:
     """A random one-layer model of ``KERNEL_SHAPES[shape]`` packed twice: native path, plain torch path."""
     hidden_size, heads, head_size, ffn = KERNEL_SHAPES[shape]
     config = CostEffConfig(
-        vocab_size=8, hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=heads,
+        vocab_size=30522, hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=heads,
         attention_head_size=head_size, intermediate_size=ffn, num_labels=2,
     )
     weights = PackedWeights.from_model(CostEffForSequenceClassification(config).eval())
@@ -97,10 +99,11 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
 
     Returns:
         ``{candidate: (torch_fn, native_fn)}``; each call runs the operation once on the same inputs.
-        Candidates: ``attention`` (bias + padded SDPA vs varlen kernel with the bias inside), ``residual_layernorm`` (``add`` +
-        ``layer_norm`` on an ``addmm`` output vs the fused bias + residual + LayerNorm in place on an ``mm``
-        output), ``linear_residual_layernorm`` (the same with the GEMM), ``compaction`` (boolean-mask gather vs span copy, half of the rows kept) and ``layer`` (a whole
-        encoder layer, every kernel in use).
+        Candidates: ``attention`` (bias + padded SDPA vs varlen kernel with the bias inside),
+        ``residual_layernorm`` (``add`` + ``layer_norm`` on an ``addmm`` output vs the fused bias + residual + LayerNorm in place on an ``mm``
+        output), ``linear_residual_layernorm`` (the same with the GEMM), ``embedding`` (three gathers, two
+        adds and ``layer_norm`` vs the one-pass kernel), ``compaction`` (boolean-mask gather vs span copy, half
+        of the rows kept) and ``encoder_layer`` (the torch path's layer vs the tiled native layer).
 
     Raises:
         RuntimeError: the native kernels are not available.
@@ -117,12 +120,14 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
     context = torch.randn(tokens, heads * head_size, generator=g)
     hidden, gemm_out = torch.randn(tokens, hidden_size, generator=g), torch.randn(tokens, hidden_size, generator=g)
     keep = torch.arange(batch.num_rows) % 2 == 0
+    input_ids = torch.randint(0, fast.weights.word_embeddings.shape[0], (tokens,), generator=g)
+    token_type_ids = torch.zeros(tokens, dtype=torch.long)
     norm = (w.attention_norm_weight, w.attention_norm_bias)
     ln_args = (context, w.attention_output_weight, w.attention_output_bias, hidden, *norm)
     return {
         "attention": (
             lambda: plain.attention(qkv, w.qkv_bias, heads, head_size, batch),
-            lambda: fast.attention(qkv, w.qkv_bias, heads, head_size, batch),
+            lambda: native.varlen_attention(qkv, w.qkv_bias, batch.cu_seqlens, heads, head_size, batch.max_seqlen),
         ),
         "residual_layernorm": (
             lambda: F.layer_norm(torch.add(gemm_out, hidden), (hidden_size,), *norm, eps),
@@ -130,13 +135,17 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
         ),
         "linear_residual_layernorm": (
             lambda: plain.linear_residual_layernorm(*ln_args),
-            lambda: fast.linear_residual_layernorm(*ln_args),
+            lambda: native.bias_residual_layernorm_(torch.mm(context, ln_args[1]), *ln_args[2:], eps),
+        ),
+        "embedding": (
+            lambda: plain.embed(input_ids, token_type_ids, batch),
+            lambda: fast.embed(input_ids, token_type_ids, batch),
         ),
         "compaction": (
             lambda: plain.compact(hidden, batch, keep)[0],
             lambda: fast.compact(hidden, batch, keep)[0],
         ),
-        "layer": (lambda: plain.layer(0, hidden, batch), lambda: fast.layer(0, hidden, batch)),
+        "encoder_layer": (lambda: plain.layer(0, hidden, batch), lambda: fast.layer(0, hidden, batch)),
     }
 
 

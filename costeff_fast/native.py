@@ -1,8 +1,9 @@
 """Native CPU kernels from ``csrc/``: built with ninja at first use and cached, with a pure-torch fallback.
 
-The C++ sources are compiled by ``torch.utils.cpp_extension.load`` into ``$TORCH_EXTENSIONS_DIR`` (default
-``~/.cache/torch_extensions``) on first use and reloaded from there afterwards (the first build takes about
-half a minute). They register ops under ``torch.ops.costeff_native``. When the build is impossible (no
+The C++ sources are compiled by ``torch.utils.cpp_extension.load`` into ``$TORCH_EXTENSIONS_DIR/<name>``
+(default ``~/.cache/torch_extensions``; the name carries a hash of the CPU flags, as the build uses
+``-march=native``) on first use and reloaded from there afterwards (the first build takes 30-60 s on two
+cores; later loads about 0.1 s). They register ops under ``torch.ops.costeff_native``. When the build is impossible (no
 compiler, no ninja, sources not shipped) one warning is logged and :func:`available` returns False; callers
 then take their plain torch path. Set ``COSTEFF_FAST_NATIVE=0`` to skip the kernels altogether.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from functools import cache
 from pathlib import Path
 
@@ -24,7 +26,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-SOURCES = ("varlen_attention.cpp", "residual_layernorm.cpp", "compact_tokens.cpp")
+SOURCES = (
+    "varlen_attention.cpp", "residual_layernorm.cpp", "embedding_layernorm.cpp", "compact_tokens.cpp",
+    "encoder_layer.cpp",
+)
 DISABLE_ENV = "COSTEFF_FAST_NATIVE"
 
 
@@ -37,6 +42,25 @@ def _extension_name() -> str:
     except OSError:
         pass
     return "costeff_native_" + hashlib.sha1(flags.encode()).hexdigest()[:10]
+
+
+def build_directory() -> Path:
+    """``$TORCH_EXTENSIONS_DIR/<name>`` (default ``~/.cache/torch_extensions/<name>``), created if needed."""
+    base = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    directory = Path(base) / _extension_name()
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _remove_stale_lock(directory: Path, max_age_s: float = 600.0) -> None:
+    """Delete a build lock left by a killed build (torch would wait for it forever); a build takes < 2 min."""
+    lock = directory / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > max_age_s:
+            lock.unlink()
+            logger.warning("costeff_fast: removed a stale native build lock %s", lock)
+    except FileNotFoundError:
+        pass
 
 
 @cache
@@ -55,9 +79,12 @@ def available() -> bool:
             raise FileNotFoundError(f"sources not found: {', '.join(missing)}")
         from torch.utils import cpp_extension
 
+        directory = build_directory()
+        _remove_stale_lock(directory)
         cpp_extension.load(
             name=_extension_name(),
             sources=[str(path) for path in sources],
+            build_directory=str(directory),
             extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
@@ -115,6 +142,36 @@ def bias_residual_layernorm_(
     return torch.ops.costeff_native.bias_residual_layernorm_(x, bias, residual, weight, norm_bias, eps)
 
 
+def embedding_layernorm(
+    input_ids: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    word: torch.Tensor,
+    position: torch.Tensor,
+    token_type: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """BERT embedding in one pass: ``LayerNorm(word[id] + position[p] + token_type[type])`` per packed token.
+
+    Args:
+        input_ids, token_type_ids: ``[T]`` int64 CPU.
+        cu_seqlens: ``[B + 1]`` int64 CPU; positions restart at 0 at every row start.
+        word ``[V, H]``, position ``[P, H]``, token_type ``[types, H]``: fp32 contiguous CPU tables.
+        weight, bias: ``[H]`` LayerNorm parameters. eps: LayerNorm epsilon.
+
+    Returns:
+        ``[T, H]`` fp32.
+
+    Raises:
+        RuntimeError: wrong dtype, device, layout or shapes, ids out of range, a row longer than P.
+    """
+    return torch.ops.costeff_native.embedding_layernorm(
+        input_ids, token_type_ids, cu_seqlens, word, position, token_type, weight, bias, eps
+    )
+
+
 def compact_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """The token spans of the rows where ``keep`` is True, in order: ``[T, H]`` -> ``[T', H]``.
 
@@ -127,3 +184,29 @@ def compact_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor, keep: torch.T
         RuntimeError: wrong dtype, device, layout or shapes.
     """
     return torch.ops.costeff_native.compact_tokens(hidden, cu_seqlens, keep)
+
+
+def encoder_layer(hidden: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, layer, eps: float,
+                  tile_tokens: int) -> torch.Tensor:
+    """One post-LN encoder layer on packed tokens, computed tile by tile in one native call.
+
+    Args:
+        hidden: ``[T, H]`` fp32 contiguous CPU.
+        cu_seqlens: ``[B + 1]`` int64 CPU prefix sums of the row lengths. max_seqlen: the longest row.
+        layer: a :class:`~costeff_fast.packing.PackedLayer` (fp32, CPU).
+        eps: LayerNorm epsilon.
+        tile_tokens: rows are grouped into tiles of at most this many tokens (a longer row is a tile alone).
+
+    Returns:
+        ``[T, H]`` fp32, the same as the torch path's layer.
+
+    Raises:
+        RuntimeError: wrong dtype, device, layout, shapes or lengths.
+    """
+    w = layer
+    return torch.ops.costeff_native.encoder_layer(
+        hidden, cu_seqlens, max_seqlen, w.num_heads, w.head_size, w.qkv_weight, w.qkv_bias,
+        w.attention_output_weight, w.attention_output_bias, w.attention_norm_weight, w.attention_norm_bias,
+        w.intermediate_weight, w.intermediate_bias, w.output_weight, w.output_bias, w.output_norm_weight,
+        w.output_norm_bias, eps, tile_tokens,
+    )

@@ -4,9 +4,29 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
-#include <cmath>
+#include "kernels.h"
+#include "layernorm.h"
 
 namespace costeff_native {
+
+void bias_residual_layernorm_rows(const float* x, const float* bias, const float* residual, const float* weight,
+                                  const float* norm_bias, int64_t rows, int64_t h, float eps, float* out) {
+  at::parallel_for(0, rows, 16, [=](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* xr = x + t * h;
+      const float* rr = residual + t * h;
+      float* o = out + t * h;
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < h; ++j) {
+        const float value = xr[j] + bias[j] + rr[j];
+        o[j] = value;
+        sum += value;
+      }
+      normalize_row(o, h, sum, weight, norm_bias, eps);
+    }
+  });
+}
 
 static void check_vector(const at::Tensor& t, int64_t size, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 1 && t.is_contiguous() &&
@@ -25,35 +45,9 @@ at::Tensor bias_residual_layernorm_(at::Tensor x, const at::Tensor& bias, const 
   check_vector(bias, h, "bias");
   check_vector(weight, h, "weight");
   check_vector(norm_bias, h, "norm_bias");
-  float* xp = x.data_ptr<float>();
-  const float* rp = residual.data_ptr<float>();
-  const float* b = bias.data_ptr<float>();
-  const float* w = weight.data_ptr<float>();
-  const float* nb = norm_bias.data_ptr<float>();
-  const float feps = static_cast<float>(eps);
-  at::parallel_for(0, rows, 16, [=](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      float* xr = xp + t * h;
-      const float* rr = rp + t * h;
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < h; ++j) {
-        const float value = xr[j] + b[j] + rr[j];
-        xr[j] = value;
-        sum += value;
-      }
-      const float mean = sum / static_cast<float>(h);
-      float squares = 0.0f;
-#pragma omp simd reduction(+ : squares)
-      for (int64_t j = 0; j < h; ++j) {
-        const float centered = xr[j] - mean;
-        squares += centered * centered;
-      }
-      const float rstd = 1.0f / std::sqrt(squares / static_cast<float>(h) + feps);
-#pragma omp simd
-      for (int64_t j = 0; j < h; ++j) xr[j] = (xr[j] - mean) * rstd * w[j] + nb[j];
-    }
-  });
+  bias_residual_layernorm_rows(x.data_ptr<float>(), bias.data_ptr<float>(), residual.data_ptr<float>(),
+                               weight.data_ptr<float>(), norm_bias.data_ptr<float>(), rows, h,
+                               static_cast<float>(eps), x.data_ptr<float>());
   return x;
 }
 

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels.h"
 #include "vec_math.h"
 
 namespace costeff_native {
@@ -176,45 +177,19 @@ void attend(const Item& it, int64_t i0, int64_t d, const float* kt, int64_t npad
   }
 }
 
-// qkv [T, 3 * h * d] fp32 (columns Q heads | K heads | V heads) without its bias, bias [3 * h * d] added on
-// the fly, cu_seqlens [B + 1] int64 on the CPU. Returns the context [T, h * d] fp32.
-at::Tensor varlen_attention(const at::Tensor& qkv, const at::Tensor& bias, const at::Tensor& cu_seqlens,
-                            int64_t num_heads, int64_t head_size, int64_t max_seqlen) {
-  TORCH_CHECK(qkv.device().is_cpu() && qkv.scalar_type() == at::kFloat && qkv.dim() == 2 && qkv.is_contiguous(),
-              "varlen_attention: qkv must be a contiguous 2-D float32 CPU tensor");
-  TORCH_CHECK(num_heads >= 1 && head_size >= 1 && qkv.size(1) == 3 * num_heads * head_size,
-              "varlen_attention: qkv has ", qkv.size(1), " columns, expected 3 * num_heads * head_size = ",
-              3 * num_heads * head_size);
-  TORCH_CHECK(bias.device().is_cpu() && bias.scalar_type() == at::kFloat && bias.dim() == 1 && bias.is_contiguous() &&
-                  bias.size(0) == qkv.size(1),
-              "varlen_attention: bias must be a contiguous float32 CPU vector of size ", qkv.size(1));
-  TORCH_CHECK(cu_seqlens.device().is_cpu() && cu_seqlens.scalar_type() == at::kLong && cu_seqlens.dim() == 1 &&
-                  cu_seqlens.is_contiguous() && cu_seqlens.numel() >= 1,
-              "varlen_attention: cu_seqlens must be a contiguous 1-D int64 CPU tensor");
-  const int64_t rows = cu_seqlens.numel() - 1;
-  const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
-  TORCH_CHECK(cu[0] == 0 && cu[rows] == qkv.size(0), "varlen_attention: cu_seqlens must run from 0 to T = ",
-              qkv.size(0));
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK(cu[r + 1] > cu[r] && cu[r + 1] - cu[r] <= max_seqlen,
-                "varlen_attention: row lengths must lie in [1, max_seqlen]");
-  }
+void attend_rows(const float* qkv, const float* bias, const int64_t* cu, int64_t rows, int64_t num_heads,
+                 int64_t head_size, int64_t max_seqlen, float* out) {
   const int64_t d = head_size, width = num_heads * head_size, stride = 3 * width;
-  at::Tensor out = at::empty({qkv.size(0), width}, qkv.options());
-  const float* src = qkv.data_ptr<float>();
-  const float* b = bias.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   const int64_t max_pad = (max_seqlen + kVec - 1) / kVec * kVec;
-
   at::parallel_for(0, rows * num_heads, 1, [=](int64_t begin, int64_t end) {
     std::vector<float> kt(d * max_pad), s(8 * max_pad), scratch(8 * d);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t row = item / num_heads, head = item % num_heads;
-      const int64_t start = cu[row], n = cu[row + 1] - cu[row];
+      const int64_t start = cu[row] - cu[0], n = cu[row + 1] - cu[row];
       const int64_t npad = (n + kVec - 1) / kVec * kVec;
-      const float* q = src + start * stride + head * d;
-      const float* bq = b + head * d;
+      const float* q = qkv + start * stride + head * d;
+      const float* bq = bias + head * d;
       const Item it{q, q + 2 * width, bq, bq + 2 * width, n, stride};
       const float* k = q + width;
       const float* bk = bq + width;
@@ -223,7 +198,7 @@ at::Tensor varlen_attention(const at::Tensor& qkv, const at::Tensor& bias, const
         for (int64_t j = 0; j < n; ++j) ktc[j] = k[j * stride + c] + bk[c];
         std::fill(ktc + n, ktc + npad, 0.0f);
       }
-      float* o = dst + start * width + head * d;
+      float* o = out + start * width + head * d;
       float* sp = s.data();
       float* ap = scratch.data();
       if (d == 8 * kVec) {
@@ -239,6 +214,37 @@ at::Tensor varlen_attention(const at::Tensor& qkv, const at::Tensor& bias, const
       }
     }
   });
+}
+
+void check_varlen(const at::Tensor& cu_seqlens, int64_t tokens, int64_t max_seqlen, const char* op) {
+  TORCH_CHECK(cu_seqlens.device().is_cpu() && cu_seqlens.scalar_type() == at::kLong && cu_seqlens.dim() == 1 &&
+                  cu_seqlens.is_contiguous() && cu_seqlens.numel() >= 1,
+              op, ": cu_seqlens must be a contiguous 1-D int64 CPU tensor");
+  const int64_t rows = cu_seqlens.numel() - 1;
+  const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
+  TORCH_CHECK(cu[0] == 0 && cu[rows] == tokens, op, ": cu_seqlens must run from 0 to T = ", tokens);
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(cu[r + 1] > cu[r] && cu[r + 1] - cu[r] <= max_seqlen, op,
+                ": row lengths must lie in [1, max_seqlen]");
+  }
+}
+
+// qkv [T, 3 * h * d] fp32 (columns Q heads | K heads | V heads) without its bias, bias [3 * h * d] added on
+// the fly, cu_seqlens [B + 1] int64 on the CPU. Returns the context [T, h * d] fp32.
+at::Tensor varlen_attention(const at::Tensor& qkv, const at::Tensor& bias, const at::Tensor& cu_seqlens,
+                            int64_t num_heads, int64_t head_size, int64_t max_seqlen) {
+  TORCH_CHECK(qkv.device().is_cpu() && qkv.scalar_type() == at::kFloat && qkv.dim() == 2 && qkv.is_contiguous(),
+              "varlen_attention: qkv must be a contiguous 2-D float32 CPU tensor");
+  TORCH_CHECK(num_heads >= 1 && head_size >= 1 && qkv.size(1) == 3 * num_heads * head_size,
+              "varlen_attention: qkv has ", qkv.size(1), " columns, expected 3 * num_heads * head_size = ",
+              3 * num_heads * head_size);
+  TORCH_CHECK(bias.device().is_cpu() && bias.scalar_type() == at::kFloat && bias.dim() == 1 && bias.is_contiguous() &&
+                  bias.size(0) == qkv.size(1),
+              "varlen_attention: bias must be a contiguous float32 CPU vector of size ", qkv.size(1));
+  check_varlen(cu_seqlens, qkv.size(0), max_seqlen, "varlen_attention");
+  at::Tensor out = at::empty({qkv.size(0), num_heads * head_size}, qkv.options());
+  attend_rows(qkv.data_ptr<float>(), bias.data_ptr<float>(), cu_seqlens.data_ptr<int64_t>(), cu_seqlens.numel() - 1,
+              num_heads, head_size, max_seqlen, out.data_ptr<float>());
   return out;
 }
 

@@ -28,7 +28,7 @@ LENGTHS = {
 @pytest.fixture(scope="module")
 def backends():
     """The same packed tiny model on the native path and on the plain torch reference path."""
-    weights = PackedWeights.from_model(make_tiny_model())
+    weights = PackedWeights.from_model(make_tiny_model(max_position_embeddings=256))
     return TorchBackend(weights, native=True), TorchBackend(weights, native=False)
 
 
@@ -40,7 +40,8 @@ def test_varlen_attention_matches_padded_sdpa(backends, heads, head_size, length
     g = torch.Generator().manual_seed(len(lengths))
     qkv, bias = torch.randn(batch.num_tokens, 3 * heads * head_size, generator=g), torch.randn(3 * heads * head_size, generator=g)
     expected = reference.attention(qkv, bias, heads, head_size, batch)
-    torch.testing.assert_close(fast.attention(qkv, bias, heads, head_size, batch), expected, atol=2e-5, rtol=1e-5)
+    got = native.varlen_attention(qkv, bias, batch.cu_seqlens, heads, head_size, batch.max_seqlen)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
 
 
 def test_varlen_attention_is_stable_for_large_scores(backends):
@@ -51,23 +52,55 @@ def test_varlen_attention_is_stable_for_large_scores(backends):
     qkv = 30.0 * torch.randn(batch.num_tokens, 3 * 2 * 32, generator=torch.Generator().manual_seed(1))
     bias = torch.zeros(3 * 2 * 32)
     truth = reference.attention(qkv.double(), bias.double(), 2, 32, batch)
-    got = fast.attention(qkv, bias, 2, 32, batch)
+    got = native.varlen_attention(qkv, bias, batch.cu_seqlens, 2, 32, batch.max_seqlen)
     assert torch.isfinite(got).all()
     sdpa_error = (reference.attention(qkv, bias, 2, 32, batch).double() - truth).abs().max()
     assert (got.double() - truth).abs().max() <= 2 * sdpa_error + 1e-5
 
 
 @pytest.mark.parametrize("tokens,width,hidden", [(1, 8, 32), (37, 40, 32), (300, 256, 768)])
-def test_linear_residual_layernorm_matches_torch(backends, tokens, width, hidden):
-    fast, reference = backends
+def test_bias_residual_layernorm_matches_torch(backends, tokens, width, hidden):
+    _, reference = backends
     g = torch.Generator().manual_seed(tokens)
-    x, weight, residual = torch.randn(tokens, width, generator=g), torch.randn(width, hidden, generator=g) / 8, \
-        torch.randn(tokens, hidden, generator=g)
+    x, weight = torch.randn(tokens, width, generator=g), torch.randn(width, hidden, generator=g) / 8
+    residual = torch.randn(tokens, hidden, generator=g)
     bias, norm_weight, norm_bias = (torch.randn(hidden, generator=g) for _ in range(3))
-    args = (x, weight, bias, residual, norm_weight, norm_bias)
-    expected = reference.linear_residual_layernorm(*args)
-    torch.testing.assert_close(fast.linear_residual_layernorm(*args), expected, atol=2e-5, rtol=1e-5)
-    assert torch.equal(args[3], residual), "the residual must not be modified"
+    expected = reference.linear_residual_layernorm(x, weight, bias, residual, norm_weight, norm_bias)
+    eps, before = reference.weights.layer_norm_eps, residual.clone()
+    got = native.bias_residual_layernorm_(torch.mm(x, weight), bias, residual, norm_weight, norm_bias, eps)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+    assert torch.equal(residual, before), "the residual must not be modified"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("tile_tokens", [1, 16, 10_000])
+@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
+def test_encoder_layer_matches_torch_layer(backends, lengths, tile_tokens, threads):
+    """Every layer of the tiny model (2, 1, 3, 2 heads of 8; FFN 16, 40, 7, 24), tiles of one row to all rows."""
+    _, reference = backends
+    batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu")
+    hidden = torch.randn(batch.num_tokens, 32, generator=torch.Generator().manual_seed(len(lengths)))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for index, layer in enumerate(reference.weights.layers):
+            expected = reference.layer(index, hidden, batch)
+            got = native.encoder_layer(hidden, batch.cu_seqlens, batch.max_seqlen, layer,
+                                       reference.weights.layer_norm_eps, tile_tokens)
+            torch.testing.assert_close(got, expected, atol=5e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
+def test_embedding_layernorm_matches_torch(backends, lengths):
+    fast, reference = backends
+    batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu")
+    g = torch.Generator().manual_seed(len(lengths))
+    input_ids = torch.randint(0, 97, (batch.num_tokens,), generator=g)
+    token_type_ids = torch.randint(0, 2, (batch.num_tokens,), generator=g)
+    expected = reference.embed(input_ids, token_type_ids, batch)
+    torch.testing.assert_close(fast.embed(input_ids, token_type_ids, batch), expected, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
@@ -118,6 +151,12 @@ def test_kernels_reject_bad_inputs():
     with pytest.raises(RuntimeError, match="residual"):
         native.bias_residual_layernorm_(torch.randn(2, 3), torch.zeros(3), torch.randn(3, 3), torch.ones(3),
                                         torch.zeros(3), 1e-5)
+    tables = [torch.randn(10, 3), torch.randn(4, 3), torch.randn(2, 3), torch.ones(3), torch.zeros(3)]
+    with pytest.raises(RuntimeError, match="input_ids must lie in"):
+        native.embedding_layernorm(torch.tensor([3, 10]), torch.zeros(2, dtype=torch.long), torch.tensor([0, 2]), *tables, 1e-5)
+    with pytest.raises(RuntimeError, match="longer than the 4 position embeddings"):
+        native.embedding_layernorm(torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long),
+                                   torch.tensor([0, 5]), *tables, 1e-5)
     with pytest.raises(RuntimeError, match="keep"):
         native.compact_tokens(torch.randn(4, 3), cu, torch.ones(2, dtype=torch.bool))
 

@@ -9,21 +9,21 @@ from .. import native as native_kernels
 from ..engine import PackedBatch
 from .base import Backend
 
+TILE_TOKENS = 256  # tokens per tile of the native encoder layer (its activations then stay in L2)
+
 
 class TorchBackend(Backend):
-    """Runs every encoder layer with torch ops, plus the native kernels of ``csrc/`` on fp32 CPU tensors.
+    """Runs every encoder layer with torch ops, or with the native kernels of ``csrc/`` on fp32 CPU tensors.
 
-    Linear layers are ``torch.mm``/``torch.addmm`` on the ``T`` real tokens only; GELU runs in place.
-    Two paths share everything else:
-
-    * native (``native=True``; the default when :func:`costeff_fast.native.available`): varlen attention
-      straight on the packed QKV (bias added inside), GEMM + fused bias + residual + LayerNorm, span-copy
-      compaction;
-    * plain torch (``native=False``; the reference the native path is tested against, and the fallback on
-      other devices and dtypes): the attention core adds the bias while scattering Q, K, V into a
-      ``[B, h_l, max_seqlen, d]`` buffer for ``scaled_dot_product_attention`` with a key-padding mask and
-      gathers the result back (its cost grows with ``B * max_seqlen``), then ``addmm``, ``add_`` and
-      ``layer_norm``.
+    * native (``native=True``; the default when :func:`costeff_fast.native.available`): one
+      :func:`~costeff_fast.native.encoder_layer` call per layer (tiles of rows through GEMMs, varlen
+      attention on the packed QKV and fused bias + residual + LayerNorm; whole tiles per thread), one-pass
+      embedding + LayerNorm, span-copy compaction;
+    * plain torch (``native=False``; the reference the kernels are tested against, and the path on other
+      devices and dtypes): linear layers are ``torch.mm``/``torch.addmm`` on the ``T`` real tokens, GELU in
+      place; the attention core adds the QKV bias while scattering Q, K, V into a ``[B, h_l, max_seqlen, d]``
+      buffer for ``scaled_dot_product_attention`` with a key-padding mask and gathers the result back (its
+      cost grows with ``B * max_seqlen``); residual + LayerNorm are ``add_`` and ``layer_norm``.
 
     Args:
         weights, device: as :class:`~costeff_fast.backends.base.Backend`.
@@ -48,13 +48,21 @@ class TorchBackend(Backend):
             )
         self.native = native
 
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """Word + position + token-type embeddings, then LayerNorm: ``[T]`` ids -> ``[T, H]``."""
+        if not self.native:
+            return super().embed(input_ids, token_type_ids, batch)
+        w = self.weights
+        return native_kernels.embedding_layernorm(
+            input_ids, token_type_ids, batch.cu_seqlens, w.word_embeddings, w.position_embeddings,
+            w.token_type_embeddings, w.embedding_norm_weight, w.embedding_norm_bias, w.layer_norm_eps,
+        )
+
     def attention(
         self, qkv: torch.Tensor, bias: torch.Tensor, num_heads: int, head_size: int, batch: PackedBatch
     ) -> torch.Tensor:
-        """Varlen self-attention of ``qkv + bias``: ``qkv [T, 3 * h * d]`` (columns Q | K | V, no bias yet),
-        ``bias [3 * h * d]`` -> context ``[T, h * d]``."""
-        if self.native:
-            return native_kernels.varlen_attention(qkv, bias, batch.cu_seqlens, num_heads, head_size, batch.max_seqlen)
+        """Varlen self-attention of ``qkv + bias`` with torch ops: ``qkv [T, 3 * h * d]`` (columns Q | K | V, no
+        bias yet), ``bias [3 * h * d]`` -> context ``[T, h * d]``."""
         rows, seq = batch.num_rows, batch.max_seqlen
         width = num_heads * head_size
         padded_index = batch.padded_index
@@ -73,16 +81,17 @@ class TorchBackend(Backend):
         norm_weight: torch.Tensor,
         norm_bias: torch.Tensor,
     ) -> torch.Tensor:
-        """``LayerNorm(x @ weight + bias + residual)``: ``x [T, in]``, ``weight [in, H]``, ``residual [T, H]``."""
-        eps = self.weights.layer_norm_eps
-        if self.native:
-            out = torch.mm(x, weight)
-            return native_kernels.bias_residual_layernorm_(out, bias, residual, norm_weight, norm_bias, eps)
+        """``LayerNorm(x @ weight + bias + residual)`` with torch ops: ``x [T, in]``, ``weight [in, H]``,
+        ``residual [T, H]``."""
         out = torch.addmm(bias, x, weight).add_(residual)
-        return F.layer_norm(out, out.shape[-1:], norm_weight, norm_bias, eps)
+        return F.layer_norm(out, out.shape[-1:], norm_weight, norm_bias, self.weights.layer_norm_eps)
 
     def layer(self, index: int, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         w = self.weights.layers[index]
+        if self.native:
+            return native_kernels.encoder_layer(
+                hidden, batch.cu_seqlens, batch.max_seqlen, w, self.weights.layer_norm_eps, TILE_TOKENS
+            )
         context = self.attention(torch.mm(hidden, w.qkv_weight), w.qkv_bias, w.num_heads, w.head_size, batch)
         hidden = self.linear_residual_layernorm(
             context, w.attention_output_weight, w.attention_output_bias, hidden,

@@ -1,0 +1,89 @@
+// Fused BERT embedding: out[t] = LayerNorm(word[id_t] + position[t - row start] + token_type[type_t]) in one
+// pass per token (torch gathers three [T, H] tensors, adds them and normalizes into a fourth).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "layernorm.h"
+
+namespace costeff_native {
+
+static void check_table(const at::Tensor& t, int64_t h, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 2 && t.is_contiguous() &&
+                  t.size(1) == h,
+              "embedding_layernorm: ", name, " must be a contiguous float32 CPU [rows, ", h, "] table");
+}
+
+static void check_ids(const at::Tensor& ids, int64_t tokens, int64_t limit, const char* name) {
+  TORCH_CHECK(ids.device().is_cpu() && ids.scalar_type() == at::kLong && ids.dim() == 1 && ids.is_contiguous() &&
+                  ids.numel() == tokens,
+              "embedding_layernorm: ", name, " must be a contiguous int64 CPU vector of ", tokens, " ids");
+  const int64_t* p = ids.data_ptr<int64_t>();
+  for (int64_t t = 0; t < tokens; ++t) {
+    TORCH_CHECK(p[t] >= 0 && p[t] < limit, "embedding_layernorm: ", name, " must lie in [0, ", limit, ")");
+  }
+}
+
+// input_ids, token_type_ids [T] int64; cu_seqlens [B + 1] int64 (positions restart at 0 in every row);
+// word [V, H], position [P, H], token_type [types, H], weight, bias [H] fp32. Returns [T, H] fp32.
+at::Tensor embedding_layernorm(const at::Tensor& input_ids, const at::Tensor& token_type_ids,
+                               const at::Tensor& cu_seqlens, const at::Tensor& word, const at::Tensor& position,
+                               const at::Tensor& token_type, const at::Tensor& weight, const at::Tensor& bias,
+                               double eps) {
+  const int64_t h = word.size(1);
+  check_table(word, h, "word");
+  check_table(position, h, "position");
+  check_table(token_type, h, "token_type");
+  check_table(weight.view({1, -1}), h, "weight");
+  check_table(bias.view({1, -1}), h, "bias");
+  TORCH_CHECK(cu_seqlens.device().is_cpu() && cu_seqlens.scalar_type() == at::kLong && cu_seqlens.dim() == 1 &&
+                  cu_seqlens.is_contiguous() && cu_seqlens.numel() >= 1,
+              "embedding_layernorm: cu_seqlens must be a contiguous 1-D int64 CPU tensor");
+  const int64_t rows = cu_seqlens.numel() - 1, tokens = input_ids.numel();
+  const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
+  TORCH_CHECK(cu[0] == 0 && cu[rows] == tokens, "embedding_layernorm: cu_seqlens must run from 0 to T = ", tokens);
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(cu[r + 1] >= cu[r] && cu[r + 1] - cu[r] <= position.size(0),
+                "embedding_layernorm: a row is longer than the ", position.size(0), " position embeddings");
+  }
+  check_ids(input_ids, tokens, word.size(0), "input_ids");
+  check_ids(token_type_ids, tokens, token_type.size(0), "token_type_ids");
+  at::Tensor out = at::empty({tokens, h}, word.options());
+  const int64_t* ids = input_ids.data_ptr<int64_t>();
+  const int64_t* types = token_type_ids.data_ptr<int64_t>();
+  const float* wp = word.data_ptr<float>();
+  const float* pp = position.data_ptr<float>();
+  const float* tp = token_type.data_ptr<float>();
+  const float* g = weight.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float feps = static_cast<float>(eps);
+  at::parallel_for(0, rows, 4, [=](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t t = cu[r]; t < cu[r + 1]; ++t) {
+        const float* wr = wp + ids[t] * h;
+        const float* pr = pp + (t - cu[r]) * h;
+        const float* tr = tp + types[t] * h;
+        float* o = op + t * h;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < h; ++j) {
+          const float value = wr[j] + pr[j] + tr[j];
+          o[j] = value;
+          sum += value;
+        }
+        normalize_row(o, h, sum, g, b, feps);
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace costeff_native
+
+TORCH_LIBRARY_FRAGMENT(costeff_native, m) {
+  m.def("embedding_layernorm(Tensor input_ids, Tensor token_type_ids, Tensor cu_seqlens, Tensor word, "
+        "Tensor position, Tensor token_type, Tensor weight, Tensor bias, float eps) -> Tensor",
+        &costeff_native::embedding_layernorm);
+}

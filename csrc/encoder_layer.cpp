@@ -1,0 +1,128 @@
+// A whole post-LN encoder layer on packed tokens in one call, tile by tile: groups of consecutive rows of at
+// most `tile_tokens` tokens run QKV GEMM -> varlen attention -> W_O GEMM + bias + residual + LayerNorm -> W_1
+// GEMM + bias + GELU -> W_2 GEMM + bias + residual + LayerNorm while their activations stay in L2. With more
+// than one thread, each thread takes whole tiles (its GEMMs and kernels run single-threaded inside), so narrow
+// GEMMs no longer pay a fork/join each and a thread preempted by another process does not stall the rest; a
+// single tile runs on the calling thread with multi-threaded ops instead.
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <utility>
+#include <vector>
+
+#include "kernels.h"
+
+namespace costeff_native {
+
+static void check_matrix(const at::Tensor& t, int64_t rows, int64_t cols, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 2 && t.is_contiguous() &&
+                  t.size(0) == rows && t.size(1) == cols,
+              "encoder_layer: ", name, " must be a contiguous float32 CPU [", rows, ", ", cols, "] tensor");
+}
+
+static void check_vector(const at::Tensor& t, int64_t size, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 1 && t.is_contiguous() &&
+                  t.size(0) == size,
+              "encoder_layer: ", name, " must be a contiguous float32 CPU vector of size ", size);
+}
+
+// Row ranges [r0, r1) of consecutive rows holding at most tile_tokens tokens (a longer row is a tile alone).
+static std::vector<std::pair<int64_t, int64_t>> tile_rows(const int64_t* cu, int64_t rows, int64_t tile_tokens) {
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  int64_t first = 0;
+  for (int64_t r = 1; r <= rows; ++r) {
+    if (r == rows || cu[r + 1] - cu[first] > tile_tokens) {
+      ranges.emplace_back(first, r);
+      first = r;
+    }
+  }
+  return ranges;
+}
+
+// hidden [T, H]; weights input-major as in costeff_fast.packing.PackedLayer. Returns the layer output [T, H].
+at::Tensor encoder_layer(const at::Tensor& hidden, const at::Tensor& cu_seqlens, int64_t max_seqlen,
+                         int64_t num_heads, int64_t head_size, const at::Tensor& qkv_weight,
+                         const at::Tensor& qkv_bias, const at::Tensor& attention_output_weight,
+                         const at::Tensor& attention_output_bias, const at::Tensor& attention_norm_weight,
+                         const at::Tensor& attention_norm_bias, const at::Tensor& intermediate_weight,
+                         const at::Tensor& intermediate_bias, const at::Tensor& output_weight,
+                         const at::Tensor& output_bias, const at::Tensor& output_norm_weight,
+                         const at::Tensor& output_norm_bias, double eps, int64_t tile_tokens) {
+  TORCH_CHECK(hidden.device().is_cpu() && hidden.scalar_type() == at::kFloat && hidden.dim() == 2 &&
+                  hidden.is_contiguous(),
+              "encoder_layer: hidden must be a contiguous 2-D float32 CPU tensor");
+  TORCH_CHECK(num_heads >= 1 && head_size >= 1 && tile_tokens >= 1,
+              "encoder_layer: num_heads, head_size and tile_tokens must be >= 1");
+  const int64_t tokens = hidden.size(0), h = hidden.size(1), width = num_heads * head_size;
+  const int64_t ffn = intermediate_weight.size(1);
+  check_matrix(qkv_weight, h, 3 * width, "qkv_weight");
+  check_vector(qkv_bias, 3 * width, "qkv_bias");
+  check_matrix(attention_output_weight, width, h, "attention_output_weight");
+  check_vector(attention_output_bias, h, "attention_output_bias");
+  check_vector(attention_norm_weight, h, "attention_norm_weight");
+  check_vector(attention_norm_bias, h, "attention_norm_bias");
+  check_matrix(intermediate_weight, h, ffn, "intermediate_weight");
+  check_vector(intermediate_bias, ffn, "intermediate_bias");
+  check_matrix(output_weight, ffn, h, "output_weight");
+  check_vector(output_bias, h, "output_bias");
+  check_vector(output_norm_weight, h, "output_norm_weight");
+  check_vector(output_norm_bias, h, "output_norm_bias");
+  check_varlen(cu_seqlens, tokens, max_seqlen, "encoder_layer");
+  const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
+  const auto ranges = tile_rows(cu, cu_seqlens.numel() - 1, tile_tokens);
+  at::Tensor out = at::empty({tokens, h}, hidden.options());
+  float* out_ptr = out.data_ptr<float>();
+  const float feps = static_cast<float>(eps);
+
+  auto run_tile = [&](int64_t i) {
+    const int64_t r0 = ranges[i].first, r1 = ranges[i].second;
+    const int64_t t0 = cu[r0], count = cu[r1] - cu[r0];
+    const at::Tensor x = hidden.narrow(0, t0, count);
+    const at::Tensor qkv = at::mm(x, qkv_weight);
+    at::Tensor context = at::empty({count, width}, hidden.options());
+    attend_rows(qkv.data_ptr<float>(), qkv_bias.data_ptr<float>(), cu + r0, r1 - r0, num_heads, head_size,
+                max_seqlen, context.data_ptr<float>());
+    at::Tensor attended = at::mm(context, attention_output_weight);
+    float* a = attended.data_ptr<float>();
+    bias_residual_layernorm_rows(a, attention_output_bias.data_ptr<float>(), x.data_ptr<float>(),
+                                 attention_norm_weight.data_ptr<float>(), attention_norm_bias.data_ptr<float>(),
+                                 count, h, feps, a);
+    at::Tensor inter = at::addmm(intermediate_bias, attended, intermediate_weight);
+    at::gelu_(inter);
+    const at::Tensor ffn_out = at::mm(inter, output_weight);
+    bias_residual_layernorm_rows(ffn_out.data_ptr<float>(), output_bias.data_ptr<float>(), a,
+                                 output_norm_weight.data_ptr<float>(), output_norm_bias.data_ptr<float>(), count, h,
+                                 feps, out_ptr + t0 * h);
+  };
+  const int64_t num_tiles = static_cast<int64_t>(ranges.size());
+  if (num_tiles == 1 || at::get_num_threads() == 1) {
+    for (int64_t i = 0; i < num_tiles; ++i) run_tile(i);
+    return out;
+  }
+  // One worker per thread, each taking the next tile from a shared counter.
+  const at::ThreadLocalState state;  // inference mode, grad mode ... for the worker threads
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    at::ThreadLocalStateGuard guard(state);
+    for (int64_t i = next++; i < num_tiles; i = next++) run_tile(i);
+  });
+  return out;
+}
+
+}  // namespace costeff_native
+
+TORCH_LIBRARY_FRAGMENT(costeff_native, m) {
+  m.def("encoder_layer(Tensor hidden, Tensor cu_seqlens, int max_seqlen, int num_heads, int head_size, "
+        "Tensor qkv_weight, Tensor qkv_bias, Tensor attention_output_weight, Tensor attention_output_bias, "
+        "Tensor attention_norm_weight, Tensor attention_norm_bias, Tensor intermediate_weight, "
+        "Tensor intermediate_bias, Tensor output_weight, Tensor output_bias, Tensor output_norm_weight, "
+        "Tensor output_norm_bias, float eps, int tile_tokens) -> Tensor",
+        &costeff_native::encoder_layer);
+}
