@@ -18,7 +18,7 @@ Measured (all on rt validation sentences, truncated to 128 tokens, tokenization 
   COST-EFF without and with early exit;
 * BERT-base shapes (``BertConfig()``, random weights), real-length batch 32: HF sdpa vs ``optimize()``;
 * the 8x COST-EFF shape at full depth on real lengths vs HF BERT-base on 128 padded tokens, batch 32;
-* early exit vs the sum of its layer calls at the surviving rows;
+* early exit (minus its embedding) vs the sum of its layer calls at the surviving rows;
 * streaming scheduler vs per-batch compaction at the same threshold (tokenization timed in both);
 * each native kernel against the torch op it replaces.
 """
@@ -232,8 +232,8 @@ def main(argv=None) -> dict:
         target("COST-EFF early exit vs HF teacher, rt batch 64 (x)", speed["costeff_early_exit"] / speed["hf_teacher"], 12.0),
         target("COST-EFF early exit executed-matmul GFLOP/s / torch.mm peak",
                groups["rt_batch64"]["costeff_early_exit"]["fraction_of_mm_peak"], 0.75),
-        target("early exit time over the sum of its layer times", results["early_exit_overhead"]["overhead"], 0.10,
-               higher_is_better=False),
+        target("early exit time (minus the embedding) over the sum of its layer times at the surviving rows",
+               results["early_exit_overhead"]["overhead"], 0.10, higher_is_better=False),
         target("optimize() vs HF sdpa, BERT-base real-length batch 32 (x)",
                bert_group["optimize_bert_base"]["sentences_per_s"] / bert_group["hf_bert_base_sdpa"]["sentences_per_s"], 1.5),
         target("8x shape full depth vs HF BERT-base 128 padded tokens (x)",

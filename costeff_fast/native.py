@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 SOURCES = (
     "varlen_attention.cpp", "residual_layernorm.cpp", "embedding_layernorm.cpp", "compact_tokens.cpp",
-    "encoder_layer.cpp",
+    "segment_mean.cpp", "encoder_layer.cpp",
 )
 DISABLE_ENV = "COSTEFF_FAST_NATIVE"
 
@@ -184,6 +184,19 @@ def compact_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor, keep: torch.T
         RuntimeError: wrong dtype, device, layout or shapes.
     """
     return torch.ops.costeff_native.compact_tokens(hidden, cu_seqlens, keep)
+
+
+def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Mean of each packed row's token vectors: ``hidden [T, H]`` -> ``[B, H]`` fp32.
+
+    Args:
+        hidden: ``[T, H]`` fp32 contiguous CPU.
+        cu_seqlens: ``[B + 1]`` int64 CPU prefix sums of the row lengths (each row >= 1 token).
+
+    Raises:
+        RuntimeError: wrong dtype, device, layout or lengths.
+    """
+    return torch.ops.costeff_native.segment_mean(hidden, cu_seqlens)
 
 
 def encoder_layer(hidden: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, layer, eps: float,

@@ -66,13 +66,7 @@ at::Tensor embedding_layernorm(const at::Tensor& input_ids, const at::Tensor& to
         const float* pr = pp + (t - cu[r]) * h;
         const float* tr = tp + types[t] * h;
         float* o = op + t * h;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < h; ++j) {
-          const float value = wr[j] + pr[j] + tr[j];
-          o[j] = value;
-          sum += value;
-        }
+        const float sum = sum3_into(o, wr, pr, tr, h);
         normalize_row(o, h, sum, g, b, feps);
       }
     }

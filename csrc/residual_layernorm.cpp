@@ -16,13 +16,7 @@ void bias_residual_layernorm_rows(const float* x, const float* bias, const float
       const float* xr = x + t * h;
       const float* rr = residual + t * h;
       float* o = out + t * h;
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < h; ++j) {
-        const float value = xr[j] + bias[j] + rr[j];
-        o[j] = value;
-        sum += value;
-      }
+      const float sum = sum3_into(o, xr, bias, rr, h);
       normalize_row(o, h, sum, weight, norm_bias, eps);
     }
   });

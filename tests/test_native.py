@@ -117,9 +117,18 @@ def test_compaction_matches_torch(backends, lengths):
         assert torch.equal(got_batch.row_ids, want_batch.row_ids)
 
 
+@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
+def test_segment_mean_matches_torch(lengths):
+    batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu")
+    hidden = torch.randn(batch.num_tokens, 40, generator=torch.Generator().manual_seed(len(lengths)))
+    torch.testing.assert_close(native.segment_mean(hidden, batch.cu_seqlens), batch.row_mean(hidden),
+                               atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("seed", range(3))
-def test_engine_native_path_equals_torch_path(backends, seed):
-    model = make_tiny_model(seed, weight_std=0.15)
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_engine_native_path_equals_torch_path(seed, pooling):
+    model = make_tiny_model(seed, weight_std=0.15, exit_pooling=pooling)
     batch = random_batch(seed, batch=20, vocab=97, max_len=40, pairs=True)
     entropies = reference_entropies(model, batch)
     tau = entropies.median(dim=0).values.tolist()

@@ -18,7 +18,7 @@ class TorchBackend(Backend):
     * native (``native=True``; the default when :func:`costeff_fast.native.available`): one
       :func:`~costeff_fast.native.encoder_layer` call per layer (tiles of rows through GEMMs, varlen
       attention on the packed QKV and fused bias + residual + LayerNorm; whole tiles per thread), one-pass
-      embedding + LayerNorm, span-copy compaction;
+      embedding + LayerNorm, span-copy compaction, span mean for mean-pooling exits;
     * plain torch (``native=False``; the reference the kernels are tested against, and the path on other
       devices and dtypes): linear layers are ``torch.mm``/``torch.addmm`` on the ``T`` real tokens, GELU in
       place; the attention core adds the QKV bias while scattering Q, K, V into a ``[B, h_l, max_seqlen, d]``
@@ -57,6 +57,12 @@ class TorchBackend(Backend):
             input_ids, token_type_ids, batch.cu_seqlens, w.word_embeddings, w.position_embeddings,
             w.token_type_embeddings, w.embedding_norm_weight, w.embedding_norm_bias, w.layer_norm_eps,
         )
+
+    def exit_features(self, index: int, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """What exit ``index`` reads, ``[B, H]``: the mean-pooling exits use the native span mean."""
+        if self.native and self.weights.exits[index].pooling == "mean":
+            return native_kernels.segment_mean(hidden, batch.cu_seqlens)
+        return super().exit_features(index, hidden, batch)
 
     def attention(
         self, qkv: torch.Tensor, bias: torch.Tensor, num_heads: int, head_size: int, batch: PackedBatch
