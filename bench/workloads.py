@@ -102,8 +102,8 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
         Candidates: ``attention`` (bias + padded SDPA vs varlen kernel with the bias inside),
         ``residual_layernorm`` (``add`` + ``layer_norm`` on an ``addmm`` output vs the fused bias + residual + LayerNorm in place on an ``mm``
         output), ``linear_residual_layernorm`` (the same with the GEMM), ``embedding`` (three gathers, two
-        adds and ``layer_norm`` vs the one-pass kernel), ``compaction`` (boolean-mask gather vs span copy, half
-        of the rows kept) and ``encoder_layer`` (the torch path's layer vs the tiled native layer).
+        adds and ``layer_norm`` vs the one-pass kernel), ``segment_mean`` (scatter-add over tokens vs span
+        sums, for mean-pooling exits), ``compaction`` (boolean-mask gather vs span copy, half of the rows kept) and ``encoder_layer`` (the torch path's layer vs the tiled native layer).
 
     Raises:
         RuntimeError: the native kernels are not available.
@@ -141,6 +141,7 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
             lambda: plain.embed(input_ids, token_type_ids, batch),
             lambda: fast.embed(input_ids, token_type_ids, batch),
         ),
+        "segment_mean": (lambda: batch.row_mean(hidden), lambda: native.segment_mean(hidden, batch.cu_seqlens)),
         "compaction": (
             lambda: plain.compact(hidden, batch, keep)[0],
             lambda: fast.compact(hidden, batch, keep)[0],

@@ -8,22 +8,19 @@
 #include <cstring>
 #include <vector>
 
+#include "checks.h"
+
 namespace costeff_native {
 
 // hidden [T, H] fp32 contiguous, cu_seqlens [B + 1] int64 CPU, keep [B] bool CPU. Returns [T', H].
 at::Tensor compact_tokens(const at::Tensor& hidden, const at::Tensor& cu_seqlens, const at::Tensor& keep) {
-  TORCH_CHECK(hidden.device().is_cpu() && hidden.scalar_type() == at::kFloat && hidden.dim() == 2 &&
-                  hidden.is_contiguous(),
-              "compact_tokens: hidden must be a contiguous 2-D float32 CPU tensor");
-  TORCH_CHECK(cu_seqlens.device().is_cpu() && cu_seqlens.scalar_type() == at::kLong && cu_seqlens.dim() == 1 &&
-                  cu_seqlens.is_contiguous(),
-              "compact_tokens: cu_seqlens must be a contiguous 1-D int64 CPU tensor");
+  check_float(hidden, 2, "compact_tokens", "hidden");
+  check_varlen(cu_seqlens, hidden.size(0), hidden.size(0), "compact_tokens");
   const int64_t rows = cu_seqlens.numel() - 1;
   TORCH_CHECK(keep.device().is_cpu() && keep.scalar_type() == at::kBool && keep.dim() == 1 &&
                   keep.is_contiguous() && keep.numel() == rows,
               "compact_tokens: keep must be a contiguous bool CPU vector with one entry per row");
   const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
-  TORCH_CHECK(cu[rows] == hidden.size(0), "compact_tokens: cu_seqlens must end at T = ", hidden.size(0));
   const bool* kp = keep.data_ptr<bool>();
   std::vector<int64_t> kept, offset{0};
   for (int64_t r = 0; r < rows; ++r) {

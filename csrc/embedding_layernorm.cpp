@@ -5,16 +5,12 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "checks.h"
 #include "layernorm.h"
 
 namespace costeff_native {
 
-static void check_table(const at::Tensor& t, int64_t h, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 2 && t.is_contiguous() &&
-                  t.size(1) == h,
-              "embedding_layernorm: ", name, " must be a contiguous float32 CPU [rows, ", h, "] table");
-}
-
+// ids: a contiguous int64 CPU vector of `tokens` ids in [0, limit).
 static void check_ids(const at::Tensor& ids, int64_t tokens, int64_t limit, const char* name) {
   TORCH_CHECK(ids.device().is_cpu() && ids.scalar_type() == at::kLong && ids.dim() == 1 && ids.is_contiguous() &&
                   ids.numel() == tokens,
@@ -31,22 +27,17 @@ at::Tensor embedding_layernorm(const at::Tensor& input_ids, const at::Tensor& to
                                const at::Tensor& cu_seqlens, const at::Tensor& word, const at::Tensor& position,
                                const at::Tensor& token_type, const at::Tensor& weight, const at::Tensor& bias,
                                double eps) {
+  const char* op = "embedding_layernorm";
+  check_matrix(word, -1, -1, op, "word");
   const int64_t h = word.size(1);
-  check_table(word, h, "word");
-  check_table(position, h, "position");
-  check_table(token_type, h, "token_type");
-  check_table(weight.view({1, -1}), h, "weight");
-  check_table(bias.view({1, -1}), h, "bias");
-  TORCH_CHECK(cu_seqlens.device().is_cpu() && cu_seqlens.scalar_type() == at::kLong && cu_seqlens.dim() == 1 &&
-                  cu_seqlens.is_contiguous() && cu_seqlens.numel() >= 1,
-              "embedding_layernorm: cu_seqlens must be a contiguous 1-D int64 CPU tensor");
+  check_matrix(position, -1, h, op, "position");
+  check_matrix(token_type, -1, h, op, "token_type");
+  check_vector(weight, h, op, "weight");
+  check_vector(bias, h, op, "bias");
+  TORCH_CHECK(input_ids.dim() == 1, "embedding_layernorm: input_ids must be 1-D");
+  check_varlen(cu_seqlens, input_ids.numel(), position.size(0), op);
   const int64_t rows = cu_seqlens.numel() - 1, tokens = input_ids.numel();
   const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
-  TORCH_CHECK(cu[0] == 0 && cu[rows] == tokens, "embedding_layernorm: cu_seqlens must run from 0 to T = ", tokens);
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK(cu[r + 1] >= cu[r] && cu[r + 1] - cu[r] <= position.size(0),
-                "embedding_layernorm: a row is longer than the ", position.size(0), " position embeddings");
-  }
   check_ids(input_ids, tokens, word.size(0), "input_ids");
   check_ids(token_type_ids, tokens, token_type.size(0), "token_type_ids");
   at::Tensor out = at::empty({tokens, h}, word.options());
@@ -57,7 +48,7 @@ at::Tensor embedding_layernorm(const at::Tensor& input_ids, const at::Tensor& to
   const float* tp = token_type.data_ptr<float>();
   const float* g = weight.data_ptr<float>();
   const float* b = bias.data_ptr<float>();
-  float* op = out.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
   const float feps = static_cast<float>(eps);
   at::parallel_for(0, rows, 4, [=](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -65,7 +56,7 @@ at::Tensor embedding_layernorm(const at::Tensor& input_ids, const at::Tensor& to
         const float* wr = wp + ids[t] * h;
         const float* pr = pp + (t - cu[r]) * h;
         const float* tr = tp + types[t] * h;
-        float* o = op + t * h;
+        float* o = dst + t * h;
         const float sum = sum3_into(o, wr, pr, tr, h);
         normalize_row(o, h, sum, g, b, feps);
       }

@@ -17,21 +17,10 @@
 #include <utility>
 #include <vector>
 
+#include "checks.h"
 #include "kernels.h"
 
 namespace costeff_native {
-
-static void check_matrix(const at::Tensor& t, int64_t rows, int64_t cols, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 2 && t.is_contiguous() &&
-                  t.size(0) == rows && t.size(1) == cols,
-              "encoder_layer: ", name, " must be a contiguous float32 CPU [", rows, ", ", cols, "] tensor");
-}
-
-static void check_vector(const at::Tensor& t, int64_t size, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 1 && t.is_contiguous() &&
-                  t.size(0) == size,
-              "encoder_layer: ", name, " must be a contiguous float32 CPU vector of size ", size);
-}
 
 // Row ranges [r0, r1) of consecutive rows holding at most tile_tokens tokens (a longer row is a tile alone).
 static std::vector<std::pair<int64_t, int64_t>> tile_rows(const int64_t* cu, int64_t rows, int64_t tile_tokens) {
@@ -55,26 +44,25 @@ at::Tensor encoder_layer(const at::Tensor& hidden, const at::Tensor& cu_seqlens,
                          const at::Tensor& intermediate_bias, const at::Tensor& output_weight,
                          const at::Tensor& output_bias, const at::Tensor& output_norm_weight,
                          const at::Tensor& output_norm_bias, double eps, int64_t tile_tokens) {
-  TORCH_CHECK(hidden.device().is_cpu() && hidden.scalar_type() == at::kFloat && hidden.dim() == 2 &&
-                  hidden.is_contiguous(),
-              "encoder_layer: hidden must be a contiguous 2-D float32 CPU tensor");
+  const char* op = "encoder_layer";
+  check_float(hidden, 2, op, "hidden");
   TORCH_CHECK(num_heads >= 1 && head_size >= 1 && tile_tokens >= 1,
               "encoder_layer: num_heads, head_size and tile_tokens must be >= 1");
   const int64_t tokens = hidden.size(0), h = hidden.size(1), width = num_heads * head_size;
+  check_matrix(intermediate_weight, h, -1, op, "intermediate_weight");
   const int64_t ffn = intermediate_weight.size(1);
-  check_matrix(qkv_weight, h, 3 * width, "qkv_weight");
-  check_vector(qkv_bias, 3 * width, "qkv_bias");
-  check_matrix(attention_output_weight, width, h, "attention_output_weight");
-  check_vector(attention_output_bias, h, "attention_output_bias");
-  check_vector(attention_norm_weight, h, "attention_norm_weight");
-  check_vector(attention_norm_bias, h, "attention_norm_bias");
-  check_matrix(intermediate_weight, h, ffn, "intermediate_weight");
-  check_vector(intermediate_bias, ffn, "intermediate_bias");
-  check_matrix(output_weight, ffn, h, "output_weight");
-  check_vector(output_bias, h, "output_bias");
-  check_vector(output_norm_weight, h, "output_norm_weight");
-  check_vector(output_norm_bias, h, "output_norm_bias");
-  check_varlen(cu_seqlens, tokens, max_seqlen, "encoder_layer");
+  check_matrix(qkv_weight, h, 3 * width, op, "qkv_weight");
+  check_vector(qkv_bias, 3 * width, op, "qkv_bias");
+  check_matrix(attention_output_weight, width, h, op, "attention_output_weight");
+  check_vector(attention_output_bias, h, op, "attention_output_bias");
+  check_vector(attention_norm_weight, h, op, "attention_norm_weight");
+  check_vector(attention_norm_bias, h, op, "attention_norm_bias");
+  check_vector(intermediate_bias, ffn, op, "intermediate_bias");
+  check_matrix(output_weight, ffn, h, op, "output_weight");
+  check_vector(output_bias, h, op, "output_bias");
+  check_vector(output_norm_weight, h, op, "output_norm_weight");
+  check_vector(output_norm_bias, h, op, "output_norm_bias");
+  check_varlen(cu_seqlens, tokens, max_seqlen, op);
   const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
   const auto ranges = tile_rows(cu, cu_seqlens.numel() - 1, tile_tokens);
   at::Tensor out = at::empty({tokens, h}, hidden.options());

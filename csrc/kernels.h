@@ -2,8 +2,6 @@
 // call these; encoder_layer.cpp calls them on tiles).
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <cstdint>
 
 namespace costeff_native {
@@ -12,9 +10,6 @@ namespace costeff_native {
 // and h * d); bias is the [3 * h * d] QKV bias. Work is split over (row, head) with at::parallel_for.
 void attend_rows(const float* qkv, const float* bias, const int64_t* cu, int64_t rows, int64_t num_heads,
                  int64_t head_size, int64_t max_seqlen, float* out);
-
-// Raise unless cu_seqlens is a contiguous int64 CPU vector from 0 to tokens with rows of 1..max_seqlen tokens.
-void check_varlen(const at::Tensor& cu_seqlens, int64_t tokens, int64_t max_seqlen, const char* op);
 
 // out[t] = LayerNorm(x[t] + bias + residual[t]) * weight + norm_bias for rows [T, h]; out may equal x.
 void bias_residual_layernorm_rows(const float* x, const float* bias, const float* residual, const float* weight,

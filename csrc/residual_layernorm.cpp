@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include "checks.h"
 #include "kernels.h"
 #include "layernorm.h"
 
@@ -22,23 +23,16 @@ void bias_residual_layernorm_rows(const float* x, const float* bias, const float
   });
 }
 
-static void check_vector(const at::Tensor& t, int64_t size, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 1 && t.is_contiguous() &&
-                  t.size(0) == size,
-              "bias_residual_layernorm_: ", name, " must be a contiguous float32 CPU vector of size ", size);
-}
-
 // x, residual [T, H] fp32 contiguous; bias, weight, norm_bias [H]. Returns x.
 at::Tensor bias_residual_layernorm_(at::Tensor x, const at::Tensor& bias, const at::Tensor& residual,
                                     const at::Tensor& weight, const at::Tensor& norm_bias, double eps) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous(),
-              "bias_residual_layernorm_: x must be a contiguous 2-D float32 CPU tensor");
-  TORCH_CHECK(residual.sizes() == x.sizes() && residual.scalar_type() == at::kFloat && residual.is_contiguous(),
-              "bias_residual_layernorm_: residual must be a contiguous float32 tensor of x's shape");
+  const char* op = "bias_residual_layernorm_";
+  check_float(x, 2, op, "x");
   const int64_t rows = x.size(0), h = x.size(1);
-  check_vector(bias, h, "bias");
-  check_vector(weight, h, "weight");
-  check_vector(norm_bias, h, "norm_bias");
+  check_matrix(residual, rows, h, op, "residual");
+  check_vector(bias, h, op, "bias");
+  check_vector(weight, h, op, "weight");
+  check_vector(norm_bias, h, op, "norm_bias");
   bias_residual_layernorm_rows(x.data_ptr<float>(), bias.data_ptr<float>(), residual.data_ptr<float>(),
                                weight.data_ptr<float>(), norm_bias.data_ptr<float>(), rows, h,
                                static_cast<float>(eps), x.data_ptr<float>());

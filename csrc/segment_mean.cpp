@@ -5,16 +5,13 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "kernels.h"
-#include "vec_math.h"
+#include "checks.h"
 
 namespace costeff_native {
 
 // hidden [T, H] fp32 contiguous, cu_seqlens [B + 1] int64 CPU (rows of >= 1 token). Returns [B, H] fp32.
 at::Tensor segment_mean(const at::Tensor& hidden, const at::Tensor& cu_seqlens) {
-  TORCH_CHECK(hidden.device().is_cpu() && hidden.scalar_type() == at::kFloat && hidden.dim() == 2 &&
-                  hidden.is_contiguous(),
-              "segment_mean: hidden must be a contiguous 2-D float32 CPU tensor");
+  check_float(hidden, 2, "segment_mean", "hidden");
   check_varlen(cu_seqlens, hidden.size(0), hidden.size(0), "segment_mean");
   const int64_t rows = cu_seqlens.numel() - 1, h = hidden.size(1);
   const int64_t* cu = cu_seqlens.data_ptr<int64_t>();

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <vector>
 
+#include "checks.h"
 #include "kernels.h"
 #include "vec_math.h"
 
@@ -168,31 +169,15 @@ void attend_rows(const float* qkv, const float* bias, const int64_t* cu, int64_t
   });
 }
 
-void check_varlen(const at::Tensor& cu_seqlens, int64_t tokens, int64_t max_seqlen, const char* op) {
-  TORCH_CHECK(cu_seqlens.device().is_cpu() && cu_seqlens.scalar_type() == at::kLong && cu_seqlens.dim() == 1 &&
-                  cu_seqlens.is_contiguous() && cu_seqlens.numel() >= 1,
-              op, ": cu_seqlens must be a contiguous 1-D int64 CPU tensor");
-  const int64_t rows = cu_seqlens.numel() - 1;
-  const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
-  TORCH_CHECK(cu[0] == 0 && cu[rows] == tokens, op, ": cu_seqlens must run from 0 to T = ", tokens);
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK(cu[r + 1] > cu[r] && cu[r + 1] - cu[r] <= max_seqlen, op,
-                ": row lengths must lie in [1, max_seqlen]");
-  }
-}
-
 // qkv [T, 3 * h * d] fp32 (columns Q heads | K heads | V heads) without its bias, bias [3 * h * d] added on
 // the fly, cu_seqlens [B + 1] int64 on the CPU. Returns the context [T, h * d] fp32.
 at::Tensor varlen_attention(const at::Tensor& qkv, const at::Tensor& bias, const at::Tensor& cu_seqlens,
                             int64_t num_heads, int64_t head_size, int64_t max_seqlen) {
-  TORCH_CHECK(qkv.device().is_cpu() && qkv.scalar_type() == at::kFloat && qkv.dim() == 2 && qkv.is_contiguous(),
-              "varlen_attention: qkv must be a contiguous 2-D float32 CPU tensor");
+  check_float(qkv, 2, "varlen_attention", "qkv");
   TORCH_CHECK(num_heads >= 1 && head_size >= 1 && qkv.size(1) == 3 * num_heads * head_size,
               "varlen_attention: qkv has ", qkv.size(1), " columns, expected 3 * num_heads * head_size = ",
               3 * num_heads * head_size);
-  TORCH_CHECK(bias.device().is_cpu() && bias.scalar_type() == at::kFloat && bias.dim() == 1 && bias.is_contiguous() &&
-                  bias.size(0) == qkv.size(1),
-              "varlen_attention: bias must be a contiguous float32 CPU vector of size ", qkv.size(1));
+  check_vector(bias, qkv.size(1), "varlen_attention", "bias");
   check_varlen(cu_seqlens, qkv.size(0), max_seqlen, "varlen_attention");
   at::Tensor out = at::empty({qkv.size(0), num_heads * head_size}, qkv.options());
   attend_rows(qkv.data_ptr<float>(), bias.data_ptr<float>(), cu_seqlens.data_ptr<int64_t>(), cu_seqlens.numel() - 1,
