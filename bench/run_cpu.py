@@ -117,14 +117,16 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     rt = results["groups"]["rt_batch64"]
     if results["accuracy"]:
-        for name, acc in results["accuracy"].items():
+        for (name, acc), marker in zip(results["accuracy"].items(), "osD^"):
             speed = rt[name]["sentences_per_s"]
-            ax.scatter(speed, acc, s=60)
-            ax.annotate(name, (speed, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            ax.scatter(speed, acc, s=70, marker=marker, label=f"{name}: {speed:,.0f} sentences/s, accuracy {acc:.3f}")
+        ax.legend(fontsize=8, loc="lower left")
         ax.set_xscale("log")
+        ax.margins(x=0.15, y=0.25)
         ax.set_xlabel("sentences/s (rt validation, batch 64, log scale)")
         ax.set_ylabel("rt validation accuracy")
-        ax.set_title(f"CPU throughput vs accuracy ({results['threads']['best']} threads)")
+        threads = results["threads"]["best"]
+        ax.set_title(f"CPU throughput vs accuracy ({threads} thread{'s' if threads > 1 else ''})")
     else:
         rows = [(f"{group}: {name}", r["sentences_per_s"]) for group, members in results["groups"].items()
                 for name, r in members.items()]
