@@ -20,7 +20,7 @@ Measured (all on rt validation sentences, truncated to 128 tokens, tokenization 
 * the 8x COST-EFF shape at full depth on real lengths vs HF BERT-base on 128 padded tokens, batch 32;
 * early exit (minus its embedding) vs the sum of its layer calls at the surviving rows;
 * streaming scheduler vs per-batch compaction at the same threshold (tokenization timed in both);
-* each native kernel against the torch op it replaces.
+* each native kernel against the torch op it replaces, at every thread count compared.
 """
 
 from __future__ import annotations
@@ -88,18 +88,25 @@ def measure_threads(thread_counts, contenders, repeats) -> tuple[dict, int]:
     return measured, best
 
 
-def kernel_speedups(repeats: int) -> dict:
+@torch.inference_mode()
+def kernel_speedups(repeats: int, thread_counts: list[int], best: int) -> dict:
+    """``{threads: {shape: {candidate: torch_ms, native_ms, speedup}}}``, interleaved medians; leaves ``best``."""
     if not native.available():
         return {"unavailable": "native kernels could not be built (see the costeff_fast.native warning)"}
     table = {}
-    for shape in wl.KERNEL_SHAPES:
-        table[shape] = {}
-        for name, (torch_fn, native_fn) in wl.kernel_candidates(shape).items():
-            seconds = wl.interleaved_seconds({"torch": torch_fn, "native": native_fn}, max(repeats, 9))
-            table[shape][name] = {
-                "torch_ms": 1e3 * seconds["torch"], "native_ms": 1e3 * seconds["native"],
-                "speedup": seconds["torch"] / seconds["native"],
-            }
+    candidates = {shape: wl.kernel_candidates(shape) for shape in wl.KERNEL_SHAPES}
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        table[str(threads)] = {}
+        for shape, pairs in candidates.items():
+            table[str(threads)][shape] = {}
+            for name, (torch_fn, native_fn) in pairs.items():
+                seconds = wl.interleaved_seconds({"torch": torch_fn, "native": native_fn}, max(repeats, 9))
+                table[str(threads)][shape][name] = {
+                    "torch_ms": 1e3 * seconds["torch"], "native_ms": 1e3 * seconds["native"],
+                    "speedup": seconds["torch"] / seconds["native"],
+                }
+    torch.set_num_threads(best)
     return table
 
 
@@ -208,7 +215,7 @@ def main(argv=None) -> dict:
     log("timing early exit against its layer calls")
     results["early_exit_overhead"] = wl.early_exit_overhead(costeff, texts[:256], 64, tau, args.repeats)
     log("timing native kernels")
-    results["native_kernels"] = kernel_speedups(args.repeats)
+    results["native_kernels"] = kernel_speedups(args.repeats, thread_counts, best)
     peak = max(peak_before, wl.mm_peak_gflops())
     results["mm_peak_gflops"] = peak
     for members in groups.values():
