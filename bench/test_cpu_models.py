@@ -41,8 +41,8 @@ def contenders():
             "optimize_bert_base": wl.hf_contender(costeff_fast.optimize(bert), texts[:32], 32, packed=True),
         },
         "8x full depth vs BERT-base 128 padded, batch 32": {
-            "costeff_8x_full_depth": wl.engine_contender(eight_x, texts[:32], 32, 0.0),
-            "hf_bert_base_128_padded": wl.hf_contender(bert, texts[:32], 32, pad_to_max=True),
+            "costeff_8x_full_depth": wl.engine_contender(eight_x, list(wl.full_length_texts(32)), 32, 0.0),
+            "hf_bert_base_128_padded": wl.hf_contender(bert, list(wl.full_length_texts(32)), 32, pad_to_max=True),
         },
         "streaming vs per-batch, batch 64": wl.streaming_contenders(costeff, texts[:256], 64, tau),
     }

@@ -52,6 +52,24 @@ def rt_split(split: str = "validation") -> tuple[tuple[str, ...], tuple[int, ...
     return tuple(data["text"]), tuple(data["label"])
 
 
+@cache
+def full_length_texts(num_rows: int = 64) -> tuple[str, ...]:
+    """``num_rows`` texts of at least MAX_LENGTH tokens: consecutive rt validation sentences joined.
+
+    After truncation every row has exactly MAX_LENGTH tokens, so a padding-free engine and a model padded to
+    MAX_LENGTH execute the same token count (the paper's 128-token accounting on real words).
+    """
+    sentences, rows, current = rt_split()[0], [], []
+    for sentence in sentences:
+        current.append(sentence)
+        if len(tokenizer()(" ".join(current))["input_ids"]) >= MAX_LENGTH:
+            rows.append(" ".join(current))
+            current = []
+            if len(rows) == num_rows:
+                return tuple(rows)
+    raise ValueError(f"rt validation holds fewer than {num_rows} rows of {MAX_LENGTH} tokens; ask for fewer rows")
+
+
 def rt_lengths(num_rows: int = 64) -> torch.Tensor:
     """``[num_rows]`` int64 token counts of the first rt validation sentences (truncated to MAX_LENGTH)."""
     texts = list(rt_split()[0][:num_rows])
