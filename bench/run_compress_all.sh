@@ -2,11 +2,14 @@
 # Reproduces the committed COST-EFF runs under bench/results/: rt and trec at ~1/8 of the MiniLM teacher's
 # encoder parameters with both allocations plus the final-exit-importance ablation, and boolq, all at the
 # quick budget. Teacher and TA are cached per task under work/ and shared by the settings of a task.
+# Usage: bench/run_compress_all.sh [NAME...]   (default: every run; NAME as in bench/results/, e.g. trec-quick-global)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COSTEFF=${COSTEFF:-costeff-fast}
+ONLY=" $* "
 run() {  # run NAME TASK [extra compress flags...]
   local name=$1 task=$2; shift 2
+  if [[ "$ONLY" != "  " && "$ONLY" != *" $name "* ]]; then return; fi
   $COSTEFF compress --task-default --task "$task" --heads 2 --ffn 160 --embedding-rank 128 --budget quick \
     --out "work/out/$name" "$@"
   mkdir -p "bench/results/$name"

@@ -42,6 +42,12 @@ def test_compress_end_to_end_on_rt_rows(tiny_teacher, tmp_path):
     chosen = report["calibration"]["chosen"]
     if chosen["constraint_met"]:
         assert chosen["accuracy"] >= report["accuracy"]["teacher"] - 0.01 - 1e-12
+    # The paper's operating point: no sweep row that keeps 96.5 % of the teacher is cheaper.
+    point = report["targets"]["cheapest_threshold_retaining_96.5_percent"]
+    keeps = [r for r in report["calibration"]["sweep"] if r["accuracy"] >= 0.965 * report["accuracy"]["teacher"]]
+    assert (point is None) == (not keeps)
+    if point is not None:
+        assert point["gflops"] == min(r["gflops"] for r in keeps) and 0 < point["flops_ratio_real_lengths"]
     # The calibrated checkpoint serves with its stored threshold and reproduces the reported accuracy.
     model = costeff_fast.from_pretrained(out)
     assert model.entropy_threshold == [chosen["entropy_threshold"]] * 3
