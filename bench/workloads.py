@@ -301,7 +301,8 @@ def streaming_contenders(engine, texts: list[str], batch_size: int, tau) -> dict
 
 
 class _LayerRecorder:
-    """Backend proxy recording the inputs of every ``layer`` call (a layer never modifies its input)."""
+    """Backend proxy recording the inputs of every layer call (a layer never modifies its input); the engine
+    reaches layers through ``layer_and_exit_features``, which the proxy sends to the plain ``layer``."""
 
     def __init__(self, backend):
         self._backend = backend
@@ -313,6 +314,9 @@ class _LayerRecorder:
     def layer(self, index, hidden, batch):
         self.calls.append((index, hidden, batch))
         return self._backend.layer(index, hidden, batch)
+
+    def layer_and_exit_features(self, index, hidden, batch):
+        return self.layer(index, hidden, batch), None
 
 
 @torch.inference_mode()

@@ -113,10 +113,10 @@ def _layer_and_exit(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Layer ``index`` (0-based) and its exit head: new ``hidden [T, H]``, ``logits [B, C]`` fp32 and the exit
     mask ``[B]`` bool (entropy < tau; all True at the last layer, which always answers)."""
-    hidden = backend.layer(index, hidden, batch)
+    hidden, features = backend.layer_and_exit_features(index, hidden, batch)
     last = index == backend.num_layers - 1
     tau = None if (last or entropy_threshold is None) else entropy_threshold[index]
-    logits, exits = backend.exit_head(index, hidden, batch, tau)
+    logits, exits = backend.exit_head(index, hidden, batch, tau, features=features)
     if last:
         exits = torch.ones_like(exits)
     return hidden, logits, exits
@@ -152,13 +152,9 @@ def run_early_exit(
     hidden = backend.embed(input_ids.to(device), token_type_ids.to(device), batch)
     for index in range(num_layers):
         hidden, logits, exits = _layer_and_exit(backend, index, hidden, batch, entropy_threshold)
-        backend.scatter_exits(logits_out, exit_layer, logits, exits, batch.row_ids, index + 1)
-        keep = ~exits
-        survivors = int(keep.sum())  # the one host sync per layer
-        if survivors == 0:
+        hidden, batch = backend.exit_rows(logits_out, exit_layer, logits, exits, hidden, batch, index + 1)
+        if batch.num_rows == 0:
             break
-        if survivors < batch.num_rows:
-            hidden, batch = backend.compact(hidden, batch, keep)
     return logits_out, exit_layer
 
 

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 KERNELS = (
     "varlen_attention.cpp", "residual_layernorm.cpp", "embedding_layernorm.cpp", "compact_tokens.cpp",
-    "segment_mean.cpp", "encoder_layer.cpp",
+    "segment_mean.cpp", "encoder_layer.cpp", "exit_rows.cpp",
 )
 UNITY_SOURCE = "all_kernels.cpp"  # includes every kernel file: one translation unit builds ~3x faster
 DISABLE_ENV = "COSTEFF_FAST_NATIVE"
@@ -188,6 +188,46 @@ def compact_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor, keep: torch.T
     return torch.ops.costeff_native.compact_tokens(hidden, cu_seqlens, keep)
 
 
+def entropy_below(logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """The exit decision: softmax entropy (nats) of every row of ``logits [B, C]`` fp32 CPU ``< tau``, ``[B]`` bool.
+
+    Equals ``costeff_fast.modeling.exit_entropy(logits) < tau`` up to fp32 rounding of the entropy.
+
+    Raises:
+        RuntimeError: ``logits`` is not a contiguous 2-D fp32 CPU tensor with at least one label.
+    """
+    return torch.ops.costeff_native.entropy_below(logits, float(tau))
+
+
+def exit_rows(hidden: torch.Tensor, batch, logits: torch.Tensor, exits: torch.Tensor, logits_out: torch.Tensor,
+              exit_layer: torch.Tensor, layer: int):
+    """One layer's early-exit bookkeeping in one call: outputs of the exited rows, compaction of the rest.
+
+    Writes ``logits[exits]`` into ``logits_out [N, C]`` and ``layer`` into ``exit_layer [N]`` at the exited
+    rows' ``batch.row_ids``, and copies the surviving rows' token spans into a new packed buffer.
+
+    Args:
+        hidden: ``[T, H]`` fp32 contiguous CPU. batch: its :class:`~costeff_fast.engine.PackedBatch` (CPU).
+        logits: ``[B, C]`` fp32. exits: ``[B]`` bool. logits_out, exit_layer: the caller's outputs (in place).
+        layer: 1-based layer number written for the exited rows.
+
+    Returns:
+        ``(hidden [T', H], batch)`` of the survivors; the inputs themselves when no row exits (``batch`` then
+        keeps its cached layout tensors).
+
+    Raises:
+        RuntimeError: wrong dtype, device, layout or shapes, or a row id outside ``logits_out``.
+    """
+    from .engine import PackedBatch
+
+    out, cu_seqlens, lengths, row_ids = torch.ops.costeff_native.exit_rows(
+        hidden, batch.cu_seqlens, batch.row_ids, logits, exits, logits_out, exit_layer, layer
+    )
+    if len(row_ids) == batch.num_rows:  # no row exited
+        return hidden, batch
+    return out, PackedBatch(cu_seqlens=cu_seqlens, lengths=lengths, row_ids=row_ids)
+
+
 def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """Mean of each packed row's token vectors: ``hidden [T, H]`` -> ``[B, H]`` fp32.
 
@@ -202,7 +242,7 @@ def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor
 
 
 def encoder_layer(hidden: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, layer, eps: float,
-                  tile_tokens: int) -> torch.Tensor:
+                  tile_tokens: int, row_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One post-LN encoder layer on packed tokens, computed tile by tile in one native call.
 
     Args:
@@ -211,17 +251,20 @@ def encoder_layer(hidden: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: in
         layer: a :class:`~costeff_fast.packing.PackedLayer` (fp32, CPU).
         eps: LayerNorm epsilon.
         tile_tokens: rows are grouped into tiles of at most this many tokens (a longer row is a tile alone).
+        row_mean: also return each row's mean output token, computed per tile while it is in cache (what an
+            exit that pools by mean reads; the same as :func:`segment_mean` of the output).
 
     Returns:
-        ``[T, H]`` fp32, the same as the torch path's layer.
+        ``(out [T, H], means [B, H] or None)`` fp32; ``out`` equals the torch path's layer.
 
     Raises:
         RuntimeError: wrong dtype, device, layout, shapes or lengths.
     """
     w = layer
-    return torch.ops.costeff_native.encoder_layer(
+    out, means = torch.ops.costeff_native.encoder_layer(
         hidden, cu_seqlens, max_seqlen, w.num_heads, w.head_size, w.qkv_weight, w.qkv_bias,
         w.attention_output_weight, w.attention_output_bias, w.attention_norm_weight, w.attention_norm_bias,
         w.intermediate_weight, w.intermediate_bias, w.output_weight, w.output_bias, w.output_norm_weight,
-        w.output_norm_bias, eps, tile_tokens,
+        w.output_norm_bias, eps, tile_tokens, row_mean,
     )
+    return out, (means if row_mean else None)

@@ -3,7 +3,9 @@
 // GEMM + bias + GELU -> W_2 GEMM + bias + residual + LayerNorm while their activations stay in L2. With more
 // than one thread, each thread takes whole tiles (its GEMMs and kernels run single-threaded inside), so narrow
 // GEMMs no longer pay a fork/join each and a thread preempted by another process does not stall the rest; a
-// single tile runs on the calling thread with multi-threaded ops instead.
+// single tile runs on the calling thread with multi-threaded ops instead. With `row_mean`, each tile also
+// averages its rows' output tokens while they are still in cache (the input of exits that pool by mean),
+// instead of a second pass over the whole output.
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <ATen/core/Tensor.h>
@@ -13,7 +15,9 @@
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -35,15 +39,17 @@ static std::vector<std::pair<int64_t, int64_t>> tile_rows(const int64_t* cu, int
   return ranges;
 }
 
-// hidden [T, H]; weights input-major as in costeff_fast.packing.PackedLayer. Returns the layer output [T, H].
-at::Tensor encoder_layer(const at::Tensor& hidden, const at::Tensor& cu_seqlens, int64_t max_seqlen,
+// hidden [T, H]; weights input-major as in costeff_fast.packing.PackedLayer. Returns the layer output [T, H]
+// and, with row_mean, each row's mean output token [B, H] (else an empty [0, H]).
+std::tuple<at::Tensor, at::Tensor> encoder_layer(const at::Tensor& hidden, const at::Tensor& cu_seqlens, int64_t max_seqlen,
                          int64_t num_heads, int64_t head_size, const at::Tensor& qkv_weight,
                          const at::Tensor& qkv_bias, const at::Tensor& attention_output_weight,
                          const at::Tensor& attention_output_bias, const at::Tensor& attention_norm_weight,
                          const at::Tensor& attention_norm_bias, const at::Tensor& intermediate_weight,
                          const at::Tensor& intermediate_bias, const at::Tensor& output_weight,
                          const at::Tensor& output_bias, const at::Tensor& output_norm_weight,
-                         const at::Tensor& output_norm_bias, double eps, int64_t tile_tokens) {
+                         const at::Tensor& output_norm_bias, double eps, int64_t tile_tokens,
+                         bool row_mean) {
   const char* op = "encoder_layer";
   check_float(hidden, 2, op, "hidden");
   TORCH_CHECK(num_heads >= 1 && head_size >= 1 && tile_tokens >= 1,
@@ -65,8 +71,11 @@ at::Tensor encoder_layer(const at::Tensor& hidden, const at::Tensor& cu_seqlens,
   check_varlen(cu_seqlens, tokens, max_seqlen, op);
   const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
   const auto ranges = tile_rows(cu, cu_seqlens.numel() - 1, tile_tokens);
+  const int64_t rows = cu_seqlens.numel() - 1;
   at::Tensor out = at::empty({tokens, h}, hidden.options());
+  at::Tensor means = at::empty({row_mean ? rows : 0, h}, hidden.options());
   float* out_ptr = out.data_ptr<float>();
+  float* means_ptr = row_mean ? means.data_ptr<float>() : nullptr;
   const float feps = static_cast<float>(eps);
 
   auto run_tile = [&](int64_t i) {
@@ -88,11 +97,24 @@ at::Tensor encoder_layer(const at::Tensor& hidden, const at::Tensor& cu_seqlens,
     bias_residual_layernorm_rows(ffn_out.data_ptr<float>(), output_bias.data_ptr<float>(), a,
                                  output_norm_weight.data_ptr<float>(), output_norm_bias.data_ptr<float>(), count, h,
                                  feps, out_ptr + t0 * h);
+    if (means_ptr == nullptr) return;
+    for (int64_t r = r0; r < r1; ++r) {
+      float* m = means_ptr + r * h;
+      std::fill(m, m + h, 0.0f);
+      for (int64_t t = cu[r]; t < cu[r + 1]; ++t) {
+        const float* y = out_ptr + t * h;
+#pragma omp simd
+        for (int64_t j = 0; j < h; ++j) m[j] += y[j];
+      }
+      const float inv = 1.0f / static_cast<float>(cu[r + 1] - cu[r]);
+#pragma omp simd
+      for (int64_t j = 0; j < h; ++j) m[j] *= inv;
+    }
   };
   const int64_t num_tiles = static_cast<int64_t>(ranges.size());
   if (num_tiles == 1 || at::get_num_threads() == 1) {
     for (int64_t i = 0; i < num_tiles; ++i) run_tile(i);
-    return out;
+    return {out, means};
   }
   // One worker per thread, each taking the next tile from a shared counter.
   const at::ThreadLocalState state;  // inference mode, grad mode ... for the worker threads
@@ -101,7 +123,7 @@ at::Tensor encoder_layer(const at::Tensor& hidden, const at::Tensor& cu_seqlens,
     at::ThreadLocalStateGuard guard(state);
     for (int64_t i = next++; i < num_tiles; i = next++) run_tile(i);
   });
-  return out;
+  return {out, means};
 }
 
 }  // namespace costeff_native
@@ -111,6 +133,6 @@ TORCH_LIBRARY_FRAGMENT(costeff_native, m) {
         "Tensor qkv_weight, Tensor qkv_bias, Tensor attention_output_weight, Tensor attention_output_bias, "
         "Tensor attention_norm_weight, Tensor attention_norm_bias, Tensor intermediate_weight, "
         "Tensor intermediate_bias, Tensor output_weight, Tensor output_bias, Tensor output_norm_weight, "
-        "Tensor output_norm_bias, float eps, int tile_tokens) -> Tensor",
+        "Tensor output_norm_bias, float eps, int tile_tokens, bool row_mean=False) -> (Tensor, Tensor)",
         &costeff_native::encoder_layer);
 }

@@ -85,9 +85,13 @@ def test_encoder_layer_matches_torch_layer(backends, lengths, tile_tokens, threa
     try:
         for index, layer in enumerate(reference.weights.layers):
             expected = reference.layer(index, hidden, batch)
-            got = native.encoder_layer(hidden, batch.cu_seqlens, batch.max_seqlen, layer,
-                                       reference.weights.layer_norm_eps, tile_tokens)
+            got, means = native.encoder_layer(hidden, batch.cu_seqlens, batch.max_seqlen, layer,
+                                              reference.weights.layer_norm_eps, tile_tokens, row_mean=index % 2 == 1)
             torch.testing.assert_close(got, expected, atol=5e-5, rtol=1e-5)
+            if index % 2 == 1:  # the per-tile row means equal the plain row mean of the output
+                torch.testing.assert_close(means, batch.row_mean(expected), atol=5e-5, rtol=1e-5)
+            else:
+                assert means is None
     finally:
         torch.set_num_threads(previous)
 
@@ -115,6 +119,47 @@ def test_compaction_matches_torch(backends, lengths):
         assert torch.equal(got, want)
         assert torch.equal(got_batch.cu_seqlens, want_batch.cu_seqlens)
         assert torch.equal(got_batch.row_ids, want_batch.row_ids)
+
+
+@pytest.mark.parametrize("labels", [1, 2, 6])
+def test_entropy_below_matches_exit_entropy(labels):
+    from costeff_fast.modeling import exit_entropy
+
+    logits = torch.randn(200, labels, generator=torch.Generator().manual_seed(labels)) * 3
+    logits[0] = 80.0  # a uniform row with large logits: entropy ln(C) without overflow
+    entropy = exit_entropy(logits)
+    for tau in [0.0, *entropy.quantile(torch.tensor([0.2, 0.5, 0.9])).tolist(), float("inf")]:
+        ok = (entropy - tau).abs() > TIE  # rows on the threshold may round either way
+        got = native.entropy_below(logits, tau)
+        assert torch.equal(got[ok], (entropy < tau)[ok])
+    with pytest.raises(RuntimeError, match="entropy_below: logits"):
+        native.entropy_below(logits.double(), 0.5)
+
+
+@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
+def test_exit_rows_matches_the_torch_steps(backends, lengths):
+    """Outputs written and survivors compacted exactly as the base backend's scatter + count + compact."""
+    fast, reference = backends
+    rows = len(lengths)
+    batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu", row_ids=torch.arange(rows) * 2 + 1)
+    hidden, logits = torch.randn(batch.num_tokens, 32), torch.randn(rows, 3)
+    for exits in (torch.arange(rows) % 2 == 1, torch.ones(rows, dtype=torch.bool),
+                  torch.zeros(rows, dtype=torch.bool)):
+        results = []
+        for backend in (fast, reference):
+            logits_out, exit_layer = torch.zeros(2 * rows + 1, 3), torch.zeros(2 * rows + 1, dtype=torch.long)
+            kept, kept_batch = backend.exit_rows(logits_out, exit_layer, logits, exits, hidden, batch, 4)
+            results.append((logits_out, exit_layer, kept, kept_batch))
+        (lo, el, kept, kb), (lo_ref, el_ref, kept_ref, kb_ref) = results
+        assert torch.equal(lo, lo_ref) and torch.equal(el, el_ref) and torch.equal(kept, kept_ref)
+        assert kb.num_rows == kb_ref.num_rows == int((~exits).sum())
+        assert torch.equal(kb.cu_seqlens, kb_ref.cu_seqlens) and torch.equal(kb.row_ids, kb_ref.row_ids)
+        assert torch.equal(kb.lengths, kb_ref.lengths)
+        if not exits.any():  # nobody exits: the batch (and its cached layout) is kept as is
+            assert kb is batch and kept is hidden
+    with pytest.raises(RuntimeError, match="outside the"):
+        native.exit_rows(hidden, batch, logits, torch.ones(rows, dtype=torch.bool), torch.zeros(1, 3),
+                         torch.zeros(1, dtype=torch.long), 1)
 
 
 @pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())

@@ -2,7 +2,9 @@
 
 A backend holds :class:`~costeff_fast.packing.PackedWeights` on its device and implements five steps on
 packed tokens ``hidden [T, H]`` laid out by a :class:`~costeff_fast.engine.PackedBatch`: ``embed``,
-``layer``, ``exit_head``, ``scatter_exits`` and ``compact``. Only ``layer`` has no default here.
+``layer``, ``exit_head``, ``scatter_exits`` and ``compact``. Only ``layer`` has no default here;
+``layer_and_exit_features`` lets a backend hand the exit its input from the layer's own pass, and
+``exit_rows`` (scatter, count, compact) lets it do a layer's exit bookkeeping in one step.
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ class Backend:
         """Encoder layer ``index`` (0-based) on packed tokens: ``[T, H]`` -> ``[T, H]``."""
         raise NotImplementedError
 
+    def layer_and_exit_features(
+        self, index: int, hidden: torch.Tensor, batch: PackedBatch
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Layer ``index`` and, when the backend gets it for free in the same pass, what exit ``index`` reads.
+
+        Returns:
+            ``(hidden [T, H], features [B, H] or None)``; None lets :meth:`exit_head` compute the features.
+        """
+        return self.layer(index, hidden, batch), None
+
     def exit_logits(self, index: int, features: torch.Tensor) -> torch.Tensor:
         """Exit ``index`` on its per-row features (see :meth:`exit_features`): ``[B, H]`` -> fp32 logits ``[B, C]``."""
         head = self.weights.exits[index]
@@ -59,10 +71,16 @@ class Backend:
         return hidden[batch.cls_index]
 
     def exit_head(
-        self, index: int, hidden: torch.Tensor, batch: PackedBatch, entropy_threshold: float | None
+        self, index: int, hidden: torch.Tensor, batch: PackedBatch, entropy_threshold: float | None,
+        features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``[B, C]`` fp32 of exit ``index`` and the exit mask ``[B]`` bool (entropy < tau, nats)."""
-        logits = self.exit_logits(index, self.exit_features(index, hidden, batch))
+        """Logits ``[B, C]`` fp32 of exit ``index`` and the exit mask ``[B]`` bool (entropy < tau, nats).
+
+        ``features``: the exit's input ``[B, H]`` if already computed (:meth:`layer_and_exit_features`).
+        """
+        if features is None:
+            features = self.exit_features(index, hidden, batch)
+        logits = self.exit_logits(index, features)
         if entropy_threshold is None:
             return logits, torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
         return logits, exit_entropy(logits) < entropy_threshold
@@ -80,6 +98,31 @@ class Backend:
         rows = row_ids[exits]
         logits_out[rows] = logits[exits]
         exit_layer[rows] = layer
+
+    def exit_rows(
+        self,
+        logits_out: torch.Tensor,
+        exit_layer: torch.Tensor,
+        logits: torch.Tensor,
+        exits: torch.Tensor,
+        hidden: torch.Tensor,
+        batch: PackedBatch,
+        layer: int,
+    ) -> tuple[torch.Tensor, PackedBatch]:
+        """After exit ``layer`` (1-based): write the exited rows' outputs, then keep only the survivors.
+
+        Returns:
+            ``(hidden [T', H], batch)`` of the surviving rows (``batch.num_rows == 0`` when none is left;
+            the inputs themselves when none exited). Counting the survivors is the layer's one host sync.
+        """
+        self.scatter_exits(logits_out, exit_layer, logits, exits, batch.row_ids, layer)
+        keep = ~exits
+        survivors = int(keep.sum())
+        if survivors == batch.num_rows:
+            return hidden, batch
+        if survivors == 0:
+            return hidden[:0], batch.keep(keep)
+        return self.compact(hidden, batch, keep)
 
     def compact(
         self, hidden: torch.Tensor, batch: PackedBatch, keep: torch.Tensor

@@ -97,7 +97,7 @@ class TorchBackend(Backend):
         if self.native:
             return native_kernels.encoder_layer(
                 hidden, batch.cu_seqlens, batch.max_seqlen, w, self.weights.layer_norm_eps, TILE_TOKENS
-            )
+            )[0]
         context = self.attention(torch.mm(hidden, w.qkv_weight), w.qkv_bias, w.num_heads, w.head_size, batch)
         hidden = self.linear_residual_layernorm(
             context, w.attention_output_weight, w.attention_output_bias, hidden,
@@ -107,6 +107,36 @@ class TorchBackend(Backend):
         return self.linear_residual_layernorm(
             inter, w.output_weight, w.output_bias, hidden, w.output_norm_weight, w.output_norm_bias
         )
+
+    def layer_and_exit_features(
+        self, index: int, hidden: torch.Tensor, batch: PackedBatch
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Native path with a mean-pooling exit: the layer also returns its rows' token means (computed tile
+        by tile while in cache, so the exit skips a pass over ``[T, H]``)."""
+        if not (self.native and self.weights.exits[index].pooling == "mean"):
+            return super().layer_and_exit_features(index, hidden, batch)
+        return native_kernels.encoder_layer(
+            hidden, batch.cu_seqlens, batch.max_seqlen, self.weights.layers[index], self.weights.layer_norm_eps,
+            TILE_TOKENS, row_mean=True,
+        )
+
+    def exit_head(
+        self, index: int, hidden: torch.Tensor, batch: PackedBatch, entropy_threshold: float | None,
+        features: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[B, C]`` fp32 and the exit mask ``[B]`` bool; the native path decides in one call."""
+        if not self.native or entropy_threshold is None:
+            return super().exit_head(index, hidden, batch, entropy_threshold, features)
+        if features is None:
+            features = self.exit_features(index, hidden, batch)
+        logits = self.exit_logits(index, features)
+        return logits, native_kernels.entropy_below(logits, entropy_threshold)
+
+    def exit_rows(self, logits_out, exit_layer, logits, exits, hidden, batch, layer: int):
+        """Native path: outputs of the exited rows and compaction of the rest in one call (see the base)."""
+        if not self.native:
+            return super().exit_rows(logits_out, exit_layer, logits, exits, hidden, batch, layer)
+        return native_kernels.exit_rows(hidden, batch, logits, exits, logits_out, exit_layer, layer)
 
     def compact(
         self, hidden: torch.Tensor, batch: PackedBatch, keep: torch.Tensor

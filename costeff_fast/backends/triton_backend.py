@@ -104,9 +104,13 @@ class TritonBackend(Backend):
         )
 
     def exit_head(
-        self, index: int, hidden: torch.Tensor, batch: PackedBatch, entropy_threshold: float | None
+        self, index: int, hidden: torch.Tensor, batch: PackedBatch, entropy_threshold: float | None,
+        features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``[B, C]`` fp32 on the device and the exit mask ``[B]`` bool **on the host** (one wait)."""
+        """Logits ``[B, C]`` fp32 on the device and the exit mask ``[B]`` bool **on the host** (one wait).
+
+        ``features`` is unused: this backend's layers return none (the exit kernel reads ``hidden``).
+        """
         head = self.weights.exits[index]
         rows = batch.cls_index
         if head.pooling == "mean":  # the kernel then reads row b of the [B, H] token means
