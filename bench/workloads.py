@@ -202,6 +202,23 @@ def report(contender: Contender, seconds: float, peak_gflops: float) -> dict:
     }
 
 
+@torch.inference_mode()
+def layer_gemm_gflops(weights: PackedWeights, num_tokens: int, repeats: int = 9) -> float:
+    """GFLOP/s of one encoder layer's four GEMMs alone (QKV, W_O, W_1, W_2 as ``torch.mm``, nothing else) on
+    ``num_tokens`` packed tokens, averaged over the layers of ``weights``: the ceiling of the executed-matmul
+    rate for these widths, before attention, LayerNorm, GELU and early exit take their share of the time."""
+    x = torch.randn(num_tokens, weights.layers[0].qkv_weight.shape[0])
+    fns, flop = {}, 0.0
+    for index, w in enumerate(weights.layers):
+        inputs = (x, torch.randn(num_tokens, w.attention_output_weight.shape[0]), x,
+                  torch.randn(num_tokens, w.output_weight.shape[0]))
+        mats = (w.qkv_weight, w.attention_output_weight, w.intermediate_weight, w.output_weight)
+        fns[str(index)] = lambda inputs=inputs, mats=mats: [torch.mm(a, b) for a, b in zip(inputs, mats)]
+        flop += sum(2.0 * num_tokens * b.shape[0] * b.shape[1] for b in mats)
+    seconds = sum(interleaved_seconds(fns, repeats).values())
+    return flop / seconds / 1e9
+
+
 def costeff_flops(config: CostEffConfig, lengths: torch.Tensor, exit_layers: torch.Tensor) -> float:
     """Executed matmul FLOPs of an engine run: ``2 x`` multiply-adds of QKV, W_O, W_1, W_2 on the real tokens of
     the rows that reach each layer, Q K^T and P V per row and head (``4 n^2 A``), and every evaluated exit
