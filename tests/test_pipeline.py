@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -82,3 +83,27 @@ def test_compress_rejects_unknown_task_and_budget(tmp_path):
         compress("sst2", tmp_path)
     with pytest.raises(ValueError, match="budget must be one of"):
         compress("rt", tmp_path, budget="huge")
+
+
+def test_changed_budget_gets_its_own_stage_cache():
+    from costeff_fast.training.pipeline import BUDGETS, default_work_name
+
+    quick = BUDGETS["quick"]
+    assert default_work_name("rt", quick, "mean") == "rt-quick-len64-mean"
+    assert default_work_name("rt", replace(quick, max_length=128), "cls") == "rt-quick-len128-cls"
+    changed = default_work_name("boolq", replace(quick, train_rows=1500, eval_rows=800), "mean")
+    assert changed == "boolq-quick-len64-mean-train_rows1500-eval_rows800"
+
+
+def test_cli_passes_row_overrides_to_the_budget(monkeypatch, tmp_path):
+    from costeff_fast import cli
+    from costeff_fast.training import pipeline
+
+    seen = {}
+    keys = ("parameters", "flops_per_row", "accuracy", "targets")
+    monkeypatch.setattr(pipeline, "compress", lambda task, out, **kw: seen.update(kw) or dict.fromkeys(keys))
+    cli.main(["compress", "--task-default", "--task", "boolq", "--train-rows", "1500", "--eval-rows", "800",
+              "--max-length", "128", "--out", str(tmp_path)])
+    budget = seen["budget"]
+    assert (budget.train_rows, budget.eval_rows, budget.max_length) == (1500, 800, 128)
+    assert budget.teacher_epochs == pipeline.BUDGETS["quick"].teacher_epochs

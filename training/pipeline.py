@@ -11,7 +11,7 @@ import copy
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -65,6 +65,18 @@ BUDGETS = {
     # The demo (`costeff-fast demo`): the quick recipe on 2,000 rows with shorter pruning and recovery.
     "demo": Budget("demo", 2000, None, 64, 32, 1, 5e-5, 0, 1, 5e-5, 4, 4, 25, 3e-5, 0.5, 1, 5e-5),
 }
+
+
+def default_work_name(task: str, budget: Budget, exit_pooling: str) -> str:
+    """``<task>-<budget>-len<max_length>-<exit_pooling>``, plus ``-<field><value>`` for every other field that
+    differs from the named budget (e.g. ``-train_rows1500``), so a changed budget never reuses stale stages."""
+    name = f"{task}-{budget.name}-len{budget.max_length}-{exit_pooling}"
+    base = BUDGETS.get(budget.name)
+    if base is None:
+        return name
+    changed = [f for f in fields(Budget) if f.name not in ("name", "max_length")
+               and getattr(budget, f.name) != getattr(base, f.name)]
+    return name + "".join(f"-{f.name}{getattr(budget, f.name)}" for f in changed)
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,7 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
         teacher_dir: a fine-tuned HF BERT classifier; None fine-tunes the packaged MiniLM on ``task``.
         settings: target widths and allocation.
         budget: ``"quick"``, ``"paper"``, ``"demo"`` or a :class:`Budget`.
-        work_dir: stage cache (default ``work/<task>-<budget>-len<max_length>-<exit_pooling>``); finished stages are reused.
+        work_dir: stage cache (default ``work/`` + :func:`default_work_name`); finished stages are reused.
         max_drop: calibration keeps accuracy within this fraction of the teacher's (0.01 = one point).
         exit_pooling: what the TA's (and so the COST-EFF model's) non-pooled exits read: ``"mean"`` (default:
             the packaged MiniLM's [CLS] is uninformative before layer 4) or ``"cls"`` (the paper).
@@ -161,7 +173,7 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
             raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}")
         budget = BUDGETS[budget]
     out_dir = Path(out_dir)
-    work_dir = Path(work_dir or Path("work") / f"{task}-{budget.name}-len{budget.max_length}-{exit_pooling}")
+    work_dir = Path(work_dir or Path("work") / default_work_name(task, budget, exit_pooling))
     timings = {}
     started = time.time()
     source = Path(teacher_dir) if teacher_dir else packaged_minilm_dir()
