@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="training rows (default: the budget's; quick uses 3,000)")
     compress.add_argument("--eval-rows", type=_positive_int, default=None,
                           help="dev rows for checkpoint choice, calibration and the report (default: the budget's)")
+    compress.add_argument("--teacher-epochs", type=float, default=None,
+                          help="teacher fine-tuning epochs with --task-default (default: the budget's; quick uses 1)")
     compress.add_argument("--exit-pooling", choices=["mean", "cls"], default="mean",
                           help="what non-pooled exits read: token mean (default) or [CLS] (the paper)")
     compress.add_argument("--max-drop", type=float, default=0.01, help="allowed dev accuracy drop (default 0.01)")
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = CompressionSettings(heads=args.heads, ffn=args.ffn, embedding_rank=args.embedding_rank,
                                        allocation=args.allocation, calibrate_exits=not args.final_exit_importance)
         budget = BUDGETS[args.budget]
-        overrides = {"max_length": args.max_length, "train_rows": args.train_rows, "eval_rows": args.eval_rows}
+        overrides = {"max_length": args.max_length, "train_rows": args.train_rows, "eval_rows": args.eval_rows,
+                     "teacher_epochs": args.teacher_epochs}
         budget = replace(budget, **{k: v for k, v in overrides.items() if v is not None})
         report = compress(args.task, args.out, teacher_dir=args.teacher, settings=settings, budget=budget,
                           work_dir=args.work_dir, max_drop=args.max_drop, exit_pooling=args.exit_pooling)
