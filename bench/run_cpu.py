@@ -221,7 +221,7 @@ def main(argv=None) -> dict:
     groups["streaming_vs_per_batch"] = time_group(wl.streaming_contenders(costeff, texts, 64, tau), args.repeats,
                                                   peak_before)
     log("timing early exit against its layer calls")
-    results["early_exit_overhead"] = wl.early_exit_overhead(costeff, texts[:256], 64, tau, args.repeats)
+    results["early_exit_overhead"] = wl.early_exit_overhead(costeff, texts, 64, tau, 3 * args.repeats)
     log("timing native kernels")
     results["native_kernels"] = kernel_speedups(args.repeats, thread_counts, best)
     peak = max(peak_before, wl.mm_peak_gflops())
