@@ -19,6 +19,7 @@ from costeff_fast import CostEffConfig, CostEffForSequenceClassification, native
 from costeff_fast.backends.torch_backend import TorchBackend
 from costeff_fast.config import check_entropy_threshold
 from costeff_fast.engine import PackedBatch, run_early_exit
+from costeff_fast.modeling import exit_entropy
 from costeff_fast.packing import PackedWeights
 
 MAX_LENGTH = 128  # tokens per sentence after truncation (and the padded length of the "128 tokens" runs)
@@ -121,7 +122,10 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
         ``residual_layernorm`` (``add`` + ``layer_norm`` on an ``addmm`` output vs the fused bias + residual + LayerNorm in place on an ``mm``
         output), ``linear_residual_layernorm`` (the same with the GEMM), ``embedding`` (three gathers, two
         adds and ``layer_norm`` vs the one-pass kernel), ``segment_mean`` (scatter-add over tokens vs span
-        sums, for mean-pooling exits), ``compaction`` (boolean-mask gather vs span copy, half of the rows kept) and ``encoder_layer`` (the torch path's layer vs the tiled native layer).
+        sums, for mean-pooling exits), ``compaction`` (boolean-mask gather vs span copy, half of the rows kept),
+        ``exit_decision`` (``exit_entropy(logits) < tau`` vs one pass over the logits), ``exit_rows`` (output
+        scatter + survivor count + compaction vs one call, half of the rows exiting) and ``encoder_layer``
+        (the torch path's layer vs the tiled native layer).
 
     Raises:
         RuntimeError: the native kernels are not available.
@@ -141,6 +145,8 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
     input_ids = torch.randint(0, fast.weights.word_embeddings.shape[0], (tokens,), generator=g)
     token_type_ids = torch.zeros(tokens, dtype=torch.long)
     norm = (w.attention_norm_weight, w.attention_norm_bias)
+    logits = torch.randn(batch.num_rows, 2, generator=g)
+    logits_out, exit_layer = torch.zeros(batch.num_rows, 2), torch.zeros(batch.num_rows, dtype=torch.long)
     ln_args = (context, w.attention_output_weight, w.attention_output_bias, hidden, *norm)
     return {
         "attention": (
@@ -163,6 +169,11 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
         "compaction": (
             lambda: plain.compact(hidden, batch, keep)[0],
             lambda: fast.compact(hidden, batch, keep)[0],
+        ),
+        "exit_decision": (lambda: exit_entropy(logits) < 0.5, lambda: native.entropy_below(logits, 0.5)),
+        "exit_rows": (
+            lambda: plain.exit_rows(logits_out, exit_layer, logits, ~keep, hidden, batch, 1)[0],
+            lambda: fast.exit_rows(logits_out, exit_layer, logits, ~keep, hidden, batch, 1)[0],
         ),
         "encoder_layer": (lambda: plain.layer(0, hidden, batch), lambda: fast.layer(0, hidden, batch)),
     }

@@ -9,8 +9,9 @@ then take their plain torch path. Set ``COSTEFF_FAST_NATIVE=0`` to skip the kern
 
 Only kernels that beat their torch counterpart by >= 1.2x on their own operation are kept (measured by
 ``bench/run_cpu.py`` and ``bench/test_cpu_kernels.py``, figures in ``bench/results/cpu.json``): varlen
-attention, bias + residual + LayerNorm, embedding + LayerNorm, compaction, span mean, and the tiled encoder
-layer built from them. A fused bias + GELU did not (about 1.0x against ``addmm`` + in-place ``gelu_``) and was
+attention, bias + residual + LayerNorm, embedding + LayerNorm, compaction, span mean, the exit decision
+(entropy below the threshold), the exit bookkeeping (output scatter + compaction) and the tiled encoder layer
+built from them (which can also return its rows' token means for mean-pooling exits). A fused bias + GELU did not (about 1.0x against ``addmm`` + in-place ``gelu_``) and was
 removed.
 """
 
