@@ -214,7 +214,7 @@ def report(contender: Contender, seconds: float, peak_gflops: float) -> dict:
 
 
 @torch.inference_mode()
-def layer_gemm_gflops(weights: PackedWeights, num_tokens: int, repeats: int = 9) -> float:
+def layer_gemm_gflops(weights: PackedWeights, num_tokens: int, repeats: int = 41) -> float:
     """GFLOP/s of one encoder layer's four GEMMs alone (QKV, W_O, W_1, W_2 as ``torch.mm``, nothing else) on
     ``num_tokens`` packed tokens, averaged over the layers of ``weights``: the ceiling of the executed-matmul
     rate for these widths, before attention, LayerNorm, GELU and early exit take their share of the time."""
