@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="dev rows for checkpoint choice, calibration and the report (default: the budget's)")
     compress.add_argument("--teacher-epochs", type=float, default=None,
                           help="teacher fine-tuning epochs with --task-default (default: the budget's; quick uses 1)")
+    compress.add_argument("--ta-epochs", type=float, default=None,
+                          help="epochs of the TA's exit (prediction) distillation (default: the budget's; quick uses 1)")
+    compress.add_argument("--recovery-epochs", type=float, default=None,
+                          help="epochs of recovery's exit (prediction) distillation (default: the budget's; quick uses 1)")
     compress.add_argument("--exit-pooling", choices=["mean", "cls"], default="mean",
                           help="what non-pooled exits read: token mean (default) or [CLS] (the paper)")
     compress.add_argument("--max-drop", type=float, default=0.01, help="allowed dev accuracy drop (default 0.01)")
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
                                        allocation=args.allocation, calibrate_exits=not args.final_exit_importance)
         budget = BUDGETS[args.budget]
         overrides = {"max_length": args.max_length, "train_rows": args.train_rows, "eval_rows": args.eval_rows,
-                     "teacher_epochs": args.teacher_epochs}
+                     "teacher_epochs": args.teacher_epochs, "ta_prediction_epochs": args.ta_epochs,
+                     "recovery_prediction_epochs": args.recovery_epochs}
         budget = replace(budget, **{k: v for k, v in overrides.items() if v is not None})
         report = compress(args.task, args.out, teacher_dir=args.teacher, settings=settings, budget=budget,
                           work_dir=args.work_dir, max_drop=args.max_drop, exit_pooling=args.exit_pooling)

@@ -103,7 +103,8 @@ def test_cli_passes_row_overrides_to_the_budget(monkeypatch, tmp_path):
     keys = ("parameters", "flops_per_row", "accuracy", "targets")
     monkeypatch.setattr(pipeline, "compress", lambda task, out, **kw: seen.update(kw) or dict.fromkeys(keys))
     cli.main(["compress", "--task-default", "--task", "boolq", "--train-rows", "1500", "--eval-rows", "800",
-              "--max-length", "128", "--teacher-epochs", "3", "--out", str(tmp_path)])
+              "--max-length", "128", "--teacher-epochs", "3", "--ta-epochs", "2.5", "--out", str(tmp_path)])
     budget = seen["budget"]
     assert (budget.train_rows, budget.eval_rows, budget.max_length, budget.teacher_epochs) == (1500, 800, 128, 3)
-    assert budget.ta_prediction_epochs == pipeline.BUDGETS["quick"].ta_prediction_epochs
+    assert budget.ta_prediction_epochs == 2.5
+    assert budget.recovery_prediction_epochs == pipeline.BUDGETS["quick"].recovery_prediction_epochs
