@@ -18,6 +18,8 @@ run() {  # run NAME TASK [extra compress flags...]
 run rt-quick-uniform rt --allocation uniform
 run rt-quick-global rt --allocation global
 run rt-quick-uniform-lastexit rt --allocation uniform --final-exit-importance
+# Three epochs of exit distillation in the TA and in recovery instead of one: stronger early exits.
+run rt-quick-e3-uniform rt --allocation uniform --ta-epochs 3 --recovery-epochs 3
 run trec-quick-uniform trec --allocation uniform
 run trec-quick-global trec --allocation global
 run trec-quick-uniform-lastexit trec --allocation uniform --final-exit-importance
