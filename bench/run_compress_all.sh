@@ -28,5 +28,6 @@ run trec-quick-uniform-lastexit trec --allocation uniform --final-exit-importanc
 run trec-quick-t3-uniform trec --allocation uniform --teacher-epochs 3
 run trec-quick-t3-global trec --allocation global --teacher-epochs 3
 run trec-quick-t3-uniform-lastexit trec --allocation uniform --final-exit-importance --teacher-epochs 3
+run trec-quick-t3e3-uniform trec --allocation uniform --teacher-epochs 3 --ta-epochs 3 --recovery-epochs 3
 # boolq rows are passage + question (mean 105 tokens at 128, 4x rt's 25): fewer rows keep it near rt's time.
 run boolq-quick-uniform boolq --allocation uniform --max-length 128 --train-rows 2000 --eval-rows 1000
