@@ -19,7 +19,6 @@ from costeff_fast import CostEffConfig, CostEffForSequenceClassification, native
 from costeff_fast.backends.torch_backend import TorchBackend
 from costeff_fast.config import check_entropy_threshold
 from costeff_fast.engine import PackedBatch, run_early_exit
-from costeff_fast.modeling import exit_entropy
 from costeff_fast.packing import PackedWeights
 
 MAX_LENGTH = 128  # tokens per sentence after truncation (and the padded length of the "128 tokens" runs)
@@ -170,7 +169,7 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
             lambda: plain.compact(hidden, batch, keep)[0],
             lambda: fast.compact(hidden, batch, keep)[0],
         ),
-        "exit_decision": (lambda: exit_entropy(logits) < 0.5, lambda: native.entropy_below(logits, 0.5)),
+        "exit_decision": (lambda: plain.exit_decision(logits, 0.5), lambda: fast.exit_decision(logits, 0.5)),
         "exit_rows": (
             lambda: plain.exit_rows(logits_out, exit_layer, logits, ~keep, hidden, batch, 1)[0],
             lambda: fast.exit_rows(logits_out, exit_layer, logits, ~keep, hidden, batch, 1)[0],
@@ -426,8 +425,7 @@ def median_thresholds(model, texts: list[str]) -> list[float]:
     """Per-layer median exit entropy (nats) of ``texts`` under the reference ``model`` (every exit computed):
     a synthetic threshold that sends about half of the remaining rows out at every exit, for shape-only runs
     without a calibrated checkpoint."""
-    from costeff_fast.modeling import exit_entropy
-
+    
     entropies = [exit_entropy(torch.stack(model(**batch).exit_logits, dim=1)) for batch in hf_batches(texts, 64)]
     return torch.cat(entropies).median(dim=0).values.tolist()
 

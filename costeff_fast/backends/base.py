@@ -83,7 +83,11 @@ class Backend:
         logits = self.exit_logits(index, features)
         if entropy_threshold is None:
             return logits, torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
-        return logits, exit_entropy(logits) < entropy_threshold
+        return logits, self.exit_decision(logits, entropy_threshold)
+
+    def exit_decision(self, logits: torch.Tensor, entropy_threshold: float) -> torch.Tensor:
+        """``[B]`` bool: softmax entropy of ``logits [B, C]`` (nats) below ``entropy_threshold``."""
+        return exit_entropy(logits) < entropy_threshold
 
     def scatter_exits(
         self,

@@ -120,17 +120,11 @@ class TorchBackend(Backend):
             TILE_TOKENS, row_mean=True,
         )
 
-    def exit_head(
-        self, index: int, hidden: torch.Tensor, batch: PackedBatch, entropy_threshold: float | None,
-        features: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``[B, C]`` fp32 and the exit mask ``[B]`` bool; the native path decides in one call."""
-        if not self.native or entropy_threshold is None:
-            return super().exit_head(index, hidden, batch, entropy_threshold, features)
-        if features is None:
-            features = self.exit_features(index, hidden, batch)
-        logits = self.exit_logits(index, features)
-        return logits, native_kernels.entropy_below(logits, entropy_threshold)
+    def exit_decision(self, logits: torch.Tensor, entropy_threshold: float) -> torch.Tensor:
+        """``[B]`` bool, entropy below the threshold: one native pass over the logits on the native path."""
+        if not self.native:
+            return super().exit_decision(logits, entropy_threshold)
+        return native_kernels.entropy_below(logits, entropy_threshold)
 
     def exit_rows(self, logits_out, exit_layer, logits, exits, hidden, batch, layer: int):
         """Native path: outputs of the exited rows and compaction of the rest in one call (see the base)."""
