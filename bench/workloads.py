@@ -425,7 +425,8 @@ def median_thresholds(model, texts: list[str]) -> list[float]:
     """Per-layer median exit entropy (nats) of ``texts`` under the reference ``model`` (every exit computed):
     a synthetic threshold that sends about half of the remaining rows out at every exit, for shape-only runs
     without a calibrated checkpoint."""
-    
+    from costeff_fast.modeling import exit_entropy
+
     entropies = [exit_entropy(torch.stack(model(**batch).exit_logits, dim=1)) for batch in hf_batches(texts, 64)]
     return torch.cat(entropies).median(dim=0).values.tolist()
 
