@@ -9,8 +9,19 @@
 #include <vector>
 
 #include "checks.h"
+#include "kernels.h"
 
 namespace costeff_native {
+
+void copy_spans(const float* src, const int64_t* cu, const int64_t* kept, const int64_t* dst_cu, int64_t count,
+                int64_t h, float* dst) {
+  at::parallel_for(0, count, 4, [=](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = kept[i];
+      std::memcpy(dst + dst_cu[i] * h, src + cu[r] * h, sizeof(float) * (cu[r + 1] - cu[r]) * h);
+    }
+  });
+}
 
 // hidden [T, H] fp32 contiguous, cu_seqlens [B + 1] int64 CPU, keep [B] bool CPU. Returns [T', H].
 at::Tensor compact_tokens(const at::Tensor& hidden, const at::Tensor& cu_seqlens, const at::Tensor& keep) {
@@ -31,14 +42,8 @@ at::Tensor compact_tokens(const at::Tensor& hidden, const at::Tensor& cu_seqlens
   }
   const int64_t h = hidden.size(1);
   at::Tensor out = at::empty({offset.back(), h}, hidden.options());
-  const float* src = hidden.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
-  at::parallel_for(0, static_cast<int64_t>(kept.size()), 4, [=](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t r = kept[i];
-      std::memcpy(dst + offset[i] * h, src + cu[r] * h, sizeof(float) * (cu[r + 1] - cu[r]) * h);
-    }
-  });
+  copy_spans(hidden.data_ptr<float>(), cu, kept.data(), offset.data(), static_cast<int64_t>(kept.size()), h,
+             out.data_ptr<float>());
   return out;
 }
 

@@ -15,7 +15,6 @@
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <atomic>
 #include <tuple>
 #include <utility>
@@ -97,19 +96,7 @@ std::tuple<at::Tensor, at::Tensor> encoder_layer(const at::Tensor& hidden, const
     bias_residual_layernorm_rows(ffn_out.data_ptr<float>(), output_bias.data_ptr<float>(), a,
                                  output_norm_weight.data_ptr<float>(), output_norm_bias.data_ptr<float>(), count, h,
                                  feps, out_ptr + t0 * h);
-    if (means_ptr == nullptr) return;
-    for (int64_t r = r0; r < r1; ++r) {
-      float* m = means_ptr + r * h;
-      std::fill(m, m + h, 0.0f);
-      for (int64_t t = cu[r]; t < cu[r + 1]; ++t) {
-        const float* y = out_ptr + t * h;
-#pragma omp simd
-        for (int64_t j = 0; j < h; ++j) m[j] += y[j];
-      }
-      const float inv = 1.0f / static_cast<float>(cu[r + 1] - cu[r]);
-#pragma omp simd
-      for (int64_t j = 0; j < h; ++j) m[j] *= inv;
-    }
+    if (means_ptr != nullptr) mean_rows(out_ptr, cu, r0, r1, h, means_ptr);  // the tile is still in cache
   };
   const int64_t num_tiles = static_cast<int64_t>(ranges.size());
   if (num_tiles == 1 || at::get_num_threads() == 1) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "kernels.h"
 
 namespace costeff_native {
 
@@ -99,13 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exit_rows(
     nid[i] = ids[r];
   }
   at::Tensor out = at::empty({ncu[survivors], h}, hidden.options());
-  const float* src = hidden.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
-  at::parallel_for(0, survivors, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      std::memcpy(dst + ncu[i] * h, src + cu[kept[i]] * h, sizeof(float) * len[i] * h);
-    }
-  });
+  copy_spans(hidden.data_ptr<float>(), cu, kept.data(), ncu, survivors, h, out.data_ptr<float>());
   return {out, new_cu, lengths, new_ids};
 }
 
