@@ -10,6 +10,8 @@ from costeff_fast.flops import model_flops
 from costeff_fast.inference import CostEffInferenceModel
 from costeff_fast.modeling import CostEffForSequenceClassification, exit_entropy
 
+from .trainer import tokenize_chunk
+
 
 @torch.inference_mode()
 def quantile_thresholds(model: CostEffForSequenceClassification, tokenizer, batch: list, *, max_length: int,
@@ -27,10 +29,7 @@ def quantile_thresholds(model: CostEffForSequenceClassification, tokenizer, batc
     model.eval()
     entropies = []
     for start in range(0, len(batch), batch_size):
-        chunk = batch[start : start + batch_size]
-        pairs = isinstance(chunk[0], tuple)
-        enc = tokenizer([c[0] for c in chunk] if pairs else chunk, [c[1] for c in chunk] if pairs else None,
-                        padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        enc = tokenize_chunk(tokenizer, batch[start : start + batch_size], max_length)
         exits = torch.stack(model(**enc).exit_logits[:-1], dim=1)
         entropies.append(exit_entropy(exits).flatten())
     levels = torch.linspace(0, 1, count, dtype=torch.float64)[1:]

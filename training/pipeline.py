@@ -25,7 +25,7 @@ from .calibrate import pick_threshold, quantile_thresholds, threshold_sweep
 from .report import write_report
 from .slenderize import slenderize
 from .stages import TrainingData, distill_teaching_assistant, finetune_teacher, recover
-from .trainer import Stage, packaged_minilm_dir, tokenize_splits
+from .trainer import Stage, packaged_minilm_dir, tokenize_chunk, tokenize_splits
 
 
 @dataclass(frozen=True)
@@ -236,10 +236,7 @@ def hf_predict(model, tokenizer, inputs: list, batch_size: int, max_length: int)
     the classifier; logits ``[N, C]`` fp32."""
     out = []
     for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start : start + batch_size]
-        pairs = isinstance(chunk[0], tuple)
-        enc = tokenizer([c[0] for c in chunk] if pairs else chunk, [c[1] for c in chunk] if pairs else None,
-                        padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        enc = tokenize_chunk(tokenizer, inputs[start : start + batch_size], max_length)
         out.append(model(**enc).logits.float())
     return torch.cat(out)
 

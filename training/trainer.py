@@ -50,6 +50,14 @@ def tokenize_splits(dataset_dict, tokenizer, max_length: int):
     return dataset_dict.map(encode, batched=True, remove_columns=columns, desc="tokenize")
 
 
+def tokenize_chunk(tokenizer, chunk: list, max_length: int) -> dict:
+    """``[b, S]`` tensors (dynamic padding, truncation at ``max_length``) for strings or ``(text, text_pair)``
+    tuples, as the HF teacher and the reference model read them."""
+    pairs = isinstance(chunk[0], tuple)
+    return tokenizer([c[0] for c in chunk] if pairs else chunk, [c[1] for c in chunk] if pairs else None,
+                     padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+
 def make_loader(split, tokenizer, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
     """A DataLoader padding each batch to its longest row (``DataCollatorWithPadding``)."""
     generator = torch.Generator().manual_seed(seed)
