@@ -1,4 +1,8 @@
-"""Installs costeff_fast with its training pipeline (``training/`` as ``costeff_fast.training``)."""
+"""Installs costeff_fast with its training pipeline (``training/`` as ``costeff_fast.training``).
+
+The C++ sources of the native CPU kernels (top-level ``csrc/``) ship inside the package as the data package
+``costeff_fast.csrc``, so a non-editable install (wheel, sdist) can still build the kernels at first use.
+"""
 
 from setuptools import find_packages, setup
 
@@ -10,8 +14,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["costeff_fast", "costeff_fast.*"]) + ["costeff_fast.training"],
-    package_dir={"costeff_fast.training": "training"},
+    packages=find_packages(include=["costeff_fast", "costeff_fast.*"]) + ["costeff_fast.training", "costeff_fast.csrc"],
+    package_dir={"costeff_fast.training": "training", "costeff_fast.csrc": "csrc"},
+    package_data={"costeff_fast.csrc": ["*.cpp", "*.h"]},
     install_requires=[
         "torch>=2.3,<3",
         "transformers>=4.46,<6",

@@ -28,13 +28,29 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
 KERNELS = (
     "varlen_attention.cpp", "residual_layernorm.cpp", "embedding_layernorm.cpp", "compact_tokens.cpp",
     "segment_mean.cpp", "encoder_layer.cpp", "exit_rows.cpp",
 )
 UNITY_SOURCE = "all_kernels.cpp"  # includes every kernel file: one translation unit builds ~3x faster
 DISABLE_ENV = "COSTEFF_FAST_NATIVE"
+
+
+def _find_csrc() -> Path:
+    """The C++ sources: ``costeff_fast/csrc/`` of an installed wheel or sdist first, else the checkout's ``csrc/``.
+
+    setup.py ships the top-level ``csrc/`` as the package data ``costeff_fast.csrc``; an editable install or a
+    checkout on ``PYTHONPATH`` has no such folder and uses ``csrc/`` beside the package. With neither, the
+    installed location is returned and :func:`available` reports its files as missing.
+    """
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "csrc", package.parent / "csrc"):
+        if (candidate / UNITY_SOURCE).is_file():
+            return candidate
+    return package / "csrc"
+
+
+CSRC = _find_csrc()
 
 
 def _extension_name() -> str:
