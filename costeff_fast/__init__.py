@@ -8,8 +8,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from .config import CostEffConfig
 from .inference import CostEffInferenceModel, from_pretrained
-from .modeling import CostEffClassifierOutput, CostEffForSequenceClassification, exit_entropy
+from .modeling import CostEffClassifierOutput, CostEffForSequenceClassification
 from .optimize import optimize
+from .reference import exit_entropy
 
 AutoConfig.register(CostEffConfig.model_type, CostEffConfig, exist_ok=True)
 AutoModel.register(CostEffConfig, CostEffForSequenceClassification, exist_ok=True)

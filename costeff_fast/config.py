@@ -20,22 +20,15 @@ def _per_layer(name: str, value, num_layers: int, *, minimum: int) -> list[int]:
     return values
 
 
-def check_entropy_threshold(entropy_threshold, num_layers: int) -> list[float] | None:
-    """Validate an entropy threshold and return one float per layer (nats), or None for no early exit.
-
-    Args:
-        entropy_threshold: None, a float tau applied at every layer, or a sequence of ``num_layers`` floats.
-            A row exits at the first layer l whose exit entropy is strictly below tau_l (DESIGN.md, Terms).
-        num_layers: number of exits (= ``num_hidden_layers``).
+def _check_thresholds(entropy_threshold, num_layers: int) -> list[float]:
+    """One float per layer (nats) from a float or a sequence of ``num_layers`` floats, each >= 0 and finite.
 
     Raises:
         ValueError: a negative or non-finite threshold, or a list of the wrong length.
         TypeError: a value that is not a number.
     """
-    if entropy_threshold is None:
-        return None
     if isinstance(entropy_threshold, (int, float)) and not isinstance(entropy_threshold, bool):
-        values = [float(entropy_threshold)] * num_layers
+        values = [entropy_threshold] * num_layers
     elif isinstance(entropy_threshold, Sequence) and not isinstance(entropy_threshold, str):
         values = list(entropy_threshold)
         if len(values) != num_layers:
@@ -55,6 +48,30 @@ def check_entropy_threshold(entropy_threshold, num_layers: int) -> list[float] |
             raise ValueError(f"entropy_threshold must be >= 0 and finite (nats), got {value}")
         checked.append(float(value))
     return checked
+
+
+def resolve_entropy_threshold(entropy_threshold, config: "CostEffConfig") -> list[float]:
+    """The early-exit rule of every entry point: the threshold a call runs with, one float per layer (nats).
+
+    A row exits at the first layer l whose exit entropy is strictly below tau_l; the last layer always
+    answers (docs/design.md, Threshold rule).
+
+    Args:
+        entropy_threshold: the caller's value: None (the checkpoint's calibrated ``config.entropy_threshold``,
+            or 0.0 when the checkpoint has none), a float tau for every layer, or one float per layer.
+            ``0.0`` means every row runs to the last layer (an entropy is never below 0).
+        config: the model's :class:`CostEffConfig`.
+
+    Returns:
+        ``num_hidden_layers`` floats, each >= 0 and finite.
+
+    Raises:
+        ValueError: a negative or non-finite threshold, or a list of the wrong length.
+        TypeError: a value that is not a number.
+    """
+    if entropy_threshold is None:
+        entropy_threshold = 0.0 if config.entropy_threshold is None else config.entropy_threshold
+    return _check_thresholds(entropy_threshold, config.num_hidden_layers)
 
 
 class CostEffConfig(PretrainedConfig):
@@ -82,8 +99,9 @@ class CostEffConfig(PretrainedConfig):
             ``"mean"`` lets early exits work on encoders whose [CLS] carries little before the last layers
             (all-MiniLM-L6-v2, trained with mean pooling: its exits 1-3 stay at the majority class with
             ``"cls"``).
-        entropy_threshold: default early-exit threshold in nats (float or one per layer); None means
-            every row runs to the last layer.
+        entropy_threshold: the calibrated early-exit threshold in nats (float or one per layer), used when a
+            call passes none; None (not calibrated) means 0.0, every row runs to the last layer
+            (:func:`resolve_entropy_threshold`).
 
     Raises:
         ValueError / TypeError: a width list of the wrong length, a width < 1, a bad threshold.
@@ -141,7 +159,8 @@ class CostEffConfig(PretrainedConfig):
         if exit_pooling not in ("cls", "mean"):
             raise ValueError(f"exit_pooling must be 'cls' or 'mean', got {exit_pooling!r}")
         self.exit_pooling = exit_pooling
-        check_entropy_threshold(entropy_threshold, num_hidden_layers)
+        if entropy_threshold is not None:
+            _check_thresholds(entropy_threshold, num_hidden_layers)
         self.entropy_threshold = entropy_threshold
 
     @property

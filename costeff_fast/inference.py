@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import torch
 
-from .backends import build_backend, resolve_backend_name
-from .config import check_entropy_threshold
+from transformers import AutoConfig, AutoTokenizer
+
+from .backends import build_backend, select_backend
+from .config import resolve_entropy_threshold
 from .engine import run_early_exit, stream_early_exit
 from .modeling import CostEffForSequenceClassification
 
@@ -41,24 +44,42 @@ def _as_id_rows(name: str, value) -> list[list[int]] | torch.Tensor:
 class CostEffInferenceModel:
     """A COST-EFF checkpoint packed for batch inference with early exit (see :func:`from_pretrained`).
 
+    Args:
+        model: the reference model to pack.
+        tokenizer: its fast tokenizer, or None (then only tokenized mappings are accepted).
+        backend: ``"auto"``, ``"torch"``, ``"native"`` or ``"triton"`` (:func:`~costeff_fast.backends.select_backend`).
+        entropy_threshold: this instance's default threshold (nats, float or one per layer), replacing the
+            checkpoint's ``config.entropy_threshold``; None keeps the checkpoint's.
+        device: torch device for the weights (None: the backend's default).
+
     Attributes:
-        config: the checkpoint's :class:`~costeff_fast.config.CostEffConfig`.
+        config: a copy of the model's :class:`~costeff_fast.config.CostEffConfig`, whose ``entropy_threshold``
+            is this instance's default.
         tokenizer: the checkpoint's fast tokenizer.
         backend: the :class:`~costeff_fast.backends.base.Backend` running the layers.
-        entropy_threshold: default threshold per layer (nats) or None (full depth).
+
+    Raises:
+        ValueError / TypeError / RuntimeError: a bad backend or threshold (see ``build_backend`` and
+            :func:`~costeff_fast.config.resolve_entropy_threshold`).
     """
 
     def __init__(self, model: CostEffForSequenceClassification, tokenizer, backend: str = "auto",
                  entropy_threshold=None, device=None):
-        self.config = model.config
+        self.config = copy.deepcopy(model.config)
+        if entropy_threshold is not None:
+            resolve_entropy_threshold(entropy_threshold, self.config)  # validate before storing it
+            self.config.entropy_threshold = entropy_threshold
         self.tokenizer = tokenizer
         self.backend = build_backend(model, backend, device)
-        threshold = entropy_threshold if entropy_threshold is not None else model.config.entropy_threshold
-        self.entropy_threshold = check_entropy_threshold(threshold, model.config.num_hidden_layers)
         limits = [model.config.max_position_embeddings]
         if tokenizer is not None and tokenizer.model_max_length:
             limits.append(int(min(tokenizer.model_max_length, 1 << 30)))
         self.max_length = min(limits)
+
+    @property
+    def entropy_threshold(self) -> list[float]:
+        """The default threshold of this instance, one float per layer (nats)."""
+        return resolve_entropy_threshold(None, self.config)
 
     def encode(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Turn a batch into packed token ids.
@@ -153,9 +174,10 @@ class CostEffInferenceModel:
 
         Args:
             batch: see :meth:`encode`.
-            entropy_threshold: nats, a float or one float per layer; None uses the model's default.
-                A row answers at the first layer whose exit entropy is below the threshold; the last
-                layer always answers. ``0.0`` disables early exit.
+            entropy_threshold: nats, a float or one float per layer; None uses the model's default (the
+                checkpoint's calibrated threshold). A row answers at the first layer whose exit entropy is
+                below the threshold; the last layer always answers. ``0.0`` disables early exit
+                (:func:`~costeff_fast.config.resolve_entropy_threshold`).
             return_exit_layers: also return each row's 1-based exit layer.
 
         Returns:
@@ -165,8 +187,7 @@ class CostEffInferenceModel:
         Raises:
             TypeError / ValueError: bad batch (see :meth:`encode`) or threshold (negative, wrong length).
         """
-        threshold = entropy_threshold if entropy_threshold is not None else self.entropy_threshold
-        tau = check_entropy_threshold(threshold, self.config.num_hidden_layers)
+        tau = resolve_entropy_threshold(entropy_threshold, self.config)
         input_ids, token_type_ids, lengths = self.encode(batch)
         logits, exit_layer = run_early_exit(self.backend, input_ids, token_type_ids, lengths, tau)
         logits, exit_layer = logits.cpu(), exit_layer.cpu()
@@ -205,8 +226,7 @@ class CostEffInferenceModel:
             )
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        threshold = entropy_threshold if entropy_threshold is not None else self.entropy_threshold
-        tau = check_entropy_threshold(threshold, self.config.num_hidden_layers)
+        tau = resolve_entropy_threshold(entropy_threshold, self.config)
         iterator = iter(items)
         chunks = (self.encode(chunk) for chunk in iter(lambda: list(itertools.islice(iterator, batch_size)), []))
 
@@ -234,8 +254,11 @@ def from_pretrained(
     Args:
         path: a directory written by ``CostEffForSequenceClassification.save_pretrained`` (``config.json``,
             ``model.safetensors``, tokenizer files).
-        entropy_threshold: default threshold (nats, float or one per layer); None uses the config's.
-        backend: ``"auto"`` (``"triton"`` on a CUDA GPU, else ``"torch"``), ``"torch"`` or ``"triton"``.
+        entropy_threshold: default threshold (nats, float or one per layer); None uses the checkpoint's
+            calibrated ``config.entropy_threshold`` (0.0, full depth, when it has none).
+        backend: ``"auto"`` (``"triton"`` on a CUDA GPU, ``"native"`` on the CPU when the native kernels
+            build, else ``"torch"``; one log line says which and why), ``"torch"`` (the reference path, any
+            device), ``"native"`` (C++ kernels, fp32 CPU) or ``"triton"`` (CUDA).
         num_threads: CPU threads for torch (``torch.set_num_threads``; process-wide); None leaves it.
         device: torch device for the weights (default CPU).
 
@@ -245,13 +268,12 @@ def from_pretrained(
     Raises:
         FileNotFoundError: ``path`` is not a directory with a ``config.json``.
         ValueError: the checkpoint is not a COST-EFF model, a bad backend, threshold or thread count.
+        RuntimeError: ``backend="native"`` where the kernels cannot be built, ``"triton"`` without CUDA.
     """
-    from transformers import AutoConfig, AutoTokenizer
-
     directory = Path(path)
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory} has no config.json; pass a directory written by save_pretrained")
-    resolve_backend_name(backend)
+    select_backend(backend, device)
     if num_threads is not None:
         if not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")

@@ -1,7 +1,8 @@
 """Trainable reference model: a post-LN BERT encoder with per-layer widths and an exit after every layer.
 
-This module is the oracle every fast path is checked against. Its math is plain PyTorch on padded
-``[batch, seq, hidden]`` tensors; the packed, padding-free engine lives in :mod:`costeff_fast.engine`.
+Its math is plain PyTorch on padded ``[batch, seq, hidden]`` tensors; the exit math comes from
+:mod:`costeff_fast.reference`, and :meth:`CostEffForSequenceClassification.early_exit_reference` (each row
+alone) is the oracle of the packed, padding-free engine in :mod:`costeff_fast.engine`.
 Source: COST-EFF (Shen et al., EMNLP 2022, arXiv 2210.15523), Sec. 3; BERT layer as in
 ``transformers.models.bert.modeling_bert``.
 """
@@ -15,42 +16,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    BertForSequenceClassification,
+    BertModel,
+    PreTrainedModel,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .config import CostEffConfig, check_entropy_threshold
-
-
-def exit_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of ``softmax(logits)`` in nats, computed in fp32.
-
-    Args:
-        logits: ``[..., num_labels]`` any float dtype.
-
-    Returns:
-        ``[...]`` fp32, ``-sum p ln p`` (DESIGN.md, Terms).
-    """
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    return -(log_probs.exp() * log_probs).sum(dim=-1)
-
-
-def first_exit(entropies: torch.Tensor, entropy_threshold: list[float] | None) -> torch.Tensor:
-    """1-based exit layer of each row: the first layer whose entropy is below its threshold.
-
-    Args:
-        entropies: ``[batch, num_layers]`` fp32 entropies of every exit (nats).
-        entropy_threshold: one threshold per layer (nats) or None (every row answers at the last layer).
-
-    Returns:
-        ``[batch]`` int64 in ``1..num_layers``; the last layer always answers.
-    """
-    batch, num_layers = entropies.shape
-    if entropy_threshold is None:
-        return torch.full((batch,), num_layers, dtype=torch.long, device=entropies.device)
-    tau = torch.tensor(entropy_threshold, dtype=entropies.dtype, device=entropies.device)
-    confident = entropies < tau
-    confident[:, -1] = True
-    return confident.int().argmax(dim=1) + 1
+from .config import CostEffConfig, resolve_entropy_threshold
+from .reference import exit_entropy, exit_logits, first_exit
 
 
 class _GradientRescale(torch.autograd.Function):
@@ -156,9 +133,10 @@ class CostEffExit(nn.Module):
         else:
             mask = attention_mask.to(hidden.dtype)[..., None]
             features = (hidden * mask).sum(dim=1) / mask.sum(dim=1)
-        if self.dense is not None:
-            features = self.dense(features)
-        return self.classifier(self.dropout(torch.tanh(features)))
+        pooler_weight = None if self.dense is None else self.dense.weight.T
+        pooler_bias = None if self.dense is None else self.dense.bias
+        return exit_logits(features, self.classifier.weight.T, self.classifier.bias, pooler_weight, pooler_bias,
+                           dropout=self.dropout)
 
 
 @dataclass
@@ -254,8 +232,9 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             token_type_ids: ``[B, S]`` segment ids (default zeros).
             labels: ``[B]`` int64; the loss is the mean cross-entropy over all exits.
             output_hidden_states: also return the ``L + 1`` hidden states.
-            entropy_threshold: nats, float or one per layer; in eval mode ``logits`` are then each row's
-                first confident exit (default ``config.entropy_threshold``; ignored in training mode).
+            entropy_threshold: nats, float or one per layer; in eval mode ``logits`` are each row's first
+                confident exit under :func:`~costeff_fast.config.resolve_entropy_threshold` (None: the
+                checkpoint's threshold); in training mode ``logits`` are the last exit's.
             gradient_equilibrium: rescale gradients between layers (Li et al. 2019; COST-EFF Sec. 3.3):
                 the backward of layer l's output (1-based) is scaled by ``1/(L-l+1)``, and the backward
                 from layer l+1 into it additionally by ``L-l``, so the deeper path carries
@@ -281,8 +260,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             if gradient_equilibrium and depth < num_layers:
                 hidden = gradient_rescale(hidden, float(num_layers - depth))
 
-        threshold = entropy_threshold if entropy_threshold is not None else self.config.entropy_threshold
-        tau = None if self.training else check_entropy_threshold(threshold, num_layers)
+        tau = [0.0] * num_layers if self.training else resolve_entropy_threshold(entropy_threshold, self.config)
         stacked = torch.stack(exit_logits, dim=1)  # [B, L, C]
         exit_layer = first_exit(exit_entropy(stacked), tau)
         logits = stacked[torch.arange(stacked.shape[0], device=stacked.device), exit_layer - 1]
@@ -309,21 +287,20 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-sample early exit: each row runs alone (batch size 1, padding removed) and stops at its exit.
 
-        Slow by design; it is the oracle for :mod:`costeff_fast.engine` (DESIGN.md, Engine).
+        Slow by design; it is the oracle for :mod:`costeff_fast.engine` (docs/design.md, Engine).
 
         Args:
             input_ids, attention_mask, token_type_ids: ``[B, S]`` as in :meth:`forward`; padding may be
                 anywhere the mask is 0 but real tokens must come first in each row.
-            entropy_threshold: nats, float or one per layer (default ``config.entropy_threshold``;
-                None runs every row to the last layer).
+            entropy_threshold: nats, float or one per layer, resolved by
+                :func:`~costeff_fast.config.resolve_entropy_threshold` (None: the checkpoint's threshold).
 
         Returns:
             ``logits [B, num_labels]`` fp32, ``exit_layer [B]`` int64 (1-based),
             ``entropy [B]`` fp32 of the answering exit (nats).
         """
         attention_mask, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids)
-        threshold = entropy_threshold if entropy_threshold is not None else self.config.entropy_threshold
-        tau = check_entropy_threshold(threshold, self.config.num_hidden_layers)
+        tau = resolve_entropy_threshold(entropy_threshold, self.config)
         num_layers = self.config.num_hidden_layers
         logits_out, layer_out, entropy_out = [], [], []
         for row in range(input_ids.shape[0]):
@@ -335,7 +312,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
                 hidden = layer(hidden, no_mask)
                 logits = exit_head(hidden, attention_mask[row : row + 1, :length]).float()
                 entropy = exit_entropy(logits)
-                if depth == num_layers or (tau is not None and entropy.item() < tau[depth - 1]):
+                if depth == num_layers or entropy.item() < tau[depth - 1]:
                     break
             logits_out.append(logits[0])
             layer_out.append(depth)
@@ -365,9 +342,6 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             TypeError: ``bert`` is neither a BERT model nor a directory.
             ValueError: ``num_labels`` missing for a bare encoder, or conflicting with the source head.
         """
-        from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, BertModel
-        from transformers import BertForSequenceClassification
-
         if isinstance(bert, (str, Path)):
             source_config = AutoConfig.from_pretrained(bert)
             architectures = source_config.architectures or []

@@ -4,21 +4,26 @@ The C++ sources are compiled by ``torch.utils.cpp_extension.load`` into ``$TORCH
 (default ``~/.cache/torch_extensions``; the name carries a hash of the CPU flags, as the build uses
 ``-march=native``) on first use and reloaded from there afterwards (the first build takes about 15 s; later
 loads about 0.1 s). They register ops under ``torch.ops.costeff_native``. When the build is impossible (no
-compiler, no ninja, sources not shipped) one warning is logged and :func:`available` returns False; callers
-then take their plain torch path. Set ``COSTEFF_FAST_NATIVE=0`` to skip the kernels altogether.
+compiler, no ninja, sources not shipped) one warning is logged and :func:`available` returns False; the
+``auto`` backend then picks ``torch``. Set ``COSTEFF_FAST_NATIVE=0`` to skip the kernels altogether.
+
+A leaf module: it imports only torch. Every wrapper takes the arguments of its reference in
+:mod:`costeff_fast.reference` in the same order (flash-attention's: ``qkv``, ``cu_seqlens``, ``max_seqlen``, ...)
+and is tested against it.
 
 Only kernels that beat their torch counterpart by >= 1.2x on their own operation are kept (measured by
 ``bench/run_cpu.py`` and ``bench/test_cpu_kernels.py``, figures in ``bench/results/cpu.json``): varlen
 attention, bias + residual + LayerNorm, embedding + LayerNorm, compaction, span mean, the exit decision
 (entropy below the threshold), the exit bookkeeping (output scatter + compaction) and the tiled encoder layer
-built from them (which can also return its rows' token means for mean-pooling exits). A fused bias + GELU did not (about 1.0x against ``addmm`` + in-place ``gelu_``) and was
-removed.
+built from them (which can also return its rows' token means for mean-pooling exits). A fused bias + GELU
+did not (about 1.0x against ``addmm`` + in-place ``gelu_``) and was removed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 from functools import cache
@@ -34,6 +39,7 @@ KERNELS = (
 )
 UNITY_SOURCE = "all_kernels.cpp"  # includes every kernel file: one translation unit builds ~3x faster
 DISABLE_ENV = "COSTEFF_FAST_NATIVE"
+TILE_TOKENS = 256  # tokens per tile of the native encoder layer (its activations then stay in L2)
 
 
 def _find_csrc() -> Path:
@@ -90,7 +96,7 @@ def available() -> bool:
     Never raises: a failed build logs one warning naming the cause and returns False.
     """
     if os.environ.get(DISABLE_ENV, "1") == "0":
-        logger.info("costeff_fast: native CPU kernels disabled by %s=0; using the pure-torch path", DISABLE_ENV)
+        logger.info("costeff_fast: native CPU kernels disabled by %s=0", DISABLE_ENV)
         return False
     try:
         missing = [str(CSRC / name) for name in (UNITY_SOURCE, *KERNELS) if not (CSRC / name).is_file()]
@@ -120,25 +126,35 @@ def available() -> bool:
 
 
 def varlen_attention(
-    qkv: torch.Tensor, bias: torch.Tensor, cu_seqlens: torch.Tensor, num_heads: int, head_size: int, max_seqlen: int
+    qkv: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    num_heads: int,
+    head_size: int,
+    softmax_scale: float | None = None,
+    qkv_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Self-attention of each packed row over its own tokens, without padding; the QKV bias is added on the fly.
+    """Native :func:`costeff_fast.reference.varlen_attention` (same arguments), optionally adding the QKV bias.
 
     Args:
-        qkv: ``[T, 3 * num_heads * head_size]`` fp32 contiguous CPU, columns ``[Q heads | K heads | V heads]``,
-            without bias (e.g. ``hidden @ W_qkv``).
-        bias: ``[3 * num_heads * head_size]`` fp32, the QKV bias.
+        qkv: ``[T, 3 * num_heads * head_size]`` fp32 contiguous CPU, columns ``[Q heads | K heads | V heads]``.
         cu_seqlens: ``[B + 1]`` int64 CPU prefix sums of the row lengths (each row >= 1 token).
-        num_heads, head_size: h and d.
         max_seqlen: the longest row (sizes the per-thread scratch buffers).
+        num_heads, head_size: h and d.
+        softmax_scale: default ``1 / sqrt(head_size)``.
+        qkv_bias: ``[3 * num_heads * head_size]`` fp32 added to ``qkv`` on the fly (the kernel's fused
+            epilogue of the QKV GEMM); None when ``qkv`` already holds it.
 
     Returns:
-        ``[T, num_heads * head_size]`` fp32: ``softmax(Q K^T / sqrt(d)) V`` per row and head.
+        ``[T, num_heads * head_size]`` fp32: ``softmax(Q K^T * scale) V`` per row and head.
 
     Raises:
         RuntimeError: wrong dtype, device, layout or lengths.
     """
-    return torch.ops.costeff_native.varlen_attention(qkv, bias, cu_seqlens, num_heads, head_size, max_seqlen)
+    if qkv_bias is None:
+        qkv_bias = qkv.new_zeros(qkv.shape[1])
+    scale = 1.0 / math.sqrt(head_size) if softmax_scale is None else float(softmax_scale)
+    return torch.ops.costeff_native.varlen_attention(qkv, qkv_bias, cu_seqlens, num_heads, head_size, max_seqlen, scale)
 
 
 def bias_residual_layernorm_(
@@ -146,6 +162,8 @@ def bias_residual_layernorm_(
     eps: float,
 ) -> torch.Tensor:
     """In place: ``x <- LayerNorm(x + bias + residual) * weight + norm_bias`` over the last dimension.
+
+    The epilogue of :func:`costeff_fast.reference.linear_residual_layernorm` after its GEMM ``x = a @ W``.
 
     Args:
         x, residual: ``[T, H]`` fp32 contiguous CPU (``x`` is typically a fresh ``torch.mm`` output).
@@ -168,17 +186,17 @@ def embedding_layernorm(
     word: torch.Tensor,
     position: torch.Tensor,
     token_type: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
     eps: float,
 ) -> torch.Tensor:
-    """BERT embedding in one pass: ``LayerNorm(word[id] + position[p] + token_type[type])`` per packed token.
+    """Native :func:`costeff_fast.reference.embedding_layernorm` (same arguments) in one pass per token.
 
     Args:
         input_ids, token_type_ids: ``[T]`` int64 CPU.
         cu_seqlens: ``[B + 1]`` int64 CPU; positions restart at 0 at every row start.
         word ``[V, H]``, position ``[P, H]``, token_type ``[types, H]``: fp32 contiguous CPU tables.
-        weight, bias: ``[H]`` LayerNorm parameters. eps: LayerNorm epsilon.
+        norm_weight, norm_bias: ``[H]`` LayerNorm parameters. eps: LayerNorm epsilon.
 
     Returns:
         ``[T, H]`` fp32.
@@ -187,66 +205,73 @@ def embedding_layernorm(
         RuntimeError: wrong dtype, device, layout or shapes, ids out of range, a row longer than P.
     """
     return torch.ops.costeff_native.embedding_layernorm(
-        input_ids, token_type_ids, cu_seqlens, word, position, token_type, weight, bias, eps
+        input_ids, token_type_ids, cu_seqlens, word, position, token_type, norm_weight, norm_bias, eps
     )
 
 
-def compact_tokens(hidden: torch.Tensor, cu_seqlens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """The token spans of the rows where ``keep`` is True, in order: ``[T, H]`` -> ``[T', H]``.
+def compact_tokens(
+    hidden: torch.Tensor, cu_seqlens: torch.Tensor, row_ids: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Native :func:`costeff_fast.reference.compact_tokens` (same arguments and results): span copies.
 
     Args:
         hidden: ``[T, H]`` fp32 contiguous CPU.
-        cu_seqlens: ``[B + 1]`` int64 CPU prefix sums of the row lengths.
+        cu_seqlens: ``[B + 1]`` int64 CPU prefix sums of the row lengths. row_ids: ``[B]`` int64.
         keep: ``[B]`` bool CPU.
+
+    Returns:
+        ``hidden [T', H]``, ``cu_seqlens [B' + 1]`` and ``row_ids [B']`` of the kept rows.
 
     Raises:
         RuntimeError: wrong dtype, device, layout or shapes.
     """
-    return torch.ops.costeff_native.compact_tokens(hidden, cu_seqlens, keep)
+    kept = torch.ops.costeff_native.compact_tokens(hidden, cu_seqlens, keep)
+    new_cu_seqlens = torch.zeros(int(keep.sum()) + 1, dtype=cu_seqlens.dtype)
+    torch.cumsum((cu_seqlens[1:] - cu_seqlens[:-1])[keep], 0, out=new_cu_seqlens[1:])
+    return kept, new_cu_seqlens, row_ids[keep]
 
 
-def entropy_below(logits: torch.Tensor, tau: float) -> torch.Tensor:
-    """The exit decision: softmax entropy (nats) of every row of ``logits [B, C]`` fp32 CPU ``< tau``, ``[B]`` bool.
-
-    Equals ``costeff_fast.modeling.exit_entropy(logits) < tau`` up to fp32 rounding of the entropy.
+def exit_decision(logits: torch.Tensor, entropy_threshold: float) -> torch.Tensor:
+    """Native :func:`costeff_fast.reference.exit_decision`: softmax entropy (nats) of every row of
+    ``logits [B, C]`` fp32 CPU ``< entropy_threshold``, ``[B]`` bool, in one pass (equal up to fp32 rounding).
 
     Raises:
         RuntimeError: ``logits`` is not a contiguous 2-D fp32 CPU tensor with at least one label.
     """
-    return torch.ops.costeff_native.entropy_below(logits, float(tau))
+    return torch.ops.costeff_native.entropy_below(logits, float(entropy_threshold))
 
 
-def exit_rows(hidden: torch.Tensor, batch, logits: torch.Tensor, exits: torch.Tensor, logits_out: torch.Tensor,
-              exit_layer: torch.Tensor, layer: int):
-    """One layer's early-exit bookkeeping in one call: outputs of the exited rows, compaction of the rest.
+def retire(
+    hidden: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    row_ids: torch.Tensor,
+    logits: torch.Tensor,
+    exits: torch.Tensor,
+    logits_out: torch.Tensor,
+    exit_layer: torch.Tensor,
+    layer: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer's exit bookkeeping in one call, :func:`costeff_fast.reference.retire` on raw tensors.
 
     Writes ``logits[exits]`` into ``logits_out [N, C]`` and ``layer`` into ``exit_layer [N]`` at the exited
-    rows' ``batch.row_ids``, and copies the surviving rows' token spans into a new packed buffer.
+    rows' ``row_ids``, and copies the surviving rows' token spans into a new packed buffer.
 
     Args:
-        hidden: ``[T, H]`` fp32 contiguous CPU. batch: its :class:`~costeff_fast.engine.PackedBatch` (CPU).
+        hidden: ``[T, H]`` fp32 contiguous CPU. cu_seqlens: ``[B + 1]`` int64. row_ids: ``[B]`` int64.
         logits: ``[B, C]`` fp32. exits: ``[B]`` bool. logits_out, exit_layer: the caller's outputs (in place).
         layer: 1-based layer number written for the exited rows.
 
     Returns:
-        ``(hidden [T', H], batch)`` of the survivors; the inputs themselves when no row exits (``batch`` then
-        keeps its cached layout tensors).
+        The survivors' ``(hidden [T', H], cu_seqlens [B' + 1], lengths [B'], row_ids [B'])``.
 
     Raises:
         RuntimeError: wrong dtype, device, layout or shapes, or a row id outside ``logits_out``.
     """
-    from .engine import PackedBatch
-
-    out, cu_seqlens, lengths, row_ids = torch.ops.costeff_native.exit_rows(
-        hidden, batch.cu_seqlens, batch.row_ids, logits, exits, logits_out, exit_layer, layer
-    )
-    if len(row_ids) == batch.num_rows:  # no row exited
-        return hidden, batch
-    return out, PackedBatch(cu_seqlens=cu_seqlens, lengths=lengths, row_ids=row_ids)
+    return torch.ops.costeff_native.exit_rows(hidden, cu_seqlens, row_ids, logits, exits, logits_out, exit_layer, layer)
 
 
 def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """Mean of each packed row's token vectors: ``hidden [T, H]`` -> ``[B, H]`` fp32.
+    """Native :func:`costeff_fast.reference.segment_mean`: ``hidden [T, H]`` -> ``[B, H]`` fp32.
 
     Args:
         hidden: ``[T, H]`` fp32 contiguous CPU.
@@ -258,9 +283,16 @@ def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor
     return torch.ops.costeff_native.segment_mean(hidden, cu_seqlens)
 
 
-def encoder_layer(hidden: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, layer, eps: float,
-                  tile_tokens: int, row_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One post-LN encoder layer on packed tokens, computed tile by tile in one native call.
+def encoder_layer(
+    hidden: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    layer,
+    eps: float,
+    tile_tokens: int = TILE_TOKENS,
+    row_mean: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Native :func:`costeff_fast.reference.encoder_layer` (same first five arguments), tile by tile in one call.
 
     Args:
         hidden: ``[T, H]`` fp32 contiguous CPU.
@@ -269,10 +301,10 @@ def encoder_layer(hidden: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: in
         eps: LayerNorm epsilon.
         tile_tokens: rows are grouped into tiles of at most this many tokens (a longer row is a tile alone).
         row_mean: also return each row's mean output token, computed per tile while it is in cache (what an
-            exit that pools by mean reads; the same as :func:`segment_mean` of the output).
+            exit that pools by mean reads; equal to :func:`segment_mean` of the output).
 
     Returns:
-        ``(out [T, H], means [B, H] or None)`` fp32; ``out`` equals the torch path's layer.
+        ``(out [T, H], means [B, H] or None)`` fp32.
 
     Raises:
         RuntimeError: wrong dtype, device, layout, shapes or lengths.

@@ -11,7 +11,8 @@ from .modeling import CostEffForSequenceClassification
 
 
 class OptimizedBertForSequenceClassification:
-    """A ``BertForSequenceClassification`` converted for inference with the torch backend (CPU, fp32).
+    """A ``BertForSequenceClassification`` converted for inference on the CPU in fp32 (backend ``"auto"``:
+    the native kernels when they build, else the torch reference path).
 
     The encoder weights are copied exactly (:meth:`CostEffForSequenceClassification.from_bert`); the answer is
     the last layer's exit, which carries the source's pooler and classifier, so the logits equal the
@@ -30,7 +31,7 @@ class OptimizedBertForSequenceClassification:
             raise TypeError(f"optimize expects a transformers BertForSequenceClassification, got {type(model).__name__}")
         converted = CostEffForSequenceClassification.from_bert(model).float().eval()
         self.config = model.config
-        self.engine = CostEffInferenceModel(converted, tokenizer=None, backend="torch", entropy_threshold=None)
+        self.engine = CostEffInferenceModel(converted, tokenizer=None, backend="auto", device="cpu")
 
     def __call__(
         self,
@@ -107,7 +108,7 @@ class OptimizedBertForSequenceClassification:
         config = self.config
         return (
             f"{type(self).__name__}(layers={config.num_hidden_layers}, hidden={config.hidden_size}, "
-            f"heads={config.num_attention_heads}, num_labels={config.num_labels}, backend=torch)"
+            f"heads={config.num_attention_heads}, num_labels={config.num_labels}, backend={self.engine.backend.name})"
         )
 
 

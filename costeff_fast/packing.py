@@ -3,7 +3,8 @@
 Weights are stored input-major (``[in_features, out_features]``) so a layer is ``x @ W + b`` on packed
 tokens ``x [T, in]``. Q, K and V of a layer are fused into one ``[H, 3 * h_l * d]`` matrix whose columns are
 ``[Q heads | K heads | V heads]``; a factorized word embedding is folded back to ``[vocab, H]`` (a gather is
-cheaper than a rank-r matmul per token). Layers keep their own widths (DESIGN.md, Data flow).
+cheaper than a rank-r matmul per token). Layers keep their own widths (docs/design.md, Data flow).
+This module sits on the ground floor: it reads a model's modules by name and imports no model code.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from .modeling import CostEffForSequenceClassification
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class PackedExit:
 
 @dataclass(frozen=True)
 class PackedWeights:
-    """All weights of a :class:`CostEffForSequenceClassification` in the engine's layout."""
+    """All weights of a :class:`~costeff_fast.modeling.CostEffForSequenceClassification` in the engine's layout."""
 
     word_embeddings: torch.Tensor  # [V, H] (folded A @ B when factorized)
     position_embeddings: torch.Tensor  # [P, H]
@@ -63,9 +63,10 @@ class PackedWeights:
     @classmethod
     @torch.no_grad()
     def from_model(
-        cls, model: CostEffForSequenceClassification, dtype: torch.dtype = torch.float32, device="cpu"
+        cls, model: nn.Module, dtype: torch.dtype = torch.float32, device="cpu"
     ) -> "PackedWeights":
-        """Pack ``model`` (any device and dtype) into new contiguous ``dtype`` tensors on ``device``."""
+        """Pack a :class:`~costeff_fast.modeling.CostEffForSequenceClassification` (any device and dtype) into
+        new contiguous ``dtype`` tensors on ``device``."""
 
         def put(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.detach().to(device=device, dtype=dtype).contiguous()

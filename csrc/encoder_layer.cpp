@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <cmath>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -77,6 +78,7 @@ std::tuple<at::Tensor, at::Tensor> encoder_layer(const at::Tensor& hidden, const
   float* means_ptr = row_mean ? means.data_ptr<float>() : nullptr;
   const float feps = static_cast<float>(eps);
 
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_size));
   auto run_tile = [&](int64_t i) {
     const int64_t r0 = ranges[i].first, r1 = ranges[i].second;
     const int64_t t0 = cu[r0], count = cu[r1] - cu[r0];
@@ -84,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor> encoder_layer(const at::Tensor& hidden, const
     const at::Tensor qkv = at::mm(x, qkv_weight);
     at::Tensor context = at::empty({count, width}, hidden.options());
     attend_rows(qkv.data_ptr<float>(), qkv_bias.data_ptr<float>(), cu + r0, r1 - r0, num_heads, head_size,
-                max_seqlen, context.data_ptr<float>());
+                max_seqlen, scale, context.data_ptr<float>());
     at::Tensor attended = at::mm(context, attention_output_weight);
     float* a = attended.data_ptr<float>();
     bias_residual_layernorm_rows(a, attention_output_bias.data_ptr<float>(), x.data_ptr<float>(),

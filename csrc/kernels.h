@@ -9,7 +9,7 @@ namespace costeff_native {
 // Attention of rows [0, rows) whose tokens start at cu[0]: qkv and out point at token cu[0] (strides 3 * h * d
 // and h * d); bias is the [3 * h * d] QKV bias. Work is split over (row, head) with at::parallel_for.
 void attend_rows(const float* qkv, const float* bias, const int64_t* cu, int64_t rows, int64_t num_heads,
-                 int64_t head_size, int64_t max_seqlen, float* out);
+                 int64_t head_size, int64_t max_seqlen, float scale, float* out);
 
 // out[t] = LayerNorm(x[t] + bias + residual[t]) * weight + norm_bias for rows [T, h]; out may equal x.
 void bias_residual_layernorm_rows(const float* x, const float* bias, const float* residual, const float* weight,

@@ -131,9 +131,8 @@ void attend(const Item& it, int64_t i0, int64_t d, const float* kt, int64_t npad
 }
 
 void attend_rows(const float* qkv, const float* bias, const int64_t* cu, int64_t rows, int64_t num_heads,
-                 int64_t head_size, int64_t max_seqlen, float* out) {
+                 int64_t head_size, int64_t max_seqlen, float scale, float* out) {
   const int64_t d = head_size, width = num_heads * head_size, stride = 3 * width;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   const int64_t max_pad = (max_seqlen + kVec - 1) / kVec * kVec;
   at::parallel_for(0, rows * num_heads, 1, [=](int64_t begin, int64_t end) {
     std::vector<float> kt(d * max_pad), s(8 * max_pad), scratch(8 * d);
@@ -170,9 +169,9 @@ void attend_rows(const float* qkv, const float* bias, const int64_t* cu, int64_t
 }
 
 // qkv [T, 3 * h * d] fp32 (columns Q heads | K heads | V heads) without its bias, bias [3 * h * d] added on
-// the fly, cu_seqlens [B + 1] int64 on the CPU. Returns the context [T, h * d] fp32.
+// the fly, cu_seqlens [B + 1] int64 on the CPU, scores scaled by softmax_scale. Returns the context [T, h * d] fp32.
 at::Tensor varlen_attention(const at::Tensor& qkv, const at::Tensor& bias, const at::Tensor& cu_seqlens,
-                            int64_t num_heads, int64_t head_size, int64_t max_seqlen) {
+                            int64_t num_heads, int64_t head_size, int64_t max_seqlen, double softmax_scale) {
   check_float(qkv, 2, "varlen_attention", "qkv");
   TORCH_CHECK(num_heads >= 1 && head_size >= 1 && qkv.size(1) == 3 * num_heads * head_size,
               "varlen_attention: qkv has ", qkv.size(1), " columns, expected 3 * num_heads * head_size = ",
@@ -181,7 +180,7 @@ at::Tensor varlen_attention(const at::Tensor& qkv, const at::Tensor& bias, const
   check_varlen(cu_seqlens, qkv.size(0), max_seqlen, "varlen_attention");
   at::Tensor out = at::empty({qkv.size(0), num_heads * head_size}, qkv.options());
   attend_rows(qkv.data_ptr<float>(), bias.data_ptr<float>(), cu_seqlens.data_ptr<int64_t>(), cu_seqlens.numel() - 1,
-              num_heads, head_size, max_seqlen, out.data_ptr<float>());
+              num_heads, head_size, max_seqlen, static_cast<float>(softmax_scale), out.data_ptr<float>());
   return out;
 }
 
@@ -189,6 +188,6 @@ at::Tensor varlen_attention(const at::Tensor& qkv, const at::Tensor& bias, const
 
 TORCH_LIBRARY_FRAGMENT(costeff_native, m) {
   m.def("varlen_attention(Tensor qkv, Tensor bias, Tensor cu_seqlens, int num_heads, int head_size, "
-        "int max_seqlen) -> Tensor",
+        "int max_seqlen, float softmax_scale) -> Tensor",
         &costeff_native::varlen_attention);
 }

@@ -1,12 +1,24 @@
-"""Shared fixtures: tiny random COST-EFF models and the real packaged MiniLM."""
+"""Shared fixtures: tiny random COST-EFF models, the backends this machine runs, the real packaged MiniLM."""
 
 from __future__ import annotations
 
-import pytest
+import importlib.util
+import os
+
 import torch
 
-import costeff_fast  # noqa: F401  (registers the Auto classes)
-from costeff_fast import CostEffConfig, CostEffForSequenceClassification
+if not torch.cuda.is_available():  # Triton kernels pick the interpreter when they are defined: set it first
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import costeff_fast  # noqa: E402,F401  (registers the Auto classes)
+from costeff_fast import CostEffConfig, CostEffForSequenceClassification, native  # noqa: E402
+
+#: every backend that can run here: torch always, native when csrc builds, triton (CUDA or the interpreter)
+AVAILABLE_BACKENDS = ["torch"] + (["native"] if native.available() else []) + (
+    ["triton"] if importlib.util.find_spec("triton") is not None else []
+)
 
 
 def make_tiny_model(seed: int = 0, *, num_labels: int = 3, weight_std: float = 0.3, **overrides):

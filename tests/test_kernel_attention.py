@@ -1,4 +1,4 @@
-"""costeff_fast.kernels.attention against its PyTorch reference (CPU: Triton interpreter, fp32/fp16)."""
+"""costeff_fast.kernels.attention against costeff_fast.reference (CPU: Triton interpreter, fp32/fp16)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
-from costeff_fast.kernels.attention import varlen_attention, varlen_attention_reference  # noqa: E402
+from costeff_fast import reference  # noqa: E402
+from costeff_fast.kernels.attention import varlen_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tl.dot is wrong in the interpreter")
@@ -35,11 +36,21 @@ def test_matches_reference(dtype, num_heads, head_size, index_dtype):
     lengths = [1, 7, 33, 3, 1, 16, 17]  # one-token rows, rows spanning 1, 2 and 3 blocks of 16
     qkv, cu_seqlens = _packed(lengths, num_heads, head_size, dtype, index_dtype)
     out = varlen_attention(qkv, cu_seqlens, max(lengths), num_heads, head_size)
-    expected = varlen_attention_reference(qkv, cu_seqlens, num_heads, head_size)
+    expected = reference.varlen_attention(qkv, cu_seqlens, max(lengths), num_heads, head_size)
     assert out.dtype == dtype and out.shape == (sum(lengths), num_heads * head_size)
     err = (out.float() - expected).abs().max().item()
     print(f"max abs err attention h={num_heads} d={head_size} {dtype} cu_seqlens {index_dtype}: {err:.2e}")
     assert err <= ATOL[dtype]
+
+
+def test_softmax_scale_matches_reference():
+    lengths = [5, 20, 2]
+    qkv, cu_seqlens = _packed(lengths, 2, 16, torch.float32)
+    default = varlen_attention(qkv, cu_seqlens, max(lengths), 2, 16)
+    out = varlen_attention(qkv, cu_seqlens, max(lengths), 2, 16, softmax_scale=0.05)
+    expected = reference.varlen_attention(qkv, cu_seqlens, max(lengths), 2, 16, softmax_scale=0.05)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert (out - default).abs().max() > 1e-2, "a different scale must change the result"
 
 
 def test_one_token_row_returns_its_value_vector():

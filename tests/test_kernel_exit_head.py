@@ -1,4 +1,4 @@
-"""costeff_fast.kernels.exit_head against its PyTorch reference (CPU: Triton interpreter, fp32/fp16)."""
+"""costeff_fast.kernels.exit_head against costeff_fast.reference.exit_head (CPU: Triton interpreter, fp32/fp16)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
-from costeff_fast.kernels.exit_head import exit_head, exit_head_reference  # noqa: E402
+from costeff_fast import reference  # noqa: E402
+from costeff_fast.kernels.exit_head import exit_head  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tl.dot is wrong in the interpreter")
@@ -42,10 +43,10 @@ def _inputs(T, H, C, B, pooler, dtype, seed=0):
 @pytest.mark.parametrize("T,H,C,B", [(1, 16, 2, 1), (90, 48, 3, 70), (40, 160, 20, 9)])
 def test_matches_reference(dtype, pooler, T, H, C, B):
     hidden, cls_index, weights = _inputs(T, H, C, B, pooler, dtype)
-    _, ref_entropy, _ = exit_head_reference(hidden, cls_index, **weights)
+    _, ref_entropy, _ = reference.exit_head(hidden, cls_index, **weights)
     tau = float(ref_entropy.median())  # about half the rows exit
     logits, entropy, exits = exit_head(hidden, cls_index, **weights, entropy_threshold=tau)
-    ref_logits, ref_entropy, ref_exits = exit_head_reference(hidden, cls_index, **weights, entropy_threshold=tau)
+    ref_logits, ref_entropy, ref_exits = reference.exit_head(hidden, cls_index, **weights, entropy_threshold=tau)
     assert logits.dtype == entropy.dtype == torch.float32 and exits.dtype == torch.bool
     logit_err = (logits - ref_logits).abs().max().item()
     entropy_err = (entropy - ref_entropy).abs().max().item()
@@ -60,7 +61,7 @@ def test_matches_reference(dtype, pooler, T, H, C, B):
 def test_no_threshold_means_no_exit_and_int32_index():
     hidden, cls_index, weights = _inputs(30, 32, 4, 6, False, torch.float32)
     logits, entropy, exits = exit_head(hidden, cls_index.to(torch.int32), **weights)
-    ref_logits, ref_entropy, _ = exit_head_reference(hidden, cls_index, **weights)
+    ref_logits, ref_entropy, _ = reference.exit_head(hidden, cls_index, **weights)
     assert not exits.any()
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(entropy, ref_entropy, atol=1e-5, rtol=0)

@@ -1,4 +1,4 @@
-"""costeff_fast.kernels.ffn against its PyTorch references (CPU: Triton interpreter, fp32/fp16)."""
+"""costeff_fast.kernels.ffn against costeff_fast.reference (CPU: Triton interpreter, fp32/fp16)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,8 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton")
 
-from costeff_fast.kernels.ffn import (  # noqa: E402
-    linear,
-    linear_reference,
-    linear_residual_layernorm,
-    linear_residual_layernorm_reference,
-)
+from costeff_fast import reference  # noqa: E402
+from costeff_fast.kernels.ffn import linear, linear_residual_layernorm  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tl.dot is wrong in the interpreter")
@@ -42,7 +38,7 @@ def _linear_inputs(M, K, N, dtype):
 def test_linear_matches_reference(dtype, gelu, M, K, N):
     x, w, b = _linear_inputs(M, K, N, dtype)
     out = linear(x, w, b, gelu=gelu)
-    expected = linear_reference(x, w, b, gelu=gelu)
+    expected = reference.linear(x, w, b, gelu=gelu)
     assert out.dtype == dtype and out.shape == (M, N)
     err = (out.float() - expected).abs().max().item()
     print(f"max abs err ffn.linear gelu={gelu} {dtype} {M}x{K}x{N}: {err:.2e}")
@@ -61,7 +57,7 @@ def test_linear_reads_row_strided_input():
     base = _randn(20, 64, dtype=torch.float32)
     x = base[:, 5:45]  # rows 64 apart
     w, b = _randn(40, 24, dtype=torch.float32, seed=1), _randn(24, dtype=torch.float32, seed=2)
-    torch.testing.assert_close(linear(x, w, b), linear_reference(x, w, b), atol=1e-4, rtol=0)
+    torch.testing.assert_close(linear(x, w, b), reference.linear(x, w, b), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -71,7 +67,7 @@ def test_linear_residual_layernorm_matches_reference(dtype, M, K, N):
     residual = _randn(M, N, dtype=dtype, scale=3.0, seed=3)
     gamma, beta = _randn(N, dtype=dtype, seed=4), _randn(N, dtype=dtype, seed=5)
     out = linear_residual_layernorm(x, w, b, residual, gamma, beta, 1e-12)
-    expected = linear_residual_layernorm_reference(x, w, b, residual, gamma, beta, 1e-12)
+    expected = reference.linear_residual_layernorm(x, w, b, residual, gamma, beta, 1e-12)
     err = (out.float() - expected).abs().max().item()
     print(f"max abs err ffn.linear_residual_layernorm {dtype} {M}x{K}x{N}: {err:.2e}")
     assert err <= ATOL[dtype]

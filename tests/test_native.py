@@ -1,4 +1,5 @@
-"""Native CPU kernels (csrc/) against the plain torch path of the torch backend, and the build fallback."""
+"""Native CPU kernels (csrc/) against costeff_fast.reference, the native backend against the torch backend,
+and the build fallback."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import torch
 from conftest import make_tiny_model, random_batch
 from test_engine import TIE, reference_entropies
 
-from costeff_fast import native
-from costeff_fast.backends.torch_backend import TorchBackend
-from costeff_fast.engine import PackedBatch, run_early_exit
+from costeff_fast import exit_entropy, native, reference
+from costeff_fast.backends import NativeBackend, TorchBackend
+from costeff_fast.batch import PackedBatch
+from costeff_fast.engine import run_early_exit
 from costeff_fast.inference import CostEffInferenceModel
 from costeff_fast.packing import PackedWeights
 
@@ -27,46 +29,50 @@ LENGTHS = {
 
 @pytest.fixture(scope="module")
 def backends():
-    """The same packed tiny model on the native path and on the plain torch reference path."""
+    """The same packed tiny model on the native backend and on the torch (reference) backend."""
     weights = PackedWeights.from_model(make_tiny_model(max_position_embeddings=256))
-    return TorchBackend(weights, native=True), TorchBackend(weights, native=False)
+    return NativeBackend(weights), TorchBackend(weights)
 
 
 @pytest.mark.parametrize("heads,head_size", [(1, 8), (2, 64), (12, 32), (1, 32), (3, 24), (2, 16), (1, 128)])
 @pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
-def test_varlen_attention_matches_padded_sdpa(backends, heads, head_size, lengths):
-    fast, reference = backends
+def test_varlen_attention_matches_reference(heads, head_size, lengths):
     batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu")
     g = torch.Generator().manual_seed(len(lengths))
     qkv, bias = torch.randn(batch.num_tokens, 3 * heads * head_size, generator=g), torch.randn(3 * heads * head_size, generator=g)
-    expected = reference.attention(qkv, bias, heads, head_size, batch)
-    got = native.varlen_attention(qkv, bias, batch.cu_seqlens, heads, head_size, batch.max_seqlen)
-    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+    args = (batch.cu_seqlens, batch.max_seqlen, heads, head_size)
+    expected = reference.varlen_attention(qkv + bias, *args)
+    torch.testing.assert_close(native.varlen_attention(qkv + bias, *args), expected, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(native.varlen_attention(qkv, *args, qkv_bias=bias), expected, atol=2e-5, rtol=1e-5)
+    scaled = reference.varlen_attention(qkv + bias, *args, softmax_scale=0.3)
+    torch.testing.assert_close(native.varlen_attention(qkv + bias, *args, softmax_scale=0.3), scaled, atol=2e-5, rtol=1e-5)
 
 
-def test_varlen_attention_is_stable_for_large_scores(backends):
+def test_varlen_attention_is_stable_for_large_scores():
     """Scores in the thousands (peaked softmax) must not overflow the exp; the error against a float64
-    reference stays within twice that of fp32 SDPA (such softmaxes amplify fp32 rounding)."""
-    fast, reference = backends
+    computation stays within twice that of the fp32 reference (such softmaxes amplify fp32 rounding)."""
     batch = PackedBatch.from_lengths(torch.tensor([9, 40, 1]), "cpu")
     qkv = 30.0 * torch.randn(batch.num_tokens, 3 * 2 * 32, generator=torch.Generator().manual_seed(1))
-    bias = torch.zeros(3 * 2 * 32)
-    truth = reference.attention(qkv.double(), bias.double(), 2, 32, batch)
-    got = native.varlen_attention(qkv, bias, batch.cu_seqlens, 2, 32, batch.max_seqlen)
+    truth = torch.empty(batch.num_tokens, 64, dtype=torch.float64)
+    bounds = batch.cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):  # float64, one row at a time
+        q, k, v = qkv[start:end].double().view(end - start, 3, 2, 32).permute(1, 2, 0, 3)
+        probs = torch.softmax(q @ k.transpose(-1, -2) / 32**0.5, dim=-1)
+        truth[start:end] = (probs @ v).transpose(0, 1).reshape(end - start, 64)
+    got = native.varlen_attention(qkv, batch.cu_seqlens, batch.max_seqlen, 2, 32)
     assert torch.isfinite(got).all()
-    sdpa_error = (reference.attention(qkv, bias, 2, 32, batch).double() - truth).abs().max()
+    sdpa_error = (reference.varlen_attention(qkv, batch.cu_seqlens, batch.max_seqlen, 2, 32).double() - truth).abs().max()
     assert (got.double() - truth).abs().max() <= 2 * sdpa_error + 1e-5
 
 
 @pytest.mark.parametrize("tokens,width,hidden", [(1, 8, 32), (37, 40, 32), (300, 256, 768)])
-def test_bias_residual_layernorm_matches_torch(backends, tokens, width, hidden):
-    _, reference = backends
+def test_bias_residual_layernorm_matches_reference(tokens, width, hidden):
     g = torch.Generator().manual_seed(tokens)
     x, weight = torch.randn(tokens, width, generator=g), torch.randn(width, hidden, generator=g) / 8
     residual = torch.randn(tokens, hidden, generator=g)
     bias, norm_weight, norm_bias = (torch.randn(hidden, generator=g) for _ in range(3))
-    expected = reference.linear_residual_layernorm(x, weight, bias, residual, norm_weight, norm_bias)
-    eps, before = reference.weights.layer_norm_eps, residual.clone()
+    eps, before = 1e-12, residual.clone()
+    expected = reference.linear_residual_layernorm(x, weight, bias, residual, norm_weight, norm_bias, eps)
     got = native.bias_residual_layernorm_(torch.mm(x, weight), bias, residual, norm_weight, norm_bias, eps)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
     assert torch.equal(residual, before), "the residual must not be modified"
@@ -75,21 +81,21 @@ def test_bias_residual_layernorm_matches_torch(backends, tokens, width, hidden):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("tile_tokens", [1, 16, 10_000])
 @pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
-def test_encoder_layer_matches_torch_layer(backends, lengths, tile_tokens, threads):
+def test_encoder_layer_matches_reference(backends, lengths, tile_tokens, threads):
     """Every layer of the tiny model (2, 1, 3, 2 heads of 8; FFN 16, 40, 7, 24), tiles of one row to all rows."""
-    _, reference = backends
+    weights = backends[1].weights
     batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu")
     hidden = torch.randn(batch.num_tokens, 32, generator=torch.Generator().manual_seed(len(lengths)))
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for index, layer in enumerate(reference.weights.layers):
-            expected = reference.layer(index, hidden, batch)
-            got, means = native.encoder_layer(hidden, batch.cu_seqlens, batch.max_seqlen, layer,
-                                              reference.weights.layer_norm_eps, tile_tokens, row_mean=index % 2 == 1)
+        for index, layer in enumerate(weights.layers):
+            args = (hidden, batch.cu_seqlens, batch.max_seqlen, layer, weights.layer_norm_eps)
+            expected = reference.encoder_layer(*args)
+            got, means = native.encoder_layer(*args, tile_tokens=tile_tokens, row_mean=index % 2 == 1)
             torch.testing.assert_close(got, expected, atol=5e-5, rtol=1e-5)
             if index % 2 == 1:  # the per-tile row means equal the plain row mean of the output
-                torch.testing.assert_close(means, batch.row_mean(expected), atol=5e-5, rtol=1e-5)
+                torch.testing.assert_close(means, reference.segment_mean(expected, batch.cu_seqlens), atol=5e-5, rtol=1e-5)
             else:
                 assert means is None
     finally:
@@ -97,58 +103,53 @@ def test_encoder_layer_matches_torch_layer(backends, lengths, tile_tokens, threa
 
 
 @pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
-def test_embedding_layernorm_matches_torch(backends, lengths):
-    fast, reference = backends
+def test_embedding_layernorm_matches_reference(backends, lengths):
+    fast, plain = backends
     batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu")
     g = torch.Generator().manual_seed(len(lengths))
     input_ids = torch.randint(0, 97, (batch.num_tokens,), generator=g)
     token_type_ids = torch.randint(0, 2, (batch.num_tokens,), generator=g)
-    expected = reference.embed(input_ids, token_type_ids, batch)
+    expected = plain.embed(input_ids, token_type_ids, batch)
     torch.testing.assert_close(fast.embed(input_ids, token_type_ids, batch), expected, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
-def test_compaction_matches_torch(backends, lengths):
-    fast, reference = backends
+def test_compaction_matches_reference(lengths):
     batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu", row_ids=torch.arange(len(lengths)) + 10)
     hidden = torch.randn(batch.num_tokens, 32)
     for keep in (torch.arange(len(lengths)) % 2 == 0, torch.ones(len(lengths), dtype=torch.bool),
                  torch.zeros(len(lengths), dtype=torch.bool)):
-        got, got_batch = fast.compact(hidden, batch, keep)
-        want, want_batch = reference.compact(hidden, batch, keep)
-        assert torch.equal(got, want)
-        assert torch.equal(got_batch.cu_seqlens, want_batch.cu_seqlens)
-        assert torch.equal(got_batch.row_ids, want_batch.row_ids)
+        args = (hidden, batch.cu_seqlens, batch.row_ids, keep)
+        for got, want in zip(native.compact_tokens(*args), reference.compact_tokens(*args)):
+            assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("labels", [1, 2, 6])
-def test_entropy_below_matches_exit_entropy(labels):
-    from costeff_fast.modeling import exit_entropy
-
+def test_exit_decision_matches_reference(labels):
     logits = torch.randn(200, labels, generator=torch.Generator().manual_seed(labels)) * 3
     logits[0] = 80.0  # a uniform row with large logits: entropy ln(C) without overflow
     entropy = exit_entropy(logits)
     for tau in [0.0, *entropy.quantile(torch.tensor([0.2, 0.5, 0.9])).tolist(), float("inf")]:
         ok = (entropy - tau).abs() > TIE  # rows on the threshold may round either way
-        got = native.entropy_below(logits, tau)
-        assert torch.equal(got[ok], (entropy < tau)[ok])
+        got = native.exit_decision(logits, tau)
+        assert torch.equal(got[ok], reference.exit_decision(logits, tau)[ok])
     with pytest.raises(RuntimeError, match="entropy_below: logits"):
-        native.entropy_below(logits.double(), 0.5)
+        native.exit_decision(logits.double(), 0.5)
 
 
 @pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
-def test_exit_rows_matches_the_torch_steps(backends, lengths):
-    """Outputs written and survivors compacted exactly as the base backend's scatter + count + compact."""
-    fast, reference = backends
+def test_retire_matches_reference(backends, lengths):
+    """Outputs written and survivors compacted exactly as the reference's scatter + count + compact."""
+    fast, plain = backends
     rows = len(lengths)
     batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu", row_ids=torch.arange(rows) * 2 + 1)
     hidden, logits = torch.randn(batch.num_tokens, 32), torch.randn(rows, 3)
     for exits in (torch.arange(rows) % 2 == 1, torch.ones(rows, dtype=torch.bool),
                   torch.zeros(rows, dtype=torch.bool)):
         results = []
-        for backend in (fast, reference):
+        for backend in (fast, plain):
             logits_out, exit_layer = torch.zeros(2 * rows + 1, 3), torch.zeros(2 * rows + 1, dtype=torch.long)
-            kept, kept_batch = backend.exit_rows(logits_out, exit_layer, logits, exits, hidden, batch, 4)
+            kept, kept_batch = backend.retire(hidden, batch, logits, exits, logits_out, exit_layer, 4)
             results.append((logits_out, exit_layer, kept, kept_batch))
         (lo, el, kept, kb), (lo_ref, el_ref, kept_ref, kb_ref) = results
         assert torch.equal(lo, lo_ref) and torch.equal(el, el_ref) and torch.equal(kept, kept_ref)
@@ -158,32 +159,32 @@ def test_exit_rows_matches_the_torch_steps(backends, lengths):
         if not exits.any():  # nobody exits: the batch (and its cached layout) is kept as is
             assert kb is batch and kept is hidden
     with pytest.raises(RuntimeError, match="outside the"):
-        native.exit_rows(hidden, batch, logits, torch.ones(rows, dtype=torch.bool), torch.zeros(1, 3),
-                         torch.zeros(1, dtype=torch.long), 1)
+        native.retire(hidden, batch.cu_seqlens, batch.row_ids, logits, torch.ones(rows, dtype=torch.bool),
+                      torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), 1)
 
 
 @pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
-def test_segment_mean_matches_torch(lengths):
+def test_segment_mean_matches_reference(lengths):
     batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu")
     hidden = torch.randn(batch.num_tokens, 40, generator=torch.Generator().manual_seed(len(lengths)))
-    torch.testing.assert_close(native.segment_mean(hidden, batch.cu_seqlens), batch.row_mean(hidden),
+    torch.testing.assert_close(native.segment_mean(hidden, batch.cu_seqlens), reference.segment_mean(hidden, batch.cu_seqlens),
                                atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_engine_native_path_equals_torch_path(seed, pooling):
+def test_engine_native_backend_equals_torch_backend(seed, pooling):
     model = make_tiny_model(seed, weight_std=0.15, exit_pooling=pooling)
     batch = random_batch(seed, batch=20, vocab=97, max_len=40, pairs=True)
     entropies = reference_entropies(model, batch)
     tau = entropies.median(dim=0).values.tolist()
     ok = ~((entropies[:, :-1] - torch.tensor(tau[:-1])).abs() < TIE).any(dim=1)
     engine = CostEffInferenceModel(model, None)
-    assert engine.backend.native, "the default CPU backend must take the native path when it is built"
+    assert engine.backend.name == "native", "auto must pick the native backend on the CPU when it is built"
     inputs = engine.encode(batch)
     weights = engine.backend.weights
-    fast = run_early_exit(TorchBackend(weights, native=True), *inputs, tau)
-    plain = run_early_exit(TorchBackend(weights, native=False), *inputs, tau)
+    fast = run_early_exit(NativeBackend(weights), *inputs, tau)
+    plain = run_early_exit(TorchBackend(weights), *inputs, tau)
     assert len(set(plain[1].tolist())) >= 2 and ok.sum() >= 5
     assert torch.equal(fast[1][ok], plain[1][ok])
     torch.testing.assert_close(fast[0][ok], plain[0][ok], atol=1e-5, rtol=0)
@@ -193,15 +194,15 @@ def test_kernels_reject_bad_inputs():
     qkv, bias = torch.randn(4, 12), torch.zeros(12)
     cu = torch.tensor([0, 4])
     with pytest.raises(RuntimeError, match="float32"):
-        native.varlen_attention(qkv.double(), bias, cu, 2, 2, 4)
+        native.varlen_attention(qkv.double(), cu, 4, 2, 2)
     with pytest.raises(RuntimeError, match="3 \\* num_heads \\* head_size"):
-        native.varlen_attention(qkv, bias, cu, 3, 2, 4)
+        native.varlen_attention(qkv, cu, 4, 3, 2)
     with pytest.raises(RuntimeError, match="bias must have 12 values, got 6"):
-        native.varlen_attention(qkv, torch.zeros(6), cu, 2, 2, 4)
+        native.varlen_attention(qkv, cu, 4, 2, 2, qkv_bias=torch.zeros(6))
     with pytest.raises(RuntimeError, match="cu_seqlens must run from 0 to T"):
-        native.varlen_attention(qkv, bias, torch.tensor([0, 3]), 2, 2, 4)
+        native.varlen_attention(qkv, torch.tensor([0, 3]), 4, 2, 2)
     with pytest.raises(RuntimeError, match="row lengths"):
-        native.varlen_attention(qkv, bias, torch.tensor([0, 4, 4]), 2, 2, 4)
+        native.varlen_attention(qkv, torch.tensor([0, 4, 4]), 4, 2, 2)
     with pytest.raises(RuntimeError, match="residual"):
         native.bias_residual_layernorm_(torch.randn(2, 3), torch.zeros(3), torch.randn(3, 3), torch.ones(3),
                                         torch.zeros(3), 1e-5)
@@ -212,7 +213,7 @@ def test_kernels_reject_bad_inputs():
         native.embedding_layernorm(torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long),
                                    torch.tensor([0, 5]), *tables, 1e-5)
     with pytest.raises(RuntimeError, match="keep"):
-        native.compact_tokens(torch.randn(4, 3), cu, torch.ones(2, dtype=torch.bool))
+        native.compact_tokens(torch.randn(4, 3), cu, torch.arange(1), torch.ones(2, dtype=torch.bool))
 
 
 def test_failed_build_logs_one_warning_and_falls_back(monkeypatch, tmp_path, caplog):

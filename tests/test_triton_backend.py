@@ -22,12 +22,12 @@ pytest.importorskip("triton")
 from conftest import make_tiny_model, random_batch  # noqa: E402
 
 import costeff_fast.kernels.utils  # noqa: E402
-from costeff_fast.backends import BACKENDS, build_backend, resolve_backend_name  # noqa: E402
-from costeff_fast.backends.base import Backend  # noqa: E402
+from costeff_fast import exit_entropy, reference  # noqa: E402
+from costeff_fast.backends import BACKENDS, build_backend, select_backend  # noqa: E402
 from costeff_fast.backends.triton_backend import TritonBackend  # noqa: E402
-from costeff_fast.engine import PackedBatch, run_early_exit  # noqa: E402
+from costeff_fast.batch import PackedBatch  # noqa: E402
+from costeff_fast.engine import run_early_exit  # noqa: E402
 from costeff_fast.inference import CostEffInferenceModel  # noqa: E402
-from costeff_fast.modeling import exit_entropy  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -59,7 +59,7 @@ def test_engine_matches_reference_with_mixed_exits(seed, pairs, exit_pooling):
     backend = TritonBackend.from_model(model, dtype=torch.float32)
     logits, layers = run_early_exit(backend, *_packed(batch), tau)
     ref_logits, ref_layers, _ = model.early_exit_reference(**batch, entropy_threshold=tau)
-    ok = ~((entropies[:, :-1] - torch.tensor(tau[:-1])).abs() < TIE).any(dim=1)  # DESIGN.md: ties excluded
+    ok = ~((entropies[:, :-1] - torch.tensor(tau[:-1])).abs() < TIE).any(dim=1)  # ties excluded
     assert ok.sum() >= 20
     assert torch.equal(layers.cpu()[ok], ref_layers[ok])
     assert {1, 4} <= set(ref_layers[ok].tolist()), "thresholds should give early and full-depth exits"
@@ -71,7 +71,7 @@ def test_engine_matches_reference_with_mixed_exits(seed, pairs, exit_pooling):
 def test_engine_without_threshold_equals_full_forward():
     model = _model(2)
     batch = random_batch(2, batch=7, vocab=97)
-    logits, layers = run_early_exit(TritonBackend.from_model(model, dtype=torch.float32), *_packed(batch), None)
+    logits, layers = run_early_exit(TritonBackend.from_model(model, dtype=torch.float32), *_packed(batch), [0.0] * 4)
     with torch.no_grad():
         expected = model(**batch).exit_logits[-1]
     assert layers.tolist() == [4] * 7
@@ -90,30 +90,33 @@ def test_inference_model_runs_on_triton():
     torch.testing.assert_close(logits, ref_logits, atol=5e-2 if CUDA else 1e-4, rtol=0)
 
 
-def test_exit_mask_is_returned_on_the_host_and_compact_matches_base():
+def test_exit_mask_is_returned_on_the_host_and_retire_matches_reference():
     model = _model(4)
     batch = random_batch(4, batch=9, vocab=97)
     backend = TritonBackend.from_model(model, dtype=torch.float32)
     input_ids, token_type_ids, lengths = _packed(batch)
-    packed = PackedBatch.from_lengths(lengths, backend.device)
-    hidden = backend.layer(0, backend.embed(input_ids.to(DEVICE), token_type_ids.to(DEVICE), packed), packed)
+    packed = PackedBatch.from_lengths(lengths, backend.device, row_ids=torch.arange(9, device=DEVICE) * 2)
+    hidden, features = backend.layer(0, backend.embed(input_ids.to(DEVICE), token_type_ids.to(DEVICE), packed), packed)
     _, entropy, _ = costeff_fast.kernels.exit_head(hidden, packed.cls_index, backend.weights.exits[0].classifier_weight,
                                                    backend.weights.exits[0].classifier_bias)
-    _, exits = backend.exit_head(0, hidden, packed, float(entropy.median()))
+    logits, exits = backend.exit(0, hidden, packed, features, float(entropy.median()))
     assert exits.device.type == "cpu" and 0 < int(exits.sum()) < 9
-    new_hidden, new_batch = backend.compact(hidden, packed, ~exits)
-    base_hidden, base_batch = Backend.compact(backend, hidden, packed, (~exits).to(DEVICE))
-    assert torch.equal(new_hidden, base_hidden)
-    assert torch.equal(new_batch.cu_seqlens, base_batch.cu_seqlens)
-    assert torch.equal(new_batch.row_ids, base_batch.row_ids)
-    assert new_batch.lengths.device.type == "cpu" and torch.equal(new_batch.lengths, base_batch.lengths)
+    outputs = [(torch.zeros(18, 3, device=DEVICE), torch.zeros(18, dtype=torch.long, device=DEVICE)) for _ in range(2)]
+    new_hidden, new_batch = backend.retire(hidden, packed, logits, exits, *outputs[0], 1)
+    ref_hidden, ref_batch = reference.retire(hidden, packed, logits, exits.to(DEVICE), *outputs[1], 1)
+    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+    assert torch.equal(new_hidden, ref_hidden)
+    assert torch.equal(new_batch.cu_seqlens, ref_batch.cu_seqlens)
+    assert torch.equal(new_batch.row_ids, ref_batch.row_ids)
+    assert new_batch.lengths.device.type == "cpu" and torch.equal(new_batch.lengths, ref_batch.lengths)
 
 
 def test_backend_names():
-    assert "triton" in BACKENDS
-    assert resolve_backend_name("triton") == "triton"
-    assert resolve_backend_name("auto") == ("triton" if CUDA else "torch")
-    assert build_backend(_model(), "auto", device="cpu").name == "torch"
+    assert set(BACKENDS) == {"auto", "torch", "native", "triton"}
+    assert select_backend("triton")[0] == "triton"
+    if CUDA:
+        assert select_backend("auto")[0] == "triton"
+    assert build_backend(_model(), "auto", device="cpu").name in ("native", "torch")
 
 
 @pytest.mark.skipif(CUDA, reason="checks the CPU-only error")
@@ -137,7 +140,7 @@ def test_half_precision_engine_on_gpu(dtype):
         embedding_rank=128, vocab_size=1000, max_position_embeddings=128, exit_pooler=[False, False, False, True],
     )
     batch = random_batch(5, batch=32, vocab=1000, max_len=128)
-    logits, layers = run_early_exit(TritonBackend.from_model(model, dtype=dtype), *_packed(batch), None)
+    logits, layers = run_early_exit(TritonBackend.from_model(model, dtype=dtype), *_packed(batch), [0.0] * 4)
     with torch.no_grad():
         expected = model(**batch).exit_logits[-1]
     assert layers.tolist() == [4] * 32

@@ -1,30 +1,34 @@
-"""Backends that run the packed layers for the engine: ``torch`` (CPU and any torch device), ``triton`` (CUDA)."""
+"""The backend table: ``torch`` (reference path), ``native`` (csrc, CPU), ``triton`` (CUDA); ``auto`` picks one.
+
+:func:`select_backend` resolves a name and says why; :func:`build_backend` packs a model for it. The
+``triton`` backend module imports triton, an optional dependency, so it is imported only when chosen.
+"""
 
 from __future__ import annotations
 
-import torch
+import importlib.util
+import logging
 
-from ..modeling import CostEffForSequenceClassification
+import torch
+from torch import nn
+
+from .. import native
 from ..packing import PackedWeights
 from .base import Backend
+from .native_backend import NativeBackend
 from .torch_backend import TorchBackend
 
-BACKENDS = ("auto", "torch", "triton")
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "native", "triton")
 
 
-def _triton_gpu_available() -> bool:
-    """True when a CUDA GPU is visible and triton imports."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def select_backend(backend: str = "auto", device=None) -> tuple[str, str]:
+    """Resolve a backend name: ``(name, reason)``.
 
-
-def resolve_backend_name(backend: str) -> str:
-    """Map ``"auto"`` to ``"triton"`` on a CUDA machine with triton installed, else ``"torch"``; check the name.
+    ``auto``: ``triton`` on a CUDA device (or with no device given and a visible GPU) when triton is
+    installed; on the CPU ``native`` when the native kernels build (and ``COSTEFF_FAST_NATIVE=0`` is not set),
+    else ``torch``; ``torch`` on any other device. An explicit name is returned as given.
 
     Raises:
         ValueError: an unknown backend name.
@@ -32,31 +36,47 @@ def resolve_backend_name(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
-        return backend
-    return "triton" if _triton_gpu_available() else "torch"
+        return backend, "asked for"
+    target = torch.device(device) if device is not None else None
+    wants_cuda = target.type == "cuda" if target is not None else torch.cuda.is_available()
+    if wants_cuda:
+        if torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
+            return "triton", "CUDA GPU and triton found"
+        return "torch", "CUDA without triton installed (pip install costeff_fast[gpu])"
+    if target is not None and target.type != "cpu":
+        return "torch", f"device {target} has no dedicated kernels"
+    if native.available():
+        return "native", "CPU and the native kernels are built"
+    return "torch", f"CPU without native kernels (disabled by {native.DISABLE_ENV}=0 or build failed, see the log)"
 
 
-def build_backend(model: CostEffForSequenceClassification, backend: str = "auto", device=None) -> Backend:
-    """Pack ``model`` for ``backend`` and return the backend instance.
+def build_backend(model: nn.Module, backend: str = "auto", device=None) -> Backend:
+    """Pack ``model`` for ``backend`` and return the backend instance; logs which backend and why.
 
-    ``torch``: fp32 storage on ``device`` (default CPU). ``triton``: fp16 on CUDA (default ``cuda``), or fp32
-    on the CPU when ``TRITON_INTERPRET=1`` (see :class:`~costeff_fast.backends.triton_backend.TritonBackend`).
-    ``auto`` with an explicit non-CUDA ``device`` means ``torch``.
+    Storage: ``torch`` fp32 on ``device`` (default CPU); ``native`` fp32 on the CPU; ``triton`` fp16 on CUDA
+    (default ``cuda``), or fp32 on the CPU under ``TRITON_INTERPRET=1``.
+
+    Args:
+        model: a :class:`~costeff_fast.modeling.CostEffForSequenceClassification`.
+        backend: one of :data:`BACKENDS`.
+        device: torch device; None picks the backend's default.
 
     Raises:
-        ValueError: an unknown backend name.
-        RuntimeError: ``triton`` without CUDA and without ``TRITON_INTERPRET=1``.
+        ValueError: an unknown backend name, or ``native`` on a device other than the CPU.
+        RuntimeError: ``native`` without built kernels; ``triton`` without CUDA and without
+            ``TRITON_INTERPRET=1``.
     """
-    name = resolve_backend_name(backend)
-    if backend == "auto" and device is not None and torch.device(device).type != "cuda":
-        name = "torch"
+    name, reason = select_backend(backend, device)
+    logger.info("costeff_fast: backend %r (%s)", name, reason)
     if name == "triton":
-        from .triton_backend import TritonBackend  # imports triton only when asked for
+        from .triton_backend import TritonBackend  # imports triton, an optional dependency
 
         return TritonBackend.from_model(model, device)
     device = torch.device(device or "cpu")
+    if name == "native" and device.type != "cpu":
+        raise ValueError(f"backend='native' runs on the CPU, got device {device}; use backend='torch' or 'triton'")
     weights = PackedWeights.from_model(model, dtype=torch.float32, device=device)
-    return TorchBackend(weights, device)
+    return NativeBackend(weights, device) if name == "native" else TorchBackend(weights, device)
 
 
-__all__ = ["BACKENDS", "Backend", "TorchBackend", "build_backend", "resolve_backend_name"]
+__all__ = ["BACKENDS", "Backend", "NativeBackend", "TorchBackend", "build_backend", "select_backend"]

@@ -1,136 +1,111 @@
-"""The small interface the engine drives; plain torch implementations of the steps every backend shares.
+"""The backend interface the engine drives: four operations on packed tokens, one signature each.
 
-A backend holds :class:`~costeff_fast.packing.PackedWeights` on its device and implements five steps on
-packed tokens ``hidden [T, H]`` laid out by a :class:`~costeff_fast.engine.PackedBatch`: ``embed``,
-``layer``, ``exit_head``, ``scatter_exits`` and ``compact``. Only ``layer`` has no default here;
-``layer_and_exit_features`` lets a backend hand the exit its input from the layer's own pass, and
-``exit_rows`` (scatter, count, compact) lets it do a layer's exit bookkeeping in one step.
+A backend holds :class:`~costeff_fast.packing.PackedWeights` on its device and runs, on packed tokens
+``hidden [T, H]`` laid out by a :class:`~costeff_fast.batch.PackedBatch`:
+
+1. :meth:`Backend.embed` -- token ids to ``hidden``;
+2. :meth:`Backend.layer` -- one encoder layer, plus the exit's input when the layer gets it for free;
+3. :meth:`Backend.exit` -- one exit: logits on the device and the exit mask on the host (the layer's one
+   device-to-host wait);
+4. :meth:`Backend.retire` -- write the exited rows' outputs and compact the survivors.
+
+Both engine loops (:mod:`costeff_fast.engine`) call exactly these, the same way. Every implementation is
+checked against :mod:`costeff_fast.reference`, which the ``torch`` backend runs as it is.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from abc import ABC, abstractmethod
 
-from ..engine import PackedBatch
-from ..modeling import exit_entropy
+import torch
+
+from ..batch import PackedBatch
 from ..packing import PackedWeights
 
 
-class Backend:
-    """Base backend: torch implementations of embedding, exit head, output scatter and compaction.
+class Backend(ABC):
+    """One way to run the engine's four operations (see the module docstring).
 
     Args:
         weights: packed weights, already on ``device`` in the backend's storage dtype.
         device: where the weights live and the work runs.
+
+    Attributes:
+        name: the backend's name in ``from_pretrained(..., backend=name)``.
+        num_layers, num_labels: L and C of the packed model.
     """
 
-    name = "base"
+    name: str = "abstract"
 
-    def __init__(self, weights: PackedWeights, device: torch.device | str = "cpu"):
+    def __init__(self, weights: PackedWeights, device: torch.device | str):
         self.weights = weights
         self.device = torch.device(device)
         self.num_layers = len(weights.layers)
         self.num_labels = weights.exits[0].classifier_weight.shape[1]
 
+    @abstractmethod
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        """Word + position + token-type embeddings, then LayerNorm: ``[T]`` ids -> ``[T, H]``."""
-        w = self.weights
-        hidden = w.word_embeddings[input_ids]
-        hidden += w.position_embeddings[batch.position_ids]
-        hidden += w.token_type_embeddings[token_type_ids]
-        return F.layer_norm(
-            hidden, hidden.shape[-1:], w.embedding_norm_weight, w.embedding_norm_bias, w.layer_norm_eps
-        )
+        """Word + position + token-type embeddings, then LayerNorm: ``[T]`` int64 ids -> ``hidden [T, H]``."""
 
-    def layer(self, index: int, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        """Encoder layer ``index`` (0-based) on packed tokens: ``[T, H]`` -> ``[T, H]``."""
-        raise NotImplementedError
-
-    def layer_and_exit_features(
+    @abstractmethod
+    def layer(
         self, index: int, hidden: torch.Tensor, batch: PackedBatch
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Layer ``index`` and, when the backend gets it for free in the same pass, what exit ``index`` reads.
+        """Encoder layer ``index`` (0-based): ``hidden [T, H]`` -> ``(hidden [T, H], features)``.
 
-        Returns:
-            ``(hidden [T, H], features [B, H] or None)``; None lets :meth:`exit_head` compute the features.
+        ``features`` is what exit ``index`` reads (``[B, H]``) when the backend computes it in the layer's own
+        pass (the native tiled layer's row means), else None.
         """
-        return self.layer(index, hidden, batch), None
 
-    def exit_logits(self, index: int, features: torch.Tensor) -> torch.Tensor:
-        """Exit ``index`` on its per-row features (see :meth:`exit_features`): ``[B, H]`` -> fp32 logits ``[B, C]``."""
-        head = self.weights.exits[index]
-        if head.pooler_weight is not None:
-            features = torch.addmm(head.pooler_bias, features, head.pooler_weight)
-        return torch.addmm(head.classifier_bias, torch.tanh(features), head.classifier_weight).float()
-
-    def exit_features(self, index: int, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        """What exit ``index`` reads: each row's [CLS] vector or its token mean, ``[B, H]``."""
-        if self.weights.exits[index].pooling == "mean":
-            return batch.row_mean(hidden)
-        return hidden[batch.cls_index]
-
-    def exit_head(
-        self, index: int, hidden: torch.Tensor, batch: PackedBatch, entropy_threshold: float | None,
-        features: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``[B, C]`` fp32 of exit ``index`` and the exit mask ``[B]`` bool (entropy < tau, nats).
-
-        ``features``: the exit's input ``[B, H]`` if already computed (:meth:`layer_and_exit_features`).
-        """
-        if features is None:
-            features = self.exit_features(index, hidden, batch)
-        logits = self.exit_logits(index, features)
-        if entropy_threshold is None:
-            return logits, torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
-        return logits, self.exit_decision(logits, entropy_threshold)
-
-    def exit_decision(self, logits: torch.Tensor, entropy_threshold: float) -> torch.Tensor:
-        """``[B]`` bool: softmax entropy of ``logits [B, C]`` (nats) below ``entropy_threshold``."""
-        return exit_entropy(logits) < entropy_threshold
-
-    def scatter_exits(
+    @abstractmethod
+    def exit(
         self,
-        logits_out: torch.Tensor,
-        exit_layer: torch.Tensor,
-        logits: torch.Tensor,
-        exits: torch.Tensor,
-        row_ids: torch.Tensor,
-        layer: int,
-    ) -> None:
-        """Write the exited rows' logits and their 1-based ``layer`` into the outputs at ``row_ids``."""
-        rows = row_ids[exits]
-        logits_out[rows] = logits[exits]
-        exit_layer[rows] = layer
-
-    def exit_rows(
-        self,
-        logits_out: torch.Tensor,
-        exit_layer: torch.Tensor,
-        logits: torch.Tensor,
-        exits: torch.Tensor,
+        index: int,
         hidden: torch.Tensor,
         batch: PackedBatch,
+        features: torch.Tensor | None,
+        entropy_threshold: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exit ``index``: ``logits [B, C]`` fp32 on the device and the exit mask ``[B]`` bool **on the host**.
+
+        A row exits when its softmax entropy (nats) is strictly below ``entropy_threshold``; at ``<= 0`` no
+        row can, and the mask is all False without a device wait. ``features`` as :meth:`layer` returned it.
+        """
+
+    @abstractmethod
+    def retire(
+        self,
+        hidden: torch.Tensor,
+        batch: PackedBatch,
+        logits: torch.Tensor,
+        exits: torch.Tensor,
+        logits_out: torch.Tensor,
+        exit_layer: torch.Tensor,
         layer: int,
     ) -> tuple[torch.Tensor, PackedBatch]:
-        """After exit ``layer`` (1-based): write the exited rows' outputs, then keep only the survivors.
+        """After exit ``layer`` (1-based): write ``logits[exits]`` and ``layer`` into ``logits_out [N, C]`` and
+        ``exit_layer [N]`` at the exited rows' ``batch.row_ids``, and keep only the survivors.
 
         Returns:
-            ``(hidden [T', H], batch)`` of the surviving rows (``batch.num_rows == 0`` when none is left;
-            the inputs themselves when none exited). Counting the survivors is the layer's one host sync.
+            ``(hidden [T', H], batch)`` of the survivors: the inputs themselves when no row exited,
+            ``batch.num_rows == 0`` when none is left (:func:`costeff_fast.reference.retire`).
         """
-        self.scatter_exits(logits_out, exit_layer, logits, exits, batch.row_ids, layer)
-        keep = ~exits
-        survivors = int(keep.sum())
-        if survivors == batch.num_rows:
-            return hidden, batch
-        if survivors == 0:
-            return hidden[:0], batch.keep(keep)
-        return self.compact(hidden, batch, keep)
 
-    def compact(
-        self, hidden: torch.Tensor, batch: PackedBatch, keep: torch.Tensor
-    ) -> tuple[torch.Tensor, PackedBatch]:
-        """Keep the token spans of the rows where ``keep [B]`` is True: new ``hidden [T', H]`` and batch."""
-        token_keep = keep[batch.token_row]
-        return hidden[token_keep], batch.keep(keep)
+    def exit_source(
+        self, index: int, hidden: torch.Tensor, batch: PackedBatch, features: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What exit ``index`` reads as ``(source, rows)``: it reads ``source[rows]`` (``[B, H]``).
+
+        [CLS] pooling reads ``hidden`` at ``batch.cls_index``; mean pooling reads the row means (``features``
+        when the layer gave them, else computed here) at ``arange(B)``.
+        """
+        if features is None and self.weights.exits[index].pooling == "cls":
+            return hidden, batch.cls_index
+        if features is None:
+            features = batch.row_mean(hidden)
+        return features, torch.arange(batch.num_rows, device=features.device)
+
+
+def no_exits(batch: PackedBatch) -> torch.Tensor:
+    """The all-False host exit mask ``[B]`` of a layer where no row can exit."""
+    return torch.zeros(batch.num_rows, dtype=torch.bool)

@@ -2,23 +2,24 @@
 
 A layer is five launches on packed tokens (no padding anywhere): QKV GEMM + bias, varlen attention,
 ``W_O`` GEMM + bias + residual + LayerNorm, ``W_1`` GEMM + bias + GELU, ``W_2`` GEMM + bias + residual +
-LayerNorm; the exit head is one more, compaction two. The embedding stays the base class's torch gather.
-Storage is fp16 (or bf16) on CUDA with fp32 accumulation; under the Triton interpreter
-(``TRITON_INTERPRET=1``) the same kernels run on the CPU in fp32 (DESIGN.md, Backends).
+LayerNorm; the exit head is one more, retiring three (scatter, compaction plan, span copy). The embedding
+is the reference's torch gather. Storage is fp16 (or bf16) on CUDA with fp32 accumulation; under the Triton
+interpreter (``TRITON_INTERPRET=1``) the same kernels run on the CPU in fp32 (docs/design.md, Backends).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .. import kernels
-from ..engine import PackedBatch
+from torch import nn
+
+from .. import kernels, reference
+from ..batch import PackedBatch
 from ..kernels.attention import HEAD_SIZES
 from ..kernels.ffn import MAX_LAYERNORM_WIDTH
 from ..kernels.utils import FLOAT_DTYPES, interpreting
-from ..modeling import CostEffForSequenceClassification
 from ..packing import PackedWeights
-from .base import Backend
+from .base import Backend, no_exits
 
 
 def _check_device(device: torch.device) -> None:
@@ -34,10 +35,10 @@ def _check_device(device: torch.device) -> None:
 class TritonBackend(Backend):
     """Runs the engine's steps with the kernels of :mod:`costeff_fast.kernels`.
 
-    Synchronization: :meth:`exit_head` returns the exit mask **on the host**. Copying it there is the
-    layer's one device-to-host wait; the engine counts the survivors on that copy, :meth:`scatter_exits`
-    and :meth:`compact` send it back asynchronously, and :meth:`compact` sizes the new batch from it and
-    the row lengths the :class:`~costeff_fast.engine.PackedBatch` keeps on the CPU, without waiting again.
+    Synchronization: :meth:`exit` returns the exit mask **on the host**. Copying it there is the layer's one
+    device-to-host wait; :meth:`retire` counts the survivors on that copy, sends it back asynchronously and
+    sizes the new batch from it and the row lengths the :class:`~costeff_fast.batch.PackedBatch` keeps on
+    the CPU, without waiting again.
 
     Args:
         weights: packed weights on ``device`` in one float dtype (fp16/bf16 on CUDA, fp32 for the
@@ -71,12 +72,12 @@ class TritonBackend(Backend):
 
     @classmethod
     def from_model(
-        cls, model: CostEffForSequenceClassification, device=None, dtype: torch.dtype | None = None
+        cls, model: nn.Module, device=None, dtype: torch.dtype | None = None
     ) -> "TritonBackend":
         """Pack ``model`` for the kernels.
 
         Args:
-            model: the reference model (any device and dtype).
+            model: a :class:`~costeff_fast.modeling.CostEffForSequenceClassification` (any device and dtype).
             device: default ``cuda`` when available, else the CPU (which needs ``TRITON_INTERPRET=1``).
             dtype: storage dtype; default fp16 on CUDA, fp32 elsewhere (the interpreter).
 
@@ -89,7 +90,15 @@ class TritonBackend(Backend):
         _check_device(device)  # before packing the weights
         return cls(PackedWeights.from_model(model, dtype=dtype, device=device), device)
 
-    def layer(self, index: int, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        w = self.weights
+        hidden = reference.embedding_layernorm(
+            input_ids, token_type_ids, batch.cu_seqlens, w.word_embeddings, w.position_embeddings,
+            w.token_type_embeddings, w.embedding_norm_weight, w.embedding_norm_bias, w.layer_norm_eps,
+        )
+        return hidden.to(w.word_embeddings.dtype)
+
+    def layer(self, index: int, hidden: torch.Tensor, batch: PackedBatch) -> tuple[torch.Tensor, None]:
         w = self.weights.layers[index]
         eps = self.weights.layer_norm_eps
         qkv = kernels.linear(hidden, w.qkv_weight, w.qkv_bias)
@@ -99,47 +108,42 @@ class TritonBackend(Backend):
             w.attention_norm_weight, w.attention_norm_bias, eps,
         )
         inter = kernels.linear(hidden, w.intermediate_weight, w.intermediate_bias, gelu=True)
-        return kernels.linear_residual_layernorm(
+        out = kernels.linear_residual_layernorm(
             inter, w.output_weight, w.output_bias, hidden, w.output_norm_weight, w.output_norm_bias, eps
         )
+        return out, None
 
-    def exit_head(
-        self, index: int, hidden: torch.Tensor, batch: PackedBatch, entropy_threshold: float | None,
-        features: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``[B, C]`` fp32 on the device and the exit mask ``[B]`` bool **on the host** (one wait).
-
-        ``features`` is unused: this backend's layers return none (the exit kernel reads ``hidden``).
-        """
+    def exit(self, index, hidden, batch, features, entropy_threshold: float):
+        """Logits ``[B, C]`` fp32 on the device (one kernel) and the exit mask on the host (one wait)."""
         head = self.weights.exits[index]
-        rows = batch.cls_index
-        if head.pooling == "mean":  # the kernel then reads row b of the [B, H] token means
-            hidden = batch.row_mean(hidden)
-            rows = torch.arange(batch.num_rows, device=hidden.device)
+        source, rows = self.exit_source(index, hidden, batch, features)
+        tau = entropy_threshold if entropy_threshold > 0 else None
         logits, _, exits = kernels.exit_head(
-            hidden, rows, head.classifier_weight, head.classifier_bias,
-            head.pooler_weight, head.pooler_bias, entropy_threshold,
+            source, rows, head.classifier_weight, head.classifier_bias, head.pooler_weight, head.pooler_bias, tau
         )
-        if entropy_threshold is None:  # nobody exits: no copy, no wait
-            return logits, torch.zeros(batch.num_rows, dtype=torch.bool)
+        if tau is None:  # nobody can exit: no copy, no wait
+            return logits, no_exits(batch)
         if exits.device.type == "cpu":
             return logits, exits
         host = torch.empty(batch.num_rows, dtype=torch.bool, pin_memory=True)
         host.copy_(exits)  # blocking: the layer's one device-to-host wait
         return logits, host
 
-    def scatter_exits(self, logits_out, exit_layer, logits, exits, row_ids, layer: int) -> None:
-        """Write exited rows' logits and ``layer`` at ``row_ids`` (``exits`` may be on the host)."""
-        kernels.scatter_exits(logits_out, exit_layer, logits, exits.to(self.device, non_blocking=True), row_ids, layer)
-
-    def compact(
-        self, hidden: torch.Tensor, batch: PackedBatch, keep: torch.Tensor
-    ) -> tuple[torch.Tensor, PackedBatch]:
-        """Keep the rows where ``keep [B]`` is True; a host mask (as :meth:`exit_head` returns) costs no wait."""
-        keep_host = keep.cpu()
+    def retire(self, hidden, batch, logits, exits, logits_out, exit_layer, layer: int):
+        """Scatter and compaction kernels; ``exits`` on the host (as :meth:`exit` returns it) costs no wait."""
+        exits_host = exits.cpu()
+        keep_host = ~exits_host
+        survivors = int(keep_host.sum())
+        if survivors == batch.num_rows:
+            return hidden, batch
+        kernels.scatter_exits(
+            logits_out, exit_layer, logits, exits_host.to(self.device, non_blocking=True), batch.row_ids, layer
+        )
+        if survivors == 0:
+            return hidden[:0], batch.keep(keep_host)
         lengths = batch.lengths[keep_host]
         new_hidden, cu_seqlens, row_ids = kernels.compact_tokens(
-            hidden, batch.cu_seqlens, batch.row_ids, keep.to(self.device, non_blocking=True),
-            num_rows=len(lengths), num_tokens=int(lengths.sum()), max_seqlen=int(lengths.max()) if len(lengths) else 0,
+            hidden, batch.cu_seqlens, batch.row_ids, keep_host.to(self.device, non_blocking=True),
+            num_rows=survivors, num_tokens=int(lengths.sum()), max_seqlen=int(lengths.max()),
         )
         return new_hidden, PackedBatch(cu_seqlens=cu_seqlens, lengths=lengths, row_ids=row_ids)

@@ -1,4 +1,7 @@
-"""Fused Triton kernels of the ``triton`` backend: one kernel family per module, each with its PyTorch reference.
+"""Fused Triton kernels of the ``triton`` backend: one kernel family per module.
+
+Each launcher takes the arguments of its plain-PyTorch reference in :mod:`costeff_fast.reference` in the same
+order, and the tests compare the two. The kernels import nothing from the rest of the package (leaves).
 
 Importing this package imports triton and defines the kernels; set ``TRITON_INTERPRET=1`` before the first
 import to run them on the CPU through the Triton interpreter (tiny fp32 shapes, for tests). See README.md.

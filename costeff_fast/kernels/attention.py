@@ -63,11 +63,16 @@ def _varlen_attention_kernel(qkv_ptr, cu_seqlens_ptr, out_ptr, stride_qkv, strid
 
 
 def varlen_attention(
-    qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, num_heads: int, head_size: int
+    qkv: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    num_heads: int,
+    head_size: int,
+    softmax_scale: float | None = None,
 ) -> torch.Tensor:
     """Bidirectional multi-head attention of every packed row over its own tokens.
 
-    ``softmax(Q K^T / sqrt(d)) V`` per row and head, softmax statistics in fp32.
+    ``softmax(Q K^T * softmax_scale) V`` per row and head, softmax statistics in fp32.
 
     Args:
         qkv: ``[T, 3 * num_heads * head_size]`` fp32/fp16/bf16, columns ``Q | K | V`` (each head-major),
@@ -77,6 +82,7 @@ def varlen_attention(
         max_seqlen: the longest row (tokens), known on the host; sizes the launch grid.
         num_heads: ``h >= 1``.
         head_size: ``d``, one of :data:`HEAD_SIZES`.
+        softmax_scale: default ``1 / sqrt(head_size)``.
 
     Returns:
         context ``[T, num_heads * head_size]`` in ``qkv``'s dtype, heads side by side (the input layout of
@@ -107,23 +113,10 @@ def varlen_attention(
     else:  # spill-free for sm_80 and sm_90 (ptxas register report of the compiled kernel)
         block_m, block_n = (64, 64) if head_size <= 64 else (64, 32)
         warps, stages = 8, 2
+    scale = 1.0 / math.sqrt(head_size) if softmax_scale is None else float(softmax_scale)
     grid = (triton.cdiv(max_seqlen, block_m), num_rows * num_heads)
     _varlen_attention_kernel[grid](
-        qkv, cu_seqlens, out, qkv.stride(0), out.stride(0), num_heads, math.log2(math.e) / math.sqrt(head_size),
+        qkv, cu_seqlens, out, qkv.stride(0), out.stride(0), num_heads, math.log2(math.e) * scale,
         HEAD_SIZE=head_size, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
     )
-    return out
-
-
-def varlen_attention_reference(
-    qkv: torch.Tensor, cu_seqlens: torch.Tensor, num_heads: int, head_size: int
-) -> torch.Tensor:
-    """Plain PyTorch :func:`varlen_attention`, one row at a time in fp32 -> fp32 ``[T, h * d]``."""
-    width = num_heads * head_size
-    out = qkv.new_empty(qkv.shape[0], width, dtype=torch.float32)
-    bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        q, k, v = qkv[start:end].float().view(end - start, 3, num_heads, head_size).permute(1, 2, 0, 3)
-        probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(head_size), dim=-1)
-        out[start:end] = (probs @ v).transpose(0, 1).reshape(end - start, width)
     return out

@@ -1,6 +1,6 @@
 """Batch compaction after an exit: scatter the exited rows' answers, gather the survivors' token spans.
 
-Two steps of the engine loop (DESIGN.md, Engine, steps 3 and 4) on the device:
+Two steps of the engine loop (docs/design.md, Engine, steps 3 and 4) on the device:
 
 * :func:`scatter_exits` writes the logits and the 1-based exit layer of every exited row into the
   caller-ordered outputs at ``row_ids``;
@@ -188,17 +188,3 @@ def compact_tokens(
             BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4,
         )
     return new_hidden, new_cu_seqlens, new_row_ids
-
-
-def scatter_exits_reference(logits_out, exit_layer, logits, exits, row_ids, layer: int) -> None:
-    """Plain PyTorch :func:`scatter_exits` (in place)."""
-    logits_out[row_ids[exits]] = logits[exits]
-    exit_layer[row_ids[exits]] = layer
-
-
-def compact_tokens_reference(hidden, cu_seqlens, row_ids, keep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Plain PyTorch :func:`compact_tokens`: ``hidden [T', H]``, ``cu_seqlens [B' + 1]``, ``row_ids [B']``."""
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    new_cu_seqlens = torch.zeros(int(keep.sum()) + 1, dtype=cu_seqlens.dtype, device=cu_seqlens.device)
-    torch.cumsum(lengths[keep], 0, out=new_cu_seqlens[1:])
-    return hidden[torch.repeat_interleave(keep, lengths)], new_cu_seqlens, row_ids[keep]

@@ -1,7 +1,7 @@
 """Exit head in one kernel: gather CLS rows, optional pooler, tanh, classifier, softmax entropy, threshold.
 
 COST-EFF's exit l is ``Linear(H, C)(tanh(hidden_l[CLS]))``; a converted HF classifier's last exit has a
-BERT pooler first, ``Linear(H, C)(tanh(dense(hidden_l[CLS])))`` (DESIGN.md, Terms). One program owns a
+BERT pooler first, ``Linear(H, C)(tanh(dense(hidden_l[CLS])))`` (docs/design.md, Terms). One program owns a
 block of rows: it walks the hidden (or pooler output) columns block by block, applies tanh and
 accumulates the classifier product, so the pooled vector never leaves registers; then it computes the
 fp32 softmax entropy in nats and compares it with the layer's threshold tau.
@@ -13,7 +13,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..modeling import exit_entropy
 from .utils import check_matrix, check_vector, interpreting, reduce_max, reduce_sum
 
 
@@ -132,16 +131,4 @@ def exit_head(
         HAS_POOLER=has_pooler, HAS_TAU=entropy_threshold is not None,
         BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_h, BLOCK_C=block_c, num_warps=4, num_stages=1,
     )
-    return logits, entropy, exits
-
-
-def exit_head_reference(hidden, cls_index, classifier_weight, classifier_bias, pooler_weight=None, pooler_bias=None,
-                        entropy_threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Plain PyTorch :func:`exit_head` in fp32: ``logits [B, C]``, ``entropy [B]`` (nats), ``exits [B]`` bool."""
-    x = hidden[cls_index].float()
-    if pooler_weight is not None:
-        x = torch.addmm(pooler_bias.float(), x, pooler_weight.float())
-    logits = torch.addmm(classifier_bias.float(), torch.tanh(x), classifier_weight.float())
-    entropy = exit_entropy(logits)
-    exits = torch.zeros_like(entropy, dtype=torch.bool) if entropy_threshold is None else entropy < entropy_threshold
     return logits, entropy, exits

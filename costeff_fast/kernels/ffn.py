@@ -1,6 +1,6 @@
 """Fused linear layers of an encoder layer: GEMM + bias (+ exact GELU), and GEMM + bias + residual + LayerNorm.
 
-Every linear layer of a post-LN BERT layer is one of these two kernels (DESIGN.md, Backends):
+Every linear layer of a post-LN BERT layer is one of these two kernels (docs/design.md, Backends):
 
 * :func:`linear` -- ``y = x @ W + b``, optionally followed by exact (erf) GELU: the fused QKV projection
   and the first FFN matrix ``W_1``.
@@ -9,13 +9,12 @@ Every linear layer of a post-LN BERT layer is one of these two kernels (DESIGN.m
   tile spans all ``N = hidden_size`` columns (``BLOCK_N = next_power_of_2(N)``, ``N <= 1024``).
 
 Weights are input-major ``[K, N]`` (:mod:`costeff_fast.packing`); accumulation is fp32 whatever the storage
-dtype. Each launcher has a plain PyTorch reference (``*_reference``) that the tests compare it with.
+dtype. Each launcher has a plain PyTorch reference of the same name in :mod:`costeff_fast.reference`.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -173,15 +172,3 @@ def linear_residual_layernorm(
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=_block_k(K, block_n), num_warps=warps, num_stages=stages,
     )
     return out
-
-
-def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-    """Plain PyTorch :func:`linear` in fp32: ``[M, K] @ [K, N] + [N]`` (+ exact GELU) -> fp32 ``[M, N]``."""
-    out = torch.addmm(bias.float(), x.float(), weight.float())
-    return F.gelu(out) if gelu else out
-
-
-def linear_residual_layernorm_reference(x, weight, bias, residual, norm_weight, norm_bias, eps: float) -> torch.Tensor:
-    """Plain PyTorch :func:`linear_residual_layernorm` in fp32 -> fp32 ``[M, N]``."""
-    out = torch.addmm(bias.float(), x.float(), weight.float()) + residual.float()
-    return F.layer_norm(out, out.shape[-1:], norm_weight.float(), norm_bias.float(), eps)

@@ -1,0 +1,111 @@
+"""The packed, padding-free batch layout every layer of the engine works on (flash-attention's varlen layout).
+
+The ``B`` active rows' ``T`` real tokens sit one after the other in a ``[T, H]`` buffer; ``cu_seqlens [B + 1]``
+marks where each row starts (Dao et al., flash-attention, varlen interface), ``row_ids [B]`` where each row
+belongs in the caller's output. Nothing here knows about weights, layers or backends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+
+@dataclass
+class PackedBatch:
+    """Layout of the active rows' tokens in a packed ``[T, H]`` buffer.
+
+    Attributes:
+        cu_seqlens: ``[B + 1]`` int64 prefix sums of the row lengths on the work device, ``cu_seqlens[0] = 0``.
+        lengths: ``[B]`` int64 row lengths (tokens) on the host, so sizes are known without a device wait.
+        row_ids: ``[B]`` int64 positions of the active rows in the caller's output, on the work device.
+    """
+
+    cu_seqlens: torch.Tensor
+    lengths: torch.Tensor
+    row_ids: torch.Tensor
+
+    @classmethod
+    def from_lengths(cls, lengths: torch.Tensor, device, row_ids: torch.Tensor | None = None) -> "PackedBatch":
+        """Build a batch from ``lengths [B]`` (int64, any device; kept on the host); ``row_ids`` default
+        ``arange(B)``."""
+        lengths = lengths.to(torch.long).cpu()
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.long)
+        torch.cumsum(lengths, 0, out=cu[1:])
+        if row_ids is None:
+            row_ids = torch.arange(len(lengths), device=device)
+        return cls(cu_seqlens=cu.to(device), lengths=lengths, row_ids=row_ids)
+
+    @property
+    def device(self) -> torch.device:
+        """The work device (where ``cu_seqlens`` and ``row_ids`` live)."""
+        return self.cu_seqlens.device
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.lengths)
+
+    @cached_property
+    def num_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    @cached_property
+    def max_seqlen(self) -> int:
+        """The longest row in tokens (0 for an empty batch)."""
+        return int(self.lengths.max()) if len(self.lengths) else 0
+
+    @cached_property
+    def cls_index(self) -> torch.Tensor:
+        """``[B]`` int64 index of each row's first ([CLS]) token in the packed buffer."""
+        return self.cu_seqlens[:-1]
+
+    @cached_property
+    def token_row(self) -> torch.Tensor:
+        """``[T]`` int64 row of every packed token."""
+        return torch.repeat_interleave(torch.arange(self.num_rows, device=self.device), self.lengths.to(self.device))
+
+    @cached_property
+    def position_ids(self) -> torch.Tensor:
+        """``[T]`` int64 position of every packed token inside its row (0 = [CLS])."""
+        return torch.arange(self.num_tokens, device=self.device) - self.cu_seqlens[self.token_row]
+
+    @cached_property
+    def padded_index(self) -> torch.Tensor:
+        """``[T]`` int64 index of every packed token in a padded ``[B * max_seqlen]`` layout."""
+        return self.token_row * self.max_seqlen + self.position_ids
+
+    @cached_property
+    def key_padding_mask(self) -> torch.Tensor:
+        """``[B, max_seqlen]`` bool, True where the padded layout holds a real token."""
+        positions = torch.arange(self.max_seqlen, device=self.device)
+        return positions[None, :] < self.lengths.to(self.device)[:, None]
+
+    def row_mean(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Mean of each row's token vectors: packed ``[T, H]`` -> ``[B, H]`` (same dtype)."""
+        sums = hidden.new_zeros(self.num_rows, hidden.shape[1]).index_add_(0, self.token_row, hidden)
+        return sums / self.lengths.to(device=hidden.device, dtype=hidden.dtype)[:, None]
+
+    def keep(self, keep: torch.Tensor) -> "PackedBatch":
+        """The batch of the rows where ``keep [B]`` (bool, any device) is True, in the same order."""
+        keep_host = keep.cpu()
+        return PackedBatch.from_lengths(self.lengths[keep_host], self.device, self.row_ids[keep.to(self.device)])
+
+    def with_row_ids(self, row_ids: torch.Tensor) -> "PackedBatch":
+        """The same layout with other ``row_ids [B]`` (e.g. positions in a per-call output buffer)."""
+        if len(row_ids) != self.num_rows:
+            raise ValueError(f"row_ids must have {self.num_rows} entries, got {len(row_ids)}")
+        return PackedBatch(cu_seqlens=self.cu_seqlens, lengths=self.lengths, row_ids=row_ids)
+
+    @classmethod
+    def concat(cls, batches: list["PackedBatch"]) -> "PackedBatch":
+        """The rows of ``batches`` one after the other (their hidden buffers concatenate in the same order)."""
+        lengths = torch.cat([b.lengths for b in batches])
+        return cls.from_lengths(lengths, batches[0].device, torch.cat([b.row_ids for b in batches]))
+
+    def split(self, num_rows: int) -> tuple["PackedBatch", "PackedBatch", int]:
+        """The first ``num_rows`` rows, the rest, and the number of tokens of the first part."""
+        head, tail = self.lengths[:num_rows], self.lengths[num_rows:]
+        first = PackedBatch.from_lengths(head, self.device, self.row_ids[:num_rows])
+        return first, PackedBatch.from_lengths(tail, self.device, self.row_ids[num_rows:]), int(head.sum())

@@ -1,0 +1,323 @@
+"""The plain-PyTorch math of every engine operation: the one reference each fast path is checked against.
+
+Every function computes in fp32 (inputs of any float dtype are upcast; fp32 inputs are used as they are) and
+returns fp32. Each has the signature of its fast counterparts in :mod:`costeff_fast.native` (C++ CPU kernels)
+and :mod:`costeff_fast.kernels` (Triton), so a test calls both with the same arguments. The ``torch`` backend
+runs the engine with these functions, and :mod:`costeff_fast.modeling` takes its exit math from here.
+
+Operations (COST-EFF, Shen et al., EMNLP 2022, arXiv 2210.15523, Sec. 3; BERT's post-LN layer as in
+``transformers.models.bert.modeling_bert``), on packed tokens laid out by ``cu_seqlens``
+(:class:`~costeff_fast.batch.PackedBatch`):
+
+* embedding: :func:`embedding_layernorm`;
+* encoder layer: :func:`linear`, :func:`varlen_attention`, :func:`linear_residual_layernorm`,
+  composed by :func:`encoder_layer`;
+* exit: :func:`exit_features`, :func:`exit_logits`, :func:`exit_entropy`, :func:`exit_decision`, fused as
+  :func:`exit_head`; :func:`first_exit` for a padded full-depth forward;
+* bookkeeping after an exit: :func:`scatter_exits`, :func:`compact_tokens`, both as :func:`retire`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .batch import PackedBatch
+from .packing import PackedLayer
+
+# Exit head
+
+
+def exit_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of ``softmax(logits)`` in nats, computed in fp32.
+
+    Args:
+        logits: ``[..., num_labels]`` any float dtype.
+
+    Returns:
+        ``[...]`` fp32, ``-sum p ln p`` (>= 0: ``log_softmax`` is <= 0 in fp32, so every term is >= 0).
+        Source: COST-EFF Sec. 3.4 (entropy-based early exit, as DeeBERT).
+    """
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    return -(log_probs.exp() * log_probs).sum(dim=-1)
+
+
+def exit_decision(logits: torch.Tensor, entropy_threshold: float) -> torch.Tensor:
+    """``[B]`` bool: the softmax entropy of ``logits [B, C]`` (nats) is strictly below ``entropy_threshold``."""
+    return exit_entropy(logits) < entropy_threshold
+
+
+def exit_features(hidden: torch.Tensor, batch: PackedBatch, pooling: str) -> torch.Tensor:
+    """What an exit reads from packed ``hidden [T, H]``: each row's [CLS] vector (``"cls"``) or the mean of its
+    tokens (``"mean"``), ``[B, H]`` in ``hidden``'s dtype.
+
+    Raises:
+        ValueError: an unknown ``pooling``.
+    """
+    if pooling == "mean":
+        return batch.row_mean(hidden)
+    if pooling == "cls":
+        return hidden[batch.cls_index]
+    raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+
+
+def exit_logits(
+    features: torch.Tensor,
+    classifier_weight: torch.Tensor,
+    classifier_bias: torch.Tensor,
+    pooler_weight: torch.Tensor | None = None,
+    pooler_bias: torch.Tensor | None = None,
+    dropout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """An exit classifier: ``tanh(features [@ pooler_weight + pooler_bias]) @ classifier_weight + classifier_bias``.
+
+    COST-EFF's exit is ``Linear(H, C)(tanh(x))`` (Sec. 3.4); a converted HF classifier's last exit has BERT's
+    pooler (dense + tanh) first. Computed in ``features``' dtype (the trainable model's; autograd works).
+
+    Args:
+        features: ``[B, H]`` (see :func:`exit_features`).
+        classifier_weight: ``[H, C]`` input-major; classifier_bias: ``[C]``.
+        pooler_weight, pooler_bias: ``[H, H]`` input-major and ``[H]``, or both None.
+        dropout: applied to the tanh output before the classifier (training); None for inference.
+
+    Returns:
+        logits ``[B, C]``.
+    """
+    if pooler_weight is not None:
+        features = torch.addmm(pooler_bias, features, pooler_weight)
+    pooled = torch.tanh(features)
+    if dropout is not None:
+        pooled = dropout(pooled)
+    return torch.addmm(classifier_bias, pooled, classifier_weight)
+
+
+def exit_head(
+    hidden: torch.Tensor,
+    cls_index: torch.Tensor,
+    classifier_weight: torch.Tensor,
+    classifier_bias: torch.Tensor,
+    pooler_weight: torch.Tensor | None = None,
+    pooler_bias: torch.Tensor | None = None,
+    entropy_threshold: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One exit on the rows ``hidden[cls_index]`` in fp32: logits, entropy and exit decision.
+
+    Args:
+        hidden: ``[T, H]`` any float dtype.
+        cls_index: ``[B]`` int index of each row's feature vector in ``hidden`` (``cu_seqlens[:-1]`` for [CLS];
+            ``arange(B)`` when ``hidden`` already holds the ``[B, H]`` token means).
+        classifier_weight, classifier_bias, pooler_weight, pooler_bias: as :func:`exit_logits`.
+        entropy_threshold: tau in nats, or None (no row exits).
+
+    Returns:
+        ``logits [B, C]`` fp32, ``entropy [B]`` fp32 nats and ``exits [B]`` bool (``entropy < tau``).
+    """
+    upcast = [None if t is None else t.float() for t in (pooler_weight, pooler_bias)]
+    logits = exit_logits(hidden[cls_index].float(), classifier_weight.float(), classifier_bias.float(), *upcast)
+    entropy = exit_entropy(logits)
+    if entropy_threshold is None:
+        return logits, entropy, torch.zeros_like(entropy, dtype=torch.bool)
+    return logits, entropy, entropy < entropy_threshold
+
+
+def first_exit(entropies: torch.Tensor, entropy_threshold: Sequence[float]) -> torch.Tensor:
+    """1-based exit layer of each row: the first layer whose entropy is strictly below its threshold.
+
+    Args:
+        entropies: ``[B, L]`` fp32 entropies of every exit (nats).
+        entropy_threshold: one threshold per layer (nats); 0.0 never exits early.
+
+    Returns:
+        ``[B]`` int64 in ``1..L``; the last layer always answers.
+    """
+    tau = torch.tensor(list(entropy_threshold), dtype=entropies.dtype, device=entropies.device)
+    confident = entropies < tau
+    confident[:, -1] = True
+    return confident.int().argmax(dim=1) + 1
+
+
+# Embedding and encoder layer
+
+
+def embedding_layernorm(
+    input_ids: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    word: torch.Tensor,
+    position: torch.Tensor,
+    token_type: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """BERT embedding of packed tokens: ``LayerNorm(word[id] + position[p] + token_type[type])`` -> ``[T, H]`` fp32.
+
+    Args:
+        input_ids, token_type_ids: ``[T]`` int64.
+        cu_seqlens: ``[B + 1]`` int64; positions restart at 0 at every row start.
+        word ``[V, H]``, position ``[P, H]``, token_type ``[types, H]``: the tables (a factorized word
+            embedding already folded, see :mod:`costeff_fast.packing`).
+        norm_weight, norm_bias: ``[H]``. eps: LayerNorm epsilon.
+    """
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    starts = torch.repeat_interleave(cu_seqlens[:-1], lengths)
+    positions = torch.arange(len(input_ids), device=input_ids.device) - starts
+    hidden = word[input_ids].float() + position[positions].float() + token_type[token_type_ids].float()
+    return F.layer_norm(hidden, hidden.shape[-1:], norm_weight.float(), norm_bias.float(), eps)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    """``x [M, K] @ weight [K, N] + bias [N]``, then exact (erf) GELU when ``gelu``, -> ``[M, N]`` fp32."""
+    out = torch.addmm(bias.float(), x.float(), weight.float())
+    return torch.ops.aten.gelu_(out) if gelu else out
+
+
+def linear_residual_layernorm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """``LayerNorm(x [M, K] @ weight [K, N] + bias + residual [M, N])`` -> ``[M, N]`` fp32 (post-LN BERT)."""
+    out = torch.addmm(bias.float(), x.float(), weight.float()).add_(residual.float())
+    return F.layer_norm(out, out.shape[-1:], norm_weight.float(), norm_bias.float(), eps)
+
+
+def varlen_attention(
+    qkv: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    num_heads: int,
+    head_size: int,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Bidirectional attention of every packed row over its own tokens, ``softmax(Q K^T * scale) V`` per head.
+
+    Args:
+        qkv: ``[T, 3 * num_heads * head_size]``, columns ``[Q heads | K heads | V heads]``, bias included.
+        cu_seqlens: ``[B + 1]`` int prefix sums of the row lengths (rows >= 1 token).
+        max_seqlen: the longest row.
+        num_heads, head_size: h and d.
+        softmax_scale: default ``1 / sqrt(head_size)``.
+
+    Returns:
+        context ``[T, num_heads * head_size]`` fp32, heads side by side.
+
+    Computed by scattering the rows into a ``[B, h, max_seqlen, d]`` buffer for
+    ``scaled_dot_product_attention`` with a key-padding mask. Source: flash-attention's varlen interface
+    (Dao et al., 2022) for the layout.
+    """
+    width = num_heads * head_size
+    if qkv.shape[1] != 3 * width:
+        raise ValueError(f"qkv must have 3 * num_heads * head_size = {3 * width} columns, got {qkv.shape[1]}")
+    cu_seqlens = cu_seqlens.to(device=qkv.device, dtype=torch.long)
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    rows = len(lengths)
+    token_row = torch.repeat_interleave(torch.arange(rows, device=qkv.device), lengths)
+    padded_index = token_row * max_seqlen + torch.arange(qkv.shape[0], device=qkv.device) - cu_seqlens[token_row]
+    padded = qkv.new_zeros(rows * max_seqlen, 3 * width, dtype=torch.float32)
+    padded.index_copy_(0, padded_index, qkv.float())
+    q, k, v = padded.view(rows, max_seqlen, 3, num_heads, head_size).permute(2, 0, 3, 1, 4)
+    key_ok = torch.arange(max_seqlen, device=qkv.device)[None, :] < lengths[:, None]
+    scale = 1.0 / math.sqrt(head_size) if softmax_scale is None else softmax_scale
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok[:, None, None, :], scale=scale)
+    return context.transpose(1, 2).reshape(rows * max_seqlen, width).index_select(0, padded_index)
+
+
+def encoder_layer(
+    hidden: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, layer: PackedLayer, eps: float
+) -> torch.Tensor:
+    """One post-LN BERT layer on packed tokens: ``[T, H]`` -> ``[T, H]`` fp32; no linear layer sees padding.
+
+    ``a = LN(attention(hidden @ W_qkv + b_qkv) @ W_O + b_O + hidden)``, ``out = LN(GELU(a @ W_1 + b_1) @ W_2 +
+    b_2 + a)`` with the layer's own widths (``layer.num_heads`` heads of ``layer.head_size``, FFN ``F_l``).
+    """
+    qkv = linear(hidden, layer.qkv_weight, layer.qkv_bias)
+    context = varlen_attention(qkv, cu_seqlens, max_seqlen, layer.num_heads, layer.head_size)
+    hidden = linear_residual_layernorm(
+        context, layer.attention_output_weight, layer.attention_output_bias, hidden,
+        layer.attention_norm_weight, layer.attention_norm_bias, eps,
+    )
+    inter = linear(hidden, layer.intermediate_weight, layer.intermediate_bias, gelu=True)
+    return linear_residual_layernorm(
+        inter, layer.output_weight, layer.output_bias, hidden, layer.output_norm_weight, layer.output_norm_bias, eps
+    )
+
+
+def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Mean of each packed row's token vectors: ``hidden [T, H]`` -> ``[B, H]`` fp32."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(hidden.device)
+    token_row = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
+    sums = hidden.new_zeros(len(lengths), hidden.shape[1], dtype=torch.float32).index_add_(0, token_row, hidden.float())
+    return sums / lengths[:, None]
+
+
+# Bookkeeping after an exit
+
+
+def scatter_exits(
+    logits_out: torch.Tensor,
+    exit_layer: torch.Tensor,
+    logits: torch.Tensor,
+    exits: torch.Tensor,
+    row_ids: torch.Tensor,
+    layer: int,
+) -> None:
+    """In place: ``logits_out[row_ids[exits]] = logits[exits]`` and ``exit_layer[row_ids[exits]] = layer``."""
+    rows = row_ids[exits]
+    logits_out[rows] = logits[exits].to(logits_out.dtype)
+    exit_layer[rows] = layer
+
+
+def compact_tokens(
+    hidden: torch.Tensor, cu_seqlens: torch.Tensor, row_ids: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The token spans of the rows where ``keep [B]`` is True, in order.
+
+    Returns:
+        ``hidden [T', H]`` (``hidden``'s dtype: a copy, no arithmetic), ``cu_seqlens [B' + 1]`` and
+        ``row_ids [B']`` of the kept rows.
+    """
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    new_cu_seqlens = torch.zeros(int(keep.sum()) + 1, dtype=cu_seqlens.dtype, device=cu_seqlens.device)
+    torch.cumsum(lengths[keep], 0, out=new_cu_seqlens[1:])
+    return hidden[torch.repeat_interleave(keep, lengths)], new_cu_seqlens, row_ids[keep]
+
+
+def retire(
+    hidden: torch.Tensor,
+    batch: PackedBatch,
+    logits: torch.Tensor,
+    exits: torch.Tensor,
+    logits_out: torch.Tensor,
+    exit_layer: torch.Tensor,
+    layer: int,
+) -> tuple[torch.Tensor, PackedBatch]:
+    """After exit ``layer`` (1-based): write the exited rows' outputs, then keep only the survivors.
+
+    Args:
+        hidden: ``[T, H]`` packed tokens of ``batch``.
+        logits: ``[B, C]`` fp32 of this exit. exits: ``[B]`` bool (host or device).
+        logits_out: ``[N, C]`` fp32 and exit_layer ``[N]`` int64: the caller's outputs, indexed by
+            ``batch.row_ids`` (written in place).
+
+    Returns:
+        ``(hidden [T', H], batch)`` of the survivors: the inputs themselves when no row exited;
+        ``batch.num_rows == 0`` when none is left.
+    """
+    exits = exits.to(logits.device)
+    scatter_exits(logits_out, exit_layer, logits, exits, batch.row_ids, layer)
+    keep = ~exits
+    survivors = int(keep.sum())
+    if survivors == batch.num_rows:
+        return hidden, batch
+    if survivors == 0:
+        return hidden[:0], batch.keep(keep)
+    new_hidden, cu_seqlens, row_ids = compact_tokens(hidden, batch.cu_seqlens, batch.row_ids, keep)
+    return new_hidden, PackedBatch(cu_seqlens=cu_seqlens, lengths=batch.lengths[keep.cpu()], row_ids=row_ids)
