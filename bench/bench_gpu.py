@@ -127,7 +127,7 @@ def main() -> None:
 
     def costeff(backend, ids):
         lengths = torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long)
-        return run_early_exit(backend, ids.flatten(), torch.zeros_like(ids.flatten()), lengths, None)[0]
+        return run_early_exit(backend, ids.flatten(), torch.zeros_like(ids.flatten()), lengths, [0.0] * backend.num_layers)[0]
 
     with torch.inference_mode():
         ids, mask = inputs(32)

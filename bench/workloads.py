@@ -15,10 +15,11 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-from costeff_fast import CostEffConfig, CostEffForSequenceClassification, native
-from costeff_fast.backends.torch_backend import TorchBackend
-from costeff_fast.config import check_entropy_threshold
-from costeff_fast.engine import PackedBatch, run_early_exit
+from costeff_fast import CostEffConfig, CostEffForSequenceClassification, exit_entropy, native, reference
+from costeff_fast.backends import NativeBackend, TorchBackend
+from costeff_fast.batch import PackedBatch
+from costeff_fast.config import resolve_entropy_threshold
+from costeff_fast.engine import run_early_exit
 from costeff_fast.packing import PackedWeights
 
 MAX_LENGTH = 128  # tokens per sentence after truncation (and the padded length of the "128 tokens" runs)
@@ -101,15 +102,15 @@ def mm_peak_gflops(repeats: int = 5) -> float:
     return best
 
 
-def one_layer_backends(shape: str) -> tuple[TorchBackend, TorchBackend]:
-    """A random one-layer model of ``KERNEL_SHAPES[shape]`` packed twice: native path, plain torch path."""
+def one_layer_backends(shape: str) -> tuple[NativeBackend, TorchBackend]:
+    """A random one-layer model of ``KERNEL_SHAPES[shape]`` packed once, on the native and the torch backend."""
     hidden_size, heads, head_size, ffn = KERNEL_SHAPES[shape]
     config = CostEffConfig(
         vocab_size=30522, hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=heads,
         attention_head_size=head_size, intermediate_size=ffn, num_labels=2,
     )
     weights = PackedWeights.from_model(CostEffForSequenceClassification(config).eval())
-    return TorchBackend(weights, native=True), TorchBackend(weights, native=False)
+    return NativeBackend(weights), TorchBackend(weights)
 
 
 def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callable, Callable]]:
@@ -117,14 +118,14 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
 
     Returns:
         ``{candidate: (torch_fn, native_fn)}``; each call runs the operation once on the same inputs.
-        Candidates: ``attention`` (bias + padded SDPA vs varlen kernel with the bias inside),
+        Candidates: ``attention`` (bias add + the reference's padded SDPA vs varlen kernel with the bias inside),
         ``residual_layernorm`` (``add`` + ``layer_norm`` on an ``addmm`` output vs the fused bias + residual + LayerNorm in place on an ``mm``
         output), ``linear_residual_layernorm`` (the same with the GEMM), ``embedding`` (three gathers, two
         adds and ``layer_norm`` vs the one-pass kernel), ``segment_mean`` (scatter-add over tokens vs span
         sums, for mean-pooling exits), ``compaction`` (boolean-mask gather vs span copy, half of the rows kept),
-        ``exit_decision`` (``exit_entropy(logits) < tau`` vs one pass over the logits), ``exit_rows`` (output
+        ``exit_decision`` (``exit_entropy(logits) < tau`` vs one pass over the logits), ``retire`` (output
         scatter + survivor count + compaction vs one call, half of the rows exiting) and ``encoder_layer``
-        (the torch path's layer vs the tiled native layer).
+        (the reference layer vs the tiled native layer).
 
     Raises:
         RuntimeError: the native kernels are not available.
@@ -149,30 +150,36 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
     ln_args = (context, w.attention_output_weight, w.attention_output_bias, hidden, *norm)
     return {
         "attention": (
-            lambda: plain.attention(qkv, w.qkv_bias, heads, head_size, batch),
-            lambda: native.varlen_attention(qkv, w.qkv_bias, batch.cu_seqlens, heads, head_size, batch.max_seqlen),
+            lambda: reference.varlen_attention(qkv + w.qkv_bias, batch.cu_seqlens, batch.max_seqlen, heads, head_size),
+            lambda: native.varlen_attention(qkv, batch.cu_seqlens, batch.max_seqlen, heads, head_size,
+                                            qkv_bias=w.qkv_bias),
         ),
         "residual_layernorm": (
             lambda: F.layer_norm(torch.add(gemm_out, hidden), (hidden_size,), *norm, eps),
             lambda: native.bias_residual_layernorm_(gemm_out, w.attention_output_bias, hidden, *norm, eps),
         ),
         "linear_residual_layernorm": (
-            lambda: plain.linear_residual_layernorm(*ln_args),
+            lambda: reference.linear_residual_layernorm(*ln_args, eps),
             lambda: native.bias_residual_layernorm_(torch.mm(context, ln_args[1]), *ln_args[2:], eps),
         ),
         "embedding": (
             lambda: plain.embed(input_ids, token_type_ids, batch),
             lambda: fast.embed(input_ids, token_type_ids, batch),
         ),
-        "segment_mean": (lambda: batch.row_mean(hidden), lambda: native.segment_mean(hidden, batch.cu_seqlens)),
-        "compaction": (
-            lambda: plain.compact(hidden, batch, keep)[0],
-            lambda: fast.compact(hidden, batch, keep)[0],
+        "segment_mean": (
+            lambda: reference.segment_mean(hidden, batch.cu_seqlens),
+            lambda: native.segment_mean(hidden, batch.cu_seqlens),
         ),
-        "exit_decision": (lambda: plain.exit_decision(logits, 0.5), lambda: fast.exit_decision(logits, 0.5)),
-        "exit_rows": (
-            lambda: plain.exit_rows(logits_out, exit_layer, logits, ~keep, hidden, batch, 1)[0],
-            lambda: fast.exit_rows(logits_out, exit_layer, logits, ~keep, hidden, batch, 1)[0],
+        "compaction": (
+            lambda: reference.compact_tokens(hidden, batch.cu_seqlens, batch.row_ids, keep)[0],
+            lambda: native.compact_tokens(hidden, batch.cu_seqlens, batch.row_ids, keep)[0],
+        ),
+        "exit_decision": (
+            lambda: reference.exit_decision(logits, 0.5), lambda: native.exit_decision(logits, 0.5)
+        ),
+        "retire": (
+            lambda: plain.retire(hidden, batch, logits, ~keep, logits_out, exit_layer, 1)[0],
+            lambda: fast.retire(hidden, batch, logits, ~keep, logits_out, exit_layer, 1)[0],
         ),
         "encoder_layer": (lambda: plain.layer(0, hidden, batch), lambda: fast.layer(0, hidden, batch)),
     }
@@ -328,8 +335,7 @@ def streaming_contenders(engine, texts: list[str], batch_size: int, tau) -> dict
 
 
 class _LayerRecorder:
-    """Backend proxy recording the inputs of every layer call (a layer never modifies its input); the engine
-    reaches layers through ``layer_and_exit_features``, which the proxy sends to the plain ``layer``."""
+    """Backend proxy recording the inputs of every layer call (a layer never modifies its input)."""
 
     def __init__(self, backend):
         self._backend = backend
@@ -341,9 +347,6 @@ class _LayerRecorder:
     def layer(self, index, hidden, batch):
         self.calls.append((index, hidden, batch))
         return self._backend.layer(index, hidden, batch)
-
-    def layer_and_exit_features(self, index, hidden, batch):
-        return self.layer(index, hidden, batch), None
 
 
 @torch.inference_mode()
@@ -359,7 +362,7 @@ def early_exit_overhead(engine, texts: list[str], batch_size: int, tau, repeats:
         ``(early_exit_s - embedding_s) / sum_of_layers_s - 1``; ``rows_per_layer`` (rows entering each layer,
         summed over batches).
     """
-    threshold = check_entropy_threshold(tau, engine.config.num_hidden_layers)
+    threshold = resolve_entropy_threshold(tau, engine.config)
     encoded = [engine.encode(batch) for batch in engine_batches(texts, batch_size)]
     recorder = _LayerRecorder(engine.backend)
     for inputs in encoded:
@@ -425,8 +428,6 @@ def median_thresholds(model, texts: list[str]) -> list[float]:
     """Per-layer median exit entropy (nats) of ``texts`` under the reference ``model`` (every exit computed):
     a synthetic threshold that sends about half of the remaining rows out at every exit, for shape-only runs
     without a calibrated checkpoint."""
-    from costeff_fast.modeling import exit_entropy
-
     entropies = [exit_entropy(torch.stack(model(**batch).exit_logits, dim=1)) for batch in hf_batches(texts, 64)]
     return torch.cat(entropies).median(dim=0).values.tolist()
 
@@ -467,6 +468,6 @@ def early_exit_threshold(costeff, reference, texts: list[str], trained: bool):
     Returns:
         ``(threshold, kind)``: nats (float or one per layer) and a description for the results.
     """
-    if trained and costeff.entropy_threshold is not None:
+    if trained and costeff.config.entropy_threshold is not None:
         return costeff.entropy_threshold, "calibrated (checkpoint config)"
     return median_thresholds(reference, texts), "synthetic: per-layer median entropy of the timed rows"
