@@ -1,6 +1,6 @@
 """FLOP and parameter accounting of (slenderized, multi-exit) BERT classifiers.
 
-FLOPs count ``2 * multiply-adds`` of the matmuls (DESIGN.md, Measuring speed); softmax, GELU, LayerNorm and
+FLOPs count ``2 * multiply-adds`` of the matmuls (docs/design.md, Measuring speed); softmax, GELU, LayerNorm and
 embedding gathers are not counted. Attention counts ``Q K^T`` and ``P V`` over a row's own tokens.
 """
 
