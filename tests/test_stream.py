@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import AVAILABLE_BACKENDS, make_tiny_model
 from test_engine import TIE, reference_entropies
 from transformers import AutoTokenizer
 
@@ -68,6 +68,22 @@ def test_stream_equals_batch_engine(model, engine, texts, batch_size, pairs):
     assert len(set(expected_layers.tolist())) >= 3, "the thresholds should produce mixed exit layers"
     assert torch.equal(layers[~ties], expected_layers[~ties])
     torch.testing.assert_close(logits[~ties], expected[~ties], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE_BACKENDS)
+def test_stream_retires_rows_like_the_batch_engine_on_every_backend(tokenizer, texts, backend):
+    """Both loops retire exited rows through the same backend operation: equal results on each backend."""
+    model = make_tiny_model(4, weight_std=0.15, vocab_size=tokenizer.vocab_size, max_position_embeddings=48,
+                            attention_head_size=16)
+    engine = CostEffInferenceModel(model, tokenizer, backend=backend)
+    items = texts[:20]
+    tau, entropies = median_thresholds(model, engine, items)
+    expected, expected_layers = engine.generate_logits(items, entropy_threshold=tau, return_exit_layers=True)
+    logits, layers = collect(engine.generate_logits_stream(items, 6, entropy_threshold=tau), 20, 3)
+    ok = ~((entropies[:, :-1] - torch.tensor(tau[:-1])).abs() < TIE).any(dim=1)
+    assert len(set(expected_layers[ok].tolist())) >= 2
+    assert torch.equal(layers[ok], expected_layers[ok])
+    torch.testing.assert_close(logits[ok], expected[ok], atol=1e-4, rtol=0)
 
 
 def test_stream_without_early_exit_reaches_the_last_layer(engine, texts):
