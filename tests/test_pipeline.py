@@ -10,8 +10,11 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 import costeff_fast
+from costeff_fast import cli
+from costeff_fast.training import pipeline
+from costeff_fast.training.budget import BUDGETS, budget_with, default_work_name
 from costeff_fast.training.calibrate import pick_threshold
-from costeff_fast.training.pipeline import CompressionSettings, budget_with, compress
+from costeff_fast.training.pipeline import CompressionSettings, compress
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +89,6 @@ def test_compress_rejects_unknown_task_and_budget(tmp_path):
 
 
 def test_changed_budget_gets_its_own_stage_cache():
-    from costeff_fast.training.pipeline import BUDGETS, default_work_name
-
     quick = BUDGETS["quick"]
     assert default_work_name("rt", quick, "mean") == "rt-quick-len64-mean"
     assert default_work_name("rt", replace(quick, max_length=128), "cls") == "rt-quick-len128-cls"
@@ -96,9 +97,6 @@ def test_changed_budget_gets_its_own_stage_cache():
 
 
 def test_cli_passes_row_overrides_to_the_budget(monkeypatch, tmp_path):
-    from costeff_fast import cli
-    from costeff_fast.training import pipeline
-
     seen = {}
     keys = ("parameters", "flops_per_row", "accuracy", "targets")
     monkeypatch.setattr(pipeline, "compress", lambda task, out, **kw: seen.update(kw) or dict.fromkeys(keys))

@@ -1,4 +1,4 @@
-"""Tests of training.slenderize: importance, physical pruning, embedding SVD, allocation, schedule, the loop."""
+"""Tests of slenderization: importance, physical pruning, embedding SVD, allocation, schedule, the loop."""
 
 from __future__ import annotations
 
@@ -12,18 +12,13 @@ from hypothesis import strategies as st
 import costeff_fast  # noqa: F401  (registers the Auto classes)
 from costeff_fast.config import CostEffConfig
 from costeff_fast.modeling import CostEffForSequenceClassification
-from training.slenderize import (
-    Event,
-    Importance,
-    allocate_widths,
-    compute_importance,
-    factorize_embedding,
-    plan_events,
-    prune_heads,
-    prune_neurons,
-    pruning_schedule,
-    slenderize,
-)
+from costeff_fast.training.allocation import allocate_widths
+from costeff_fast.training.importance import Importance, compute_importance
+from costeff_fast.training.losses import hidden_mse, multi_exit_loss
+from costeff_fast.training.pruning import factorize_embedding, prune_heads, prune_neurons
+from costeff_fast.training.schedule import PruningEvent
+from costeff_fast.training.schedule import plan_events, pruning_schedule
+from costeff_fast.training.slenderize import slenderize
 
 LAYERS, HEADS, HEAD_SIZE, HIDDEN, FFN, LABELS, VOCAB = 3, 4, 4, 16, 12, 3, 40
 
@@ -217,8 +212,6 @@ def test_importance_accumulates_absolute_gradients_per_batch():
     batches = make_batches(count=3)
     importance = compute_importance(student, ta, batches, hidden_weight=0.5, temperature=2.0)
     # Manual reference for layer 1: |W| * sum_b |dL_b/dW| with the same loss built from losses.py.
-    from training.losses import hidden_mse, multi_exit_loss
-
     layer = student.layers[1]
     params = [layer.attention_output.weight, layer.intermediate.weight, layer.intermediate.bias, layer.output.weight]
     accumulated = [torch.zeros_like(p) for p in params]
@@ -403,11 +396,11 @@ def test_plan_events_follows_the_paper_schedule():
     assert [e.heads for e in events] == [11, 10, 9, 8, 7, 6]
     assert [e.ffn for e in events] == [2816, 2560, 2304, 2048, 1792, 1536]
     assert [e.embedding_rank for e in events] == [704, 640, 576, 512, 448, 384]
-    assert events[-1] == Event(6, 1536, 384)
+    assert events[-1] == PruningEvent(6, 1536, 384)
     assert [e.embedding_rank for e in plan_events(config, 6, 1536, None)] == [None] * 6
     assert len(plan_events(config, 6, 1536, 384, num_events=2)) == 2
     assert plan_events(config, 12, 3072, None) == []
-    assert plan_events(config, 12, 2048, None) == [Event(12, 2048, None)]  # FFN only: one event
+    assert plan_events(config, 12, 2048, None) == [PruningEvent(12, 2048, None)]  # FFN only: one event
     with pytest.raises(ValueError, match="target"):
         plan_events(config, 13, 3072, None)
 
@@ -436,7 +429,7 @@ def test_slenderize_reaches_the_targets(allocation, tmp_path):
         on_event=lambda index, event, model, stats: calls.append((index, event, dict(stats))),
     )
     assert slim is student
-    assert [c[1] for c in calls] == [Event(3, 9, 12), Event(2, 6, 8)]
+    assert [c[1] for c in calls] == [PruningEvent(3, 9, 12), PruningEvent(2, 6, 8)]
     assert all(c[2]["distill_loss"] > 0 and c[2]["importance_loss"] > 0 for c in calls)
     assert sum(slim.config.num_attention_heads) == 2 * LAYERS
     assert sum(slim.config.intermediate_size) == 6 * LAYERS

@@ -1,4 +1,8 @@
-"""Entropy-threshold calibration: sweep thresholds with the batch engine, pick the fastest accurate one."""
+"""Entropy-threshold calibration: sweep thresholds with the batch engine, pick the fastest accurate one.
+
+COST-EFF (Shen et al., EMNLP 2022, arXiv 2210.15523, Sec. 3.4) exits a row at the first layer whose softmax
+entropy is below a threshold; this module chooses the threshold on the dev set.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,12 @@ import time
 
 import torch
 
+from costeff_fast import CostEffForSequenceClassification, CostEffInferenceModel, exit_entropy
 from costeff_fast.flops import model_flops
-from costeff_fast.inference import CostEffInferenceModel
-from costeff_fast.modeling import CostEffForSequenceClassification, exit_entropy
 
-from .trainer import tokenize_chunk
+from .prediction import engine_predict, exit_logits, minibatches, predict
 
 
-@torch.inference_mode()
 def quantile_thresholds(model: CostEffForSequenceClassification, tokenizer, batch: list, *, max_length: int,
                         count: int = 24, batch_size: int = 64) -> list[float]:
     """Thresholds (nats) at evenly spaced quantiles of the dev entropies of exits 1..L-1, plus 0 (no exit).
@@ -24,16 +26,18 @@ def quantile_thresholds(model: CostEffForSequenceClassification, tokenizer, batc
     Args:
         model: the reference model (one full-depth padded forward per chunk gives every exit's entropy).
         tokenizer: its tokenizer; ``batch`` holds strings or ``(text, text_pair)`` tuples.
-        max_length: truncation, as in inference.
+        max_length: truncation, as in inference (tokens).
+        count: quantile levels are ``linspace(0, 1, count)`` without 0, so at most ``count - 1`` thresholds
+            besides 0 (equal quantiles merge).
+        batch_size: rows per forward.
+
+    Returns:
+        Ascending thresholds in nats, the first one 0.0.
     """
-    model.eval()
-    entropies = []
-    for start in range(0, len(batch), batch_size):
-        enc = tokenize_chunk(tokenizer, batch[start : start + batch_size], max_length)
-        exits = torch.stack(model(**enc).exit_logits[:-1], dim=1)
-        entropies.append(exit_entropy(exits).flatten())
+    logits = exit_logits(model, tokenizer, batch, batch_size=batch_size, max_length=max_length)  # [N, L, C]
+    entropies = exit_entropy(logits[:, :-1]).flatten()  # [N * (L - 1)] fp32 nats
     levels = torch.linspace(0, 1, count, dtype=torch.float64)[1:]
-    quantiles = torch.quantile(torch.cat(entropies).double(), levels)
+    quantiles = torch.quantile(entropies.double(), levels)
     # Just above each quantile, so rows whose entropy equals it exit too (the rule is entropy < tau).
     return [0.0] + sorted({float(q) * (1 + 1e-6) + 1e-9 for q in quantiles})
 
@@ -54,15 +58,12 @@ def threshold_sweep(model: CostEffInferenceModel, batch: list, labels: torch.Ten
         ``exit_layer_counts`` (rows per exit layer), ``gflops`` (executed matmul GFLOP for all N rows at their
         real lengths and exit layers, exit heads included), ``sentences_per_second``.
     """
-    chunks = [batch[i : i + batch_size] for i in range(0, len(batch), batch_size)]
-    lengths = torch.cat([model.encode(chunk)[2] for chunk in chunks])
+    lengths = predict(lambda chunk: model.encode(chunk)[2], minibatches(batch, batch_size))  # [N] tokens
     rows = []
     for tau in thresholds:
         started = time.perf_counter()
-        outputs = [model.generate_logits(chunk, entropy_threshold=tau, return_exit_layers=True) for chunk in chunks]
+        logits, layers = engine_predict(model, batch, batch_size, tau)
         seconds = time.perf_counter() - started
-        logits = torch.cat([o[0] for o in outputs])
-        layers = torch.cat([o[1] for o in outputs])
         counts = torch.bincount(layers, minlength=model.config.num_hidden_layers + 1)[1:]
         rows.append({
             "entropy_threshold": tau,

@@ -1,4 +1,4 @@
-"""The main job: a COST-EFF model from the packaged MiniLM on real `rt` data, then early-exit inference vs HF.
+"""The demo: a COST-EFF model from the packaged MiniLM on real `rt` data, then early-exit inference vs HF.
 
 Every pipeline stage caches its checkpoint under the work directory, so a rerun skips what has finished.
 """
@@ -12,24 +12,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from costeff_fast import from_pretrained
 from costeff_fast.data import load_task
-from costeff_fast.inference import from_pretrained
 
-from .pipeline import compress, hf_predict
+from .pipeline import compress
+from .prediction import engine_predict, hf_predict
 
 DEFAULT_THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6)
-
-
-@torch.inference_mode()
-def engine_predict(model, texts: list[str], batch_size: int, entropy_threshold) -> tuple[torch.Tensor, torch.Tensor]:
-    """costeff_fast: ``generate_logits`` batch by batch; logits ``[N, C]`` and exit layers ``[N]``."""
-    logits, layers = [], []
-    for start in range(0, len(texts), batch_size):
-        z, layer = model.generate_logits(texts[start : start + batch_size], entropy_threshold=entropy_threshold,
-                                         return_exit_layers=True)
-        logits.append(z)
-        layers.append(layer)
-    return torch.cat(logits), torch.cat(layers)
 
 
 def timed(fn):
@@ -51,7 +40,8 @@ def run_demo(work_dir: Path, *, budget: str = "demo", batch_size: int = 64, thre
 
     Args:
         work_dir: stage cache, the COST-EFF checkpoint (``work_dir / "model"``) and ``demo_results.json``.
-        budget: training budget of :mod:`training.pipeline` (``demo`` fits the 15-minute main job).
+        budget: a preset of :data:`~costeff_fast.training.budget.BUDGETS` (``demo``, the shortest, is meant to
+            finish within 15 minutes on CPU).
         batch_size: inference batch size for both HF and costeff_fast.
         thresholds: entropy thresholds (nats) to sweep besides the calibrated one; 0.0 = full depth.
 

@@ -1,9 +1,22 @@
-"""Distillation losses of COST-EFF (Shen et al., EMNLP 2022, Sec. 3.3-3.4, Eq. 4-7)."""
+"""Losses of every COST-EFF stage: classification, prediction and hidden-state distillation, the slenderization
+objective (Shen et al., EMNLP 2022, arXiv 2210.15523, Sec. 3.3-3.4, Eq. 4-7).
+
+The primitives (:func:`soft_cross_entropy`, :func:`hidden_mse`, :func:`multi_exit_loss`) work on tensors; the
+batch losses (:func:`classification_loss`, :func:`distillation_loss`, :func:`slenderization_loss`) run the
+models on one batch and are what the training loop and the importance pass differentiate.
+"""
 
 from __future__ import annotations
 
+from typing import Literal, Mapping
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from .data import model_inputs
+
+Batch = Mapping[str, torch.Tensor]
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -73,3 +86,138 @@ def multi_exit_loss(
         if kd_weight < 1:
             total = total + (1 - kd_weight) * F.cross_entropy(logits.float(), labels)
     return total
+
+
+def classification_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Teacher fine-tuning: mean cross-entropy of ``model(**inputs).logits [B, C]`` against ``labels [B]``.
+
+    Returns:
+        Scalar loss (nats).
+
+    Raises:
+        ValueError: the batch has no ``input_ids``.
+    """
+    return F.cross_entropy(model(**model_inputs(batch)).logits, batch["labels"])
+
+
+def check_distillation_pair(student: nn.Module, teacher: nn.Module) -> None:
+    """Raise ValueError unless ``student`` can be distilled from ``teacher`` state by state and exit by exit.
+
+    Both configs must agree on ``hidden_size`` (hidden MSE), ``num_hidden_layers`` (``L + 1`` states, one exit
+    per layer) and ``num_labels``; the teacher may be a multi-exit model or an HF classifier.
+    """
+    for name in ("hidden_size", "num_hidden_layers", "num_labels"):
+        if getattr(student.config, name) != getattr(teacher.config, name):
+            raise ValueError(
+                f"student and teacher must share {name}: "
+                f"{getattr(student.config, name)} vs {getattr(teacher.config, name)}"
+            )
+
+
+def distillation_loss(
+    student: nn.Module,
+    teacher: nn.Module,
+    batch: Batch,
+    *,
+    kd_weight: float,
+    temperature: float = 1.0,
+    hidden_weight: float = 1.0,
+    exits: Literal["all", "last", "none"] = "all",
+    gradient_equilibrium: bool = False,
+) -> torch.Tensor:
+    """Distillation of a multi-exit student from a frozen teacher on one batch (COST-EFF Sec. 3.3-3.4).
+
+    ``sum_l [kd_weight * KD(exit_l, teacher_l) + (1 - kd_weight) * CE(exit_l, y)] + hidden_weight * MSE``
+    (:func:`multi_exit_loss` plus :func:`hidden_mse` over the ``L + 1`` hidden states, padding masked), where
+    ``l`` runs over every exit (``exits="all"``), the last one (``"last"``) or none (``"none"``: hidden states
+    only). ``teacher_l`` is the teacher's exit ``l`` for a multi-exit teacher (exit-to-exit KD, as the TA
+    teaches in slenderization and recovery) or its final logits for an HF classifier (distilled into every
+    exit, as the teacher teaches the TA). The teacher runs under ``torch.no_grad`` in its current mode; the
+    batch is moved to the student's device.
+
+    Args:
+        student: a :class:`~costeff_fast.CostEffForSequenceClassification`.
+        teacher: a multi-exit model or an HF classifier with the same hidden size and depth.
+        batch: ``input_ids [B, S]`` int64 (required), ``attention_mask [B, S]`` (default ones),
+            ``token_type_ids [B, S]`` (default zeros), ``labels [B]`` int64 (required when an exit term has
+            ``kd_weight < 1``).
+        kd_weight: weight of distillation vs hard cross-entropy in ``[0, 1]``.
+        temperature: distillation temperature T > 0.
+        hidden_weight: weight of the hidden-state MSE (0 drops it).
+        exits: which exits enter the prediction term.
+        gradient_equilibrium: rescale gradients between layers in the student's backward (Sec. 3.3).
+
+    Returns:
+        Scalar fp32 loss (nats plus squared hidden units).
+
+    Raises:
+        ValueError: a batch without ``input_ids``; without ``labels`` while ``kd_weight < 1`` and an exit term
+            is on; an unknown ``exits``; ``exits="none"`` with ``hidden_weight == 0`` (nothing to learn); a
+            ``kd_weight`` outside ``[0, 1]`` or ``temperature <= 0``.
+    """
+    if exits not in ("all", "last", "none"):
+        raise ValueError(f"exits must be 'all', 'last' or 'none', got {exits!r}")
+    if exits == "none" and not hidden_weight:
+        raise ValueError("exits='none' with hidden_weight=0 leaves no loss term")
+    device = next(student.parameters()).device
+    inputs = model_inputs(batch, device)
+    labels = batch.get("labels")
+    if labels is None and exits != "none" and kd_weight < 1:
+        raise ValueError(f"kd_weight={kd_weight} < 1 needs hard labels: the batch has no 'labels'")
+    labels = None if labels is None else labels.to(device)
+    hidden = bool(hidden_weight)
+    with torch.no_grad():
+        target = teacher(**inputs, output_hidden_states=hidden)
+    extra = {"gradient_equilibrium": True} if gradient_equilibrium else {}
+    out = student(**inputs, output_hidden_states=hidden, **extra)
+    loss = None
+    if exits != "none":
+        chosen = slice(None) if exits == "all" else slice(-1, None)
+        teacher_exits = getattr(target, "exit_logits", None)
+        teacher_logits = target.logits if teacher_exits is None else teacher_exits[chosen]
+        loss = multi_exit_loss(
+            out.exit_logits[chosen], labels, teacher_logits, kd_weight=kd_weight, temperature=temperature
+        )
+    if hidden:
+        mse = hidden_weight * hidden_mse(out.hidden_states, target.hidden_states, inputs["attention_mask"])
+        loss = mse if loss is None else loss + mse
+    return loss
+
+
+def slenderization_loss(
+    student: nn.Module,
+    ta: nn.Module,
+    batch: Batch,
+    *,
+    kd_weight: float = 0.9,
+    temperature: float = 1.0,
+    hidden_weight: float = 1.0,
+    all_exits: bool = True,
+) -> torch.Tensor:
+    """The COST-EFF slenderization objective on one batch (Sec. 3.3), for importance and for distillation.
+
+    ``sum_l [kd_weight * KD(exit_l, TA exit_l) + (1 - kd_weight) * CE(exit_l, y)] + hidden_weight * MSE`` with
+    ``l`` over every exit (``all_exits``, exit calibration) or only the last one (the ablation); the paper's
+    ``kd_weight`` is 0.9. This is :func:`distillation_loss` with a multi-exit teacher and no gradient
+    equilibrium.
+
+    Args:
+        student: the model being slenderized.
+        ta: the teaching assistant (same ``hidden_size``, ``num_hidden_layers``, ``num_labels``).
+        batch: as in :func:`distillation_loss`.
+
+    Returns:
+        Scalar fp32 loss.
+
+    Raises:
+        ValueError: as :func:`distillation_loss`.
+    """
+    return distillation_loss(
+        student,
+        ta,
+        batch,
+        kd_weight=kd_weight,
+        temperature=temperature,
+        hidden_weight=hidden_weight,
+        exits="all" if all_exits else "last",
+    )

@@ -7,76 +7,24 @@ every compression setting; each setting caches its own slenderized and recovered
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from costeff_fast.data import TASKS, load_task
-from costeff_fast.inference import from_pretrained
-from costeff_fast.modeling import CostEffForSequenceClassification
+from costeff_fast import CostEffForSequenceClassification, from_pretrained
+from costeff_fast.data import TASKS
 
+from .budget import BUDGETS, Budget, default_work_name
 from .calibrate import pick_threshold, quantile_thresholds, threshold_sweep
+from .data import dev_inputs, packaged_minilm_dir, prepare_data
+from .prediction import hf_predict
 from .report import write_report
-from .slenderize import slenderize
-from .stages import TrainingData, distill_teaching_assistant, finetune_teacher, recover
-from .trainer import Stage, packaged_minilm_dir, tokenize_chunk, tokenize_splits
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much data and how many epochs each stage gets.
-
-    ``train_rows`` / ``eval_rows`` of None use the whole split. Epoch counts are per stage; pruning runs
-    ``num_events`` events with ``importance_batches`` batches of importance and ``distill_steps`` steps of
-    distillation from the TA after each (None: one event per removed head, as the paper).
-    """
-
-    name: str
-    train_rows: int | None
-    eval_rows: int | None
-    max_length: int
-    batch_size: int
-    teacher_epochs: float
-    teacher_lr: float
-    ta_hidden_epochs: float
-    ta_prediction_epochs: float
-    ta_lr: float
-    num_events: int | None
-    importance_batches: int | None
-    distill_steps: int
-    prune_lr: float
-    recovery_hidden_epochs: float
-    recovery_prediction_epochs: float
-    recovery_lr: float
-
-
-BUDGETS = {
-    # The paper's SST-2 schedule for 2 heads (run.sh): full data, 128 tokens, batch 32; teacher and TA 5 epochs
-    # (TA: 5/3 hidden-only first), pruning spread over 5 epochs, recovery 10 hidden-only + 6 prediction epochs.
-    "paper": Budget("paper", None, None, 128, 32, 5, 2e-5, 5 / 3, 5, 2e-5, None, None, 180, 1e-5, 10, 6, 3e-5),
-    # About 30 minutes for rt on 2 CPU cores: 3,000 training rows, 64 tokens, fewer and shorter stages.
-    "quick": Budget("quick", 3000, None, 64, 32, 1, 5e-5, 0.5, 1, 5e-5, 5, 8, 40, 3e-5, 1, 1, 5e-5),
-    # The demo (`costeff-fast demo`): the quick recipe on 2,000 rows with shorter pruning and recovery.
-    "demo": Budget("demo", 2000, None, 64, 32, 1, 5e-5, 0, 1, 5e-5, 4, 4, 25, 3e-5, 0.5, 1, 5e-5),
-}
-
-
-def default_work_name(task: str, budget: Budget, exit_pooling: str) -> str:
-    """``<task>-<budget>-len<max_length>-<exit_pooling>``, plus ``-<field><value>`` for every other field that
-    differs from the named budget (e.g. ``-train_rows1500``), so a changed budget never reuses stale stages."""
-    name = f"{task}-{budget.name}-len{budget.max_length}-{exit_pooling}"
-    base = BUDGETS.get(budget.name)
-    if base is None:
-        return name
-    changed = [f for f in fields(Budget) if f.name not in ("name", "max_length")
-               and getattr(budget, f.name) != getattr(base, f.name)]
-    return name + "".join(f"-{f.name}{getattr(budget, f.name)}" for f in changed)
+from .stage_cache import RECORD
+from .stages import distill_teaching_assistant, finetune_teacher, recover, slenderize_stage
 
 
 @dataclass(frozen=True)
@@ -94,53 +42,6 @@ class CompressionSettings:
         rank = "full" if self.embedding_rank is None else self.embedding_rank
         ablation = "" if self.calibrate_exits else "-lastexit"
         return f"h{self.heads}-f{self.ffn}-r{rank}-{self.allocation}{ablation}"
-
-
-def prepare_data(task: str, budget: Budget, tokenizer, seed: int = 0) -> tuple[TrainingData, object]:
-    """Load and tokenize a task under a budget; returns the training data and the raw validation split.
-
-    The tokenizer's ``model_max_length`` is set to the budget's ``max_length`` so every checkpoint saved with
-    it truncates inference inputs exactly as in training.
-    """
-    tokenizer.model_max_length = budget.max_length
-    splits = load_task(task, max_train_rows=budget.train_rows, max_eval_rows=budget.eval_rows, seed=seed)
-    names = list(splits["train"].features["label"].names)
-    tokenized = tokenize_splits(splits, tokenizer, budget.max_length)
-    data = TrainingData(tokenizer, tokenized["train"], tokenized["validation"], len(names), names,
-                        batch_size=budget.batch_size, seed=seed)
-    return data, splits["validation"]
-
-
-def dev_inputs(validation) -> tuple[list, torch.Tensor]:
-    """The validation split as engine inputs (strings or (text, text_pair) tuples) and gold labels."""
-    texts = list(validation["text"])
-    if "text_pair" in validation.column_names:
-        texts = list(zip(texts, validation["text_pair"]))
-    return texts, torch.tensor(list(validation["label"]))
-
-
-def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, settings: CompressionSettings,
-                     budget: Budget) -> dict:
-    """Step 3: exit-calibrated slenderization of a copy of the TA (see :func:`training.slenderize.slenderize`)."""
-    stage = Stage(out_dir)
-    if stage.done:
-        return stage.load()
-    started = time.time()
-    torch.manual_seed(data.seed)
-    ta = CostEffForSequenceClassification.from_pretrained(ta_dir).eval()
-    student = copy.deepcopy(ta)
-    events = []
-    slenderize(
-        student, ta, data.train_loader, heads=settings.heads, ffn=settings.ffn,
-        embedding_rank=settings.embedding_rank, allocation=settings.allocation,
-        calibrate_exits=settings.calibrate_exits, importance_batches=budget.importance_batches,
-        distill_steps_between_events=budget.distill_steps, num_events=budget.num_events, lr=budget.prune_lr,
-        on_event=lambda index, event, model, stats: events.append({"event": index, **asdict(event), **stats}),
-    )
-    student.save_pretrained(out_dir)
-    data.tokenizer.save_pretrained(out_dir)
-    return stage.finish({"events": events, "num_attention_heads": student.config.num_attention_heads,
-                         "intermediate_size": student.config.intermediate_size}, started)
 
 
 def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, settings: CompressionSettings = CompressionSettings(),
@@ -194,7 +95,12 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
                                            exit_pooling=exit_pooling)
     timings["teaching assistant"] = ta_record["seconds"]
     variant_dir = work_dir / settings.name
-    slender_record = slenderize_stage(ta_dir, data, variant_dir / "slender", settings, budget)
+    slender_record = slenderize_stage(
+        ta_dir, data, variant_dir / "slender", heads=settings.heads, ffn=settings.ffn,
+        embedding_rank=settings.embedding_rank, allocation=settings.allocation,
+        calibrate_exits=settings.calibrate_exits, importance_batches=budget.importance_batches,
+        distill_steps=budget.distill_steps, num_events=budget.num_events, lr=budget.prune_lr,
+    )
     timings["slenderization"] = slender_record["seconds"]
     recovered_dir = variant_dir / "recovered"
     recovery_record = recover(ta_dir, variant_dir / "slender", data, recovered_dir,
@@ -215,7 +121,7 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    shutil.copytree(recovered_dir, out_dir, ignore=shutil.ignore_patterns("stage.json"))
+    shutil.copytree(recovered_dir, out_dir, ignore=shutil.ignore_patterns(RECORD))
     config_path = out_dir / "config.json"
     config = json.loads(config_path.read_text())
     config["entropy_threshold"] = chosen["entropy_threshold"]
@@ -228,19 +134,3 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
         chosen=chosen, max_drop=max_drop, timings=timings,
     )
     return report
-
-
-@torch.inference_mode()
-def hf_predict(model, tokenizer, inputs: list, batch_size: int, max_length: int) -> torch.Tensor:
-    """HF baseline: tokenize each batch of strings or (text, text_pair) tuples with dynamic padding and run
-    the classifier; logits ``[N, C]`` fp32."""
-    out = []
-    for start in range(0, len(inputs), batch_size):
-        enc = tokenize_chunk(tokenizer, inputs[start : start + batch_size], max_length)
-        out.append(model(**enc).logits.float())
-    return torch.cat(out)
-
-
-def budget_with(budget: str, **changes) -> Budget:
-    """A named budget with some fields changed (for tests and smoke runs)."""
-    return replace(BUDGETS[budget], **changes)

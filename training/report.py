@@ -6,13 +6,14 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
+from costeff_fast import CostEffForSequenceClassification, from_pretrained
 from costeff_fast.flops import model_flops, parameter_counts
-from costeff_fast.inference import from_pretrained
-from costeff_fast.modeling import CostEffForSequenceClassification
 
 from .calibrate import pick_threshold
+from .prediction import minibatches, predict
 
 PADDED_TOKENS = 128
 
@@ -29,7 +30,7 @@ def write_report(out_dir: Path, *, task, budget, settings, teacher, ta_dir, mode
     model = CostEffForSequenceClassification.from_pretrained(model_dir)
     ta = CostEffForSequenceClassification.from_pretrained(ta_dir)
     engine = from_pretrained(model_dir)
-    lengths = torch.cat([engine.encode(validation_inputs[i : i + 256])[2] for i in range(0, len(validation_inputs), 256)])
+    lengths = predict(lambda chunk: engine.encode(chunk)[2], minibatches(validation_inputs, 256))  # [N] tokens
     rows = len(lengths)
     teacher_params, model_params = parameter_counts(teacher), parameter_counts(model)
     padded = [PADDED_TOKENS] * rows
@@ -89,16 +90,15 @@ def write_report(out_dir: Path, *, task, budget, settings, teacher, ta_dir, mode
 
 
 def plot_pareto(report: dict, path: Path) -> None:
-    """Accuracy against executed GFLOPs per row (real lengths): the sweep, the teacher and each exit at depth."""
-    import matplotlib
-    import matplotlib.ticker
+    """Accuracy against executed GFLOPs per row (real lengths): the sweep, the teacher and each exit at depth.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Draws on a standalone :class:`matplotlib.figure.Figure` (no pyplot, no global backend change) and saves a
+    PNG to ``path``.
+    """
     rows = report["validation_rows"]
     sweep = sorted(report["calibration"]["sweep"], key=lambda r: r["gflops"])
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+    fig = Figure(figsize=(6, 4.2), dpi=110)
+    ax = fig.subplots()
     ax.plot([r["gflops"] / rows for r in sweep], [r["accuracy"] for r in sweep], "o-", ms=3,
             label="COST-EFF, entropy threshold sweep")
     chosen = report["calibration"]["chosen"]
@@ -108,7 +108,7 @@ def plot_pareto(report: dict, path: Path) -> None:
     ax.axhline(0.965 * report["accuracy"]["teacher"], color="gray", ls=":", lw=1, label="96.5% of teacher")
     ax.axvline(teacher_gflops / 19, color="gray", ls="--", lw=1, label="1/19 of teacher FLOPs")
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("executed GFLOPs per sentence (real lengths)")
     ax.set_ylabel("dev accuracy")
     ax.set_title(f"{report['task']}: {report['settings']['name']} ({report['budget']['name']} budget)")
@@ -116,4 +116,3 @@ def plot_pareto(report: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)

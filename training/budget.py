@@ -1,0 +1,111 @@
+"""Training budgets: how much data, how many tokens, epochs, steps and which learning rate each stage gets.
+
+Three named presets, :data:`PAPER`, :data:`QUICK` and :data:`DEMO`, are collected in :data:`BUDGETS`;
+:func:`budget_with` changes some fields of one. The paper's values follow COST-EFF (Shen et al., EMNLP 2022,
+arXiv 2210.15523) Sec. 4.1 and the authors' ``run.sh`` for SST-2 (GitHub sbwww/COST-EFF).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """How much data and how many epochs each stage gets (every field is a keyword).
+
+    Teacher and TA are cached per task and budget (:func:`default_work_name`), so two budgets that differ in
+    any field never share a stage.
+    """
+
+    name: str
+    """Preset name (``"quick"``, ``"paper"``, ``"demo"`` or a new one); part of the work-directory name."""
+    train_rows: int | None
+    """Rows drawn from the task's training split (None: the whole split)."""
+    eval_rows: int | None
+    """Rows of the validation split used for checkpoint choice, calibration and the report (None: all)."""
+    max_length: int
+    """Tokens per row after truncation, in training and in the saved tokenizer (``model_max_length``)."""
+    batch_size: int
+    """Training rows per optimizer step, every stage."""
+    teacher_epochs: float
+    """Epochs of teacher fine-tuning (fractions allowed); used only when no teacher is given."""
+    teacher_lr: float
+    """Peak AdamW learning rate of teacher fine-tuning (linear warmup over 10 % of the steps, then decay)."""
+    ta_hidden_epochs: float
+    """Epochs of the TA's hidden-state-only distillation (0 skips the phase)."""
+    ta_prediction_epochs: float
+    """Epochs of the TA's exit (prediction) distillation; the best dev checkpoint is kept."""
+    ta_lr: float
+    """Peak AdamW learning rate of both TA phases (exit classifiers train at 20 times it)."""
+    num_events: int | None
+    """Pruning events (None: one per removed head, the paper)."""
+    importance_batches: int | None
+    """Training batches per Taylor-importance pass (None: one full epoch, the paper's code)."""
+    distill_steps: int
+    """Optimizer steps of distillation from the TA after each pruning event."""
+    prune_lr: float
+    """Constant AdamW learning rate of the distillation between pruning events."""
+    recovery_hidden_epochs: float
+    """Epochs of recovery's hidden-state-only distillation (0 skips the phase)."""
+    recovery_prediction_epochs: float
+    """Epochs of recovery's hidden-state plus exit-to-exit distillation; the best dev checkpoint is kept."""
+    recovery_lr: float
+    """Peak AdamW learning rate of both recovery phases."""
+
+
+PAPER = Budget(
+    # The paper's SST-2 schedule for 2 heads (run.sh): full data, 128 tokens, batch 32; teacher and TA 5 epochs
+    # (TA: 5/3 hidden-only first), pruning spread over 5 epochs, recovery 10 hidden-only + 6 prediction epochs.
+    name="paper", train_rows=None, eval_rows=None, max_length=128, batch_size=32,
+    teacher_epochs=5, teacher_lr=2e-5,
+    ta_hidden_epochs=5 / 3, ta_prediction_epochs=5, ta_lr=2e-5,
+    num_events=None, importance_batches=None, distill_steps=180, prune_lr=1e-5,
+    recovery_hidden_epochs=10, recovery_prediction_epochs=6, recovery_lr=3e-5,
+)
+"""The paper's SST-2 schedule for 2 heads (full data, 128 tokens)."""
+
+QUICK = Budget(
+    # About 30 minutes for rt on 2 CPU cores: 3,000 training rows, 64 tokens, fewer and shorter stages.
+    name="quick", train_rows=3000, eval_rows=None, max_length=64, batch_size=32,
+    teacher_epochs=1, teacher_lr=5e-5,
+    ta_hidden_epochs=0.5, ta_prediction_epochs=1, ta_lr=5e-5,
+    num_events=5, importance_batches=8, distill_steps=40, prune_lr=3e-5,
+    recovery_hidden_epochs=1, recovery_prediction_epochs=1, recovery_lr=5e-5,
+)
+"""About 30 minutes for rt on 2 CPU cores (the CLI's default)."""
+
+DEMO = Budget(
+    # The demo (`costeff-fast demo`): the quick recipe on 2,000 rows with shorter pruning and recovery.
+    name="demo", train_rows=2000, eval_rows=None, max_length=64, batch_size=32,
+    teacher_epochs=1, teacher_lr=5e-5,
+    ta_hidden_epochs=0, ta_prediction_epochs=1, ta_lr=5e-5,
+    num_events=4, importance_batches=4, distill_steps=25, prune_lr=3e-5,
+    recovery_hidden_epochs=0.5, recovery_prediction_epochs=1, recovery_lr=5e-5,
+)
+"""The quick recipe on 2,000 rows with shorter pruning and recovery (``costeff-fast demo``)."""
+
+BUDGETS: dict[str, Budget] = {budget.name: budget for budget in (PAPER, QUICK, DEMO)}
+"""The named presets by name: ``"paper"``, ``"quick"``, ``"demo"``."""
+
+
+def budget_with(budget: str, **changes) -> Budget:
+    """The named budget ``budget`` with some fields changed (for tests, smoke runs and CLI overrides).
+
+    Raises:
+        KeyError: an unknown budget name.
+        TypeError: a change names no field of :class:`Budget`.
+    """
+    return replace(BUDGETS[budget], **changes)
+
+
+def default_work_name(task: str, budget: Budget, exit_pooling: str) -> str:
+    """``<task>-<budget>-len<max_length>-<exit_pooling>``, plus ``-<field><value>`` for every other field that
+    differs from the named budget (e.g. ``-train_rows1500``), so a changed budget never reuses stale stages."""
+    name = f"{task}-{budget.name}-len{budget.max_length}-{exit_pooling}"
+    base = BUDGETS.get(budget.name)
+    if base is None:
+        return name
+    changed = [f for f in fields(Budget) if f.name not in ("name", "max_length")
+               and getattr(budget, f.name) != getattr(base, f.name)]
+    return name + "".join(f"-{f.name}{getattr(budget, f.name)}" for f in changed)

@@ -1,0 +1,94 @@
+"""Pruning schedule: the widths after each pruning event, shrinking linearly to the targets.
+
+COST-EFF (Shen et al., EMNLP 2022, arXiv 2210.15523, Sec. 3.2) removes one head per layer per event; the
+authors' released code (GitHub sbwww/COST-EFF) shrinks the FFN width and the embedding rank by the same
+linear rule over the same events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from costeff_fast.config import CostEffConfig
+
+
+@dataclass(frozen=True)
+class PruningEvent:
+    """Targets of one pruning event: per-layer (or, global, average per-layer) ``heads`` and ``ffn`` widths,
+    and the word-embedding rank (None: leave the embedding as it is)."""
+
+    heads: int
+    ffn: int
+    embedding_rank: int | None
+
+
+def pruning_schedule(start: int, target: int, num_events: int) -> list[int]:
+    """Widths after each of ``num_events`` events, shrinking linearly from ``start`` to ``target``.
+
+    Event ``k`` (1-based) reaches ``start - floor((start - target) * k / num_events)``, in exact integer
+    arithmetic: non-increasing, each step removes ``floor`` or ``ceil`` of ``(start - target) / num_events``,
+    and event ``num_events`` hits ``target`` exactly. With ``num_events = start - target`` each event removes
+    exactly one unit (the paper's head schedule); the authors' released code shrinks FFN width and embedding
+    rank by the same linear rule.
+
+    Args:
+        start: current width, >= 1.
+        target: final width in ``[1, start]``.
+        num_events: number of events, >= 1.
+
+    Returns:
+        ``num_events`` ints, the width after each event.
+
+    Raises:
+        ValueError: a non-int argument, ``target`` outside ``[1, start]`` or ``num_events < 1``.
+    """
+    for name, value in (("start", start), ("target", target), ("num_events", num_events)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an int, got {value!r}")
+    if not 1 <= target <= start:
+        raise ValueError(f"target must lie in [1, start={start}] (widths only shrink), got {target}")
+    if num_events < 1:
+        raise ValueError(f"num_events must be >= 1, got {num_events}")
+    return [start - (start - target) * k // num_events for k in range(1, num_events + 1)]
+
+
+def plan_events(
+    config: CostEffConfig, heads: int, ffn: int, embedding_rank: int | None, num_events: int | None = None
+) -> list[PruningEvent]:
+    """Per-event targets that take ``config``'s widths to (``heads``, ``ffn``, ``embedding_rank``).
+
+    Start widths are the per-layer means of ``config.num_attention_heads`` and ``config.intermediate_size``
+    rounded down (the widths themselves for a uniform model) and the current embedding rank
+    (``config.embedding_rank``, or ``hidden_size`` when not factorized). By default there is one event per
+    removed head, ``num_events = start_heads - heads`` (the paper), or a single event when no head is removed
+    but FFN or embedding shrink, and none when nothing changes. Each width follows
+    :func:`pruning_schedule` over the same events; e.g. 12 heads -> 6, FFN 3072 -> 1536, rank 768 -> 384:
+    6 events with heads 11, 10, ..., 6, FFN 2816, 2560, ..., 1536 and rank 704, 640, ..., 384.
+    ``embedding_rank=None`` leaves the embedding alone (every event's rank is None).
+
+    Args:
+        config: configuration of the model to slenderize.
+        heads, ffn: final per-layer (or average per-layer) widths, ``1 <= target <= start``.
+        embedding_rank: final rank in ``[1, current rank]`` or None.
+        num_events: override the number of events (>= 1).
+
+    Returns:
+        List of :class:`PruningEvent`, in order; the last one holds the final targets.
+
+    Raises:
+        ValueError: a target outside ``[1, start]`` or ``num_events < 1`` (via :func:`pruning_schedule`).
+    """
+    num_layers = config.num_hidden_layers
+    start_heads = sum(config.num_attention_heads) // num_layers
+    start_ffn = sum(config.intermediate_size) // num_layers
+    start_rank = config.embedding_rank or config.hidden_size
+    if num_events is None:
+        changes = (start_heads != heads, start_ffn != ffn, embedding_rank is not None and embedding_rank != start_rank)
+        num_events = max(start_heads - heads, 1) if any(changes) else 0
+        if num_events == 0:
+            return []
+    head_widths = pruning_schedule(start_heads, heads, num_events)
+    ffn_widths = pruning_schedule(start_ffn, ffn, num_events)
+    ranks = [None] * num_events if embedding_rank is None else pruning_schedule(start_rank, embedding_rank, num_events)
+    return [PruningEvent(h, f, r) for h, f, r in zip(head_widths, ffn_widths, ranks)]
+
