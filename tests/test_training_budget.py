@@ -1,0 +1,70 @@
+"""Tests of the training budgets: keyword-only fields, documented units, named presets."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from dataclasses import FrozenInstanceError, astuple, fields
+
+import pytest
+
+from costeff_fast.training import budget as budget_module
+from costeff_fast.training.budget import BUDGETS, DEMO, PAPER, QUICK, Budget, budget_with
+
+# The presets' values as the pipeline used them before Budget took keywords (field order of the dataclass).
+EXPECTED = {
+    "paper": ("paper", None, None, 128, 32, 5, 2e-5, 5 / 3, 5, 2e-5, None, None, 180, 1e-5, 10, 6, 3e-5),
+    "quick": ("quick", 3000, None, 64, 32, 1, 5e-5, 0.5, 1, 5e-5, 5, 8, 40, 3e-5, 1, 1, 5e-5),
+    "demo": ("demo", 2000, None, 64, 32, 1, 5e-5, 0, 1, 5e-5, 4, 4, 25, 3e-5, 0.5, 1, 5e-5),
+}
+
+
+def test_presets_keep_their_values():
+    assert list(BUDGETS) == ["paper", "quick", "demo"]
+    assert (BUDGETS["paper"], BUDGETS["quick"], BUDGETS["demo"]) == (PAPER, QUICK, DEMO)
+    for name, values in EXPECTED.items():
+        assert astuple(BUDGETS[name]) == values
+
+
+def test_budget_takes_only_keywords_and_every_field():
+    with pytest.raises(TypeError):
+        Budget(*EXPECTED["quick"])
+    values = dict(zip([f.name for f in fields(Budget)], EXPECTED["quick"]))
+    assert Budget(**values) == QUICK
+    del values["recovery_lr"]
+    with pytest.raises(TypeError, match="recovery_lr"):
+        Budget(**values)
+    with pytest.raises(FrozenInstanceError):
+        QUICK.batch_size = 8
+
+
+def test_every_field_has_a_docstring():
+    tree = ast.parse(inspect.getsource(budget_module))
+    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Budget").body
+    documented = {
+        stmt.target.id
+        for stmt, following in zip(body, body[1:])
+        if isinstance(stmt, ast.AnnAssign)
+        and isinstance(following, ast.Expr)
+        and isinstance(following.value, ast.Constant)
+        and isinstance(following.value.value, str)
+    }
+    assert documented == {f.name for f in fields(Budget)}
+
+
+def test_presets_are_built_with_keywords():
+    tree = ast.parse(inspect.getsource(budget_module))
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Budget"]
+    assert len(calls) == 3
+    assert all(not call.args and len(call.keywords) == len(fields(Budget)) for call in calls)
+
+
+def test_budget_with_changes_only_the_named_fields():
+    changed = budget_with("quick", train_rows=100, distill_steps=3)
+    assert (changed.train_rows, changed.distill_steps) == (100, 3)
+    assert astuple(changed)[2:12] == astuple(QUICK)[2:12] and changed.recovery_lr == QUICK.recovery_lr
+    assert QUICK.train_rows == 3000
+    with pytest.raises(TypeError):
+        budget_with("quick", epochs=3)
+    with pytest.raises(KeyError):
+        budget_with("huge")
