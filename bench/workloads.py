@@ -39,7 +39,7 @@ def tokenizer():
     """The packaged MiniLM's uncased BERT WordPiece tokenizer (the BERT-base vocabulary)."""
     from transformers import AutoTokenizer
 
-    from costeff_fast.training.trainer import packaged_minilm_dir
+    from costeff_fast.training.data import packaged_minilm_dir
 
     return AutoTokenizer.from_pretrained(packaged_minilm_dir())
 
@@ -415,7 +415,7 @@ def hf_teacher(directory=None):
     """The teacher: a fine-tuned HF BERT classifier directory, or the packaged MiniLM with a new 2-label head."""
     from transformers import AutoModelForSequenceClassification
 
-    from costeff_fast.training.trainer import packaged_minilm_dir
+    from costeff_fast.training.data import packaged_minilm_dir
 
     torch.manual_seed(0)
     source = directory or packaged_minilm_dir()

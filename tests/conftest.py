@@ -58,6 +58,6 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def minilm_dir():
-    from costeff_fast.training.trainer import packaged_minilm_dir
+    from costeff_fast.training.data import packaged_minilm_dir
 
     return packaged_minilm_dir()

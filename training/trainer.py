@@ -19,10 +19,6 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
-# Kept importable from here for callers outside training/ (bench/workloads.py, tests/conftest.py); it lives
-# in .data.
-from .data import packaged_minilm_dir  # noqa: F401
-
 Batch = Mapping[str, torch.Tensor]
 
 EXIT_PREFIX = "exits."
