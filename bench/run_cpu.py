@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -149,6 +150,18 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def cpu_model() -> str:
+    """The CPU's model name as ``lscpu`` and ``/proc/cpuinfo`` give it (e.g. ``AMD EPYC``), else the architecture."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     shape_only = args.costeff is None
@@ -163,7 +176,7 @@ def main(argv=None) -> dict:
     results = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                     "native_kernels": native.available()},
         "shape_only": shape_only,
         "costeff": str(args.costeff) if args.costeff else "packaged MiniLM, full-width multi-exit (untrained exits)",

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--exit-pooling", choices=["mean", "cls"], default="mean",
                           help="what non-pooled exits read: token mean (default) or [CLS] (the paper)")
     compress.add_argument("--max-drop", type=float, default=0.01, help="allowed dev accuracy drop (default 0.01)")
-    compress.add_argument("--work-dir", type=Path, default=None, help="stage cache (default work/<task>-<budget>)")
+    compress.add_argument("--work-dir", type=Path, default=None, help="stage cache (default work/<task>-<budget>-len<max length>-<exit pooling>, "
+                          "plus a suffix per overridden budget field)")
     compress.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
     compress.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     return parser
