@@ -46,7 +46,7 @@ def tokenizer():
 
 @cache
 def rt_split(split: str = "validation") -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """Texts and labels of the offline ``rt`` task (costeff_fast.data, ASSETS.md)."""
+    """Texts and labels of the offline ``rt`` task (costeff_fast.data)."""
     from costeff_fast.data import load_task
 
     data = load_task("rt")[split]
