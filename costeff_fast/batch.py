@@ -61,32 +61,6 @@ class PackedBatch:
         """``[B]`` int64 index of each row's first ([CLS]) token in the packed buffer."""
         return self.cu_seqlens[:-1]
 
-    @cached_property
-    def token_row(self) -> torch.Tensor:
-        """``[T]`` int64 row of every packed token."""
-        return torch.repeat_interleave(torch.arange(self.num_rows, device=self.device), self.lengths.to(self.device))
-
-    @cached_property
-    def position_ids(self) -> torch.Tensor:
-        """``[T]`` int64 position of every packed token inside its row (0 = [CLS])."""
-        return torch.arange(self.num_tokens, device=self.device) - self.cu_seqlens[self.token_row]
-
-    @cached_property
-    def padded_index(self) -> torch.Tensor:
-        """``[T]`` int64 index of every packed token in a padded ``[B * max_seqlen]`` layout."""
-        return self.token_row * self.max_seqlen + self.position_ids
-
-    @cached_property
-    def key_padding_mask(self) -> torch.Tensor:
-        """``[B, max_seqlen]`` bool, True where the padded layout holds a real token."""
-        positions = torch.arange(self.max_seqlen, device=self.device)
-        return positions[None, :] < self.lengths.to(self.device)[:, None]
-
-    def row_mean(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Mean of each row's token vectors: packed ``[T, H]`` -> ``[B, H]`` (same dtype)."""
-        sums = hidden.new_zeros(self.num_rows, hidden.shape[1]).index_add_(0, self.token_row, hidden)
-        return sums / self.lengths.to(device=hidden.device, dtype=hidden.dtype)[:, None]
-
     def keep(self, keep: torch.Tensor) -> "PackedBatch":
         """The batch of the rows where ``keep [B]`` (bool, any device) is True, in the same order."""
         keep_host = keep.cpu()

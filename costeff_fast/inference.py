@@ -174,8 +174,8 @@ class CostEffInferenceModel:
 
         Args:
             batch: see :meth:`encode`.
-            entropy_threshold: nats, a float or one float per layer; None uses the model's default (the
-                checkpoint's calibrated threshold). A row answers at the first layer whose exit entropy is
+            entropy_threshold: nats, a float or one float per layer; None uses this instance's default (the
+                ``entropy_threshold`` given to :func:`from_pretrained`, else the checkpoint's calibrated one). A row answers at the first layer whose exit entropy is
                 below the threshold; the last layer always answers. ``0.0`` disables early exit
                 (:func:`~costeff_fast.config.resolve_entropy_threshold`).
             return_exit_layers: also return each row's 1-based exit layer.

@@ -27,7 +27,7 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .config import CostEffConfig, resolve_entropy_threshold
-from .reference import exit_entropy, exit_logits, first_exit
+from .reference import exit_decision, exit_entropy, exit_logits, first_exit
 
 
 class _GradientRescale(torch.autograd.Function):
@@ -312,7 +312,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
                 hidden = layer(hidden, no_mask)
                 logits = exit_head(hidden, attention_mask[row : row + 1, :length]).float()
                 entropy = exit_entropy(logits)
-                if depth == num_layers or entropy.item() < tau[depth - 1]:
+                if depth == num_layers or bool(exit_decision(logits, tau[depth - 1])):
                     break
             logits_out.append(logits[0])
             layer_out.append(depth)

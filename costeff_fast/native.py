@@ -15,7 +15,9 @@ Only kernels that beat their torch counterpart by >= 1.2x on their own operation
 ``bench/run_cpu.py`` and ``bench/test_cpu_kernels.py``, figures in ``bench/results/cpu.json``): varlen
 attention, bias + residual + LayerNorm, embedding + LayerNorm, compaction, span mean, the exit decision
 (entropy below the threshold), the exit bookkeeping (output scatter + compaction) and the tiled encoder layer
-built from them (which can also return its rows' token means for mean-pooling exits). A fused bias + GELU
+built from them (which also returns its rows' token means for mean-pooling exits, so the native backend
+calls only the layer, the exit decision, the bookkeeping and the embedding; the others are its parts and
+are tested and timed alone). A fused bias + GELU
 did not (about 1.0x against ``addmm`` + in-place ``gelu_``) and was removed.
 """
 

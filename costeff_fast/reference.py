@@ -1,8 +1,12 @@
 """The plain-PyTorch math of every engine operation: the one reference each fast path is checked against.
 
-Every function computes in fp32 (inputs of any float dtype are upcast; fp32 inputs are used as they are) and
-returns fp32. Each has the signature of its fast counterparts in :mod:`costeff_fast.native` (C++ CPU kernels)
-and :mod:`costeff_fast.kernels` (Triton), so a test calls both with the same arguments. The ``torch`` backend
+The arithmetic runs in fp32 (inputs of any float dtype are upcast; fp32 inputs are used as they are) and
+returns fp32, except where a function only selects or copies (:func:`exit_features` of [CLS],
+:func:`compact_tokens`, :func:`retire` keep the input's dtype) or is the trainable model's (:func:`exit_logits`
+runs in its inputs' dtype). The fast counterparts in :mod:`costeff_fast.native` (C++ CPU kernels) and
+:mod:`costeff_fast.kernels` (Triton) take the reference's arguments in the same order, any extra argument
+after them (e.g. the host-side sizes the Triton compaction needs to avoid a device wait), and the tests call
+both on the same inputs. The ``torch`` backend
 runs the engine with these functions, and :mod:`costeff_fast.modeling` takes its exit math from here.
 
 Operations (COST-EFF, Shen et al., EMNLP 2022, arXiv 2210.15523, Sec. 3; BERT's post-LN layer as in
@@ -52,13 +56,13 @@ def exit_decision(logits: torch.Tensor, entropy_threshold: float) -> torch.Tenso
 
 def exit_features(hidden: torch.Tensor, batch: PackedBatch, pooling: str) -> torch.Tensor:
     """What an exit reads from packed ``hidden [T, H]``: each row's [CLS] vector (``"cls"``) or the mean of its
-    tokens (``"mean"``), ``[B, H]`` in ``hidden``'s dtype.
+    tokens (``"mean"``, summed in fp32 by :func:`segment_mean`), ``[B, H]`` in ``hidden``'s dtype.
 
     Raises:
         ValueError: an unknown ``pooling``.
     """
     if pooling == "mean":
-        return batch.row_mean(hidden)
+        return segment_mean(hidden, batch.cu_seqlens).to(hidden.dtype)
     if pooling == "cls":
         return hidden[batch.cls_index]
     raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")

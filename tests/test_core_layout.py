@@ -49,10 +49,11 @@ def _module_imports(path: Path) -> tuple[set[str], list[str]]:
                 names = [target[0]] if target else [alias.name for alias in node.names]
             elif node.module and node.module.startswith("costeff_fast."):
                 names = [node.module.split(".")[1]]
-            elif node.module == "costeff_fast":
-                names = [alias.name for alias in node.names]
+            elif node.module == "costeff_fast":  # a module of the package, or a name from its root
+                names = [alias.name if alias.name in FLOORS else "__init__" for alias in node.names]
         elif isinstance(node, ast.Import):
-            names = [a.name.split(".")[1] for a in node.names if a.name.startswith("costeff_fast.")]
+            names = [a.name.split(".")[1] if "." in a.name else "__init__"
+                     for a in node.names if a.name.split(".")[0] == "costeff_fast"]
         names = [name for name in names if name in FLOORS and name != "training"]
         found.update(names)
         optional = isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] in OPTIONAL
@@ -99,12 +100,17 @@ def test_threshold_rule():
         resolve_entropy_threshold([0.1, "a", 0.3], config)
 
 
-def test_checkpoint_threshold_is_used_by_every_entry_point(tiny_model):
+def test_checkpoint_threshold_is_used_by_every_entry_point():
     """generate_logits, the stream and the reference model resolve None the same way."""
     batch = random_batch(7, batch=12, vocab=97)
     model = make_tiny_model(entropy_threshold=1e9)  # every row is confident at exit 1
     engine = costeff_fast.CostEffInferenceModel(model, None, backend="torch")
     assert engine.generate_logits(batch, return_exit_layers=True)[1].tolist() == [1] * 12
+    ids = [row[: int(n)].tolist() for row, n in zip(batch["input_ids"], batch["attention_mask"].sum(1))]
+    engine.tokenizer = lambda texts, *args, **kwargs: {"input_ids": [ids[int(t)] for t in texts]}
+    streamed = list(engine.generate_logits_stream([str(i) for i in range(12)], batch_size=5))
+    assert sorted(index for index, _, _ in streamed) == list(range(12))
+    assert {layer for _, _, layer in streamed} == {1}
     assert model.early_exit_reference(**batch)[1].tolist() == [1] * 12
     assert model(**batch).exit_layer.tolist() == [1] * 12
     overridden = costeff_fast.CostEffInferenceModel(model, None, backend="torch", entropy_threshold=0.0)
@@ -119,6 +125,13 @@ def test_auto_picks_native_on_the_cpu_and_logs_why(tiny_model, caplog):
         backend = build_backend(tiny_model, "auto", "cpu")
     assert backend.name == "native"
     assert [r.getMessage() for r in caplog.records] == ["costeff_fast: backend 'native' (CPU and the native kernels are built)"]
+
+
+def test_auto_on_a_gpu_machine_without_triton_runs_the_cpu_choice(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(costeff_fast.backends.importlib.util, "find_spec", lambda name: None)
+    assert select_backend("auto") == select_backend("auto", "cpu")
+    assert select_backend("auto", "cuda")[0] == "torch"
 
 
 def test_auto_without_native_kernels_picks_torch(tiny_model, monkeypatch):

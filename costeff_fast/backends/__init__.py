@@ -27,8 +27,9 @@ def select_backend(backend: str = "auto", device=None) -> tuple[str, str]:
     """Resolve a backend name: ``(name, reason)``.
 
     ``auto``: ``triton`` on a CUDA device (or with no device given and a visible GPU) when triton is
-    installed; on the CPU ``native`` when the native kernels build (and ``COSTEFF_FAST_NATIVE=0`` is not set),
-    else ``torch``; ``torch`` on any other device. An explicit name is returned as given.
+    installed; ``torch`` on an explicit CUDA device without triton and on any other non-CPU device; otherwise
+    the CPU: ``native`` when the native kernels build (and ``COSTEFF_FAST_NATIVE=0`` is not set), else
+    ``torch``. An explicit name is returned as given.
 
     Raises:
         ValueError: an unknown backend name.
@@ -39,9 +40,9 @@ def select_backend(backend: str = "auto", device=None) -> tuple[str, str]:
         return backend, "asked for"
     target = torch.device(device) if device is not None else None
     wants_cuda = target.type == "cuda" if target is not None else torch.cuda.is_available()
-    if wants_cuda:
-        if torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
-            return "triton", "CUDA GPU and triton found"
+    if wants_cuda and torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
+        return "triton", "CUDA GPU and triton found"
+    if target is not None and target.type == "cuda":
         return "torch", "CUDA without triton installed (pip install costeff_fast[gpu])"
     if target is not None and target.type != "cpu":
         return "torch", f"device {target} has no dedicated kernels"

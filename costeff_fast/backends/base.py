@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from .. import reference
 from ..batch import PackedBatch
 from ..packing import PackedWeights
 
@@ -96,13 +97,15 @@ class Backend(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """What exit ``index`` reads as ``(source, rows)``: it reads ``source[rows]`` (``[B, H]``).
 
-        [CLS] pooling reads ``hidden`` at ``batch.cls_index``; mean pooling reads the row means (``features``
-        when the layer gave them, else computed here) at ``arange(B)``.
+        [CLS] pooling reads ``hidden`` at ``batch.cls_index`` (no copy); mean pooling reads the row means
+        (``features`` when the layer gave them, else :func:`costeff_fast.reference.exit_features`) at
+        ``arange(B)``.
         """
-        if features is None and self.weights.exits[index].pooling == "cls":
+        pooling = self.weights.exits[index].pooling
+        if features is None and pooling == "cls":
             return hidden, batch.cls_index
         if features is None:
-            features = batch.row_mean(hidden)
+            features = reference.exit_features(hidden, batch, pooling)
         return features, torch.arange(batch.num_rows, device=features.device)
 
 

@@ -1,4 +1,8 @@
-"""Exit head in one kernel: gather CLS rows, optional pooler, tanh, classifier, softmax entropy, threshold.
+"""Exit head in one kernel: gather each row's feature vector, optional pooler, tanh, classifier, softmax
+entropy, threshold.
+
+The rows read are ``hidden[cls_index]``: the [CLS] tokens of packed hidden states, or, for mean-pooling exits,
+the ``[B, H]`` row means with ``cls_index = arange(B)``.
 
 COST-EFF's exit l is ``Linear(H, C)(tanh(hidden_l[CLS]))``; a converted HF classifier's last exit has a
 BERT pooler first, ``Linear(H, C)(tanh(dense(hidden_l[CLS])))`` (docs/design.md, Terms). One program owns a
@@ -77,7 +81,8 @@ def exit_head(
 
     Args:
         hidden: ``[T, H]`` packed hidden states (fp32/fp16/bf16), rows contiguous.
-        cls_index: ``[B]`` int32/int64 index of each row's CLS token in ``hidden`` (``cu_seqlens[:-1]``).
+        cls_index: ``[B]`` int32/int64 index of each row's feature vector in ``hidden`` (``cu_seqlens[:-1]`` for
+            [CLS]; ``arange(B)`` when ``hidden`` holds the row means).
         classifier_weight: ``[H, C]`` input-major, ``hidden``'s dtype; ``classifier_bias``: ``[C]``.
         pooler_weight, pooler_bias: ``[H, H]`` and ``[H]`` of a BERT pooler, or both None.
         entropy_threshold: tau in nats, or None (no row exits).
