@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 KERNELS = (
     "varlen_attention.cpp", "residual_layernorm.cpp", "embedding_layernorm.cpp", "compact_tokens.cpp",
-    "segment_mean.cpp", "encoder_layer.cpp", "exit_rows.cpp",
+    "segment_mean.cpp", "encoder_layer.cpp", "exit.cpp",
 )
 UNITY_SOURCE = "all_kernels.cpp"  # includes every kernel file: one translation unit builds ~3x faster
 DISABLE_ENV = "COSTEFF_FAST_NATIVE"
@@ -240,7 +240,7 @@ def exit_decision(logits: torch.Tensor, entropy_threshold: float) -> torch.Tenso
     Raises:
         RuntimeError: ``logits`` is not a contiguous 2-D fp32 CPU tensor with at least one label.
     """
-    return torch.ops.costeff_native.entropy_below(logits, float(entropy_threshold))
+    return torch.ops.costeff_native.exit_decision(logits, float(entropy_threshold))
 
 
 def retire(
@@ -269,7 +269,7 @@ def retire(
     Raises:
         RuntimeError: wrong dtype, device, layout or shapes, or a row id outside ``logits_out``.
     """
-    return torch.ops.costeff_native.exit_rows(hidden, cu_seqlens, row_ids, logits, exits, logits_out, exit_layer, layer)
+    return torch.ops.costeff_native.retire(hidden, cu_seqlens, row_ids, logits, exits, logits_out, exit_layer, layer)
 
 
 def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:

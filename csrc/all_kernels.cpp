@@ -3,7 +3,7 @@
 #include "compact_tokens.cpp"
 #include "embedding_layernorm.cpp"
 #include "encoder_layer.cpp"
-#include "exit_rows.cpp"
+#include "exit.cpp"
 #include "residual_layernorm.cpp"
 #include "segment_mean.cpp"
 #include "varlen_attention.cpp"

@@ -133,7 +133,7 @@ def test_exit_decision_matches_reference(labels):
         ok = (entropy - tau).abs() > TIE  # rows on the threshold may round either way
         got = native.exit_decision(logits, tau)
         assert torch.equal(got[ok], reference.exit_decision(logits, tau)[ok])
-    with pytest.raises(RuntimeError, match="entropy_below: logits"):
+    with pytest.raises(RuntimeError, match="exit_decision: logits"):
         native.exit_decision(logits.double(), 0.5)
 
 

@@ -18,10 +18,10 @@
 namespace costeff_native {
 
 // logits [B, C] fp32 contiguous. Returns [B] bool: entropy of softmax(logits) in nats < tau.
-at::Tensor entropy_below(const at::Tensor& logits, double tau) {
-  check_float(logits, 2, "entropy_below", "logits");
+at::Tensor exit_decision(const at::Tensor& logits, double tau) {
+  check_float(logits, 2, "exit_decision", "logits");
   const int64_t rows = logits.size(0), labels = logits.size(1);
-  TORCH_CHECK(labels >= 1, "entropy_below: logits need at least one label");
+  TORCH_CHECK(labels >= 1, "exit_decision: logits need at least one label");
   at::Tensor out = at::empty({rows}, logits.options().dtype(at::kBool));
   const float* z = logits.data_ptr<float>();
   bool* below = out.data_ptr<bool>();
@@ -46,10 +46,10 @@ at::Tensor entropy_below(const at::Tensor& logits, double tau) {
 // CPU; logits_out [N, C] fp32 and exit_layer [N] int64 are written in place at row_ids of the exited rows.
 // Returns the survivors' hidden [T', H], cu_seqlens [B' + 1], lengths [B'] and row_ids [B'] (when no row
 // exits: the inputs themselves and an empty lengths, so the caller keeps its batch).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exit_rows(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> retire(
     const at::Tensor& hidden, const at::Tensor& cu_seqlens, const at::Tensor& row_ids, const at::Tensor& logits,
     const at::Tensor& exits, at::Tensor& logits_out, at::Tensor& exit_layer, int64_t layer) {
-  const char* op = "exit_rows";
+  const char* op = "retire";
   check_float(hidden, 2, op, "hidden");
   check_varlen(cu_seqlens, hidden.size(0), hidden.size(0), op);
   const int64_t rows = cu_seqlens.numel() - 1;
@@ -107,8 +107,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exit_rows(
 }  // namespace costeff_native
 
 TORCH_LIBRARY_FRAGMENT(costeff_native, m) {
-  m.def("entropy_below(Tensor logits, float tau) -> Tensor", &costeff_native::entropy_below);
-  m.def("exit_rows(Tensor hidden, Tensor cu_seqlens, Tensor row_ids, Tensor logits, Tensor exits, "
+  m.def("exit_decision(Tensor logits, float tau) -> Tensor", &costeff_native::exit_decision);
+  m.def("retire(Tensor hidden, Tensor cu_seqlens, Tensor row_ids, Tensor logits, Tensor exits, "
         "Tensor(a!) logits_out, Tensor(b!) exit_layer, int layer) -> (Tensor, Tensor, Tensor, Tensor)",
-        &costeff_native::exit_rows);
+        &costeff_native::retire);
 }
