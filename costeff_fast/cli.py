@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import traceback
 from pathlib import Path
 
 
@@ -51,9 +53,30 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--max-drop", type=float, default=0.01, help="allowed dev accuracy drop (default 0.01)")
     compress.add_argument("--work-dir", type=Path, default=None, help="stage cache (default work/<task>-<budget>-len<max length>-<exit pooling>, "
                           "plus a suffix per overridden budget field)")
-    compress.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
+    compress.add_argument("--out", type=Path, required=True,
+                          help="output checkpoint directory: new, empty, or a previous COST-EFF output (config.json "
+                               "with model_type costeff plus report.json), which is replaced; any other existing "
+                               "directory is refused unless --overwrite. Written to a temporary sibling and renamed "
+                               "into place at the end, so a failed run leaves the old --out as it was")
+    compress.add_argument("--overwrite", action="store_true",
+                          help="replace an existing --out even if it holds other files (they are deleted at the end)")
     compress.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    compress.add_argument("-v", "--verbose", action="store_true",
+                          help="show the traceback of a refused argument (refusals otherwise print one line "
+                               "and exit with status 2)")
+    compress.epilog = ("Every argument is checked before the first training step (teacher config, widths against "
+                       "the teacher, --out, --work-dir); a refused argument prints one 'error: <message>' line and "
+                       "exits with status 2 (-v adds the traceback).")
     return parser
+
+
+def _refuse(error: Exception, verbose: bool) -> None:
+    """Print a refused argument as one ``costeff-fast: error:`` line (after the traceback when ``verbose``); exit 2."""
+    if verbose:
+        traceback.print_exception(error)
+    message = " ".join(str(error).split())
+    print(f"costeff-fast: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         from dataclasses import replace
 
         from costeff_fast.training.pipeline import BUDGETS, CompressionSettings, compress
+        from costeff_fast.training.validate import CompressArgumentError
 
         settings = CompressionSettings(heads=args.heads, ffn=args.ffn, embedding_rank=args.embedding_rank,
                                        allocation=args.allocation, calibrate_exits=not args.final_exit_importance)
@@ -78,8 +102,12 @@ def main(argv: list[str] | None = None) -> None:
                      "teacher_epochs": args.teacher_epochs, "ta_prediction_epochs": args.ta_epochs,
                      "recovery_prediction_epochs": args.recovery_epochs}
         budget = replace(budget, **{k: v for k, v in overrides.items() if v is not None})
-        report = compress(args.task, args.out, teacher_dir=args.teacher, settings=settings, budget=budget,
-                          work_dir=args.work_dir, max_drop=args.max_drop, exit_pooling=args.exit_pooling)
+        try:
+            report = compress(args.task, args.out, teacher_dir=args.teacher, settings=settings, budget=budget,
+                              work_dir=args.work_dir, max_drop=args.max_drop, exit_pooling=args.exit_pooling,
+                              overwrite=args.overwrite)
+        except CompressArgumentError as error:
+            _refuse(error, args.verbose)
         print(json.dumps({k: report[k] for k in ("parameters", "flops_per_row", "accuracy", "targets")}, indent=2))
         print(f"checkpoint, report.json and report.png in {args.out}")
 

@@ -16,8 +16,6 @@ from pathlib import Path
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from costeff_fast import CostEffForSequenceClassification, from_pretrained
-from costeff_fast.data import TASKS
-
 from .budget import BUDGETS, Budget, default_work_name
 from .calibrate import pick_threshold, quantile_thresholds, threshold_sweep
 from .data import dev_inputs, packaged_minilm_dir, prepare_data
@@ -25,6 +23,7 @@ from .prediction import hf_predict
 from .report import write_report
 from .stage_cache import RECORD
 from .stages import distill_teaching_assistant, finetune_teacher, recover, slenderize_stage
+from .validate import check_budget, check_task, publish_output, validate_compress
 
 
 @dataclass(frozen=True)
@@ -46,13 +45,21 @@ class CompressionSettings:
 
 def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, settings: CompressionSettings = CompressionSettings(),
              budget: str | Budget = "quick", work_dir: Path | None = None, max_drop: float = 0.01,
-             exit_pooling: str = "mean", seed: int = 0) -> dict:
+             exit_pooling: str = "mean", seed: int = 0, overwrite: bool = False) -> dict:
     """Run the whole COST-EFF pipeline and write the calibrated checkpoint and its report to ``out_dir``.
+
+    Every argument is checked first (:func:`~costeff_fast.training.validate.validate_compress`: configs are
+    read, no weights loaded), so a bad one is refused before the first training step. The output is written
+    into a temporary sibling of ``out_dir`` and renamed into place at the end
+    (:func:`~costeff_fast.training.validate.publish_output`): a crash leaves an existing ``out_dir`` as it was,
+    and nothing outside ``out_dir`` and ``work_dir`` is ever deleted.
 
     Args:
         task: a built-in task (``rt``, ``boolq``, ``trec``).
         out_dir: receives the COST-EFF checkpoint (HF format, ``config.entropy_threshold`` calibrated),
-            ``report.json`` and ``report.png``.
+            ``report.json`` and ``report.png``. It may be missing, empty or a previous COST-EFF output
+            (``config.json`` with ``model_type == "costeff"`` plus ``report.json``), which is replaced; any other
+            existing directory is refused unless ``overwrite``.
         teacher_dir: a fine-tuned HF BERT classifier; None fine-tunes the packaged MiniLM on ``task``.
         settings: target widths and allocation.
         budget: ``"quick"``, ``"paper"``, ``"demo"`` or a :class:`Budget`.
@@ -60,21 +67,29 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
         max_drop: calibration keeps accuracy within this fraction of the teacher's (0.01 = one point).
         exit_pooling: what the TA's (and so the COST-EFF model's) non-pooled exits read: ``"mean"`` (default:
             the packaged MiniLM's [CLS] is uninformative before layer 4) or ``"cls"`` (the paper).
+        seed: seed of the data subsets and of every stage.
+        overwrite: replace an existing ``out_dir`` that holds other files (they are deleted at the end).
 
     Returns:
         The report dict.
 
     Raises:
-        ValueError: unknown task or budget, or a teacher whose labels do not match the task.
+        CompressArgumentError: (a ``ValueError``; one line naming the argument and the fix) before any training:
+            unknown task or budget; a teacher directory that is missing, lacks ``config.json``, weights or a
+            tokenizer, is not a BERT-family ``*ForSequenceClassification`` or has another label count than the
+            task; ``heads``, ``ffn`` or ``embedding_rank`` outside [1, the teacher's heads, intermediate size or
+            hidden size] (the packaged MiniLM's with ``teacher_dir=None``); an unknown allocation or exit
+            pooling; ``work_dir`` or ``out_dir`` an existing file; ``out_dir`` a non-empty directory that is not
+            a previous COST-EFF output without ``overwrite``, or one containing the teacher or ``work_dir``.
+            Also at the end, keeping the new checkpoint in the staging directory it names, when ``out_dir``
+            gained such files during the run.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
-    if isinstance(budget, str):
-        if budget not in BUDGETS:
-            raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}")
-        budget = BUDGETS[budget]
+    check_task(task)
+    budget = check_budget(budget)
     out_dir = Path(out_dir)
     work_dir = Path(work_dir or Path("work") / default_work_name(task, budget, exit_pooling))
+    validate_compress(task, out_dir, teacher_dir=teacher_dir, settings=settings, work_dir=work_dir,
+                      exit_pooling=exit_pooling, overwrite=overwrite)
     timings = {}
     started = time.time()
     source = Path(teacher_dir) if teacher_dir else packaged_minilm_dir()
@@ -119,18 +134,17 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
     chosen = pick_threshold(sweep, teacher_accuracy, max_drop)
     timings["calibration"] = time.time() - started
 
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    shutil.copytree(recovered_dir, out_dir, ignore=shutil.ignore_patterns(RECORD))
-    config_path = out_dir / "config.json"
-    config = json.loads(config_path.read_text())
-    config["entropy_threshold"] = chosen["entropy_threshold"]
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    def fill(staging: Path) -> dict:
+        shutil.copytree(recovered_dir, staging, ignore=shutil.ignore_patterns(RECORD), dirs_exist_ok=True)
+        config_path = staging / "config.json"
+        config = json.loads(config_path.read_text())
+        config["entropy_threshold"] = chosen["entropy_threshold"]
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+        return write_report(
+            staging, task=task, budget=budget, settings=settings, teacher=teacher, ta_dir=ta_dir,
+            model_dir=staging, data=data, validation_inputs=inputs, labels=labels,
+            teacher_accuracy=teacher_accuracy, ta_record=ta_record, recovery_record=recovery_record,
+            slender_record=slender_record, sweep=sweep, chosen=chosen, max_drop=max_drop, timings=timings,
+        )
 
-    report = write_report(
-        out_dir, task=task, budget=budget, settings=settings, teacher=teacher, ta_dir=ta_dir, model_dir=out_dir,
-        data=data, validation_inputs=inputs, labels=labels, teacher_accuracy=teacher_accuracy,
-        ta_record=ta_record, recovery_record=recovery_record, slender_record=slender_record, sweep=sweep,
-        chosen=chosen, max_drop=max_drop, timings=timings,
-    )
-    return report
+    return publish_output(out_dir, fill, overwrite=overwrite)

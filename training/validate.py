@@ -1,0 +1,324 @@
+"""Checks of every ``compress`` argument before the first training step, and the safe replacement of ``--out``.
+
+:func:`validate_compress` refuses a bad argument with a :class:`CompressArgumentError` whose message is one line
+naming the argument (by its CLI flag; the Python keyword has the same name with underscores) and the fix, so a
+mistake costs seconds instead of a training run. :func:`publish_output` writes the new checkpoint into a
+temporary sibling of ``--out`` and renames it into place at the end, so a crash leaves the old ``--out`` intact
+and nothing but a previous COST-EFF output (or, with ``overwrite``, what the user allowed) is ever replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from costeff_fast.data import TASKS
+
+from .budget import BUDGETS, Budget
+
+SUPPORTED_MODEL_TYPES = ("bert",)
+"""``config.model_type`` values of the teachers the pipeline supports (BERT-family sequence classifiers)."""
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+"""File names of HF weights (single file or sharded index); a teacher directory needs one of them."""
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+"""A teacher directory needs one of these to tokenize the task's text (``tokenizer.save_pretrained``)."""
+
+OUTPUT_MARKERS = ("config.json", "report.json")
+"""A directory holding both, with ``model_type == "costeff"`` in ``config.json``, is a previous COST-EFF output."""
+
+EXIT_POOLINGS = ("mean", "cls")
+ALLOCATIONS = ("uniform", "global")
+
+T = TypeVar("T")
+
+
+class CompressArgumentError(ValueError):
+    """A ``compress`` argument refused before any training; the message is one line: the argument and the fix."""
+
+
+def check_task(task: str) -> None:
+    """Raises:
+        CompressArgumentError: ``task`` is not a key of :data:`costeff_fast.data.TASKS`.
+    """
+    if task not in TASKS:
+        raise CompressArgumentError(f"--task {task!r}: unknown task; known tasks: {', '.join(TASKS)}")
+
+
+def check_budget(budget: str | Budget) -> Budget:
+    """Return the :class:`Budget` named by ``budget`` (or ``budget`` itself).
+
+    Raises:
+        CompressArgumentError: a name that is not a key of :data:`BUDGETS`.
+    """
+    if isinstance(budget, Budget):
+        return budget
+    if budget not in BUDGETS:
+        raise CompressArgumentError(f"--budget {budget!r}: budget must be one of {sorted(BUDGETS)}, got {budget!r}")
+    return BUDGETS[budget]
+
+
+def _read_config(directory: Path, flag: str) -> dict:
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CompressArgumentError(f"{flag} {directory}: no config.json there; pass the directory written by "
+                                    "model.save_pretrained(...) of the fine-tuned classifier")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CompressArgumentError(f"{flag} {directory}: config.json is not readable JSON ({reason}); "
+                                    "save the model again with save_pretrained") from error
+    if not isinstance(config, dict):
+        raise CompressArgumentError(f"{flag} {directory}: config.json is not a JSON object; "
+                                    "save the model again with save_pretrained")
+    return config
+
+
+def read_teacher_config(teacher_dir: Path | None) -> tuple[dict, str]:
+    """Check the teacher directory (or, with None, the packaged MiniLM) and return its config and a label.
+
+    The config is read from ``config.json`` only; no weights are loaded.
+
+    Returns:
+        ``(config dict, "teacher" or "packaged MiniLM")``.
+
+    Raises:
+        CompressArgumentError: the directory is missing or a file; no ``config.json``, weights or tokenizer; not
+            a BERT-family model; with a teacher, an architecture that is not ``*ForSequenceClassification``;
+            without one, the MiniLM package is not installed.
+    """
+    if teacher_dir is None:
+        from .data import packaged_minilm_dir
+
+        try:
+            source = packaged_minilm_dir()
+        except ModuleNotFoundError as error:
+            raise CompressArgumentError(f"--task-default: {error}; or pass --teacher DIR") from error
+        config = _read_config(source, "--task-default (packaged MiniLM)")
+        _check_model_type(config, "--task-default (packaged MiniLM)", source)
+        return config, "packaged MiniLM"
+    teacher_dir = Path(teacher_dir)
+    if not teacher_dir.exists():
+        raise CompressArgumentError(f"--teacher {teacher_dir}: no such directory; pass the directory of a fine-tuned "
+                                    "HF BERT classifier (save_pretrained output) or use --task-default")
+    if not teacher_dir.is_dir():
+        raise CompressArgumentError(f"--teacher {teacher_dir}: is a file, not a directory; pass the directory "
+                                    "that holds its config.json, weights and tokenizer")
+    config = _read_config(teacher_dir, "--teacher")
+    _check_model_type(config, "--teacher", teacher_dir)
+    architectures = config.get("architectures") or []
+    if not any(str(name).endswith("ForSequenceClassification") for name in architectures):
+        found = ", ".join(map(str, architectures)) or "none"
+        raise CompressArgumentError(f"--teacher {teacher_dir}: architectures {found} is not a sequence classifier; "
+                                    "fine-tune it as BertForSequenceClassification first, or use --task-default")
+    if not any((teacher_dir / name).is_file() for name in WEIGHT_FILES):
+        raise CompressArgumentError(f"--teacher {teacher_dir}: no weights ({' or '.join(WEIGHT_FILES[:2])}); "
+                                    "save the model with model.save_pretrained(...) into this directory")
+    if not any((teacher_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise CompressArgumentError(f"--teacher {teacher_dir}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); "
+                                    "save it with tokenizer.save_pretrained(...) into this directory")
+    return config, "teacher"
+
+
+def _check_model_type(config: dict, flag: str, directory: Path) -> None:
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        architectures = ", ".join(map(str, config.get("architectures") or [])) or "no architectures"
+        supported = ", ".join(repr(t) for t in SUPPORTED_MODEL_TYPES)
+        raise CompressArgumentError(f"{flag} {directory}: found model_type {model_type!r} ({architectures}); "
+                                    f"only BERT-family sequence classifiers (model_type {supported}) are supported")
+
+
+def _count(config: dict, key: str, label: str) -> int:
+    value = config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CompressArgumentError(f"the {label}'s config.json has no positive integer {key!r} (found {value!r}); "
+                                    "save the model again with save_pretrained")
+    return value
+
+
+def _check_width(value, flag: str, limit: int, what: str, label: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+        raise CompressArgumentError(f"{flag} {value!r}: the {label} has {limit} {what}; "
+                                    f"pass an integer from 1 to {limit}")
+
+
+def check_settings(settings, config: dict, label: str) -> None:
+    """Check the target widths and choices of ``settings`` against the teacher's ``config``.
+
+    Raises:
+        CompressArgumentError: ``heads`` outside [1, teacher heads], ``ffn`` outside [1, teacher
+            ``intermediate_size``], ``embedding_rank`` (unless None) outside [1, teacher ``hidden_size``], or an
+            unknown ``allocation``.
+    """
+    _check_width(settings.heads, "--heads", _count(config, "num_attention_heads", label),
+                 "attention heads per layer", label)
+    _check_width(settings.ffn, "--ffn", _count(config, "intermediate_size", label), "FFN neurons per layer", label)
+    if settings.embedding_rank is not None:
+        _check_width(settings.embedding_rank, "--embedding-rank", _count(config, "hidden_size", label),
+                     "hidden units (the embedding's full rank)", label)
+    if settings.allocation not in ALLOCATIONS:
+        raise CompressArgumentError(f"--allocation {settings.allocation!r}: unknown; pass one of {', '.join(ALLOCATIONS)}")
+
+
+def _existing_file_ancestor(path: Path) -> Path | None:
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def is_costeff_output(directory: Path) -> bool:
+    """Whether ``directory`` holds a previous COST-EFF output: ``report.json`` and a ``config.json`` whose
+    ``model_type`` is ``"costeff"`` (what :func:`~costeff_fast.training.pipeline.compress` writes)."""
+    directory = Path(directory)
+    if not all((directory / name).is_file() for name in OUTPUT_MARKERS):
+        return False
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == "costeff"
+
+
+def check_out(out_dir: Path, *, overwrite: bool) -> str:
+    """Check that ``out_dir`` may receive the checkpoint and say what is there now.
+
+    Returns:
+        ``"missing"``, ``"empty"`` (an empty directory), ``"costeff"`` (a previous COST-EFF output) or
+        ``"overwrite"`` (other files, replaced because ``overwrite`` is set).
+
+    Raises:
+        CompressArgumentError: ``out_dir`` is a file or a symbolic link, lies under a file, or is a non-empty
+            directory that is not a previous COST-EFF output while ``overwrite`` is False.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink():
+        raise CompressArgumentError(f"--out {out_dir}: is a symbolic link; pass the real directory path "
+                                    f"({os.path.realpath(out_dir)}) or a new one")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CompressArgumentError(f"--out {out_dir}: is an existing file; pass a directory path "
+                                    "(new, empty, or a previous COST-EFF output)")
+    if not out_dir.exists():
+        blocker = _existing_file_ancestor(out_dir.absolute())
+        if blocker is not None:
+            raise CompressArgumentError(f"--out {out_dir}: {blocker} is a file, not a directory; choose another --out")
+        return "missing"
+    entries = sorted(entry.name for entry in out_dir.iterdir())
+    if not entries:
+        return "empty"
+    if is_costeff_output(out_dir):
+        return "costeff"
+    if overwrite:
+        return "overwrite"
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    raise CompressArgumentError(f"--out {out_dir}: holds files that are not a COST-EFF output ({shown}); "
+                                "pass a new or empty directory, or --overwrite to replace it")
+
+
+def check_work_dir(work_dir: Path) -> None:
+    """Raises:
+        CompressArgumentError: ``work_dir`` is an existing file or lies under a file.
+    """
+    work_dir = Path(work_dir)
+    if work_dir.exists() and not work_dir.is_dir():
+        raise CompressArgumentError(f"--work-dir {work_dir}: is an existing file; pass a directory "
+                                    "(created when missing) or leave --work-dir out")
+    blocker = None if work_dir.exists() else _existing_file_ancestor(work_dir.absolute())
+    if blocker is not None:
+        raise CompressArgumentError(f"--work-dir {work_dir}: {blocker} is a file, not a directory; "
+                                    "choose another --work-dir")
+
+
+def _within(path: Path, directory: Path) -> bool:
+    path, directory = Path(os.path.realpath(path)), Path(os.path.realpath(directory))
+    return path == directory or directory in path.parents
+
+
+def validate_compress(task: str, out_dir: Path, *, teacher_dir: Path | None, settings, work_dir: Path,
+                      exit_pooling: str = "mean", overwrite: bool = False) -> str:
+    """Check every argument of ``compress`` before any training; read configs only, load no weights.
+
+    Checks, in order: the task; the teacher (or the packaged MiniLM with ``teacher_dir=None``) and its label
+    count; the widths in ``settings`` against it; ``exit_pooling``; ``work_dir``; ``out_dir``; and that replacing
+    ``out_dir`` can touch neither the teacher nor the work directory.
+
+    Returns:
+        What :func:`check_out` found at ``out_dir``.
+
+    Raises:
+        CompressArgumentError: the first refused argument (see :func:`check_task`, :func:`read_teacher_config`,
+            :func:`check_settings`, :func:`check_work_dir`, :func:`check_out`), a teacher whose label count
+            differs from the task's, ``--out`` that contains the teacher or the work directory, or ``--out``
+            equal to the work directory.
+    """
+    check_task(task)
+    config, label = read_teacher_config(teacher_dir)
+    if teacher_dir is not None:
+        id2label = config.get("id2label")
+        labels = len(id2label) if isinstance(id2label, dict) and id2label else config.get("num_labels", 2)
+        if labels != TASKS[task].num_labels:
+            raise CompressArgumentError(f"--teacher {teacher_dir}: the teacher has {labels} labels, task {task!r} has "
+                                        f"{TASKS[task].num_labels}; pass a teacher fine-tuned on {task!r} "
+                                        "or use --task-default")
+    check_settings(settings, config, label)
+    if exit_pooling not in EXIT_POOLINGS:
+        raise CompressArgumentError(f"--exit-pooling {exit_pooling!r}: unknown; pass one of {', '.join(EXIT_POOLINGS)}")
+    check_work_dir(work_dir)
+    state = check_out(out_dir, overwrite=overwrite)
+    if _within(work_dir, out_dir):
+        raise CompressArgumentError(f"--out {out_dir}: contains the work directory {work_dir}, which replacing "
+                                    "--out would delete; choose --out and --work-dir apart")
+    if teacher_dir is not None and _within(teacher_dir, out_dir):
+        raise CompressArgumentError(f"--out {out_dir}: contains the teacher {teacher_dir}, which replacing --out "
+                                    "would delete; choose another --out")
+    return state
+
+
+def publish_output(out_dir: Path, fill: Callable[[Path], T], *, overwrite: bool) -> T:
+    """Build the output in a new temporary sibling of ``out_dir`` with ``fill(staging)``, then swap it in.
+
+    ``fill`` writes into an empty directory next to ``out_dir`` (same file system, so the swap is a rename). On
+    success ``out_dir`` is checked again (:func:`check_out`: it may have changed during training); an existing
+    one is renamed aside, the staging directory is renamed to ``out_dir`` and only then is the old one deleted
+    (restored if the second rename fails). Nothing but ``out_dir`` and its temporary siblings is touched.
+
+    Returns:
+        What ``fill`` returned.
+
+    Raises:
+        CompressArgumentError: ``out_dir`` is no longer replaceable (:func:`check_out`); the new output stays in
+            the staging directory named by the message.
+        Exception: whatever ``fill`` raised; the staging directory is removed and ``out_dir`` is unchanged.
+    """
+    out_dir = Path(out_dir).absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        result = fill(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        state = check_out(out_dir, overwrite=overwrite)
+    except CompressArgumentError as error:
+        raise CompressArgumentError(f"{error} (the new checkpoint is kept in {staging})") from error
+    if state == "missing":
+        staging.rename(out_dir)
+        return result
+    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    out_dir.rename(old)
+    try:
+        staging.rename(out_dir)
+    except BaseException:
+        old.rename(out_dir)
+        raise
+    shutil.rmtree(old)
+    return result
