@@ -24,7 +24,8 @@ from .budget import BUDGETS, Budget
 SUPPORTED_MODEL_TYPES = ("bert",)
 """``config.model_type`` values of the teachers the pipeline supports (BERT-family sequence classifiers)."""
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin",
+                "model.safetensors.index.json", "pytorch_model.bin.index.json")
 """File names of HF weights (single file or sharded index); a teacher directory needs one of them."""
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
@@ -165,7 +166,8 @@ def check_settings(settings, config: dict, label: str) -> None:
         _check_width(settings.embedding_rank, "--embedding-rank", _count(config, "hidden_size", label),
                      "hidden units (the embedding's full rank)", label)
     if settings.allocation not in ALLOCATIONS:
-        raise CompressArgumentError(f"--allocation {settings.allocation!r}: unknown; pass one of {', '.join(ALLOCATIONS)}")
+        raise CompressArgumentError(f"--allocation {settings.allocation!r}: unknown; "
+                                    f"pass one of {', '.join(ALLOCATIONS)}")
 
 
 def _existing_file_ancestor(path: Path) -> Path | None:
