@@ -16,6 +16,7 @@ from pathlib import Path
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from costeff_fast import CostEffForSequenceClassification, from_pretrained
+
 from .budget import BUDGETS, Budget, default_work_name
 from .calibrate import pick_threshold, quantile_thresholds, threshold_sweep
 from .data import dev_inputs, packaged_minilm_dir, prepare_data
