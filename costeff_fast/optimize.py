@@ -1,35 +1,75 @@
-"""Drop-in speed-up for a Hugging Face BERT classifier: the same call, run by the packed, padding-free engine."""
+"""Drop-in speed-up for a Hugging Face encoder classifier (BERT, RoBERTa, XLM-R): the same call, run by the packed,
+padding-free engine."""
 
 from __future__ import annotations
 
 import torch
-from transformers import BertForSequenceClassification
+from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .inference import CostEffInferenceModel
 from .modeling import CostEffForSequenceClassification
 
+#: the ``transformers`` classifiers :func:`optimize` accepts (their heads apply tanh, as the engine's exits do)
+OPTIMIZABLE_CLASSIFIERS = (
+    "BertForSequenceClassification",
+    "RobertaForSequenceClassification",
+    "XLMRobertaForSequenceClassification",
+)
+
+
+def _check_optimizable(model) -> None:
+    """Raise unless ``model`` is an instance of one of :data:`OPTIMIZABLE_CLASSIFIERS`.
+
+    Raises:
+        NotImplementedError: a DistilBERT or ELECTRA classifier (a head the engine cannot compute).
+        TypeError: any other class.
+    """
+    import transformers
+
+    if isinstance(model, tuple(getattr(transformers, name) for name in OPTIMIZABLE_CLASSIFIERS)):
+        return
+    non_tanh_heads = {"DistilBertForSequenceClassification": "ReLU", "ElectraForSequenceClassification": "GELU"}
+    for name, activation in non_tanh_heads.items():
+        if isinstance(model, getattr(transformers, name)):
+            raise NotImplementedError(
+                f"optimize cannot run a {name} yet: its classifier head applies {activation} and the packed "
+                "engine's exits apply tanh only; run CostEffForSequenceClassification.from_encoder_classifier(model) "
+                "in PyTorch instead"
+            )
+    raise TypeError(
+        f"optimize expects one of {', '.join(OPTIMIZABLE_CLASSIFIERS)} (transformers), got {type(model).__name__}"
+    )
+
 
 class OptimizedBertForSequenceClassification:
-    """A ``BertForSequenceClassification`` converted for inference on the CPU in fp32 (backend ``"auto"``:
+    """A ``BertForSequenceClassification``, ``RobertaForSequenceClassification`` or
+    ``XLMRobertaForSequenceClassification`` converted for inference on the CPU in fp32 (backend ``"auto"``:
     the native kernels when they build, else the torch reference path).
 
-    The encoder weights are copied exactly (:meth:`CostEffForSequenceClassification.from_bert`); the answer is
-    the last layer's exit, which carries the source's pooler and classifier, so the logits equal the
-    source's. No row exits early. Linear layers run on the real tokens only (no padding).
+    The encoder weights are copied exactly (:meth:`CostEffForSequenceClassification.from_encoder_classifier`); the
+    answer is the last layer's exit, which carries the source's pooler (RoBERTa: its head's dense) and
+    classifier, so the logits equal the source's. No row exits early. Linear layers run on the real tokens only
+    (no padding). RoBERTa/XLM-R positions count from each row's first token, as HF's do when no real token is the
+    pad id.
+
+    Raises:
+        TypeError: another class (the message lists the supported ones).
+        NotImplementedError: a ``DistilBertForSequenceClassification`` (ReLU head) or
+            ``ElectraForSequenceClassification`` (GELU head): the engine's exits apply tanh only.
+        ValueError: a source the conversion cannot reproduce (see ``from_encoder_classifier``).
 
     Attributes:
-        config: the source model's ``BertConfig`` (``num_labels``, ``id2label`` ...).
+        config: the source model's config (``num_labels``, ``id2label`` ...).
         engine: the :class:`~costeff_fast.inference.CostEffInferenceModel` that runs the layers.
     """
 
     device = torch.device("cpu")
     dtype = torch.float32
 
-    def __init__(self, model: BertForSequenceClassification):
-        if not isinstance(model, BertForSequenceClassification):
-            raise TypeError(f"optimize expects a transformers BertForSequenceClassification, got {type(model).__name__}")
-        converted = CostEffForSequenceClassification.from_bert(model).float().eval()
+    def __init__(self, model: nn.Module):
+        _check_optimizable(model)
+        converted = CostEffForSequenceClassification.from_encoder_classifier(model).float().eval()
         self.config = model.config
         self.engine = CostEffInferenceModel(converted, tokenizer=None, backend="auto", device="cpu")
 
@@ -45,7 +85,7 @@ class OptimizedBertForSequenceClassification:
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> SequenceClassifierOutput | tuple[torch.Tensor]:
-        """Classify a right-padded batch, as ``BertForSequenceClassification.forward`` does in eval mode.
+        """Classify a right-padded batch, as the source classifier's ``forward`` does in eval mode.
 
         Args:
             input_ids: ``[B, S]`` int64 token ids (or a list of lists of ints, unpadded).
@@ -112,11 +152,13 @@ class OptimizedBertForSequenceClassification:
         )
 
 
-def optimize(model: BertForSequenceClassification) -> OptimizedBertForSequenceClassification:
-    """Convert a Hugging Face BERT classifier to the packed, padding-free CPU engine.
+def optimize(model: nn.Module) -> OptimizedBertForSequenceClassification:
+    """Convert a Hugging Face encoder classifier to the packed, padding-free CPU engine.
 
     Args:
-        model: a ``transformers.BertForSequenceClassification`` (any dtype; run in fp32 on the CPU).
+        model: a ``transformers`` ``BertForSequenceClassification`` (MiniLM included),
+            ``RobertaForSequenceClassification`` or ``XLMRobertaForSequenceClassification`` (any dtype; run in
+            fp32 on the CPU).
 
     Returns:
         An :class:`OptimizedBertForSequenceClassification` called like the source
@@ -124,6 +166,10 @@ def optimize(model: BertForSequenceClassification) -> OptimizedBertForSequenceCl
         ``SequenceClassifierOutput`` with the same predictions (logits within 1e-4).
 
     Raises:
-        TypeError: ``model`` is not a ``BertForSequenceClassification``.
+        TypeError: ``model`` is none of those classes (the message lists them).
+        NotImplementedError: a DistilBERT or ELECTRA classifier: their heads apply ReLU / GELU and the engine's
+            exits apply tanh only (convert them with ``from_encoder_classifier`` and run them in PyTorch).
+        ValueError: a source the conversion cannot reproduce exactly (e.g. a hidden activation other than
+            the erf GELU).
     """
     return OptimizedBertForSequenceClassification(model)
