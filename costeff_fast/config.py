@@ -99,6 +99,8 @@ class CostEffConfig(PretrainedConfig):
             ``"mean"`` lets early exits work on encoders whose [CLS] carries little before the last layers
             (all-MiniLM-L6-v2, trained with mean pooling: its exits 1-3 stay at the majority class with
             ``"cls"``).
+        exit_pooler_activation: what an exit with a pooler applies after it: ``"tanh"`` (BERT, RoBERTa,
+            XLM-R), ``"relu"`` (DistilBERT's head) or ``"gelu"`` (ELECTRA's head).
         entropy_threshold: the calibrated early-exit threshold in nats (float or one per layer), used when a
             call passes none; None (not calibrated) means 0.0, every row runs to the last layer
             (:func:`resolve_entropy_threshold`).
@@ -129,6 +131,7 @@ class CostEffConfig(PretrainedConfig):
         exit_pooler: bool | list[bool] = False,
         classifier_dropout: float | None = None,
         exit_pooling: str = "cls",
+        exit_pooler_activation: str = "tanh",
         entropy_threshold: float | list[float] | None = None,
         **kwargs,
     ):
@@ -159,6 +162,11 @@ class CostEffConfig(PretrainedConfig):
         if exit_pooling not in ("cls", "mean"):
             raise ValueError(f"exit_pooling must be 'cls' or 'mean', got {exit_pooling!r}")
         self.exit_pooling = exit_pooling
+        if exit_pooler_activation not in ("tanh", "relu", "gelu"):
+            raise ValueError(
+                f"exit_pooler_activation must be 'tanh', 'relu' or 'gelu', got {exit_pooler_activation!r}"
+            )
+        self.exit_pooler_activation = exit_pooler_activation
         if entropy_threshold is not None:
             _check_thresholds(entropy_threshold, num_hidden_layers)
         self.entropy_threshold = entropy_threshold

@@ -114,57 +114,21 @@ class CostEffLayer(nn.Module):
         return self.output_layer_norm(hidden + self.dropout(ffn))
 
 
-#: activations an exit's pooler may apply (``config.exit_pooler_activation``): BERT, RoBERTa and XLM-R heads
-#: use tanh, DistilBERT's ``pre_classifier`` is followed by ReLU, ELECTRA's head dense by the erf GELU
-EXIT_POOLER_ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu}
-
-
-def exit_pooler_activation(config: CostEffConfig) -> str:
-    """The activation after every exit pooler: ``config.exit_pooler_activation``, ``"tanh"`` when absent.
-
-    Raises:
-        ValueError: a value other than ``"tanh"``, ``"relu"`` or ``"gelu"``.
-    """
-    activation = getattr(config, "exit_pooler_activation", None) or "tanh"
-    if activation not in EXIT_POOLER_ACTIVATIONS:
-        raise ValueError(
-            f"exit_pooler_activation must be one of {sorted(EXIT_POOLER_ACTIVATIONS)}, got {activation!r}"
-        )
-    return activation
-
-
 class CostEffExit(nn.Module):
     """Exit classifier: ``Linear(H, C)(tanh(x))`` (COST-EFF) with x the [CLS] vector or the mean of the row's
     tokens (``config.exit_pooling``), or ``Linear(H, C)(act(dense(x_cls)))`` with a pooler, where ``act`` is
     ``config.exit_pooler_activation`` (``"tanh"``: BERT's pooler; ``"relu"``/``"gelu"``: the heads of a
-    converted DistilBERT/ELECTRA classifier).
-
-    A tanh pooler is the module ``dense``; a relu/gelu pooler is the module ``pre_classifier``, and reading
-    ``dense`` then raises ``AttributeError``: the packed engine (:class:`~costeff_fast.packing.PackedWeights`
-    reads ``exit.dense``, :func:`~costeff_fast.reference.exit_logits` applies tanh) cannot run it, and must not
-    silently compute tanh instead.
+    converted DistilBERT/ELECTRA classifier). The math is :func:`costeff_fast.reference.exit_logits`.
     """
 
     def __init__(self, config: CostEffConfig, pooler: bool):
         super().__init__()
-        self.pooler_activation = exit_pooler_activation(config) if pooler else "tanh"
-        dense = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
-        if self.pooler_activation == "tanh":
-            self.dense = dense
-        else:
-            self.pre_classifier = dense
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
+        self.pooler_activation = config.exit_pooler_activation if pooler else "tanh"
         self.pooling = "cls" if pooler else config.exit_pooling
         dropout = config.classifier_dropout
         self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-
-    def __getattr__(self, name: str):
-        if name == "dense" and self.__dict__.get("pooler_activation", "tanh") != "tanh":
-            raise AttributeError(
-                f"this exit's pooler applies {self.pooler_activation}, but the packed engine's exits "
-                "(reference.exit_logits) apply tanh only; run the model with CostEffForSequenceClassification"
-            )
-        return super().__getattr__(name)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``hidden [B, S, H]``, ``attention_mask [B, S]`` (1 = token) -> logits ``[B, num_labels]``."""
@@ -173,13 +137,10 @@ class CostEffExit(nn.Module):
         else:
             mask = attention_mask.to(hidden.dtype)[..., None]
             features = (hidden * mask).sum(dim=1) / mask.sum(dim=1)
-        if self.pooler_activation != "tanh":
-            pooled = EXIT_POOLER_ACTIVATIONS[self.pooler_activation](self.pre_classifier(features))
-            return self.classifier(self.dropout(pooled))
         pooler_weight = None if self.dense is None else self.dense.weight.T
         pooler_bias = None if self.dense is None else self.dense.bias
         return exit_logits(features, self.classifier.weight.T, self.classifier.bias, pooler_weight, pooler_bias,
-                           dropout=self.dropout)
+                           dropout=self.dropout, pooler_activation=self.pooler_activation)
 
 
 @dataclass
@@ -455,9 +416,8 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         if teacher.head is not None:
             dense, classifier = teacher.head
             last = f"exits.{config.num_hidden_layers - 1}"
-            pooler_name = "dense" if activation == "tanh" else "pre_classifier"
             for key, value in dense.state_dict().items():
-                state[f"{last}.{pooler_name}.{key}"] = value
+                state[f"{last}.dense.{key}"] = value
             for key, value in classifier.state_dict().items():
                 state[f"{last}.classifier.{key}"] = value
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -1,50 +1,35 @@
-"""Drop-in speed-up for a Hugging Face encoder classifier (BERT, RoBERTa, XLM-R): the same call, run by the packed,
-padding-free engine."""
+"""Drop-in speed-up for a Hugging Face encoder classifier (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA): the same
+call, run by the packed, padding-free engine."""
 
 from __future__ import annotations
 
 import torch
+import transformers
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .inference import CostEffInferenceModel
-from .modeling import CostEffForSequenceClassification
+from .modeling import SUPPORTED_TEACHERS, CostEffForSequenceClassification
 
-#: the ``transformers`` classifiers :func:`optimize` accepts (their heads apply tanh, as the engine's exits do)
-OPTIMIZABLE_CLASSIFIERS = (
-    "BertForSequenceClassification",
-    "RobertaForSequenceClassification",
-    "XLMRobertaForSequenceClassification",
-)
+#: the ``transformers`` classifiers :func:`optimize` accepts (every classifier the conversion reproduces)
+OPTIMIZABLE_CLASSIFIERS = tuple(name for name in SUPPORTED_TEACHERS if name.endswith("ForSequenceClassification"))
 
 
 def _check_optimizable(model) -> None:
     """Raise unless ``model`` is an instance of one of :data:`OPTIMIZABLE_CLASSIFIERS`.
 
     Raises:
-        NotImplementedError: a DistilBERT or ELECTRA classifier (a head the engine cannot compute).
-        TypeError: any other class.
+        TypeError: any other class (the message lists the supported ones).
     """
-    import transformers
-
-    if isinstance(model, tuple(getattr(transformers, name) for name in OPTIMIZABLE_CLASSIFIERS)):
-        return
-    non_tanh_heads = {"DistilBertForSequenceClassification": "ReLU", "ElectraForSequenceClassification": "GELU"}
-    for name, activation in non_tanh_heads.items():
-        if isinstance(model, getattr(transformers, name)):
-            raise NotImplementedError(
-                f"optimize cannot run a {name} yet: its classifier head applies {activation} and the packed "
-                "engine's exits apply tanh only; run CostEffForSequenceClassification.from_encoder_classifier(model) "
-                "in PyTorch instead"
-            )
-    raise TypeError(
-        f"optimize expects one of {', '.join(OPTIMIZABLE_CLASSIFIERS)} (transformers), got {type(model).__name__}"
-    )
+    if not isinstance(model, tuple(getattr(transformers, name) for name in OPTIMIZABLE_CLASSIFIERS)):
+        raise TypeError(
+            f"optimize expects one of {', '.join(OPTIMIZABLE_CLASSIFIERS)} (transformers), got {type(model).__name__}"
+        )
 
 
 class OptimizedBertForSequenceClassification:
-    """A ``BertForSequenceClassification``, ``RobertaForSequenceClassification`` or
-    ``XLMRobertaForSequenceClassification`` converted for inference on the CPU in fp32 (backend ``"auto"``:
+    """A Hugging Face encoder classifier (one of :data:`OPTIMIZABLE_CLASSIFIERS`) converted for inference on the
+    CPU in fp32 (backend ``"auto"``:
     the native kernels when they build, else the torch reference path).
 
     The encoder weights are copied exactly (:meth:`CostEffForSequenceClassification.from_encoder_classifier`); the
@@ -55,8 +40,6 @@ class OptimizedBertForSequenceClassification:
 
     Raises:
         TypeError: another class (the message lists the supported ones).
-        NotImplementedError: a ``DistilBertForSequenceClassification`` (ReLU head) or
-            ``ElectraForSequenceClassification`` (GELU head): the engine's exits apply tanh only.
         ValueError: a source the conversion cannot reproduce (see ``from_encoder_classifier``).
 
     Attributes:
@@ -157,8 +140,9 @@ def optimize(model: nn.Module) -> OptimizedBertForSequenceClassification:
 
     Args:
         model: a ``transformers`` ``BertForSequenceClassification`` (MiniLM included),
-            ``RobertaForSequenceClassification`` or ``XLMRobertaForSequenceClassification`` (any dtype; run in
-            fp32 on the CPU).
+            ``RobertaForSequenceClassification``, ``XLMRobertaForSequenceClassification``,
+            ``DistilBertForSequenceClassification`` (ReLU head) or ``ElectraForSequenceClassification`` (GELU
+            head), any dtype; run in fp32 on the CPU.
 
     Returns:
         An :class:`OptimizedBertForSequenceClassification` called like the source
@@ -167,8 +151,6 @@ def optimize(model: nn.Module) -> OptimizedBertForSequenceClassification:
 
     Raises:
         TypeError: ``model`` is none of those classes (the message lists them).
-        NotImplementedError: a DistilBERT or ELECTRA classifier: their heads apply ReLU / GELU and the engine's
-            exits apply tanh only (convert them with ``from_encoder_classifier`` and run them in PyTorch).
         ValueError: a source the conversion cannot reproduce exactly (e.g. a hidden activation other than
             the erf GELU).
     """

@@ -37,14 +37,15 @@ class PackedLayer:
 
 @dataclass(frozen=True)
 class PackedExit:
-    """One exit: features (``pooling``: the [CLS] row or the row's token mean), optional pooler ``[H, H]``,
-    tanh, then classifier ``[H, C]``."""
+    """One exit: features (``pooling``: the [CLS] row or the row's token mean), optional pooler ``[H, H]``
+    and its activation (tanh without a pooler), then classifier ``[H, C]``."""
 
     pooling: str
     pooler_weight: torch.Tensor | None
     pooler_bias: torch.Tensor | None
     classifier_weight: torch.Tensor  # [H, C]
     classifier_bias: torch.Tensor  # [C]
+    pooler_activation: str = "tanh"  # after the pooler (costeff_fast.reference.POOLER_ACTIVATIONS)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class PackedWeights:
                     pooler_bias=None if dense is None else put(dense.bias),
                     classifier_weight=input_major(head.classifier),
                     classifier_bias=put(head.classifier.bias),
+                    pooler_activation=head.pooler_activation,
                 )
             )
         return cls(

@@ -34,6 +34,10 @@ from .packing import PackedLayer
 
 # Exit head
 
+#: what an exit's pooler may apply after its dense layer: BERT/RoBERTa/XLM-R heads tanh, DistilBERT's
+#: ``pre_classifier`` ReLU, ELECTRA's head dense the exact (erf) GELU
+POOLER_ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu}
+
 
 def exit_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of ``softmax(logits)`` in nats, computed in fp32.
@@ -75,24 +79,33 @@ def exit_logits(
     pooler_weight: torch.Tensor | None = None,
     pooler_bias: torch.Tensor | None = None,
     dropout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    pooler_activation: str = "tanh",
 ) -> torch.Tensor:
-    """An exit classifier: ``tanh(features [@ pooler_weight + pooler_bias]) @ classifier_weight + classifier_bias``.
+    """An exit classifier: ``act(features [@ pooler_weight + pooler_bias]) @ classifier_weight + classifier_bias``.
 
-    COST-EFF's exit is ``Linear(H, C)(tanh(x))`` (Sec. 3.4); a converted HF classifier's last exit has BERT's
-    pooler (dense + tanh) first. Computed in ``features``' dtype (the trainable model's; autograd works).
+    COST-EFF's exit is ``Linear(H, C)(tanh(x))`` (Sec. 3.4); a converted HF classifier's last exit has its
+    head's dense layer first, followed by ``pooler_activation`` (BERT's pooler: tanh). Computed in
+    ``features``' dtype (the trainable model's; autograd works).
 
     Args:
         features: ``[B, H]`` (see :func:`exit_features`).
         classifier_weight: ``[H, C]`` input-major; classifier_bias: ``[C]``.
         pooler_weight, pooler_bias: ``[H, H]`` input-major and ``[H]``, or both None.
-        dropout: applied to the tanh output before the classifier (training); None for inference.
+        dropout: applied to the activation's output before the classifier (training); None for inference.
+        pooler_activation: one of :data:`POOLER_ACTIVATIONS`, applied after the pooler (an exit without a
+            pooler always applies tanh).
 
     Returns:
         logits ``[B, C]``.
+
+    Raises:
+        KeyError: an unknown ``pooler_activation``.
     """
+    activation = torch.tanh
     if pooler_weight is not None:
         features = torch.addmm(pooler_bias, features, pooler_weight)
-    pooled = torch.tanh(features)
+        activation = POOLER_ACTIVATIONS[pooler_activation]
+    pooled = activation(features)
     if dropout is not None:
         pooled = dropout(pooled)
     return torch.addmm(classifier_bias, pooled, classifier_weight)
@@ -106,6 +119,7 @@ def exit_head(
     pooler_weight: torch.Tensor | None = None,
     pooler_bias: torch.Tensor | None = None,
     entropy_threshold: float | None = None,
+    pooler_activation: str = "tanh",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One exit on the rows ``hidden[cls_index]`` in fp32: logits, entropy and exit decision.
 
@@ -115,12 +129,14 @@ def exit_head(
             ``arange(B)`` when ``hidden`` already holds the ``[B, H]`` token means).
         classifier_weight, classifier_bias, pooler_weight, pooler_bias: as :func:`exit_logits`.
         entropy_threshold: tau in nats, or None (no row exits).
+        pooler_activation: as :func:`exit_logits` (the Triton kernel computes tanh only).
 
     Returns:
         ``logits [B, C]`` fp32, ``entropy [B]`` fp32 nats and ``exits [B]`` bool (``entropy < tau``).
     """
     upcast = [None if t is None else t.float() for t in (pooler_weight, pooler_bias)]
-    logits = exit_logits(hidden[cls_index].float(), classifier_weight.float(), classifier_bias.float(), *upcast)
+    logits = exit_logits(hidden[cls_index].float(), classifier_weight.float(), classifier_bias.float(), *upcast,
+                         pooler_activation=pooler_activation)
     entropy = exit_entropy(logits)
     if entropy_threshold is None:
         return logits, entropy, torch.zeros_like(entropy, dtype=torch.bool)

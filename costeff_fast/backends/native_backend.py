@@ -61,7 +61,8 @@ class NativeBackend(Backend):
         if features is None:
             features = reference.exit_features(hidden, batch, head.pooling)
         logits = reference.exit_logits(
-            features, head.classifier_weight, head.classifier_bias, head.pooler_weight, head.pooler_bias
+            features, head.classifier_weight, head.classifier_bias, head.pooler_weight, head.pooler_bias,
+            pooler_activation=head.pooler_activation,
         )
         if entropy_threshold <= 0:
             return logits, no_exits(batch)

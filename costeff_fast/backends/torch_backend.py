@@ -47,7 +47,8 @@ class TorchBackend(Backend):
         source, rows = self.exit_source(index, hidden, batch, features)
         tau = entropy_threshold if entropy_threshold > 0 else None
         logits, _, exits = reference.exit_head(
-            source, rows, head.classifier_weight, head.classifier_bias, head.pooler_weight, head.pooler_bias, tau
+            source, rows, head.classifier_weight, head.classifier_bias, head.pooler_weight, head.pooler_bias, tau,
+            head.pooler_activation,
         )
         return logits, (exits.cpu() if tau is not None else no_exits(batch))
 

@@ -118,9 +118,11 @@ class TritonBackend(Backend):
         head = self.weights.exits[index]
         source, rows = self.exit_source(index, hidden, batch, features)
         tau = entropy_threshold if entropy_threshold > 0 else None
-        logits, _, exits = kernels.exit_head(
-            source, rows, head.classifier_weight, head.classifier_bias, head.pooler_weight, head.pooler_bias, tau
-        )
+        args = (source, rows, head.classifier_weight, head.classifier_bias, head.pooler_weight, head.pooler_bias, tau)
+        if head.pooler_activation == "tanh":
+            logits, _, exits = kernels.exit_head(*args)
+        else:  # the kernel computes tanh only: a converted DistilBERT/ELECTRA head (the last exit) runs in torch
+            logits, _, exits = reference.exit_head(*args, head.pooler_activation)
         if tau is None:  # nobody can exit: no copy, no wait
             return logits, no_exits(batch)
         if exits.device.type == "cpu":
