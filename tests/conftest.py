@@ -53,6 +53,18 @@ def random_batch(seed: int, batch: int, vocab: int, max_len: int = 20, pairs: bo
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
+def save_tiny_bert_teacher(directory, tokenizer_dir, num_hidden_layers: int = 2):
+    """Write a tiny random BERT classifier (hidden 32, 4 heads, FFN 64, 2 labels) with a real tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=num_hidden_layers, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture
 def tiny_model():
     return make_tiny_model()

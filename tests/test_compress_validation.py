@@ -7,8 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from conftest import save_tiny_bert_teacher
 
 from costeff_fast import cli
 from costeff_fast.training import pipeline
@@ -26,13 +25,7 @@ class TrainingStarted(AssertionError):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, minilm_dir):
     """A tiny BERT classifier: 4 heads, FFN 64, hidden 32, 2 labels (rt's count)."""
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
-    directory = tmp_path_factory.mktemp("teacher")
-    BertForSequenceClassification(config).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(directory)
-    return directory
+    return save_tiny_bert_teacher(tmp_path_factory.mktemp("teacher"), minilm_dir)
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
-import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from conftest import save_tiny_bert_teacher
 
 import costeff_fast
 from costeff_fast import cli
@@ -19,13 +18,7 @@ from costeff_fast.training.pipeline import CompressionSettings, compress
 
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory, minilm_dir):
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
-    directory = tmp_path_factory.mktemp("tiny_teacher")
-    BertForSequenceClassification(config).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(directory)
-    return directory
+    return save_tiny_bert_teacher(tmp_path_factory.mktemp("tiny_teacher"), minilm_dir, num_hidden_layers=3)
 
 
 def test_compress_end_to_end_on_rt_rows(tiny_teacher, tmp_path):
