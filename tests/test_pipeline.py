@@ -6,7 +6,15 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 from conftest import save_tiny_bert_teacher
+from transformers import (
+    AutoTokenizer,
+    ElectraConfig,
+    ElectraForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 import costeff_fast
 from costeff_fast import cli
@@ -19,6 +27,37 @@ from costeff_fast.training.pipeline import CompressionSettings, compress
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory, minilm_dir):
     return save_tiny_bert_teacher(tmp_path_factory.mktemp("tiny_teacher"), minilm_dir, num_hidden_layers=3)
+
+
+@pytest.mark.parametrize("family", ["roberta", "electra"])
+def test_compress_end_to_end_with_other_teacher_families(family, tmp_path, minilm_dir):
+    """A tiny RoBERTa / ELECTRA classifier (with the packaged tokenizer) goes through every stage; the checkpoint
+    serves in the engine and matches the reference model."""
+    torch.manual_seed(0)
+    shape = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                 max_position_embeddings=80, num_labels=2)
+    if family == "roberta":  # pad id 0: the packaged (BERT) tokenizer's
+        source = RobertaForSequenceClassification(RobertaConfig(**shape, type_vocab_size=1, pad_token_id=0))
+    else:
+        source = ElectraForSequenceClassification(ElectraConfig(**shape, embedding_size=32))
+    source.save_pretrained(tmp_path / "teacher")
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path / "teacher")
+    budget = budget_with("quick", train_rows=128, eval_rows=64, max_length=32, ta_hidden_epochs=0.25,
+                         ta_prediction_epochs=0.25, num_events=1, importance_batches=1, distill_steps=2,
+                         recovery_hidden_epochs=0.25, recovery_prediction_epochs=0.25)
+    out = tmp_path / "out"
+    report = compress("rt", out, teacher_dir=tmp_path / "teacher", budget=budget, work_dir=tmp_path / "work",
+                      settings=CompressionSettings(heads=1, ffn=16, embedding_rank=16))
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_attention_heads"] == [1, 1] and config["intermediate_size"] == [16, 16]
+    assert len(report["accuracy"]["costeff_exits"]) == 2
+    texts = ["a gripping film", "dull and overlong", "fine"]
+    engine = costeff_fast.from_pretrained(out)
+    reference = costeff_fast.CostEffForSequenceClassification.from_pretrained(out).eval()
+    encoded = engine.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = reference(**encoded, entropy_threshold=0.0).logits
+    torch.testing.assert_close(engine.generate_logits(texts, entropy_threshold=0.0), expected, atol=1e-5, rtol=0)
 
 
 def test_compress_end_to_end_on_rt_rows(tiny_teacher, tmp_path):

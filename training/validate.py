@@ -21,8 +21,11 @@ from costeff_fast.data import TASKS
 
 from .budget import BUDGETS, Budget
 
-SUPPORTED_MODEL_TYPES = ("bert",)
-"""``config.model_type`` values of the teachers the pipeline supports (BERT-family sequence classifiers)."""
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra")
+"""``config.model_type`` values of the teachers the pipeline supports: encoder classifiers whose config uses
+BERT's field names (``num_attention_heads``, ``intermediate_size``, ``hidden_size``) and that
+:meth:`~costeff_fast.modeling.CostEffForSequenceClassification.from_encoder_classifier` converts. DistilBERT
+(its own field names, no token types) converts and runs in the engine but is not yet a pipeline teacher."""
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin",
                 "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -134,7 +137,7 @@ def _check_model_type(config: dict, flag: str, directory: Path) -> None:
         architectures = ", ".join(map(str, config.get("architectures") or [])) or "no architectures"
         supported = ", ".join(repr(t) for t in SUPPORTED_MODEL_TYPES)
         raise CompressArgumentError(f"{flag} {directory}: found model_type {model_type!r} ({architectures}); "
-                                    f"only BERT-family sequence classifiers (model_type {supported}) are supported")
+                                    f"the pipeline takes sequence classifiers of model_type {supported}")
 
 
 def _count(config: dict, key: str, label: str) -> int:
