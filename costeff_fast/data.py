@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Iterable, Mapping, Union
 
 import pandas as pd
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
 
-__all__ = ["SPLIT_SEED", "TASKS", "TaskInfo", "load_task", "load_user_data"]
+__all__ = ["SPLIT_SEED", "TASKS", "TaskInfo", "UnknownLabelError", "UserData", "cap_rows", "load_task", "load_user_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,38 +139,71 @@ def load_task(
         features["text_pair"] = Value("string")
     features["label"] = ClassLabel(names=list(info.label_names))
     splits = _TASK_READERS[name](_package_dir(info), features)
+    return cap_rows(splits, max_train_rows=max_train_rows, max_eval_rows=max_eval_rows, seed=seed)
+
+
+def cap_rows(
+    splits: DatasetDict, *, max_train_rows: int | None = None, max_eval_rows: int | None = None, seed: int = 0
+) -> DatasetDict:
+    """At most ``max_train_rows`` training and ``max_eval_rows`` validation rows, each a random subset drawn
+    with ``seed`` (``Dataset.shuffle(seed)`` then the first rows); None keeps a split whole.
+
+    Raises:
+        ValueError: a cap below 1.
+    """
     return DatasetDict(
         train=_subset(splits["train"], max_train_rows, seed, "max_train_rows"),
         validation=_subset(splits["validation"], max_eval_rows, seed, "max_eval_rows"),
     )
 
 
+UserData = Union[PathLike, Mapping[str, PathLike], Dataset, DatasetDict]
+"""What :func:`load_user_data` reads: a file, ``{"train": file, "validation": file}``, a directory written by
+``save_to_disk``, or a ``Dataset`` / ``DatasetDict`` in memory."""
+
+
+class UnknownLabelError(ValueError):
+    """Labels of the data that are not among the given class names (``unknown``: those labels; ``names``: the
+    class names, in label-id order; ``column``: the label column)."""
+
+    def __init__(self, message: str, *, unknown: list, names: list[str], column: str):
+        super().__init__(message)
+        self.unknown, self.names, self.column = unknown, names, column
+
+
 def load_user_data(
-    data_files: PathLike | Mapping[str, PathLike],
+    data: UserData,
     *,
-    text_column: str,
+    text_column: str = "text",
     label_column: str = "label",
     text_pair_column: str | None = None,
     validation_fraction: float = 0.1,
     seed: int = 0,
     label_names: list[str] | None = None,
 ) -> DatasetDict:
-    """Load a labelled CSV, JSON Lines (``.jsonl``/``.json``) or Parquet file as a classification task.
+    """Load labelled user data (CSV, JSON Lines, Parquet, a saved dataset or one in memory) as a classification task.
 
-    The format follows the file extension and the file is read with ``datasets.load_dataset``.
-    A single file is divided into train/validation, stratified by label, after dropping repeated rows so
-    that no validation row is also a training row. With explicit splits, training rows that also appear in
-    the validation file are dropped (with a warning).
+    Files are read with ``datasets.load_dataset`` (the format follows the extension: ``.csv``, ``.jsonl`` /
+    ``.json``, ``.parquet``); a directory with ``datasets.load_from_disk``. Data with one split (a file, a
+    ``Dataset``, or a ``DatasetDict`` / saved dataset without a ``validation`` split, whose ``train`` split is used)
+    is divided into train/validation with ``datasets.Dataset.train_test_split``, stratified by label and seeded
+    with ``seed``, after dropping repeated rows so that no validation row is also a training row. With explicit
+    splits, training rows that also appear in the validation split are dropped (with a warning).
 
     Args:
-        data_files: a path, or a dict ``{"train": path, "validation": path}``.
+        data: a path to a file or a ``save_to_disk`` directory; a dict ``{"train": path, "validation": path}``
+            (``validation`` optional); a ``Dataset``; or a ``DatasetDict`` with ``train`` and optionally
+            ``validation`` splits.
         text_column: column holding the text (renamed ``text``).
-        label_column: column holding the class (renamed ``label``): strings, integer class ids or bools.
+        label_column: column holding the class (renamed ``label``): strings, integer class ids, bools, or a
+            ``ClassLabel``.
         text_pair_column: optional column holding the second text of a pair (renamed ``text_pair``).
-        validation_fraction: share of a single file used for validation, in (0, 1).
-        seed: seed of the split of a single file.
-        label_names: class names in label-id order. By default string labels get their sorted unique
-            values, integer labels ``"0" .. str(max)``, bool labels ``["False", "True"]``.
+        validation_fraction: share of one-split data used for validation, in (0, 1).
+        seed: seed of the split of one-split data.
+        label_names: class names in label-id order (e.g. a teacher's ``id2label``). String labels are mapped
+            through them; integer and bool labels are taken as class ids; a ``ClassLabel`` whose names are all
+            among them is mapped by name. By default string labels get their sorted unique values, integer
+            labels ``"0" .. str(max)``, bool labels ``["False", "True"]``, a ``ClassLabel`` keeps its names.
 
     Returns:
         A ``DatasetDict`` with splits ``train`` and ``validation`` and columns ``text`` (string),
@@ -178,28 +211,22 @@ def load_user_data(
         are dropped.
 
     Raises:
-        FileNotFoundError: a data file does not exist.
-        ValueError: an unsupported extension, wrong ``data_files`` keys, a missing column (the message
-            lists the available ones), an empty or missing text, a missing label, a label outside
-            ``label_names``, an integer label out of range, labels that are not all strings, all integers or
-            all bools, a ``validation_fraction`` outside (0, 1), or a single file too small for a stratified
-            split.
+        FileNotFoundError: a data file or directory does not exist.
+        UnknownLabelError: (a ``ValueError``) a string label outside ``label_names``.
+        ValueError: an unsupported extension, a directory that is not a saved dataset, wrong ``data`` keys or
+            splits, a missing column (the message lists the available ones), an empty or missing text, a missing
+            label, an integer label out of range, labels that are not all strings, all integers or all bools, a
+            ``validation_fraction`` outside (0, 1), or one-split data too small for a stratified split.
     """
     columns = {text_column: "text"}
     if text_pair_column is not None:
         columns[text_pair_column] = "text_pair"
     columns[label_column] = "label"
-    if isinstance(data_files, Mapping):
-        if set(data_files) != {"train", "validation"}:
-            raise ValueError(
-                f"data_files must be a path or a dict with keys 'train' and 'validation', got keys {sorted(data_files)}"
-            )
-        files = {split: _user_file(data_files[split]) for split in ("train", "validation")}
-    else:
-        if not 0 < validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-        files = {"all": _user_file(data_files)}
-    splits = {split: _read_user_file(path, builder, columns) for split, (path, builder) in files.items()}
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    sources = _user_sources(data)
+    splits = {split: _select_user_columns(dataset, where, columns) for split, (dataset, where) in sources.items()}
+    splits = {split: _labels_by_name(dataset, label_names, label_column) for split, dataset in splits.items()}
 
     features = Features({"text": Value("string")})
     if text_pair_column is not None:
@@ -207,17 +234,18 @@ def load_user_data(
     features["label"] = _user_class_label(splits, label_column, label_names)
     splits = {split: dataset.cast(features) for split, dataset in splits.items()}
 
-    if "all" in splits:
-        dataset = splits["all"]
+    if "validation" not in splits:
+        where = sources["train"][1]
+        dataset = splits["train"]
         unique = dataset.select(_first_occurrences(dataset))
         if len(unique) < len(dataset):
-            logger.warning("dropped %d repeated rows of %s before splitting", len(dataset) - len(unique), data_files)
+            logger.warning("dropped %d repeated rows of %s before splitting", len(dataset) - len(unique), where)
         try:
             return _stratified_split(unique, validation_fraction, seed)
         except ValueError as error:
             raise ValueError(
-                f"cannot split {data_files} into train/validation stratified by label: {error}. Use more rows per "
-                "class, another validation_fraction, or explicit files {'train': ..., 'validation': ...}"
+                f"cannot split {where} into train/validation stratified by label: {error}. Use more rows per "
+                "class, another validation_fraction, or give a validation file"
             ) from error
 
     train, validation = splits["train"], splits["validation"]
@@ -356,20 +384,67 @@ def _user_file(path: PathLike) -> tuple[Path, str]:
     builder = _USER_FORMATS.get(path.suffix.lower())
     if builder is None:
         raise ValueError(
-            f"unsupported file extension {path.suffix!r} for {path}; use one of {', '.join(_USER_FORMATS)}"
+            f"unsupported file extension {path.suffix!r} for {path}; use one of {', '.join(_USER_FORMATS)} "
+            "(or a directory written by datasets' save_to_disk)"
         )
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     return path, builder
 
 
-def _read_user_file(path: Path, builder: str, columns: dict[str, str]) -> Dataset:
-    """Read one user file and keep ``columns`` (source name -> new name), renamed and checked."""
-    dataset = load_dataset(builder, data_files=str(path), split="train")
+def _read_user_path(path: PathLike) -> tuple[Dataset | DatasetDict, str]:
+    """A user file (read with ``load_dataset``) or ``save_to_disk`` directory (``load_from_disk``), and its name."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            return load_from_disk(str(path)), str(path)
+        except FileNotFoundError as error:
+            raise ValueError(
+                f"{path} is a directory but not a dataset saved with save_to_disk ({error}); "
+                "pass a CSV, JSON Lines or Parquet file, or the directory save_to_disk wrote"
+            ) from error
+    path, builder = _user_file(path)
+    return load_dataset(builder, data_files=str(path), split="train"), str(path)
+
+
+def _user_sources(data: UserData) -> dict[str, tuple[Dataset, str]]:
+    """``{"train": (dataset, where)}`` plus ``"validation"`` when the data has it; ``where`` names it in errors."""
+    if isinstance(data, Mapping) and not isinstance(data, DatasetDict):
+        if "train" not in data or not set(data) <= {"train", "validation"}:
+            raise ValueError(
+                f"data as a dict needs the key 'train' and optionally 'validation', got keys {sorted(data)}"
+            )
+        sources = {}
+        for split, path in data.items():
+            dataset, where = _read_user_path(path)
+            if isinstance(dataset, DatasetDict):
+                raise ValueError(f"{where} holds several splits {sorted(dataset)}; pass it alone, not as {split!r}")
+            sources[split] = (dataset, where)
+        return sources
+    where = "the dataset"
+    if isinstance(data, (str, os.PathLike)):
+        data, where = _read_user_path(data)
+    if isinstance(data, Dataset):
+        return {"train": (data, where)}
+    if isinstance(data, DatasetDict):
+        if "train" not in data:
+            raise ValueError(f"{where} has splits {sorted(data)} but no 'train'; name the training split 'train'")
+        ignored = sorted(set(data) - {"train", "validation"})
+        if ignored:
+            logger.warning("ignoring split(s) %s of %s (only train and validation are read)", ignored, where)
+        return {split: (data[split], f"{where} [{split}]") for split in ("train", "validation") if split in data}
+    raise TypeError(
+        f"data must be a file path, a save_to_disk directory, a dict of paths, a Dataset or a DatasetDict, "
+        f"got {type(data).__name__}"
+    )
+
+
+def _select_user_columns(dataset: Dataset, where: str, columns: dict[str, str]) -> Dataset:
+    """Keep ``columns`` (source name -> new name), renamed; refuse empty texts and missing labels."""
     missing = [column for column in columns if column not in dataset.column_names]
     if missing:
         raise ValueError(
-            f"column(s) {missing} not found in {path}; available columns: {dataset.column_names}. "
+            f"column(s) {missing} not found in {where}; available columns: {dataset.column_names}. "
             "Pass the right names as text_column / label_column / text_pair_column."
         )
     dataset = dataset.select_columns(list(columns)).rename_columns(columns)
@@ -378,16 +453,31 @@ def _read_user_file(path: Path, builder: str, columns: dict[str, str]) -> Datase
             empty = [index for index, text in enumerate(dataset[column]) if text is None or not str(text).strip()]
             if empty:
                 raise ValueError(
-                    f"{len(empty)} row(s) of {path} have an empty {column} (row indices {empty[:10]}); "
+                    f"{len(empty)} row(s) of {where} have an empty {column} (row indices {empty[:10]}); "
                     "remove or fill them"
                 )
     missing_labels = [index for index, label in enumerate(dataset["label"]) if label is None]
     if missing_labels:
         raise ValueError(
-            f"{len(missing_labels)} row(s) of {path} have no label (row indices {missing_labels[:10]}); "
+            f"{len(missing_labels)} row(s) of {where} have no label (row indices {missing_labels[:10]}); "
             "remove or label them"
         )
     return dataset
+
+
+def _labels_by_name(dataset: Dataset, label_names: list[str] | None, label_column: str) -> Dataset:
+    """A ``ClassLabel`` column whose names are all in ``label_names`` becomes its names (mapped by name later)."""
+    feature = dataset.features["label"]
+    if label_names is None or not isinstance(feature, ClassLabel) or feature.names == list(label_names):
+        return dataset
+    if not set(feature.names) <= set(label_names):
+        logger.warning(
+            "class names %s of column %r differ from %s; their class ids are used as they are",
+            feature.names, label_column, list(label_names),
+        )
+        return dataset
+    names = [feature.names[label] for label in dataset["label"]]
+    return dataset.remove_columns("label").add_column("label", names)
 
 
 def _user_class_label(splits: dict[str, Dataset], label_column: str, label_names: list[str] | None) -> ClassLabel:
@@ -399,9 +489,10 @@ def _user_class_label(splits: dict[str, Dataset], label_column: str, label_names
         names = list(label_names) if label_names is not None else sorted(values)
         unknown = sorted(values - set(names))
         if unknown:
-            raise ValueError(
+            raise UnknownLabelError(
                 f"label(s) {unknown[:10]} of column {label_column!r} are not in label_names {names}; "
-                "add them to label_names or fix the data"
+                "add them to label_names or fix the data",
+                unknown=unknown, names=names, column=label_column,
             )
         return ClassLabel(names=names)
     if all(isinstance(value, bool) for value in values):

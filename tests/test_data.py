@@ -7,9 +7,9 @@ import re
 
 import pandas as pd
 import pytest
-from datasets import ClassLabel, DatasetDict, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from costeff_fast.data import TASKS, TaskInfo, load_task, load_user_data
+from costeff_fast.data import TASKS, TaskInfo, UnknownLabelError, load_task, load_user_data
 
 
 def _keys(dataset) -> list:
@@ -276,7 +276,7 @@ def test_user_missing_file(tmp_path):
 
 def test_user_bad_data_files_keys(tmp_path):
     path = _write(_frame(), tmp_path / "data.csv")
-    with pytest.raises(ValueError, match=r"keys 'train' and 'validation', got keys \['test', 'train'\]"):
+    with pytest.raises(ValueError, match=r"needs the key 'train' and optionally 'validation', got keys \['test', 'train'\]"):
         load_user_data({"train": path, "test": path}, text_column="sentence", label_column="sentiment")
 
 
@@ -328,3 +328,59 @@ def test_user_file_too_small_to_split(tmp_path):
     path = _write(_frame(rows=8), tmp_path / "tiny.csv")
     with pytest.raises(ValueError, match=r"cannot split .*tiny\.csv into train/validation stratified by label"):
         load_user_data(path, text_column="sentence", label_column="sentiment", validation_fraction=0.1)
+
+
+def test_user_saved_dataset_and_in_memory_datasets(tmp_path):
+    frame = _frame()
+    expected = dict(zip(frame["sentence"], frame["sentiment"]))
+    dataset = Dataset.from_pandas(frame)
+    # A Dataset in memory and a saved DatasetDict without validation split are split like a file.
+    from_memory = load_user_data(dataset, text_column="sentence", label_column="sentiment")
+    assert _as_pairs(from_memory) == expected
+    DatasetDict(train=dataset).save_to_disk(tmp_path / "saved")
+    from_disk = load_user_data(tmp_path / "saved", text_column="sentence", label_column="sentiment")
+    assert _rows(from_disk["validation"]) == _rows(from_memory["validation"])
+    # Explicit splits are kept; other splits are ignored.
+    splits = DatasetDict(train=dataset.select(range(40)), validation=dataset.select(range(40, 60)),
+                         test=dataset.select(range(5)))
+    loaded = load_user_data(splits, text_column="sentence", label_column="sentiment")
+    assert loaded["validation"]["text"] == frame["sentence"].iloc[40:].tolist()
+    assert loaded["train"].num_rows == 40
+
+
+def test_user_train_file_alone_is_split(tmp_path):
+    path = _write(_frame(), tmp_path / "train.csv")
+    alone = load_user_data({"train": path}, text_column="sentence", label_column="sentiment", seed=3)
+    single = load_user_data(path, text_column="sentence", label_column="sentiment", seed=3)
+    assert _rows(alone["validation"]) == _rows(single["validation"])
+    other_seed = load_user_data(path, text_column="sentence", label_column="sentiment", seed=4)
+    assert _rows(other_seed["validation"]) != _rows(single["validation"])
+    # Stratified: both classes keep their share in validation (20 neg / 40 pos -> 2 / 4 of 6 rows).
+    names = single["validation"].features["label"].names
+    assert sorted(names[label] for label in single["validation"]["label"]) == ["neg"] * 2 + ["pos"] * 4
+
+
+def test_user_class_label_is_mapped_by_name(tmp_path):
+    frame = _frame()
+    features = Features({"sentence": Value("string"), "sentiment": ClassLabel(names=["neg", "pos"])})
+    dataset = Dataset.from_dict({"sentence": frame["sentence"].tolist(),
+                                 "sentiment": [int(s == "pos") for s in frame["sentiment"]]}, features=features)
+    loaded = load_user_data(dataset, text_column="sentence", label_column="sentiment",
+                            label_names=["other", "pos", "neg"])
+    assert loaded["train"].features["label"].names == ["other", "pos", "neg"]
+    assert _as_pairs(loaded) == dict(zip(frame["sentence"], frame["sentiment"]))
+
+
+def test_user_unknown_string_label_is_named(tmp_path):
+    path = _write(_frame(), tmp_path / "data.csv")
+    with pytest.raises(UnknownLabelError) as raised:
+        load_user_data(path, text_column="sentence", label_column="sentiment", label_names=["pos", "neutral"])
+    assert raised.value.unknown == ["neg"] and raised.value.names == ["pos", "neutral"]
+
+
+def test_user_directory_that_is_not_a_saved_dataset(tmp_path):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ValueError, match=r"plain is a directory but not a dataset saved with save_to_disk"):
+        load_user_data(tmp_path / "plain", text_column="sentence")
+    with pytest.raises(ValueError, match=r"has splits \['test'\] but no 'train'"):
+        load_user_data(DatasetDict(test=Dataset.from_pandas(_frame())), text_column="sentence")
