@@ -28,7 +28,26 @@ def build_parser() -> argparse.ArgumentParser:
     source = compress.add_mutually_exclusive_group(required=True)
     source.add_argument("--teacher", type=Path, help="a fine-tuned HF BERT classifier directory")
     source.add_argument("--task-default", action="store_true", help="fine-tune the packaged MiniLM as the teacher")
-    compress.add_argument("--task", required=True, help="rt, boolq or trec")
+    data = compress.add_argument_group(
+        "data", "a built-in task, or your own labelled file or saved dataset (exactly one of --task, --train-file, "
+        "--dataset)")
+    data.add_argument("--task", help="a built-in task: rt, boolq or trec")
+    data.add_argument("--train-file", type=Path,
+                      help="your training rows: .csv, .jsonl/.json or .parquet with a text and a label column")
+    data.add_argument("--validation-file", type=Path,
+                      help="your validation rows (same columns); without it 10%% of --train-file, stratified by label "
+                           "and seeded with --seed, is held out")
+    data.add_argument("--dataset", type=Path,
+                      help="a directory written by datasets' save_to_disk (a DatasetDict with 'train' and optionally "
+                           "'validation', or one Dataset)")
+    data.add_argument("--text-column", default="text", help="column holding the text (default text)")
+    data.add_argument("--text-pair-column", default=None,
+                      help="column holding the second text of a pair (e.g. the passage; default: none)")
+    data.add_argument("--label-column", default="label",
+                      help="column holding the label: strings (mapped through the teacher's label2id when it names "
+                           "its classes), integer class ids or bools (default label)")
+    compress.add_argument("--seed", type=int, default=0,
+                          help="seed of the validation split, the row subsets and every stage (default 0)")
     compress.add_argument("--heads", type=_positive_int, default=2, help="attention heads per layer (default 2)")
     compress.add_argument("--ffn", type=_positive_int, default=160, help="FFN width per layer (default 160)")
     compress.add_argument("--embedding-rank", type=_positive_int, default=128, help="word embedding rank (default 128)")
@@ -79,6 +98,26 @@ def _refuse(error: Exception, verbose: bool) -> None:
     sys.exit(2)
 
 
+def _compress_data(args):
+    """``compress``'s ``data`` argument from ``--train-file`` / ``--validation-file`` / ``--dataset`` (None with
+    ``--task``); refuses combinations that name two sources."""
+    from costeff_fast.training.validate import CompressArgumentError
+
+    sources = [flag for flag, value in (("--task", args.task), ("--train-file", args.train_file),
+                                         ("--dataset", args.dataset)) if value is not None]
+    if len(sources) != 1:
+        given = " and ".join(sources) if sources else "none of them"
+        raise CompressArgumentError(f"{given}: pass exactly one of --task, --train-file, --dataset")
+    if args.validation_file is not None and args.train_file is None:
+        raise CompressArgumentError("--validation-file: needs --train-file (a --dataset carries its own "
+                                    "'validation' split)")
+    if args.train_file is not None:
+        if args.validation_file is None:
+            return {"train": args.train_file}
+        return {"train": args.train_file, "validation": args.validation_file}
+    return args.dataset
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     import torch
@@ -103,8 +142,11 @@ def main(argv: list[str] | None = None) -> None:
                      "recovery_prediction_epochs": args.recovery_epochs}
         budget = replace(budget, **{k: v for k, v in overrides.items() if v is not None})
         try:
-            report = compress(args.task, args.out, teacher_dir=args.teacher, settings=settings, budget=budget,
-                              work_dir=args.work_dir, max_drop=args.max_drop, exit_pooling=args.exit_pooling,
+            data = _compress_data(args)
+            report = compress(args.task, args.out, data=data, text_column=args.text_column,
+                              text_pair_column=args.text_pair_column, label_column=args.label_column,
+                              teacher_dir=args.teacher, settings=settings, budget=budget, work_dir=args.work_dir,
+                              max_drop=args.max_drop, exit_pooling=args.exit_pooling, seed=args.seed,
                               overwrite=args.overwrite)
         except CompressArgumentError as error:
             _refuse(error, args.verbose)

@@ -142,8 +142,9 @@ def test_teacher_that_is_not_a_sequence_classifier(teacher, tmp_path, no_trainin
 
 
 def test_teacher_with_another_label_count(teacher, tmp_path, no_training):
-    message = refused("2 labels, task 'trec' has 6", "trec", tmp_path=tmp_path, teacher_dir=teacher, settings=SMALL)
-    assert "--teacher" in message
+    message = refused(r"^--task trec: the data has 6 classes \['ABBR', .*the teacher has 2;", "trec", tmp_path=tmp_path,
+                      teacher_dir=teacher, settings=SMALL)
+    assert "--task-default" in message
 
 
 # --- widths against the teacher ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
-from costeff_fast.data import load_task
+from costeff_fast.data import cap_rows
 
 from .budget import Budget
 
@@ -122,17 +122,22 @@ class TrainingData:
         return make_loader(self.validation, self.tokenizer, EVAL_BATCH_SIZE, shuffle=False)
 
 
-def prepare_data(task: str, budget: Budget, tokenizer, seed: int = 0) -> tuple[TrainingData, object]:
-    """Load and tokenize a task under a budget; returns the training data and the raw validation split.
+def prepare_data(splits, budget: Budget, tokenizer, seed: int = 0) -> tuple[TrainingData, object]:
+    """Cap and tokenize train/validation splits under a budget; returns the training data and the raw
+    validation split.
+
+    Args:
+        splits: ``DatasetDict`` with ``train`` and ``validation`` (``text``, optional ``text_pair``, ``label`` as a
+            ``ClassLabel``), e.g. from :func:`costeff_fast.data.load_task` or
+            :func:`costeff_fast.data.load_user_data`.
+        budget: its ``train_rows`` / ``eval_rows`` cap the splits (random subsets drawn with ``seed``,
+            :func:`costeff_fast.data.cap_rows`) and its ``max_length`` truncates.
 
     The tokenizer's ``model_max_length`` is set to the budget's ``max_length`` so every checkpoint saved with
     it truncates inference inputs exactly as in training.
-
-    Raises:
-        ValueError: an unknown task (from :func:`costeff_fast.data.load_task`).
     """
     tokenizer.model_max_length = budget.max_length
-    splits = load_task(task, max_train_rows=budget.train_rows, max_eval_rows=budget.eval_rows, seed=seed)
+    splits = cap_rows(splits, max_train_rows=budget.train_rows, max_eval_rows=budget.eval_rows, seed=seed)
     names = list(splits["train"].features["label"].names)
     tokenized = tokenize_splits(splits, tokenizer, budget.max_length)
     data = TrainingData(tokenizer, tokenized["train"], tokenized["validation"], len(names), names,

@@ -8,10 +8,14 @@ every compression setting; each setting caches its own slenderized and recovered
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
+
+from datasets import DatasetDict
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -24,7 +28,17 @@ from .prediction import hf_predict
 from .report import write_report
 from .stage_cache import RECORD
 from .stages import distill_teaching_assistant, finetune_teacher, recover, slenderize_stage
-from .validate import check_budget, check_task, publish_output, validate_compress
+from .validate import (
+    CompressArgumentError,
+    check_budget,
+    check_work_location,
+    data_fingerprint,
+    load_compress_data,
+    publish_output,
+    read_teacher_config,
+    teacher_fingerprint,
+    validate_compress,
+)
 
 
 @dataclass(frozen=True)
@@ -44,31 +58,45 @@ class CompressionSettings:
         return f"h{self.heads}-f{self.ffn}-r{rank}-{self.allocation}{ablation}"
 
 
-def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, settings: CompressionSettings = CompressionSettings(),
-             budget: str | Budget = "quick", work_dir: Path | None = None, max_drop: float = 0.01,
-             exit_pooling: str = "mean", seed: int = 0, overwrite: bool = False) -> dict:
+def compress(task: str | None = None, out_dir: Path | None = None, *, data=None, text_column: str = "text",
+             text_pair_column: str | None = None, label_column: str = "label", teacher_dir: Path | None = None,
+             settings: CompressionSettings = CompressionSettings(), budget: str | Budget = "quick",
+             work_dir: Path | None = None, max_drop: float = 0.01, exit_pooling: str = "mean", seed: int = 0,
+             overwrite: bool = False) -> dict:
     """Run the whole COST-EFF pipeline and write the calibrated checkpoint and its report to ``out_dir``.
 
     Every argument is checked first (:func:`~costeff_fast.training.validate.validate_compress`: configs are
-    read, no weights loaded), so a bad one is refused before the first training step. The output is written
+    read, no weights loaded; then :func:`~costeff_fast.training.validate.load_compress_data`: the data and its
+    labels against the teacher's), so a bad one is refused before the first training step. The output is written
     into a temporary sibling of ``out_dir`` and renamed into place at the end
     (:func:`~costeff_fast.training.validate.publish_output`): a crash leaves an existing ``out_dir`` as it was,
     and nothing outside ``out_dir`` and ``work_dir`` is ever deleted.
 
     Args:
-        task: a built-in task (``rt``, ``boolq``, ``trec``).
+        task: a built-in task (``rt``, ``boolq``, ``trec``); or None with ``data``.
         out_dir: receives the COST-EFF checkpoint (HF format, ``config.entropy_threshold`` calibrated),
             ``report.json`` and ``report.png``. It may be missing, empty or a previous COST-EFF output
             (``config.json`` with ``model_type == "costeff"`` plus ``report.json``), which is replaced; any other
             existing directory is refused unless ``overwrite``.
-        teacher_dir: a fine-tuned HF BERT classifier; None fine-tunes the packaged MiniLM on ``task``.
+        data: your own labelled data instead of ``task``: a CSV / JSON Lines / Parquet file, ``{"train": file,
+            "validation": file}``, a directory written by ``datasets``' ``save_to_disk``, or a ``Dataset`` /
+            ``DatasetDict`` (:func:`costeff_fast.data.load_user_data`). Without a validation split, 10 % of the
+            training rows (stratified by label, seeded with ``seed``) are held out for checkpoint choice and
+            calibration. Labels may be strings (mapped through the teacher's ``label2id`` when it names its
+            classes), integer class ids or bools.
+        text_column, text_pair_column, label_column: the columns of ``data`` holding the text, the optional second
+            text of a pair, and the label.
+        teacher_dir: a fine-tuned HF encoder classifier; None fine-tunes the packaged MiniLM on the data.
         settings: target widths and allocation.
-        budget: ``"quick"``, ``"paper"``, ``"demo"`` or a :class:`Budget`.
-        work_dir: stage cache (default ``work/`` + :func:`default_work_name`); finished stages are reused.
+        budget: ``"quick"``, ``"paper"``, ``"demo"`` or a :class:`Budget` (its ``train_rows`` / ``eval_rows`` cap
+            the data).
+        work_dir: stage cache (default ``work/`` + :func:`default_work_name` of the task, or for user data of
+            ``<file or directory name>-<data fingerprint>``, plus ``-teacher<fingerprint>`` with ``teacher_dir``);
+            finished stages are reused.
         max_drop: calibration keeps accuracy within this fraction of the teacher's (0.01 = one point).
         exit_pooling: what the TA's (and so the COST-EFF model's) non-pooled exits read: ``"mean"`` (default:
             the packaged MiniLM's [CLS] is uninformative before layer 4) or ``"cls"`` (the paper).
-        seed: seed of the data subsets and of every stage.
+        seed: seed of the data split and subsets and of every stage.
         overwrite: replace an existing ``out_dir`` that holds other files (they are deleted at the end).
 
     Returns:
@@ -76,26 +104,36 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
 
     Raises:
         CompressArgumentError: (a ``ValueError``; one line naming the argument and the fix) before any training:
-            unknown task or budget; a teacher directory that is missing, lacks ``config.json``, weights or a
-            tokenizer, is not a BERT-family ``*ForSequenceClassification`` or has another label count than the
-            task; ``heads``, ``ffn`` or ``embedding_rank`` outside [1, the teacher's heads, intermediate size or
+            no data, or both a task and data; unknown task or budget; a teacher directory that is missing, lacks
+            ``config.json``, weights or a tokenizer, or is not a supported ``*ForSequenceClassification``;
+            ``heads``, ``ffn`` or ``embedding_rank`` outside [1, the teacher's heads, intermediate size or
             hidden size] (the packaged MiniLM's with ``teacher_dir=None``); an unknown allocation or exit
             pooling; ``work_dir`` or ``out_dir`` an existing file; ``out_dir`` a non-empty directory that is not
-            a previous COST-EFF output without ``overwrite``, or one containing the teacher or ``work_dir``.
-            Also at the end, keeping the new checkpoint in the staging directory it names, when ``out_dir``
-            gained such files during the run.
+            a previous COST-EFF output without ``overwrite``, or one containing the teacher or ``work_dir``; a
+            missing data file or column, empty texts, missing labels, labels the teacher does not know or a class
+            count other than the teacher's. Also at the end, keeping the new checkpoint in the staging directory
+            it names, when ``out_dir`` gained such files during the run.
     """
-    check_task(task)
+    if out_dir is None:
+        raise CompressArgumentError("--out: missing; pass the directory that receives the checkpoint")
     budget = check_budget(budget)
     out_dir = Path(out_dir)
-    work_dir = Path(work_dir or Path("work") / default_work_name(task, budget, exit_pooling))
     validate_compress(task, out_dir, teacher_dir=teacher_dir, settings=settings, work_dir=work_dir,
-                      exit_pooling=exit_pooling, overwrite=overwrite)
+                      exit_pooling=exit_pooling, overwrite=overwrite, data=data)
     timings = {}
     started = time.time()
+    teacher_config = read_teacher_config(teacher_dir)[0] if teacher_dir is not None else None
+    splits = load_compress_data(task, data, teacher_config=teacher_config, text_column=text_column,
+                                text_pair_column=text_pair_column, label_column=label_column, seed=seed)
+    name = task if task is not None else f"{_data_name(data)}-{data_fingerprint(splits)}"
+    if work_dir is None:
+        teacher_key = "" if teacher_dir is None else f"-teacher{teacher_fingerprint(teacher_dir)}"
+        work_dir = Path("work") / (default_work_name(name, budget, exit_pooling) + teacher_key)
+        check_work_location(work_dir, out_dir, teacher_dir)
+    work_dir = Path(work_dir)
     source = Path(teacher_dir) if teacher_dir else packaged_minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(source)
-    data, validation = prepare_data(task, budget, tokenizer, seed)
+    data, validation = prepare_data(splits, budget, tokenizer, seed)
     timings["data"] = time.time() - started
 
     if teacher_dir is None:
@@ -103,8 +141,6 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
         timings["teacher"] = finetune_teacher(source, data, teacher_dir, epochs=budget.teacher_epochs,
                                               lr=budget.teacher_lr)["seconds"]
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
-    if teacher.config.num_labels != data.num_labels:
-        raise ValueError(f"the teacher has {teacher.config.num_labels} labels, task {task!r} has {data.num_labels}")
     ta_dir = work_dir / "ta"
     ta_record = distill_teaching_assistant(teacher_dir, data, ta_dir, hidden_epochs=budget.ta_hidden_epochs,
                                            prediction_epochs=budget.ta_prediction_epochs, lr=budget.ta_lr,
@@ -142,10 +178,20 @@ def compress(task: str, out_dir: Path, *, teacher_dir: Path | None = None, setti
         config["entropy_threshold"] = chosen["entropy_threshold"]
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
         return write_report(
-            staging, task=task, budget=budget, settings=settings, teacher=teacher, ta_dir=ta_dir,
+            staging, task=name, budget=budget, settings=settings, teacher=teacher, ta_dir=ta_dir,
             model_dir=staging, data=data, validation_inputs=inputs, labels=labels,
             teacher_accuracy=teacher_accuracy, ta_record=ta_record, recovery_record=recovery_record,
             slender_record=slender_record, sweep=sweep, chosen=chosen, max_drop=max_drop, timings=timings,
         )
 
     return publish_output(out_dir, fill, overwrite=overwrite)
+
+
+def _data_name(data) -> str:
+    """A short name for user data in cache directories and reports: the training file's or directory's name."""
+    if isinstance(data, Mapping) and not isinstance(data, DatasetDict):
+        data = data["train"]
+    if isinstance(data, (str, os.PathLike)):
+        name = Path(data).stem if Path(data).is_file() else Path(data).name
+        return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "data"
+    return "data"

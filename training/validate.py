@@ -9,17 +9,21 @@ and nothing but a previous COST-EFF output (or, with ``overwrite``, what the use
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Mapping, TypeVar
 
-from costeff_fast.data import TASKS
+from datasets import DatasetDict
+
+from costeff_fast.data import TASKS, UnknownLabelError, load_task, load_user_data
 
 from .budget import BUDGETS, Budget
+from .data import packaged_minilm_dir
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra")
 """``config.model_type`` values of the teachers the pipeline supports: encoder classifiers whose config uses
@@ -99,8 +103,6 @@ def read_teacher_config(teacher_dir: Path | None) -> tuple[dict, str]:
             without one, the MiniLM package is not installed.
     """
     if teacher_dir is None:
-        from .data import packaged_minilm_dir
-
         try:
             source = packaged_minilm_dir()
         except ModuleNotFoundError as error:
@@ -247,44 +249,172 @@ def _within(path: Path, directory: Path) -> bool:
     return path == directory or directory in path.parents
 
 
-def validate_compress(task: str, out_dir: Path, *, teacher_dir: Path | None, settings, work_dir: Path,
-                      exit_pooling: str = "mean", overwrite: bool = False) -> str:
-    """Check every argument of ``compress`` before any training; read configs only, load no weights.
+def check_data_source(task: str | None, data) -> None:
+    """Exactly one of a built-in ``task`` and user ``data``.
 
-    Checks, in order: the task; the teacher (or the packaged MiniLM with ``teacher_dir=None``) and its label
-    count; the widths in ``settings`` against it; ``exit_pooling``; ``work_dir``; ``out_dir``; and that replacing
-    ``out_dir`` can touch neither the teacher nor the work directory.
+    Raises:
+        CompressArgumentError: neither or both, or an unknown task (:func:`check_task`).
+    """
+    if task is None and data is None:
+        raise CompressArgumentError("--task or --train-file/--dataset: no data given; pass a built-in task "
+                                    f"({', '.join(TASKS)}) or your own labelled file")
+    if task is not None and data is not None:
+        raise CompressArgumentError(f"--task {task!r} and --train-file/--dataset both given; pass one of them")
+    if task is not None:
+        check_task(task)
+
+
+def validate_compress(task: str | None, out_dir: Path, *, teacher_dir: Path | None, settings,
+                      work_dir: Path | None = None, exit_pooling: str = "mean", overwrite: bool = False,
+                      data=None) -> str:
+    """Check every argument of ``compress`` that needs no data before any training; read configs only.
+
+    Checks, in order: the data source (a built-in ``task`` or user ``data``, not both); the teacher (or the
+    packaged MiniLM with ``teacher_dir=None``); the widths in ``settings`` against it; ``exit_pooling``;
+    ``work_dir`` (when given; :func:`check_work_location`); ``out_dir``. The data and its labels are checked next by
+    :func:`load_compress_data`, still before training.
 
     Returns:
         What :func:`check_out` found at ``out_dir``.
 
     Raises:
-        CompressArgumentError: the first refused argument (see :func:`check_task`, :func:`read_teacher_config`,
-            :func:`check_settings`, :func:`check_work_dir`, :func:`check_out`), a teacher whose label count
-            differs from the task's, ``--out`` that contains the teacher or the work directory, or ``--out``
-            equal to the work directory.
+        CompressArgumentError: the first refused argument (see :func:`check_data_source`,
+            :func:`read_teacher_config`, :func:`check_settings`, :func:`check_work_location`, :func:`check_out`).
     """
-    check_task(task)
+    check_data_source(task, data)
     config, label = read_teacher_config(teacher_dir)
-    if teacher_dir is not None:
-        id2label = config.get("id2label")
-        labels = len(id2label) if isinstance(id2label, dict) and id2label else config.get("num_labels", 2)
-        if labels != TASKS[task].num_labels:
-            raise CompressArgumentError(f"--teacher {teacher_dir}: the teacher has {labels} labels, task {task!r} has "
-                                        f"{TASKS[task].num_labels}; pass a teacher fine-tuned on {task!r} "
-                                        "or use --task-default")
     check_settings(settings, config, label)
     if exit_pooling not in EXIT_POOLINGS:
         raise CompressArgumentError(f"--exit-pooling {exit_pooling!r}: unknown; pass one of {', '.join(EXIT_POOLINGS)}")
-    check_work_dir(work_dir)
     state = check_out(out_dir, overwrite=overwrite)
+    if work_dir is not None:
+        check_work_location(work_dir, out_dir, teacher_dir)
+    return state
+
+
+def check_work_location(work_dir: Path, out_dir: Path, teacher_dir: Path | None) -> None:
+    """Raises:
+        CompressArgumentError: ``work_dir`` is a file or lies under one (:func:`check_work_dir`), or ``out_dir``
+            contains the work directory or the teacher (replacing ``--out`` would delete them).
+    """
+    check_work_dir(work_dir)
     if _within(work_dir, out_dir):
         raise CompressArgumentError(f"--out {out_dir}: contains the work directory {work_dir}, which replacing "
                                     "--out would delete; choose --out and --work-dir apart")
     if teacher_dir is not None and _within(teacher_dir, out_dir):
         raise CompressArgumentError(f"--out {out_dir}: contains the teacher {teacher_dir}, which replacing --out "
                                     "would delete; choose another --out")
-    return state
+
+
+def teacher_labels(config: dict) -> tuple[int, list[str] | None]:
+    """The teacher's class count and, when it names its classes, their names in label-id order.
+
+    Read from ``config.json``: ``id2label`` (its size is the count) or ``num_labels`` (default 2). Names of the
+    form ``LABEL_<i>`` (what Hugging Face writes when none were given) do not count as names.
+    """
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        try:
+            names = [str(id2label[key]) for key in sorted(id2label, key=int)]
+        except ValueError:
+            return len(id2label), None
+        named = any(name != f"LABEL_{index}" for index, name in enumerate(names))
+        return len(names), names if named else None
+    return int(config.get("num_labels", 2)), None
+
+
+def _data_flag(data) -> str:
+    if isinstance(data, DatasetDict):
+        return "data"
+    if isinstance(data, Mapping):
+        return "--train-file"
+    if isinstance(data, (str, os.PathLike)):
+        return "--dataset" if Path(data).is_dir() else "--train-file"
+    return "data"
+
+
+def load_compress_data(task: str | None, data, *, teacher_config: dict | None, text_column: str = "text",
+                       text_pair_column: str | None = None, label_column: str = "label",
+                       seed: int = 0) -> DatasetDict:
+    """The train/validation splits ``compress`` trains on, with labels checked against the teacher's.
+
+    A built-in ``task`` comes from :func:`costeff_fast.data.load_task`; user ``data`` (a file, ``{"train": file,
+    "validation": file}``, a ``save_to_disk`` directory, a ``Dataset`` or ``DatasetDict``) from
+    :func:`costeff_fast.data.load_user_data`: without a validation split, a stratified split of 10 % of the
+    training rows seeded with ``seed``. When the teacher names its classes (``id2label``), string labels are mapped
+    through them and a ``ClassLabel`` is mapped by name; integer labels are class ids.
+
+    Args:
+        teacher_config: the teacher's ``config.json`` (None with ``--task-default``: the data's classes define the
+            new teacher's).
+
+    Returns:
+        ``DatasetDict`` with ``train`` and ``validation``: ``text``, optional ``text_pair``, ``label`` (``ClassLabel``
+        whose names are the teacher's when it names them).
+
+    Raises:
+        CompressArgumentError: one line naming the flag: a data file or column that is missing or unreadable, bad
+            labels or texts (:func:`~costeff_fast.data.load_user_data`), a label that the teacher does not know,
+            training data whose class count differs from the teacher's, or fewer than two classes.
+    """
+    num_labels, names = teacher_labels(teacher_config) if teacher_config is not None else (None, None)
+    if task is not None:
+        source, flag = load_task(task), f"--task {task}"
+        pair = "text_pair" if TASKS[task].text_pair else None
+        columns = dict(text_column="text", text_pair_column=pair, label_column="label")
+    else:
+        source, flag = data, _data_flag(data)
+        columns = dict(text_column=text_column, text_pair_column=text_pair_column, label_column=label_column)
+    try:
+        splits = load_user_data(source, **columns, seed=seed, label_names=names)
+    except UnknownLabelError as error:
+        raise CompressArgumentError(
+            f"--label-column {error.column}: label(s) {error.unknown} are not among the teacher's labels "
+            f"{error.names} (its config.json id2label); fix the data, or pass a teacher fine-tuned on these classes "
+            "or --task-default") from error
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        message = " ".join(str(error).split())
+        raise CompressArgumentError(f"{flag}: {message}") from error
+    classes = splits["train"].features["label"].names
+    present = sorted(set(splits["train"]["label"]))
+    label_flag = flag if task is not None else f"--label-column {label_column}"
+    if num_labels is not None and len(classes) != num_labels:
+        raise CompressArgumentError(
+            f"{label_flag}: the data has {len(classes)} classes {classes[:10]}, the "
+            f"teacher has {num_labels}; pass a teacher fine-tuned on these classes or --task-default")
+    if len(present) != len(classes):
+        missing = [classes[index] for index in range(len(classes)) if index not in present]
+        raise CompressArgumentError(
+            f"{label_flag}: the training data has no row of class(es) {missing[:10]} "
+            f"of {len(classes)}; add rows of every class (or pass a teacher fine-tuned on fewer classes)")
+    if len(classes) < 2:
+        raise CompressArgumentError(f"{label_flag}: the data has one class {classes}; "
+                                    "a classifier needs at least two")
+    return splits
+
+
+def data_fingerprint(splits: DatasetDict) -> str:
+    """Eight hex digits of a SHA-256 over the rows and class names of every split, for cache directory names."""
+    digest = hashlib.sha256()
+    for split in sorted(splits):
+        dataset = splits[split]
+        digest.update(json.dumps([split, dataset.features["label"].names]).encode())
+        for column in dataset.column_names:
+            digest.update(json.dumps(dataset[column]).encode())
+    return digest.hexdigest()[:8]
+
+
+def teacher_fingerprint(teacher_dir: Path) -> str:
+    """Eight hex digits naming a teacher directory's identity: its real path and its weights' sizes and
+    modification times (a retrained teacher in the same place gets a new name)."""
+    teacher_dir = Path(teacher_dir)
+    parts = [os.path.realpath(teacher_dir)]
+    for name in WEIGHT_FILES:
+        path = teacher_dir / name
+        if path.is_file():
+            stat = path.stat()
+            parts.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
 
 
 def publish_output(out_dir: Path, fill: Callable[[Path], T], *, overwrite: bool) -> T:
