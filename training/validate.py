@@ -25,11 +25,16 @@ from costeff_fast.data import TASKS, UnknownLabelError, load_task, load_user_dat
 from .budget import BUDGETS, Budget
 from .data import packaged_minilm_dir
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra")
-"""``config.model_type`` values of the teachers the pipeline supports: encoder classifiers whose config uses
-BERT's field names (``num_attention_heads``, ``intermediate_size``, ``hidden_size``) and that
-:meth:`~costeff_fast.modeling.CostEffForSequenceClassification.from_encoder_classifier` converts. DistilBERT
-(its own field names, no token types) converts and runs in the engine but is not yet a pipeline teacher."""
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")
+"""``config.model_type`` values of the teachers the pipeline supports: the encoder classifiers that
+:meth:`~costeff_fast.modeling.CostEffForSequenceClassification.from_encoder_classifier` converts. Their configs
+use BERT's field names (``num_attention_heads``, ``intermediate_size``, ``hidden_size``) except DistilBERT's
+(:data:`CONFIG_FIELDS`)."""
+
+CONFIG_FIELDS = {"distilbert": {"num_attention_heads": "n_heads", "intermediate_size": "hidden_dim",
+                                "hidden_size": "dim"}}
+"""Per ``model_type``, the ``config.json`` key that holds each BERT-named width (DistilBERT saves ``n_heads``,
+``hidden_dim`` and ``dim``)."""
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin",
                 "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -143,6 +148,7 @@ def _check_model_type(config: dict, flag: str, directory: Path) -> None:
 
 
 def _count(config: dict, key: str, label: str) -> int:
+    key = CONFIG_FIELDS.get(config.get("model_type"), {}).get(key, key)
     value = config.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise CompressArgumentError(f"the {label}'s config.json has no positive integer {key!r} (found {value!r}); "
@@ -158,6 +164,8 @@ def _check_width(value, flag: str, limit: int, what: str, label: str) -> None:
 
 def check_settings(settings, config: dict, label: str) -> None:
     """Check the target widths and choices of ``settings`` against the teacher's ``config``.
+
+    The teacher's widths are read under BERT's names, or DistilBERT's (``n_heads``, ``hidden_dim``, ``dim``).
 
     Raises:
         CompressArgumentError: ``heads`` outside [1, teacher heads], ``ffn`` outside [1, teacher
@@ -400,7 +408,7 @@ def data_fingerprint(splits: DatasetDict) -> str:
         dataset = splits[split]
         digest.update(json.dumps([split, dataset.features["label"].names]).encode())
         for column in dataset.column_names:
-            digest.update(json.dumps(dataset[column]).encode())
+            digest.update(json.dumps(list(dataset[column])).encode())
     return digest.hexdigest()[:8]
 
 
