@@ -29,12 +29,7 @@ SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electr
 """``config.model_type`` values of the teachers the pipeline supports: the encoder classifiers that
 :meth:`~costeff_fast.modeling.CostEffForSequenceClassification.from_encoder_classifier` converts. Their configs
 use BERT's field names (``num_attention_heads``, ``intermediate_size``, ``hidden_size``) except DistilBERT's
-(:data:`CONFIG_FIELDS`)."""
-
-CONFIG_FIELDS = {"distilbert": {"num_attention_heads": "n_heads", "intermediate_size": "hidden_dim",
-                                "hidden_size": "dim"}}
-"""Per ``model_type``, the ``config.json`` key that holds each BERT-named width (DistilBERT saves ``n_heads``,
-``hidden_dim`` and ``dim``)."""
+(``n_heads``, ``hidden_dim``, ``dim``), which ``_count`` reads instead."""
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin",
                 "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -148,7 +143,8 @@ def _check_model_type(config: dict, flag: str, directory: Path) -> None:
 
 
 def _count(config: dict, key: str, label: str) -> int:
-    key = CONFIG_FIELDS.get(config.get("model_type"), {}).get(key, key)
+    if config.get("model_type") == "distilbert":  # config.json keeps DistilBertConfig's own names
+        key = {"num_attention_heads": "n_heads", "intermediate_size": "hidden_dim", "hidden_size": "dim"}.get(key, key)
     value = config.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise CompressArgumentError(f"the {label}'s config.json has no positive integer {key!r} (found {value!r}); "
