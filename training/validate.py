@@ -346,7 +346,8 @@ def load_compress_data(task: str | None, data, *, teacher_config: dict | None, t
     "validation": file}``, a ``save_to_disk`` directory, a ``Dataset`` or ``DatasetDict``) from
     :func:`costeff_fast.data.load_user_data`: without a validation split, a stratified split of 10 % of the
     training rows seeded with ``seed``. When the teacher names its classes (``id2label``), string labels are mapped
-    through them and a ``ClassLabel`` is mapped by name; integer labels are class ids.
+    through them and a ``ClassLabel`` is mapped by name; integer and bool labels are class ids. A teacher without
+    names (``LABEL_<i>``) takes integer or bool labels only: string labels would need a guessed order.
 
     Args:
         teacher_config: the teacher's ``config.json`` (None with ``--task-default``: the data's classes define the
@@ -362,6 +363,11 @@ def load_compress_data(task: str | None, data, *, teacher_config: dict | None, t
             training data whose class count differs from the teacher's, or fewer than two classes.
     """
     num_labels, names = teacher_labels(teacher_config) if teacher_config is not None else (None, None)
+    # A teacher without class names still fixes the ids: string labels would need a guessed order, so they must
+    # then be the names Hugging Face gave it (LABEL_<i>), and integer labels are taken as the ids.
+    unnamed = num_labels is not None and names is None
+    if unnamed:
+        names = [f"LABEL_{index}" for index in range(num_labels)]
     if task is not None:
         source, flag = load_task(task), f"--task {task}"
         pair = "text_pair" if TASKS[task].text_pair else None
@@ -372,6 +378,12 @@ def load_compress_data(task: str | None, data, *, teacher_config: dict | None, t
     try:
         splits = load_user_data(source, **columns, seed=seed, label_names=names)
     except UnknownLabelError as error:
+        if unnamed:
+            raise CompressArgumentError(
+                f"--label-column {error.column}: label(s) {error.unknown} are strings but the teacher does not name "
+                f"its {num_labels} classes (its config.json id2label is LABEL_0..LABEL_{num_labels - 1}); use integer "
+                "class ids in the label column, or set id2label and label2id in the teacher's config.json"
+            ) from error
         raise CompressArgumentError(
             f"--label-column {error.column}: label(s) {error.unknown} are not among the teacher's labels "
             f"{error.names} (its config.json id2label); fix the data, or pass a teacher fine-tuned on these classes "
