@@ -44,7 +44,7 @@ from typing import Iterable, Mapping, Union
 import pandas as pd
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
 
-__all__ = ["SPLIT_SEED", "TASKS", "TaskInfo", "UnknownLabelError", "UserData", "cap_rows", "load_task", "load_user_data"]
+__all__ = ["SPLIT_SEED", "TASKS", "TaskInfo", "UnknownLabelError", "UserData", "cap_rows", "load_task", "load_user_data", "load_user_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +253,40 @@ def load_user_data(
     if len(kept) < len(train):
         logger.warning("dropped %d training rows that also appear in the validation file", len(train) - len(kept))
     return DatasetDict(train=kept, validation=validation)
+
+
+def load_user_split(
+    data: UserData,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    text_pair_column: str | None = None,
+    label_names: list[str] | None = None,
+) -> Dataset:
+    """Load one labelled split for evaluation or calibration, every row kept, in file order.
+
+    Reads what :func:`load_user_data` reads; of data with several splits the ``validation`` split is taken
+    (else ``train``). Labels are handled as there (``label_names``: string labels mapped through them, integer
+    and bool labels taken as class ids).
+
+    Returns:
+        A ``Dataset`` with ``text`` (string), optional ``text_pair`` (string) and ``label`` (``ClassLabel``).
+
+    Raises:
+        FileNotFoundError, UnknownLabelError, ValueError: as :func:`load_user_data` (no split errors).
+    """
+    columns = {text_column: "text"}
+    if text_pair_column is not None:
+        columns[text_pair_column] = "text_pair"
+    columns[label_column] = "label"
+    sources = _user_sources(data)
+    dataset, where = sources.get("validation", sources["train"])
+    dataset = _labels_by_name(_select_user_columns(dataset, where, columns), label_names, label_column)
+    features = Features({"text": Value("string")})
+    if text_pair_column is not None:
+        features["text_pair"] = Value("string")
+    features["label"] = _user_class_label({"rows": dataset}, label_column, label_names)
+    return dataset.cast(features)
 
 
 def _package_dir(info: TaskInfo) -> Path:

@@ -327,6 +327,26 @@ def teacher_labels(config: dict) -> tuple[int, list[str] | None]:
     return int(config.get("num_labels", 2)), None
 
 
+def label_names_to_map(num_labels: int, names: list[str] | None) -> list[str]:
+    """The class names a model's labels are mapped through: its own names, or ``LABEL_<i>`` when it has none.
+
+    A model without class names still fixes the class ids; string labels would need a guessed order, so they must
+    then be the names Hugging Face gave it (``LABEL_<i>``), and integer labels are taken as the ids.
+    """
+    return names if names is not None else [f"LABEL_{index}" for index in range(num_labels)]
+
+
+def unknown_label_message(error: UnknownLabelError, owner: str, fix: str) -> str:
+    """One line for labels of the data that the ``owner`` model (``"teacher"``, ``"model"``) does not know."""
+    if all(name == f"LABEL_{index}" for index, name in enumerate(error.names)):
+        count = len(error.names)
+        return (f"--label-column {error.column}: label(s) {error.unknown} are strings but the {owner} does not name its "
+                f"{count} classes (its config.json id2label is LABEL_0..LABEL_{count - 1}); use integer class ids in "
+                f"the label column, or set id2label and label2id in the {owner}'s config.json")
+    return (f"--label-column {error.column}: label(s) {error.unknown} are not among the {owner}'s labels "
+            f"{error.names} (its config.json id2label); {fix}")
+
+
 def _data_flag(data) -> str:
     if isinstance(data, DatasetDict):
         return "data"
@@ -345,9 +365,9 @@ def load_compress_data(task: str | None, data, *, teacher_config: dict | None, t
     A built-in ``task`` comes from :func:`costeff_fast.data.load_task`; user ``data`` (a file, ``{"train": file,
     "validation": file}``, a ``save_to_disk`` directory, a ``Dataset`` or ``DatasetDict``) from
     :func:`costeff_fast.data.load_user_data`: without a validation split, a stratified split of 10 % of the
-    training rows seeded with ``seed``. When the teacher names its classes (``id2label``), string labels are mapped
-    through them and a ``ClassLabel`` is mapped by name; integer and bool labels are class ids. A teacher without
-    names (``LABEL_<i>``) takes integer or bool labels only: string labels would need a guessed order.
+    training rows seeded with ``seed``. Labels are mapped through the teacher's class names
+    (:func:`label_names_to_map`): string labels by name, a ``ClassLabel`` by name, integer and bool labels as class
+    ids; a teacher without names takes integer or bool labels only.
 
     Args:
         teacher_config: the teacher's ``config.json`` (None with ``--task-default``: the data's classes define the
@@ -363,11 +383,8 @@ def load_compress_data(task: str | None, data, *, teacher_config: dict | None, t
             training data whose class count differs from the teacher's, or fewer than two classes.
     """
     num_labels, names = teacher_labels(teacher_config) if teacher_config is not None else (None, None)
-    # A teacher without class names still fixes the ids: string labels would need a guessed order, so they must
-    # then be the names Hugging Face gave it (LABEL_<i>), and integer labels are taken as the ids.
-    unnamed = num_labels is not None and names is None
-    if unnamed:
-        names = [f"LABEL_{index}" for index in range(num_labels)]
+    if num_labels is not None:
+        names = label_names_to_map(num_labels, names)
     if task is not None:
         source, flag = load_task(task), f"--task {task}"
         pair = "text_pair" if TASKS[task].text_pair else None
@@ -378,16 +395,9 @@ def load_compress_data(task: str | None, data, *, teacher_config: dict | None, t
     try:
         splits = load_user_data(source, **columns, seed=seed, label_names=names)
     except UnknownLabelError as error:
-        if unnamed:
-            raise CompressArgumentError(
-                f"--label-column {error.column}: label(s) {error.unknown} are strings but the teacher does not name "
-                f"its {num_labels} classes (its config.json id2label is LABEL_0..LABEL_{num_labels - 1}); use integer "
-                "class ids in the label column, or set id2label and label2id in the teacher's config.json"
-            ) from error
-        raise CompressArgumentError(
-            f"--label-column {error.column}: label(s) {error.unknown} are not among the teacher's labels "
-            f"{error.names} (its config.json id2label); fix the data, or pass a teacher fine-tuned on these classes "
-            "or --task-default") from error
+        raise CompressArgumentError(unknown_label_message(
+            error, "teacher", "fix the data, or pass a teacher fine-tuned on these classes or --task-default"
+        )) from error
     except (ValueError, FileNotFoundError, TypeError) as error:
         message = " ".join(str(error).split())
         raise CompressArgumentError(f"{flag}: {message}") from error
