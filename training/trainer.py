@@ -4,15 +4,23 @@ Teacher fine-tuning, the TA's and recovery's distillation phases (COST-EFF, Shen
 2210.15523, Sec. 3.4 and 4.1) and the distillation between pruning events (Sec. 3.3) all run :func:`train`.
 Weight decay follows the usual BERT fine-tuning recipe (Devlin et al., NAACL 2019): decoupled decay (AdamW,
 Loshchilov and Hutter, ICLR 2019) on every weight except biases and LayerNorm weights.
+
+Device policy of every stage: :func:`resolve_device` turns ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``)
+into a ``torch.device``; :func:`resolve_autocast` decides mixed precision (on CUDA by default: bf16 autocast of the
+forward passes, :func:`forward_context`; never by default on CPU, where bf16 is slow). Master weights, gradients
+and AdamW state stay fp32 (autocast casts copies for the matmuls); every loss, softmax, log-softmax and entropy
+is computed from logits cast to fp32 (:mod:`~costeff_fast.training.losses`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
+import functools
+import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Literal, Mapping
+import inspect
+from typing import Callable, ContextManager, Iterable, Iterator, Literal, Mapping
 
 import torch
 from torch import nn
@@ -20,9 +28,116 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
 Batch = Mapping[str, torch.Tensor]
+Device = str | torch.device
 
 EXIT_PREFIX = "exits."
 """Parameters whose name starts with this belong to the exit classifiers (``exit_lr_scale`` applies)."""
+
+AUTOCAST_DTYPE = torch.bfloat16
+"""Compute dtype of the autocast forward passes (bf16: fp32's exponent range, so no loss scaling is needed)."""
+
+
+def resolve_device(device: Device | None = "auto") -> torch.device:
+    """The ``torch.device`` that ``--device`` names: ``"auto"`` (or None) is CUDA when available, else the CPU.
+
+    Args:
+        device: ``"auto"``, None, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device`` of type cpu or cuda.
+
+    Returns:
+        ``cpu`` or ``cuda`` / ``cuda:N``.
+
+    Raises:
+        ValueError: (one line naming ``--device`` and the fix) CUDA asked for where ``torch.cuda.is_available()``
+            is False or the index is past the visible GPUs; an unknown device string or another device type.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"--device {device!r}: not a device; pass auto, cpu, cuda or cuda:N") from error
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type != "cuda":
+        raise ValueError(f"--device {device!r}: device type {resolved.type!r} is not supported; "
+                         "pass auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ValueError(f"--device {device!r}: CUDA is not available here (torch {torch.__version__}, {build}, "
+                         "no visible GPU); pass --device cpu, or --device auto to use a GPU only when there is one")
+    if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device!r}: only {torch.cuda.device_count()} GPU(s) visible; "
+                         f"pass cuda:0 to cuda:{torch.cuda.device_count() - 1} or --device auto")
+    return resolved
+
+
+def resolve_autocast(autocast: bool | None, device: torch.device) -> bool:
+    """Whether forward passes on ``device`` run under bf16 autocast.
+
+    ``None`` (the default everywhere): on for CUDA devices that support bf16 (Ampere and later), off on the CPU
+    (bf16 matmuls are slow on CPUs without AMX and the CPU path is the tested default). ``True`` turns it on on
+    any device, the CPU included (what the CPU tests use to exercise the mixed-precision path); ``False`` off.
+    """
+    if autocast is None:
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return bool(autocast)
+
+
+def forward_context(device: torch.device, autocast: bool) -> ContextManager:
+    """``torch.autocast(device.type, dtype=AUTOCAST_DTYPE)`` when ``autocast``, else a no-op context.
+
+    Under it matmuls and linear layers compute in bf16 (from fp32 master weights, gradients flow back in fp32);
+    LayerNorm, softmax and losses are autocast's fp32 ops, and the losses of this package cast logits to fp32
+    themselves.
+    """
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPE) if autocast else contextlib.nullcontext()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of ``model``'s first parameter (or buffer); the CPU for a module with neither."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def place_model(model: nn.Module, device: Device | None) -> torch.device:
+    """Move ``model`` in place to :func:`resolve_device` ``(device)``; with None leave it where it is.
+
+    Returns:
+        The device the model is on now.
+
+    Raises:
+        ValueError: as :func:`resolve_device`.
+    """
+    if device is None:
+        return model_device(model)
+    resolved = resolve_device(device)
+    model.to(resolved)
+    return resolved
+
+
+def forward_inputs(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``inputs`` without ``token_type_ids`` when ``model.forward`` does not name that argument (DistilBERT).
+
+    Batches carry ``token_type_ids`` whenever the tokenizer makes them (a BERT tokenizer does); a DistilBERT
+    classifier has no token types and older ``transformers`` releases reject the keyword. COST-EFF models and the
+    other families take it.
+
+    Args:
+        model: the module about to be called with ``model(**inputs)``.
+        inputs: ``input_ids``, ``attention_mask`` and optionally ``token_type_ids``, ``[B, S]`` each.
+
+    Returns:
+        A new dict with the same tensors, ``token_type_ids`` dropped when the forward has no such parameter.
+    """
+    if "token_type_ids" in inputs and not _takes_token_type_ids(type(model)):
+        return {k: v for k, v in inputs.items() if k != "token_type_ids"}
+    return dict(inputs)
+
+
+@functools.cache
+def _takes_token_type_ids(model_class: type) -> bool:
+    return "token_type_ids" in inspect.signature(model_class.forward).parameters
 
 
 @contextlib.contextmanager
@@ -133,20 +248,29 @@ def train(
     eval_every: int | None = None,
     desc: str = "train",
     progress: bool = True,
+    device: Device | None = None,
+    autocast: bool | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``steps`` AdamW steps; keep the best weights by ``evaluate``.
 
-    Each step: train mode (dropout on), ``loss_fn(model, batch).backward()``, gradient norm clipped to
-    ``max_grad_norm`` over all parameters, an AdamW step with the groups of :func:`parameter_groups` (no
-    weight decay on biases and LayerNorm weights), a scheduler step, gradients cleared (set to None).
+    Each step: train mode (dropout on), ``loss_fn(model, batch)`` under :func:`forward_context` (bf16 autocast
+    when :func:`resolve_autocast` says so), the loss cast to fp32, ``.backward()`` outside autocast, gradient
+    norm clipped to ``max_grad_norm`` over all parameters, an AdamW step with the groups of
+    :func:`parameter_groups` (no weight decay on biases and LayerNorm weights), a scheduler step, gradients
+    cleared (set to None).
     ``schedule="linear"``: linear warmup over ``warmup_ratio * steps`` steps, then linear decay to 0 (the
     BERT recipe, every stage of the pipeline); ``"constant"``: ``lr`` throughout (the distillation between
     pruning events).
 
     With ``evaluate``, the model is evaluated every ``eval_every`` steps (not again at the last one) and after
-    the last step; on return it holds the weights with the best metric (ties: the earlier). A fresh optimizer
-    is built per call, so a model whose parameters were replaced (pruning) can be trained again. The model's
-    train/eval mode is restored on return and its ``.grad`` fields are None.
+    the last step; on return it holds the weights with the best metric (ties: the earlier; the best weights
+    are kept as a CPU copy). A fresh optimizer is built per call, so a model whose parameters were replaced
+    (pruning) can be trained again. The model's train/eval mode is restored on return and its ``.grad``
+    fields are None. The weights and the AdamW state stay in the model's dtype (fp32 for every stage).
+
+    The model is moved to ``device`` first (and stays there); ``loss_fn`` must move each batch to the model's
+    device (the losses of :mod:`~costeff_fast.training.losses` do) and any other module it runs (a teacher)
+    must already be there.
 
     Args:
         model: trained in place.
@@ -164,12 +288,17 @@ def train(
         eval_every: steps between evaluations (None: only after the last step).
         desc: progress-bar label.
         progress: show a tqdm bar with the running loss.
+        device: where to train (:func:`resolve_device`: ``"auto"``, ``"cpu"``, ``"cuda"``, ...); None: where
+            the model already is.
+        autocast: bf16 autocast of the ``loss_fn`` forwards (:func:`resolve_autocast`; None: on for CUDA).
+            ``evaluate`` runs outside this context (it sets its own).
 
     Returns:
         :class:`TrainResult`.
 
     Raises:
-        ValueError: negative ``steps``, an unknown ``schedule``, ``eval_every < 1``, or ``batches`` runs out.
+        ValueError: negative ``steps``, an unknown ``schedule``, ``eval_every < 1``, ``batches`` runs out, or a
+            ``device`` :func:`resolve_device` refuses.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -177,6 +306,8 @@ def train(
         raise ValueError(f"schedule must be 'linear' or 'constant', got {schedule!r}")
     if eval_every is not None and eval_every < 1:
         raise ValueError(f"eval_every must be >= 1 or None, got {eval_every}")
+    device = place_model(model, device)
+    use_autocast = resolve_autocast(autocast, device)
     optimizer = torch.optim.AdamW(
         parameter_groups(model, lr=lr, weight_decay=weight_decay, exit_lr_scale=exit_lr_scale), lr=lr
     )
@@ -192,7 +323,8 @@ def train(
         metric = evaluate(model)
         bar.write(f"{desc}: step {step}/{steps} dev metric {metric:.4f}")
         if best_metric is None or metric > best_metric:
-            best_metric, best_state = metric, copy.deepcopy(model.state_dict())
+            best_metric = metric
+            best_state = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
 
     total = 0.0
     previous_mode = model.training
@@ -204,16 +336,19 @@ def train(
             except StopIteration:
                 raise ValueError(f"batches ran out after {step - 1} of {steps} steps") from None
             model.train()
-            loss = loss_fn(model, batch)
+            with forward_context(device, use_autocast):
+                loss = loss_fn(model, batch)
+            loss = loss.float()
             loss.backward()
             if max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             scheduler.step()
             model.zero_grad(set_to_none=True)
-            total += loss.item()
+            value = loss.item()
+            total += value
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{value:.4f}")
             if evaluate is not None and eval_every is not None and step % eval_every == 0 and step < steps:
                 checkpoint(step)
         if evaluate is not None:
