@@ -3,7 +3,9 @@ objective (Shen et al., EMNLP 2022, arXiv 2210.15523, Sec. 3.3-3.4, Eq. 4-7).
 
 The primitives (:func:`soft_cross_entropy`, :func:`hidden_mse`, :func:`multi_exit_loss`) work on tensors; the
 batch losses (:func:`classification_loss`, :func:`distillation_loss`, :func:`slenderization_loss`) run the
-models on one batch and are what the training loop and the importance pass differentiate.
+models on one batch and are what the training loop and the importance pass differentiate. Every loss is fp32
+whatever the dtype of the logits and hidden states (bf16 under the training loop's autocast): inputs are cast
+with ``.float()`` before any softmax, log-softmax, cross-entropy or squared error.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import model_inputs
+from .trainer import forward_inputs, model_device
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -41,17 +44,19 @@ def hidden_mse(
     """Hidden-state distillation: MSE over all ``L + 1`` states, padding masked, summed over states.
 
     Args:
-        student_hidden, teacher_hidden: ``L + 1`` tensors ``[B, S, H]`` each (same hidden_size).
+        student_hidden, teacher_hidden: ``L + 1`` tensors ``[B, S, H]`` each (same hidden_size), any float
+            dtype (cast to fp32 here).
         attention_mask: ``[B, S]`` 1 for tokens, 0 for padding.
 
     Returns:
-        Scalar: ``sum_l mean_over_real_tokens_and_features (h_s - h_t)^2``.
+        Scalar fp32: ``sum_l mean_over_real_tokens_and_features (h_s - h_t)^2``.
     """
     if len(student_hidden) != len(teacher_hidden):
         raise ValueError(f"{len(student_hidden)} student states vs {len(teacher_hidden)} teacher states")
-    mask = attention_mask.to(student_hidden[0].dtype)[..., None]
+    mask = attention_mask.to(torch.float32)[..., None]
     denom = mask.sum() * student_hidden[0].shape[-1]
-    return sum(((s - t.detach()) ** 2 * mask).sum() / denom for s, t in zip(student_hidden, teacher_hidden))
+    return sum(((s.float() - t.detach().float()) ** 2 * mask).sum() / denom
+               for s, t in zip(student_hidden, teacher_hidden))
 
 
 def multi_exit_loss(
@@ -65,7 +70,7 @@ def multi_exit_loss(
     """Joint loss of every exit: ``sum_l kd_weight * KD(exit_l, teacher_l) + (1 - kd_weight) * CE(exit_l, y)``.
 
     Args:
-        exit_logits: ``L`` tensors ``[B, C]``, exit 1 first.
+        exit_logits: ``L`` tensors ``[B, C]``, exit 1 first (any float dtype; the loss is fp32).
         labels: ``[B]`` int64 hard labels (needed when ``kd_weight < 1``).
         teacher_logits: one ``[B, C]`` tensor (the teacher's final logits for every exit, as in TA training)
             or ``L`` tensors (exit-to-exit distillation from the TA, as in slenderization and recovery).
@@ -73,7 +78,7 @@ def multi_exit_loss(
         temperature: distillation temperature T.
 
     Returns:
-        Scalar loss summed over exits.
+        Scalar fp32 loss summed over exits.
     """
     if not 0.0 <= kd_weight <= 1.0:
         raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight}")
@@ -91,13 +96,18 @@ def multi_exit_loss(
 def classification_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Teacher fine-tuning: mean cross-entropy of ``model(**inputs).logits [B, C]`` against ``labels [B]``.
 
+    The batch is moved to the model's device; ``token_type_ids`` are dropped for a model whose forward has none
+    (:func:`~costeff_fast.training.trainer.forward_inputs`); the logits are cast to fp32 first.
+
     Returns:
-        Scalar loss (nats).
+        Scalar fp32 loss (nats).
 
     Raises:
         ValueError: the batch has no ``input_ids``.
     """
-    return F.cross_entropy(model(**model_inputs(batch)).logits, batch["labels"])
+    device = model_device(model)
+    logits = model(**forward_inputs(model, model_inputs(batch, device))).logits
+    return F.cross_entropy(logits.float(), batch["labels"].to(device))
 
 
 def check_distillation_pair(student: nn.Module, teacher: nn.Module) -> None:
@@ -132,8 +142,10 @@ def distillation_loss(
     ``l`` runs over every exit (``exits="all"``), the last one (``"last"``) or none (``"none"``: hidden states
     only). ``teacher_l`` is the teacher's exit ``l`` for a multi-exit teacher (exit-to-exit KD, as the TA
     teaches in slenderization and recovery) or its final logits for an HF classifier (distilled into every
-    exit, as the teacher teaches the TA). The teacher runs under ``torch.no_grad`` in its current mode; the
-    batch is moved to the student's device.
+    exit, as the teacher teaches the TA). The teacher runs under ``torch.no_grad`` in its current mode, on
+    the student's device (where it must already be), without ``token_type_ids`` when its forward has none
+    (DistilBERT: :func:`~costeff_fast.training.trainer.forward_inputs`); the batch is moved to the student's
+    device. Both forwards run in the caller's autocast context; the loss terms are computed in fp32.
 
     Args:
         student: a :class:`~costeff_fast.CostEffForSequenceClassification`.
@@ -159,7 +171,7 @@ def distillation_loss(
         raise ValueError(f"exits must be 'all', 'last' or 'none', got {exits!r}")
     if exits == "none" and not hidden_weight:
         raise ValueError("exits='none' with hidden_weight=0 leaves no loss term")
-    device = next(student.parameters()).device
+    device = model_device(student)
     inputs = model_inputs(batch, device)
     labels = batch.get("labels")
     if labels is None and exits != "none" and kd_weight < 1:
@@ -167,7 +179,7 @@ def distillation_loss(
     labels = None if labels is None else labels.to(device)
     hidden = bool(hidden_weight)
     with torch.no_grad():
-        target = teacher(**inputs, output_hidden_states=hidden)
+        target = teacher(**forward_inputs(teacher, inputs), output_hidden_states=hidden)
     extra = {"gradient_equilibrium": True} if gradient_equilibrium else {}
     out = student(**inputs, output_hidden_states=hidden, **extra)
     loss = None

@@ -3,6 +3,9 @@
 :func:`predict` is the one loop; the forwards the pipeline needs are built on it: the HF classifier's logits
 (:func:`hf_predict`), the packed engine's early-exit logits and exit layers (:func:`engine_predict`), the
 reference model's every-exit logits (:func:`exit_logits`) and per-exit dev accuracy (:func:`exit_accuracies`).
+The model forwards take ``device`` (None: where the model is; else moved there, see
+:func:`~costeff_fast.training.trainer.resolve_device`) and ``autocast`` (bf16, None: on for CUDA, see
+:func:`~costeff_fast.training.trainer.resolve_autocast`); their results come back to the CPU in fp32.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch import nn
 from costeff_fast import CostEffInferenceModel, CostEffForSequenceClassification
 
 from .data import model_inputs, tokenize_chunk
+from .trainer import Device, forward_context, forward_inputs, place_model, resolve_autocast
 
 T = TypeVar("T")
 Output = torch.Tensor | tuple[torch.Tensor, ...]
@@ -54,11 +58,24 @@ def predict(forward: Callable[[T], Output], batches: Iterable[T]) -> Output:
     return tuple(torch.cat(parts) for parts in zip(*outputs))
 
 
-def hf_predict(model: nn.Module, tokenizer, inputs: list, batch_size: int, max_length: int) -> torch.Tensor:
+def hf_predict(model: nn.Module, tokenizer, inputs: list, batch_size: int, max_length: int, *,
+               device: Device | None = None, autocast: bool | None = None) -> torch.Tensor:
     """HF baseline: tokenize each batch of strings or ``(text, text_pair)`` tuples with dynamic padding
-    (truncation at ``max_length`` tokens) and run the classifier; logits ``[N, C]`` fp32."""
-    return predict(lambda chunk: model(**tokenize_chunk(tokenizer, chunk, max_length)).logits.float(),
-                   minibatches(inputs, batch_size))
+    (truncation at ``max_length`` tokens) and run the classifier (without ``token_type_ids`` when its forward
+    has none, as DistilBERT's); logits ``[N, C]`` fp32 on the CPU.
+
+    Args:
+        device: move the model there first (None: run it where it is).
+        autocast: bf16 autocast of the forwards (None: on for CUDA).
+    """
+    device = place_model(model, device)
+
+    def forward(chunk):
+        encoded = {k: v.to(device) for k, v in tokenize_chunk(tokenizer, chunk, max_length).items()}
+        return model(**forward_inputs(model, encoded)).logits.float().cpu()
+
+    with forward_context(device, resolve_autocast(autocast, device)):
+        return predict(forward, minibatches(inputs, batch_size))
 
 
 def engine_predict(model: CostEffInferenceModel, inputs: list, batch_size: int,
@@ -71,31 +88,50 @@ def engine_predict(model: CostEffInferenceModel, inputs: list, batch_size: int,
 
 
 def exit_logits(model: CostEffForSequenceClassification, tokenizer, inputs: list, *, batch_size: int,
-                max_length: int) -> torch.Tensor:
-    """Every exit's logits of the reference model at full depth: ``[N, L, C]`` in the model's dtype, exit 1
-    first (one padded forward per batch of ``batch_size`` rows, truncation at ``max_length`` tokens). Puts
-    the model in eval mode."""
+                max_length: int, device: Device | None = None, autocast: bool | None = None) -> torch.Tensor:
+    """Every exit's logits of the reference model at full depth: ``[N, L, C]`` fp32 on the CPU, exit 1 first
+    (one padded forward per batch of ``batch_size`` rows, truncation at ``max_length`` tokens), so entropies
+    computed from them are fp32. Puts the model in eval mode.
+
+    Args:
+        device: move the model there first (None: run it where it is).
+        autocast: bf16 autocast of the forwards (None: on for CUDA).
+    """
     model.eval()
-    return predict(lambda chunk: torch.stack(model(**tokenize_chunk(tokenizer, chunk, max_length)).exit_logits, dim=1),
-                   minibatches(inputs, batch_size))
+    device = place_model(model, device)
+
+    def forward(chunk):
+        encoded = {k: v.to(device) for k, v in tokenize_chunk(tokenizer, chunk, max_length).items()}
+        return torch.stack(model(**encoded).exit_logits, dim=1).float().cpu()
+
+    with forward_context(device, resolve_autocast(autocast, device)):
+        return predict(forward, minibatches(inputs, batch_size))
 
 
-def exit_accuracies(model: nn.Module, loader: Iterable) -> list[float]:
+def exit_accuracies(model: nn.Module, loader: Iterable, *, device: Device | None = None,
+                    autocast: bool | None = None) -> list[float]:
     """Accuracy of every exit of a multi-exit model (or the single head of an HF classifier) over ``loader``.
 
     Args:
-        model: a multi-exit model (``exit_logits``) or an HF classifier (``logits``); put in eval mode.
-        loader: collated batches with ``input_ids``, ``attention_mask``, ``token_type_ids`` and ``labels``.
+        model: a multi-exit model (``exit_logits``) or an HF classifier (``logits``; ``token_type_ids`` are
+            left out when its forward has none, as DistilBERT's); put in eval mode.
+        loader: collated batches with ``input_ids``, ``attention_mask``, ``token_type_ids`` and ``labels``, on
+            any device (moved to the model's).
+        device: move the model there first (None: run it where it is).
+        autocast: bf16 autocast of the forwards (None: on for CUDA).
 
     Returns:
         One accuracy in [0, 1] per exit, exit 1 first (one value for an HF classifier).
     """
     model.eval()
+    device = place_model(model, device)
 
     def forward(batch):
-        out = model(**model_inputs(batch))
+        out = model(**forward_inputs(model, model_inputs(batch, device)))
         exits = getattr(out, "exit_logits", None) or (out.logits,)
-        return torch.stack([z.argmax(-1) for z in exits], dim=1), batch["labels"]  # [b, L] int64, [b]
+        predicted = torch.stack([z.float().argmax(-1) for z in exits], dim=1).cpu()
+        return predicted, batch["labels"].cpu()  # [b, L] int64, [b]
 
-    predictions, labels = predict(forward, loader)
+    with forward_context(device, resolve_autocast(autocast, device)):
+        predictions, labels = predict(forward, loader)
     return (predictions == labels[:, None]).double().mean(dim=0).tolist()
