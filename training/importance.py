@@ -16,7 +16,7 @@ import torch
 from costeff_fast.modeling import CostEffForSequenceClassification
 
 from .losses import Batch, check_distillation_pair, slenderization_loss
-from .trainer import model_mode
+from .trainer import Device, forward_context, model_mode, place_model, resolve_autocast
 
 
 @dataclass
@@ -49,6 +49,8 @@ def compute_importance(
     temperature: float = 1.0,
     hidden_weight: float = 1.0,
     calibrate_exits: bool = True,
+    device: Device | None = None,
+    autocast: bool | None = None,
 ) -> Importance:
     """Exit-calibrated first-order Taylor importance of every head and FFN neuron (COST-EFF Sec. 3.2-3.3).
 
@@ -61,7 +63,9 @@ def compute_importance(
     KD + CE enters the loss (the hidden MSE stays).
 
     Only the weights that define the structured scores are differentiated (``W_O``, ``W_1`` and its bias,
-    ``W_2``); the model's ``.grad`` fields are left untouched and its train/eval mode is restored.
+    ``W_2``); the model's ``.grad`` fields are left untouched and its train/eval mode is restored. The forwards
+    run under bf16 autocast when ``autocast`` resolves on; the gradients of the fp32 weights and the scores are
+    fp32.
 
     Args:
         student: model to score (any per-layer widths, possibly factorized embedding).
@@ -72,14 +76,23 @@ def compute_importance(
         temperature: distillation temperature T.
         hidden_weight: weight of the hidden-state MSE (0 drops it).
         calibrate_exits: score against every exit (True, the paper) or only the last one (ablation).
+        device: move the student and the TA there first (:func:`~costeff_fast.training.trainer.resolve_device`;
+            None: leave them where they are, the TA on the student's device).
+        autocast: bf16 autocast of the forwards (None: on for CUDA,
+            :func:`~costeff_fast.training.trainer.resolve_autocast`).
 
     Returns:
-        :class:`Importance` with per-layer head scores ``[h_l]`` and neuron scores ``[F_l]`` (fp32, >= 0).
+        :class:`Importance` with per-layer head scores ``[h_l]`` and neuron scores ``[F_l]`` (fp32, >= 0, on
+        the student's device).
 
     Raises:
-        ValueError: ``batches`` is empty, the student and TA are incompatible, or a batch is malformed.
+        ValueError: ``batches`` is empty, the student and TA are incompatible, a batch is malformed, or a
+            ``device`` that ``resolve_device`` refuses.
     """
     check_distillation_pair(student, ta)
+    device = place_model(student, device)
+    place_model(ta, device)
+    use_autocast = resolve_autocast(autocast, device)
     params = []
     for layer in student.layers:
         params += [layer.attention_output.weight, layer.intermediate.weight, layer.intermediate.bias]
@@ -88,15 +101,16 @@ def compute_importance(
     total_loss, num_batches = 0.0, 0
     with model_mode(student, False), model_mode(ta, False):
         for batch in batches:
-            loss = slenderization_loss(
-                student,
-                ta,
-                batch,
-                kd_weight=kd_weight,
-                temperature=temperature,
-                hidden_weight=hidden_weight,
-                all_exits=calibrate_exits,
-            )
+            with forward_context(device, use_autocast):
+                loss = slenderization_loss(
+                    student,
+                    ta,
+                    batch,
+                    kd_weight=kd_weight,
+                    temperature=temperature,
+                    hidden_weight=hidden_weight,
+                    all_exits=calibrate_exits,
+                )
             grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
             for acc, grad in zip(accumulated, grads):
                 acc += grad.detach().float().abs()

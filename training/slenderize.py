@@ -22,7 +22,7 @@ from .importance import compute_importance
 from .losses import Batch, check_distillation_pair, slenderization_loss
 from .pruning import factorize_embedding, prune_heads, prune_neurons
 from .schedule import PruningEvent, plan_events
-from .trainer import model_mode, repeat_epochs, train
+from .trainer import Device, model_mode, place_model, repeat_epochs, train
 
 
 def slenderize(
@@ -47,6 +47,8 @@ def slenderize(
     min_heads: int = 1,
     min_ffn: int = 1,
     progress: bool = True,
+    device: Device | None = None,
+    autocast: bool | None = None,
     on_event: Callable[[int, PruningEvent, CostEffForSequenceClassification, dict[str, float]], None] | None = None,
 ) -> CostEffForSequenceClassification:
     """Slenderize ``student`` in place by iterative exit-calibrated pruning (COST-EFF Sec. 3.2-3.3).
@@ -92,6 +94,11 @@ def slenderize(
         kd_weight, temperature, hidden_weight: loss weights, see :func:`compute_importance`.
         min_heads, min_ffn: per-layer minimums of the global allocation.
         progress: show a tqdm bar with the loss during distillation.
+        device: move the student and the TA there first and run every importance pass and distillation step
+            there (:func:`~costeff_fast.training.trainer.resolve_device`: ``"auto"``, ``"cpu"``, ``"cuda"``;
+            None: where the student is, the TA moved to it). Both stay there on return.
+        autocast: bf16 autocast of the forwards of the importance passes and the distillation (None: on for
+            CUDA, :func:`~costeff_fast.training.trainer.resolve_autocast`); losses and weights stay fp32.
         on_event: called after each event's distillation as ``on_event(index, event, student, stats)`` with
             ``index`` 0-based and ``stats = {"importance_loss", "distill_loss"}`` (mean losses; distill_loss
             is NaN when no step ran), e.g. to save a checkpoint or log widths.
@@ -102,7 +109,8 @@ def slenderize(
 
     Raises:
         ValueError: incompatible student and TA, bad targets (see :func:`plan_events`,
-            :func:`allocate_widths`), a negative step count, or an empty batch factory.
+            :func:`allocate_widths`), a negative step count, an empty batch factory, or a ``device`` that
+            ``resolve_device`` refuses.
     """
     check_distillation_pair(student, ta)
     if distill_steps_between_events < 0:
@@ -110,6 +118,8 @@ def slenderize(
     if importance_batches is not None and importance_batches < 1:
         raise ValueError(f"importance_batches must be >= 1 or None, got {importance_batches}")
     events = plan_events(student.config, heads, ffn, embedding_rank, num_events)
+    device = place_model(student, device)
+    place_model(ta, device)
     loss_kwargs = dict(kd_weight=kd_weight, temperature=temperature, hidden_weight=hidden_weight)
     train_batches = repeat_epochs(train_batches_factory)
 
@@ -122,6 +132,8 @@ def slenderize(
             ta,
             itertools.islice(train_batches_factory(), importance_batches),
             calibrate_exits=calibrate_exits,
+            device=device,
+            autocast=autocast,
             **loss_kwargs,
         )
         keep = allocate_widths(
@@ -143,6 +155,8 @@ def slenderize(
                 max_grad_norm=max_grad_norm,
                 desc=f"slenderize event {index + 1}/{len(events)} (heads {event.heads}, ffn {event.ffn})",
                 progress=progress,
+                device=device,
+                autocast=autocast,
             )
         if on_event is not None:
             on_event(index, event, student, {"importance_loss": importance.loss, "distill_loss": result.mean_loss})
