@@ -1,0 +1,275 @@
+"""Calibrate a COST-EFF checkpoint on new labelled data: choose its entropy threshold(s), write them into its
+``config.json`` atomically, and write a calibration report (JSON + PNG of accuracy against executed FLOPs).
+
+COST-EFF (Shen et al., EMNLP 2022, arXiv 2210.15523, Sec. 3.4) exits a row at the first layer whose softmax
+entropy is below a threshold. ``compress`` calibrates on its own dev split; this module recalibrates a finished
+checkpoint for the user's data (``costeff-fast calibrate``), with one shared threshold (the paper) or one per exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from costeff_fast import CostEffForSequenceClassification, from_pretrained
+from costeff_fast.data import UnknownLabelError, load_user_split
+from costeff_fast.flops import model_flops
+
+from .calibrate import (
+    ExitTable,
+    accuracy_at_flops,
+    compare_per_layer,
+    per_layer_thresholds,
+    pick_threshold,
+    pick_threshold_for_speedup,
+    single_threshold_curve,
+    threshold_sweep,
+)
+from .data import dev_inputs
+from .prediction import engine_predict, exit_logits, hf_predict, minibatches, predict
+from .validate import label_names_to_map, teacher_labels, unknown_label_message
+
+THRESHOLD_KINDS = ("single", "per-layer")
+"""What ``calibrate_checkpoint`` writes: one threshold for every layer (the paper) or one per exit."""
+
+SWEEP_POINTS = 24
+"""Single thresholds run through the engine (the per-layer search evaluates many more from one table)."""
+
+
+class CalibrateArgumentError(ValueError):
+    """A ``calibrate`` argument refused before any model runs; the message is one line: the argument and the fix."""
+
+
+def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", text_pair_column: str | None = None,
+                         label_column: str = "label", max_drop: float | None = None,
+                         target_speedup: float | None = None, teacher_dir: Path | None = None,
+                         thresholds: str = "single", report_dir: Path | None = None, batch_size: int = 64,
+                         seed: int = 0) -> dict:
+    """Choose the entropy threshold of a COST-EFF checkpoint on labelled data and write it into its config.
+
+    Steps: one full-depth forward of the reference model gives every exit's entropy and prediction per row
+    (:class:`~costeff_fast.training.calibrate.ExitTable`); single thresholds at quantiles of those entropies run
+    through the batch engine (accuracy, executed FLOPs at real lengths, sentences/s); the goal picks one:
+
+    - ``max_drop``: the fewest FLOPs with accuracy at least ``reference - max_drop``, the reference being the
+      teacher's accuracy on the data with ``teacher_dir``, else the checkpoint's own at full depth (threshold 0);
+    - ``target_speedup``: the most accurate threshold with at most ``1 / target_speedup`` of the full-depth FLOPs.
+
+    Per-layer thresholds (one per exit) are then searched from that single threshold for the same goal
+    (:func:`~costeff_fast.training.calibrate.per_layer_thresholds`), run through the engine, and compared with the
+    single threshold at equal FLOPs on these rows and on held-out halves
+    (:func:`~costeff_fast.training.calibrate.compare_per_layer`).
+
+    Args:
+        model_dir: a COST-EFF checkpoint (``config.json`` with ``model_type == "costeff"``).
+        data: labelled rows: a CSV / JSON Lines / Parquet file, a ``save_to_disk`` directory (its ``validation``
+            split, else ``train``), a ``Dataset`` or ``DatasetDict`` (:func:`costeff_fast.data.load_user_split`).
+            Labels are mapped through the checkpoint's class names (string labels need named classes).
+        text_column, text_pair_column, label_column: the columns holding the text, the optional pair, the label.
+        max_drop: allowed accuracy drop as a fraction (0.01 = one point); the default goal (0.01) when neither
+            ``max_drop`` nor ``target_speedup`` is given.
+        target_speedup: times fewer executed FLOPs than the checkpoint at full depth (>= 1).
+        teacher_dir: optional HF classifier whose accuracy on the data is the ``max_drop`` reference.
+        thresholds: what is written into ``config.json``: ``"single"`` or ``"per-layer"``.
+        report_dir: receives ``calibration.json`` and ``calibration.png`` (default ``model_dir/calibration``).
+        batch_size: rows per engine call and per reference forward.
+        seed: seed of the held-out halves.
+
+    Returns:
+        The report dict (also written to ``report_dir/calibration.json``).
+
+    Raises:
+        CalibrateArgumentError: one line naming the argument: ``model_dir`` not a COST-EFF checkpoint, both goals
+            given, ``max_drop`` < 0 or ``target_speedup`` < 1, an unknown ``thresholds``, a data file or column
+            that is missing or unreadable, labels the checkpoint does not know, or fewer than two rows.
+    """
+    model_dir = Path(model_dir)
+    config = _checkpoint_config(model_dir)
+    if max_drop is not None and target_speedup is not None:
+        raise CalibrateArgumentError("--max-drop and --target-speedup both given; pass one goal")
+    if max_drop is None and target_speedup is None:
+        max_drop = 0.01
+    if max_drop is not None and not 0 <= max_drop < 1:
+        raise CalibrateArgumentError(f"--max-drop {max_drop}: must be a fraction in [0, 1), e.g. 0.01 for one point")
+    if target_speedup is not None and not target_speedup >= 1:
+        raise CalibrateArgumentError(f"--target-speedup {target_speedup}: must be >= 1 (times fewer FLOPs than "
+                                     "full depth)")
+    if thresholds not in THRESHOLD_KINDS:
+        raise CalibrateArgumentError(f"--thresholds {thresholds!r}: unknown; pass one of {', '.join(THRESHOLD_KINDS)}")
+    rows = _load_rows(data, config, text_column=text_column, text_pair_column=text_pair_column,
+                      label_column=label_column)
+    report_dir = Path(report_dir) if report_dir is not None else model_dir / "calibration"
+
+    engine = from_pretrained(model_dir)
+    reference_model = CostEffForSequenceClassification.from_pretrained(model_dir).eval()
+    inputs, labels = dev_inputs(rows)
+    logits = exit_logits(reference_model, engine.tokenizer, inputs, batch_size=batch_size,
+                         max_length=engine.max_length)  # [N, L, C]
+    lengths = predict(lambda chunk: engine.encode(chunk)[2], minibatches(inputs, batch_size))  # [N] tokens
+    table = ExitTable.build(logits, labels, lengths, engine.config)
+    num_layers = engine.config.num_hidden_layers
+
+    fine_curve = single_threshold_curve(table)
+    step = max(1, len(fine_curve) // SWEEP_POINTS)
+    sweep_values = sorted({row["entropy_threshold"] for row in fine_curve[::step]} | {0.0})
+    sweep = threshold_sweep(engine, inputs, labels, sweep_values, batch_size=batch_size)
+    full_depth = sweep[0]
+    teacher_accuracy = None
+    if teacher_dir is not None:
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
+        teacher_logits = hf_predict(teacher, AutoTokenizer.from_pretrained(teacher_dir), inputs, batch_size,
+                                    engine.max_length)
+        teacher_accuracy = (teacher_logits.argmax(-1) == labels).double().mean().item()
+    reference_accuracy = teacher_accuracy if teacher_accuracy is not None else full_depth["accuracy"]
+
+    if target_speedup is not None:
+        single = pick_threshold_for_speedup(sweep, full_depth["gflops"], target_speedup)
+        goal = {"max_gflops": full_depth["gflops"] / target_speedup if single["constraint_met"] else single["gflops"]}
+    else:
+        single = pick_threshold(sweep, reference_accuracy, max_drop)
+        goal = {"min_accuracy": reference_accuracy - max_drop if single["constraint_met"] else single["accuracy"]}
+    # The table's FLOPs and accuracy are the engine's up to rows within float noise of a threshold; search in it.
+    goal_in_table = dict(goal)
+    if "max_gflops" in goal:
+        goal_in_table["max_gflops"] = max(goal["max_gflops"], table.evaluate(single["entropy_threshold"])["gflops"])
+    else:
+        goal_in_table["min_accuracy"] = min(goal["min_accuracy"], table.evaluate(single["entropy_threshold"])["accuracy"])
+    vector, _ = per_layer_thresholds(table, [single["entropy_threshold"]] * num_layers, **goal_in_table)
+    per_layer = _engine_row(engine, inputs, labels, lengths, vector, batch_size)
+    at_equal = accuracy_at_flops(sweep, per_layer["gflops"])
+    held_out = compare_per_layer(table, max_drop=max_drop, target_speedup=target_speedup,
+                                 reference_accuracy=teacher_accuracy, seed=seed)
+
+    written = single["entropy_threshold"] if thresholds == "single" else vector
+    previous = config.get("entropy_threshold")
+    n = len(inputs)
+    report = {
+        "model": str(model_dir),
+        "rows": n,
+        "mean_tokens_per_row": lengths.double().mean().item(),
+        "goal": {"max_drop": max_drop} if target_speedup is None else {"target_speedup": target_speedup},
+        "reference": "teacher" if teacher_accuracy is not None else "full_depth",
+        "reference_accuracy": reference_accuracy,
+        "teacher_accuracy": teacher_accuracy,
+        "full_depth": {"accuracy": full_depth["accuracy"], "gflops_per_row": full_depth["gflops"] / n},
+        "single": {**single, "gflops_per_row": single["gflops"] / n,
+                   "speedup_flops": full_depth["gflops"] / single["gflops"]},
+        "per_layer": {**per_layer, "gflops_per_row": per_layer["gflops"] / n,
+                      "speedup_flops": full_depth["gflops"] / per_layer["gflops"],
+                      "single_accuracy_at_equal_flops": at_equal,
+                      "beats_single": at_equal is None or per_layer["accuracy"] > at_equal + 1e-12},
+        "held_out_comparison": held_out,
+        "sweep": sweep,
+        "written": {"thresholds": thresholds, "entropy_threshold": written, "previous_entropy_threshold": previous},
+    }
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "calibration.json").write_text(json.dumps(report, indent=2))
+    plot_calibration(report, fine_curve, report_dir / "calibration.png")
+    write_entropy_threshold(model_dir, written)
+    return report
+
+
+def _checkpoint_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise CalibrateArgumentError(f"--model {model_dir}: no config.json there; pass a COST-EFF checkpoint "
+                                     "directory (the --out of costeff-fast compress)")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CalibrateArgumentError(f"--model {model_dir}: config.json is not readable JSON ({error})") from error
+    if not isinstance(config, dict) or config.get("model_type") != "costeff":
+        found = config.get("model_type") if isinstance(config, dict) else None
+        raise CalibrateArgumentError(f"--model {model_dir}: model_type {found!r} is not a COST-EFF checkpoint; "
+                                     "compress the model first (costeff-fast compress)")
+    return config
+
+
+def _load_rows(data, config: dict, *, text_column: str, text_pair_column: str | None, label_column: str):
+    num_labels, names = teacher_labels(config)
+    try:
+        rows = load_user_split(data, text_column=text_column, text_pair_column=text_pair_column,
+                               label_column=label_column, label_names=label_names_to_map(num_labels, names))
+    except UnknownLabelError as error:
+        raise CalibrateArgumentError(unknown_label_message(
+            error, "model", "fix the data, or calibrate a model trained on these classes")) from error
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        raise CalibrateArgumentError(f"--validation-file: {' '.join(str(error).split())}") from error
+    if len(rows) < 2:
+        raise CalibrateArgumentError(f"--validation-file: {len(rows)} labelled row(s); calibration needs at least "
+                                     "two (a few hundred for a stable threshold)")
+    return rows
+
+
+def _engine_row(engine, inputs: list, labels: torch.Tensor, lengths: torch.Tensor, thresholds: list[float],
+                batch_size: int) -> dict:
+    """Accuracy, exit layers, executed FLOPs and sentences/s of the engine at per-layer ``thresholds`` (the fields
+    of a :func:`~costeff_fast.training.calibrate.threshold_sweep` row)."""
+    started = time.perf_counter()
+    logits, layers = engine_predict(engine, inputs, batch_size, thresholds)
+    seconds = time.perf_counter() - started
+    counts = torch.bincount(layers, minlength=engine.config.num_hidden_layers + 1)[1:]
+    return {
+        "entropy_threshold": list(thresholds),
+        "accuracy": (logits.argmax(-1) == labels).double().mean().item(),
+        "mean_exit_layer": layers.double().mean().item(),
+        "exit_layer_counts": counts.tolist(),
+        "gflops": model_flops(engine.config, lengths, layers) / 1e9,
+        "sentences_per_second": len(inputs) / seconds,
+    }
+
+
+def write_entropy_threshold(model_dir: Path, entropy_threshold) -> None:
+    """Set ``entropy_threshold`` in ``model_dir/config.json`` and nothing else, atomically: the new config is
+    written to a temporary file in the same directory, flushed to disk and renamed over the old one, so a crash
+    leaves either the old or the new config, never a partial one."""
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text())
+    config["entropy_threshold"] = entropy_threshold
+    handle, temporary = tempfile.mkstemp(prefix=".config.", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(json.dumps(config, indent=2, sort_keys=True))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def plot_calibration(report: dict, fine_curve: list[dict], path: Path) -> None:
+    """Accuracy against executed GFLOPs per row: the engine's single-threshold sweep, the table's finer single
+    curve, the chosen single and per-layer thresholds and the reference accuracy (a standalone Figure, PNG)."""
+    n = report["rows"]
+    fig = Figure(figsize=(6, 4.2), dpi=110)
+    ax = fig.subplots()
+    fine = sorted(fine_curve, key=lambda r: r["gflops"])
+    ax.plot([r["gflops"] / n for r in fine], [r["accuracy"] for r in fine], "-", lw=1, color="lightsteelblue",
+            label="one threshold, every value (exit table)")
+    sweep = sorted(report["sweep"], key=lambda r: r["gflops"])
+    ax.plot([r["gflops"] / n for r in sweep], [r["accuracy"] for r in sweep], "o", ms=3, color="tab:blue",
+            label="one threshold, engine")
+    single, per_layer = report["single"], report["per_layer"]
+    ax.plot(single["gflops_per_row"], single["accuracy"], "*", ms=13, color="tab:orange",
+            label=f"chosen single tau={single['entropy_threshold']:.3f}")
+    ax.plot(per_layer["gflops_per_row"], per_layer["accuracy"], "D", ms=7, color="tab:green",
+            label="per-layer thresholds, engine")
+    ax.axhline(report["reference_accuracy"], color="black", ls=":", lw=1, label=f"reference ({report['reference']})")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("executed GFLOPs per row (real lengths)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"calibration on {n} rows")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
