@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import itertools
 import math
 from dataclasses import dataclass
-import inspect
 from typing import Callable, ContextManager, Iterable, Iterator, Literal, Mapping
 
 import torch
