@@ -1,0 +1,12 @@
+"""The ``costeff-fast`` commands, one module each: ``NAME``, ``HELP``, ``add_arguments(parser)``, ``run(args)``.
+
+A new command is a new module here plus one entry in :data:`COMMANDS`; ``costeff_fast.cli`` builds the parser
+and dispatches from this table.
+"""
+
+from __future__ import annotations
+
+from . import calibrate, compress, demo
+
+COMMANDS = (demo, compress, calibrate)
+"""Every command module, in ``--help`` order."""

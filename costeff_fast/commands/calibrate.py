@@ -1,0 +1,80 @@
+"""``costeff-fast calibrate``: a checkpoint's entropy threshold(s) chosen on the user's labelled rows."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import positive_int, refuse
+
+NAME = "calibrate"
+HELP = "choose a COST-EFF checkpoint's entropy threshold on your labelled rows"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Sweep entropy thresholds of a COST-EFF checkpoint with the batch engine on labelled rows, write the chosen "
+        "one into its config.json (atomically; nothing else in the checkpoint changes) and a report "
+        "(calibration.json + calibration.png of accuracy against executed FLOPs). Per-layer thresholds are searched "
+        "too and compared with the single one at equal FLOPs.")
+    parser.add_argument("--model", type=Path, required=True, help="a COST-EFF checkpoint directory")
+    parser.add_argument("--validation-file", type=Path, required=True,
+                        help="labelled rows: .csv, .jsonl/.json, .parquet, or a save_to_disk directory (its "
+                             "validation split, else train)")
+    parser.add_argument("--text-column", default="text", help="column holding the text (default text)")
+    parser.add_argument("--text-pair-column", default=None, help="column holding the second text of a pair")
+    parser.add_argument("--label-column", default="label",
+                        help="column holding the label: the model's class names, or integer class ids")
+    goal = parser.add_mutually_exclusive_group()
+    goal.add_argument("--max-drop", type=float, default=None,
+                      help="fewest FLOPs within this accuracy drop of the reference (a fraction; default 0.01)")
+    goal.add_argument("--target-speedup", type=float, default=None,
+                      help="most accurate threshold with this many times fewer executed FLOPs than full depth")
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="HF classifier whose accuracy on the rows is the --max-drop reference (default: the "
+                             "checkpoint at full depth)")
+    parser.add_argument("--thresholds", choices=["single", "per-layer"], default="single",
+                        help="write one threshold for every layer (default, the paper) or one per exit")
+    parser.add_argument("--report-dir", type=Path, default=None,
+                        help="where calibration.json and calibration.png go (default MODEL/calibration)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="rows per engine call (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out halves (default 0)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of a refused argument")
+
+
+def run(args: argparse.Namespace) -> None:
+    # The training stack (datasets, matplotlib) loads only for the commands that need it.
+    from costeff_fast.training.recalibrate import CalibrateArgumentError, calibrate_checkpoint
+
+    try:
+        report = calibrate_checkpoint(
+            args.model, args.validation_file, text_column=args.text_column, text_pair_column=args.text_pair_column,
+            label_column=args.label_column, max_drop=args.max_drop, target_speedup=args.target_speedup,
+            teacher_dir=args.teacher, thresholds=args.thresholds, report_dir=args.report_dir,
+            batch_size=args.batch_size, seed=args.seed)
+    except CalibrateArgumentError as error:
+        refuse(error, args.verbose)
+    print(format_calibration(report))
+
+
+def format_calibration(report: dict) -> str:
+    """The calibration report as a few lines: reference, full depth, single and per-layer choice, what was written."""
+    single, per_layer = report["single"], report["per_layer"]
+    held = report["held_out_comparison"]
+    taus = ", ".join(f"{t:.3f}" for t in per_layer["entropy_threshold"][:-1])
+    lines = [
+        f"{report['rows']} rows; reference accuracy {report['reference_accuracy']:.4f} ({report['reference']}); "
+        f"full depth {report['full_depth']['accuracy']:.4f} at {report['full_depth']['gflops_per_row']:.4f} GFLOPs/row",
+        f"single threshold {single['entropy_threshold']:.4f}: accuracy {single['accuracy']:.4f}, "
+        f"{single['speedup_flops']:.2f}x fewer FLOPs, {single['sentences_per_second']:.0f} rows/s"
+        + ("" if single["constraint_met"] else " (goal not met: closest threshold)"),
+        f"per-layer thresholds [{taus}]: accuracy {per_layer['accuracy']:.4f}, {per_layer['speedup_flops']:.2f}x fewer "
+        f"FLOPs; beats the single threshold at equal FLOPs: {'yes' if per_layer['beats_single'] else 'no'} on these "
+        f"rows, {held['beats_single_held_out']} of {len(held['held_out'])} held-out halves",
+        f"wrote {report['written']['thresholds']} entropy_threshold to {report['model']}/config.json "
+        f"(was {report['written']['previous_entropy_threshold']})",
+    ]
+    return "\n".join(lines)
+
+

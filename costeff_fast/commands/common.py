@@ -1,0 +1,24 @@
+"""What every command shares: argument types and the one-line refusal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def refuse(error: Exception, verbose: bool) -> None:
+    """Print a refused argument as one ``costeff-fast: error:`` line (after the traceback when ``verbose``); exit 2."""
+    if verbose:
+        traceback.print_exception(error)
+    message = " ".join(str(error).split())
+    print(f"costeff-fast: error: {message}", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,124 @@
+"""``costeff-fast compress``: the COST-EFF pipeline from a teacher and labelled data to a calibrated checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from .common import positive_int, refuse
+
+NAME = "compress"
+HELP = "run the COST-EFF pipeline and write a calibrated checkpoint"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--teacher", type=Path,
+                        help="a fine-tuned HF encoder classifier directory (BERT/MiniLM, RoBERTa, XLM-R, ELECTRA)")
+    source.add_argument("--task-default", action="store_true", help="fine-tune the packaged MiniLM as the teacher")
+    data = parser.add_argument_group(
+        "data", "a built-in task, or your own labelled file or saved dataset (exactly one of --task, --train-file, "
+                "--dataset)")
+    data.add_argument("--task", help="a built-in task: rt, boolq or trec")
+    data.add_argument("--train-file", type=Path,
+                      help="your training rows: .csv, .jsonl/.json or .parquet with a text and a label column")
+    data.add_argument("--validation-file", type=Path,
+                      help="your validation rows (same columns); without it 10%% of --train-file, stratified by label "
+                           "and seeded with --seed, is held out")
+    data.add_argument("--dataset", type=Path,
+                      help="a directory written by datasets' save_to_disk (a DatasetDict with 'train' and optionally "
+                           "'validation', or one Dataset)")
+    data.add_argument("--text-column", default="text", help="column holding the text (default text)")
+    data.add_argument("--text-pair-column", default=None,
+                      help="column holding the second text of a pair (e.g. the passage; default: none)")
+    data.add_argument("--label-column", default="label",
+                      help="column holding the label: strings (mapped through the teacher's label2id when it names "
+                           "its classes), integer class ids or bools (default label)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the validation split, the row subsets and every stage (default 0)")
+    parser.add_argument("--heads", type=positive_int, default=2, help="attention heads per layer (default 2)")
+    parser.add_argument("--ffn", type=positive_int, default=160, help="FFN width per layer (default 160)")
+    parser.add_argument("--embedding-rank", type=positive_int, default=128, help="word embedding rank (default 128)")
+    parser.add_argument("--allocation", choices=["uniform", "global"], default="uniform")
+    parser.add_argument("--final-exit-importance", action="store_true",
+                        help="ablation: importance from the final exit only (no exit calibration)")
+    parser.add_argument("--budget", choices=["quick", "paper", "demo"], default="quick")
+    parser.add_argument("--max-length", type=positive_int, default=None,
+                        help="tokens per row in training and inference (default: the budget's)")
+    parser.add_argument("--train-rows", type=positive_int, default=None,
+                        help="training rows (default: the budget's; quick uses 3,000)")
+    parser.add_argument("--eval-rows", type=positive_int, default=None,
+                        help="dev rows for checkpoint choice, calibration and the report (default: the budget's)")
+    parser.add_argument("--teacher-epochs", type=float, default=None,
+                        help="teacher fine-tuning epochs with --task-default (default: the budget's; quick uses 1)")
+    parser.add_argument("--ta-epochs", type=float, default=None,
+                        help="epochs of the TA's exit (prediction) distillation (default: the budget's; quick uses 1)")
+    parser.add_argument("--recovery-epochs", type=float, default=None,
+                        help="epochs of recovery's exit (prediction) distillation (default: the budget's; "
+                             "quick uses 1)")
+    parser.add_argument("--exit-pooling", choices=["mean", "cls"], default="mean",
+                        help="what non-pooled exits read: token mean (default) or [CLS] (the paper)")
+    parser.add_argument("--max-drop", type=float, default=0.01, help="allowed dev accuracy drop (default 0.01)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="stage cache (default work/<task>-<budget>-len<max length>-<exit pooling>, plus a suffix "
+                             "per overridden budget field; for your data the task is <file name>-<content hash>, and "
+                             "--teacher adds -teacher<hash>)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output checkpoint directory: new, empty, or a previous COST-EFF output (config.json "
+                             "with model_type costeff plus report.json), which is replaced; any other existing "
+                             "directory is refused unless --overwrite. Written to a temporary sibling and renamed "
+                             "into place at the end, so a failed run leaves the old --out as it was")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out even if it holds other files (they are deleted at the end)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show the traceback of a refused argument (refusals otherwise print one line "
+                             "and exit with status 2)")
+    parser.epilog = ("Every argument is checked before the first training step (teacher config, widths against "
+                     "the teacher, --out, --work-dir, the data and its labels); a refused argument prints one 'error: <message>' line and "
+                     "exits with status 2 (-v adds the traceback).")
+
+
+def compress_data(args: argparse.Namespace, error_type: type[ValueError]):
+    """``compress``'s ``data`` argument from ``--train-file`` / ``--validation-file`` / ``--dataset`` (None with
+    ``--task``); refuses combinations that name two sources."""
+    sources = [flag for flag, value in (("--task", args.task), ("--train-file", args.train_file),
+                                         ("--dataset", args.dataset)) if value is not None]
+    if len(sources) != 1:
+        given = " and ".join(sources) if sources else "none of them"
+        raise error_type(f"{given}: pass exactly one of --task, --train-file, --dataset")
+    if args.validation_file is not None and args.train_file is None:
+        raise error_type("--validation-file: needs --train-file (a --dataset carries its own "
+                                    "'validation' split)")
+    if args.train_file is not None:
+        if args.validation_file is None:
+            return {"train": args.train_file}
+        return {"train": args.train_file, "validation": args.validation_file}
+    return args.dataset
+
+
+
+def run(args: argparse.Namespace) -> None:
+    # The training stack (datasets, matplotlib) loads only for the commands that train.
+    from costeff_fast.training import pipeline
+    from costeff_fast.training.validate import CompressArgumentError
+
+    settings = pipeline.CompressionSettings(heads=args.heads, ffn=args.ffn, embedding_rank=args.embedding_rank,
+                                            allocation=args.allocation, calibrate_exits=not args.final_exit_importance)
+    overrides = {"max_length": args.max_length, "train_rows": args.train_rows, "eval_rows": args.eval_rows,
+                 "teacher_epochs": args.teacher_epochs, "ta_prediction_epochs": args.ta_epochs,
+                 "recovery_prediction_epochs": args.recovery_epochs}
+    budget = replace(pipeline.BUDGETS[args.budget], **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        data = compress_data(args, CompressArgumentError)
+        report = pipeline.compress(args.task, args.out, data=data, text_column=args.text_column,
+                                   text_pair_column=args.text_pair_column, label_column=args.label_column,
+                                   teacher_dir=args.teacher, settings=settings, budget=budget, work_dir=args.work_dir,
+                                   max_drop=args.max_drop, exit_pooling=args.exit_pooling, seed=args.seed,
+                                   overwrite=args.overwrite)
+    except CompressArgumentError as error:
+        refuse(error, args.verbose)
+    print(json.dumps({k: report[k] for k in ("parameters", "flops_per_row", "accuracy", "targets")}, indent=2))
+    print(f"checkpoint, report.json and report.png in {args.out}")

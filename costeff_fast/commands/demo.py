@@ -1,0 +1,25 @@
+"""``costeff-fast demo``: the main job on real data (a COST-EFF model of the packaged MiniLM on rt, then batch
+early-exit inference next to the Hugging Face teacher)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import positive_int
+
+NAME = "demo"
+HELP = "COST-EFF model of the packaged MiniLM on rt, then early-exit inference vs HF"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work-dir", type=Path, default=Path("work/demo"), help="checkpoint cache (default work/demo)")
+    parser.add_argument("--budget", choices=["demo", "quick"], default="demo", help="training budget (default demo)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="inference batch size (default 64)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def run(args: argparse.Namespace) -> None:
+    from costeff_fast.training.demo import run_demo  # the training stack loads only for the commands that train
+
+    run_demo(args.work_dir, budget=args.budget, batch_size=args.batch_size)
