@@ -163,8 +163,9 @@ UserData = Union[PathLike, Mapping[str, PathLike], Dataset, DatasetDict]
 
 
 class UnknownLabelError(ValueError):
-    """Labels of the data that are not among the given class names (``unknown``: those labels; ``names``: the
-    class names, in label-id order; ``column``: the label column)."""
+    """Labels of the data outside the given classes: string labels not among the class names, or integer class
+    ids not below their count (``unknown``: those labels; ``names``: the class names, in label-id order;
+    ``column``: the label column)."""
 
     def __init__(self, message: str, *, unknown: list, names: list[str], column: str):
         super().__init__(message)
@@ -212,10 +213,11 @@ def load_user_data(
 
     Raises:
         FileNotFoundError: a data file or directory does not exist.
-        UnknownLabelError: (a ``ValueError``) a string label outside ``label_names``.
+        UnknownLabelError: (a ``ValueError``) a string label outside ``label_names``, or an integer label out of
+            range.
         ValueError: an unsupported extension, a directory that is not a saved dataset, wrong ``data`` keys or
             splits, a missing column (the message lists the available ones), an empty or missing text, a missing
-            label, an integer label out of range, labels that are not all strings, all integers or all bools, a
+            label, labels that are not all strings, all integers or all bools, a
             ``validation_fraction`` outside (0, 1), or one-split data too small for a stratified split.
     """
     columns = {text_column: "text"}
@@ -547,8 +549,9 @@ def _user_class_label(splits: dict[str, Dataset], label_column: str, label_names
         )
     out_of_range = sorted(int(value) for value in values if not 0 <= value < len(names))
     if out_of_range:
-        raise ValueError(
+        raise UnknownLabelError(
             f"integer label(s) {out_of_range[:10]} of column {label_column!r} are outside 0..{len(names) - 1} "
-            f"(label_names {names}); pass label_names covering every class id or fix the data"
+            f"(label_names {names}); pass label_names covering every class id or fix the data",
+            unknown=out_of_range, names=names, column=label_column,
         )
     return ClassLabel(names=names)

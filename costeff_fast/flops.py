@@ -14,13 +14,14 @@ import torch
 def layer_flops(config, layer: int, seq_len: int) -> int:
     """Matmul FLOPs of encoder layer ``layer`` (0-based) for one row of ``seq_len`` tokens.
 
-    Works for a :class:`~costeff_fast.config.CostEffConfig` (per-layer widths) and a ``BertConfig``.
+    Works for a :class:`~costeff_fast.config.CostEffConfig` (per-layer widths) and the configs of the supported
+    Hugging Face encoders (BERT, RoBERTa, XLM-R, ELECTRA; DistilBERT's ``hidden_dim``).
     """
     hidden = config.hidden_size
     heads = config.num_attention_heads
     heads = heads[layer] if isinstance(heads, Sequence) else heads
     head_size = getattr(config, "attention_head_size", None) or hidden // heads
-    ffn = config.intermediate_size
+    ffn = getattr(config, "intermediate_size", None) or config.hidden_dim  # DistilBERT names it hidden_dim
     ffn = ffn[layer] if isinstance(ffn, Sequence) else ffn
     width = heads * head_size
     projections = 2 * seq_len * hidden * (3 * width) + 2 * seq_len * width * hidden
@@ -83,12 +84,13 @@ def model_flops(config, seq_lens: Sequence[int] | torch.Tensor, exit_layers: Seq
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     """``total`` parameters and ``encoder`` parameters (the transformer layers, without embeddings and heads).
 
-    Works for :class:`~costeff_fast.modeling.CostEffForSequenceClassification` (``layers``) and HF BERT
-    classifiers (``bert.encoder``).
+    Works for :class:`~costeff_fast.modeling.CostEffForSequenceClassification` (``layers``) and HF encoder
+    classifiers (``base_model.encoder``; DistilBERT's ``base_model.transformer``).
     """
     total = sum(p.numel() for p in model.parameters())
     if hasattr(model, "layers"):
         encoder = model.layers
     else:
-        encoder = model.base_model.encoder
+        base = model.base_model
+        encoder = base.encoder if hasattr(base, "encoder") else base.transformer
     return {"total": total, "encoder": sum(p.numel() for p in encoder.parameters())}

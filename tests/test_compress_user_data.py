@@ -155,8 +155,8 @@ def test_a_label_the_teacher_does_not_know(rt_teacher, rt_rows, tmp_path, no_tra
 def test_another_number_of_classes(rt_teacher, unnamed_teacher, rt_rows, tmp_path, no_training):
     path = tmp_path / "three.csv"
     rt_rows.assign(verdict=[i % 3 for i in range(len(rt_rows))]).to_csv(path, index=False)
-    refused(r"integer label\(s\) \[2\] .* outside 0\.\.1", tmp_path, data=path, text_column="review",
-            label_column="verdict", teacher_dir=unnamed_teacher)
+    refused(r"^--label-column verdict: class id\(s\) \[2\] are outside the teacher's 2 classes \(ids 0\.\.1", tmp_path,
+            data=path, text_column="review", label_column="verdict", teacher_dir=unnamed_teacher)
     one_class = tmp_path / "fresh_only.csv"
     rt_rows[rt_rows["verdict"] == "fresh"].to_csv(one_class, index=False)
     refused(r"^--label-column verdict: the training data has no row of class\(es\) \['rotten'\] of 2", tmp_path,

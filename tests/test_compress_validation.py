@@ -129,10 +129,9 @@ def test_teacher_that_is_a_file_or_lacks_files(teacher, tmp_path, no_training):
 
 
 def test_unsupported_model_family_is_named(teacher, tmp_path, no_training):
-    other = edited_teacher(teacher, tmp_path, model_type="distilbert",
-                           architectures=["DistilBertForSequenceClassification"])
-    message = refused("model_type 'distilbert'", tmp_path=tmp_path, teacher_dir=other, settings=SMALL)
-    assert "DistilBertForSequenceClassification" in message and "'roberta'" in message
+    other = edited_teacher(teacher, tmp_path, model_type="gpt2", architectures=["GPT2ForSequenceClassification"])
+    message = refused("model_type 'gpt2'", tmp_path=tmp_path, teacher_dir=other, settings=SMALL)
+    assert "GPT2ForSequenceClassification" in message and "'roberta'" in message and "'distilbert'" in message
 
 
 def test_teacher_that_is_not_a_sequence_classifier(teacher, tmp_path, no_training):

@@ -130,10 +130,6 @@ def test_every_stage_takes_a_distilbert_teacher(distilbert_teacher, tmp_path):
     assert_serves_like_the_reference(tmp_path / "recovered")
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="the report's costeff_fast/flops.py reads BERT names: parameter_counts wants "
-                          "base_model.encoder (DistilBERT: transformer), layer_flops config.intermediate_size "
-                          "(DistilBERT: hidden_dim); remove this mark once flops.py reads DistilBERT")
 def test_compress_end_to_end_with_a_distilbert_teacher(distilbert_teacher, tmp_path):
     """``compress`` with a tiny DistilBERT classifier: every stage, calibration and the report; the checkpoint
     serves in the engine and matches the reference model."""

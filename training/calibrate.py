@@ -17,7 +17,7 @@ from .prediction import engine_predict, exit_logits, minibatches, predict
 
 
 def quantile_thresholds(model: CostEffForSequenceClassification, tokenizer, batch: list, *, max_length: int,
-                        count: int = 24, batch_size: int = 64) -> list[float]:
+                        count: int = 24, batch_size: int = 64, device=None) -> list[float]:
     """Thresholds (nats) at evenly spaced quantiles of the dev entropies of exits 1..L-1, plus 0 (no exit).
 
     Each step of the sweep then lets about ``1/count`` more of the early-exit decisions through, wherever the
@@ -30,11 +30,13 @@ def quantile_thresholds(model: CostEffForSequenceClassification, tokenizer, batc
         count: quantile levels are ``linspace(0, 1, count)`` without 0, so at most ``count - 1`` thresholds
             besides 0 (equal quantiles merge).
         batch_size: rows per forward.
+        device: where the forwards run (None: where the model is); fp32, no autocast.
 
     Returns:
         Ascending thresholds in nats, the first one 0.0.
     """
-    logits = exit_logits(model, tokenizer, batch, batch_size=batch_size, max_length=max_length)  # [N, L, C]
+    logits = exit_logits(model, tokenizer, batch, batch_size=batch_size, max_length=max_length, device=device,
+                         autocast=False)  # [N, L, C]
     entropies = exit_entropy(logits[:, :-1]).flatten()  # [N * (L - 1)] fp32 nats
     levels = torch.linspace(0, 1, count, dtype=torch.float64)[1:]
     quantiles = torch.quantile(entropies.double(), levels)

@@ -17,6 +17,7 @@ from typing import Mapping
 
 from datasets import DatasetDict
 
+import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from costeff_fast import CostEffForSequenceClassification, from_pretrained
@@ -28,6 +29,7 @@ from .prediction import hf_predict
 from .report import write_report
 from .stage_cache import RECORD
 from .stages import distill_teaching_assistant, finetune_teacher, recover, slenderize_stage
+from .trainer import resolve_device
 from .validate import (
     CompressArgumentError,
     check_budget,
@@ -62,7 +64,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
              text_pair_column: str | None = None, label_column: str = "label", teacher_dir: Path | None = None,
              settings: CompressionSettings = CompressionSettings(), budget: str | Budget = "quick",
              work_dir: Path | None = None, max_drop: float = 0.01, exit_pooling: str = "mean", seed: int = 0,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, device: str | torch.device = "auto", autocast: bool | None = None) -> dict:
     """Run the whole COST-EFF pipeline and write the calibrated checkpoint and its report to ``out_dir``.
 
     Every argument is checked first (:func:`~costeff_fast.training.validate.validate_compress`: configs are
@@ -98,13 +100,17 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
             the packaged MiniLM's [CLS] is uninformative before layer 4) or ``"cls"`` (the paper).
         seed: seed of the data split and subsets and of every stage.
         overwrite: replace an existing ``out_dir`` that holds other files (they are deleted at the end).
+        device: where every stage trains and calibration runs: ``"auto"`` (CUDA when available, else the CPU),
+            ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (:func:`~costeff_fast.training.trainer.resolve_device`).
+        autocast: bf16 autocast of the training forwards (None: on for CUDA, off on the CPU); losses and
+            entropies are fp32 either way, and the teacher's accuracy and calibration run without it.
 
     Returns:
         The report dict.
 
     Raises:
         CompressArgumentError: (a ``ValueError``; one line naming the argument and the fix) before any training:
-            no data, or both a task and data; unknown task or budget; a teacher directory that is missing, lacks
+            no data, or both a task and data; unknown task or budget; a device that is not here; a teacher directory that is missing, lacks
             ``config.json``, weights or a tokenizer, or is not a supported ``*ForSequenceClassification``;
             ``heads``, ``ffn`` or ``embedding_rank`` outside [1, the teacher's heads, intermediate size or
             hidden size] (the packaged MiniLM's with ``teacher_dir=None``); an unknown allocation or exit
@@ -117,6 +123,10 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     if out_dir is None:
         raise CompressArgumentError("--out: missing; pass the directory that receives the checkpoint")
     budget = check_budget(budget)
+    try:
+        device = resolve_device(device)
+    except ValueError as error:
+        raise CompressArgumentError(str(error)) from error
     out_dir = Path(out_dir)
     validate_compress(task, out_dir, teacher_dir=teacher_dir, settings=settings, work_dir=work_dir,
                       exit_pooling=exit_pooling, overwrite=overwrite, data=data)
@@ -139,34 +149,37 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     if teacher_dir is None:
         teacher_dir = work_dir / "teacher"
         timings["teacher"] = finetune_teacher(source, data, teacher_dir, epochs=budget.teacher_epochs,
-                                              lr=budget.teacher_lr)["seconds"]
+                                              lr=budget.teacher_lr, device=device, autocast=autocast)["seconds"]
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     ta_dir = work_dir / "ta"
     ta_record = distill_teaching_assistant(teacher_dir, data, ta_dir, hidden_epochs=budget.ta_hidden_epochs,
                                            prediction_epochs=budget.ta_prediction_epochs, lr=budget.ta_lr,
-                                           exit_pooling=exit_pooling)
+                                           exit_pooling=exit_pooling, device=device, autocast=autocast)
     timings["teaching assistant"] = ta_record["seconds"]
     variant_dir = work_dir / settings.name
     slender_record = slenderize_stage(
         ta_dir, data, variant_dir / "slender", heads=settings.heads, ffn=settings.ffn,
         embedding_rank=settings.embedding_rank, allocation=settings.allocation,
         calibrate_exits=settings.calibrate_exits, importance_batches=budget.importance_batches,
-        distill_steps=budget.distill_steps, num_events=budget.num_events, lr=budget.prune_lr,
+        distill_steps=budget.distill_steps, num_events=budget.num_events, lr=budget.prune_lr, device=device,
+        autocast=autocast,
     )
     timings["slenderization"] = slender_record["seconds"]
     recovered_dir = variant_dir / "recovered"
     recovery_record = recover(ta_dir, variant_dir / "slender", data, recovered_dir,
                               hidden_epochs=budget.recovery_hidden_epochs,
-                              prediction_epochs=budget.recovery_prediction_epochs, lr=budget.recovery_lr)
+                              prediction_epochs=budget.recovery_prediction_epochs, lr=budget.recovery_lr,
+                              device=device, autocast=autocast)
     timings["recovery"] = recovery_record["seconds"]
 
     started = time.time()
     inputs, labels = dev_inputs(validation)
-    teacher_logits = hf_predict(teacher.eval(), tokenizer, inputs, 64, budget.max_length)
+    teacher_logits = hf_predict(teacher.eval(), tokenizer, inputs, 64, budget.max_length, device=device,
+                                autocast=False)
     teacher_accuracy = (teacher_logits.argmax(-1) == labels).double().mean().item()
-    model = from_pretrained(recovered_dir)
+    model = from_pretrained(recovered_dir, device=device)
     reference = CostEffForSequenceClassification.from_pretrained(recovered_dir)
-    thresholds = quantile_thresholds(reference, tokenizer, inputs, max_length=budget.max_length)
+    thresholds = quantile_thresholds(reference, tokenizer, inputs, max_length=budget.max_length, device=device)
     sweep = threshold_sweep(model, inputs, labels, thresholds)
     chosen = pick_threshold(sweep, teacher_accuracy, max_drop)
     timings["calibration"] = time.time() - started

@@ -81,10 +81,12 @@ def hf_predict(model: nn.Module, tokenizer, inputs: list, batch_size: int, max_l
 def engine_predict(model: CostEffInferenceModel, inputs: list, batch_size: int,
                    entropy_threshold) -> tuple[torch.Tensor, torch.Tensor]:
     """The packed engine's ``generate_logits`` batch by batch with early exit at ``entropy_threshold`` (nats,
-    one float or one per layer); logits ``[N, C]`` fp32 and 1-based exit layers ``[N]`` int64."""
-    return predict(lambda chunk: model.generate_logits(chunk, entropy_threshold=entropy_threshold,
-                                                       return_exit_layers=True),
-                   minibatches(inputs, batch_size))
+    one float or one per layer); logits ``[N, C]`` fp32 and 1-based exit layers ``[N]`` int64, on the CPU
+    wherever the model runs."""
+    logits, layers = predict(lambda chunk: model.generate_logits(chunk, entropy_threshold=entropy_threshold,
+                                                                 return_exit_layers=True),
+                             minibatches(inputs, batch_size))
+    return logits.float().cpu(), layers.cpu()
 
 
 def exit_logits(model: CostEffForSequenceClassification, tokenizer, inputs: list, *, batch_size: int,

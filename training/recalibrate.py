@@ -35,6 +35,7 @@ from .calibrate import (
 )
 from .data import dev_inputs
 from .prediction import engine_predict, exit_logits, hf_predict, minibatches, predict
+from .trainer import resolve_device
 from .validate import label_names_to_map, teacher_labels, unknown_label_message
 
 THRESHOLD_KINDS = ("single", "per-layer")
@@ -52,7 +53,7 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
                          label_column: str = "label", max_drop: float | None = None,
                          target_speedup: float | None = None, teacher_dir: Path | None = None,
                          thresholds: str = "single", report_dir: Path | None = None, batch_size: int = 64,
-                         seed: int = 0) -> dict:
+                         seed: int = 0, device="auto") -> dict:
     """Choose the entropy threshold of a COST-EFF checkpoint on labelled data and write it into its config.
 
     Steps: one full-depth forward of the reference model gives every exit's entropy and prediction per row
@@ -82,16 +83,23 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
         report_dir: receives ``calibration.json`` and ``calibration.png`` (default ``model_dir/calibration``).
         batch_size: rows per engine call and per reference forward.
         seed: seed of the held-out halves.
+        device: where the engine and the forwards run (``"auto"``: CUDA when available, else the CPU); fp32
+            forwards, no autocast.
 
     Returns:
         The report dict (also written to ``report_dir/calibration.json``).
 
     Raises:
-        CalibrateArgumentError: one line naming the argument: ``model_dir`` not a COST-EFF checkpoint, both goals
+        CalibrateArgumentError: one line naming the argument: a device that is not here, ``model_dir`` not a
+            COST-EFF checkpoint, both goals
             given, ``max_drop`` < 0 or ``target_speedup`` < 1, an unknown ``thresholds``, a data file or column
             that is missing or unreadable, labels the checkpoint does not know, or fewer than two rows.
     """
     model_dir = Path(model_dir)
+    try:
+        device = resolve_device(device)
+    except ValueError as error:
+        raise CalibrateArgumentError(str(error)) from error
     config = _checkpoint_config(model_dir)
     if max_drop is not None and target_speedup is not None:
         raise CalibrateArgumentError("--max-drop and --target-speedup both given; pass one goal")
@@ -108,11 +116,11 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
                       label_column=label_column)
     report_dir = Path(report_dir) if report_dir is not None else model_dir / "calibration"
 
-    engine = from_pretrained(model_dir)
+    engine = from_pretrained(model_dir, device=device)
     reference_model = CostEffForSequenceClassification.from_pretrained(model_dir).eval()
     inputs, labels = dev_inputs(rows)
     logits = exit_logits(reference_model, engine.tokenizer, inputs, batch_size=batch_size,
-                         max_length=engine.max_length)  # [N, L, C]
+                         max_length=engine.max_length, device=device, autocast=False)  # [N, L, C] fp32 CPU
     lengths = predict(lambda chunk: engine.encode(chunk)[2], minibatches(inputs, batch_size))  # [N] tokens
     table = ExitTable.build(logits, labels, lengths, engine.config)
     num_layers = engine.config.num_hidden_layers
@@ -126,7 +134,7 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
     if teacher_dir is not None:
         teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
         teacher_logits = hf_predict(teacher, AutoTokenizer.from_pretrained(teacher_dir), inputs, batch_size,
-                                    engine.max_length)
+                                    engine.max_length, device=device, autocast=False)
         teacher_accuracy = (teacher_logits.argmax(-1) == labels).double().mean().item()
     reference_accuracy = teacher_accuracy if teacher_accuracy is not None else full_depth["accuracy"]
 

@@ -338,6 +338,10 @@ def label_names_to_map(num_labels: int, names: list[str] | None) -> list[str]:
 
 def unknown_label_message(error: UnknownLabelError, owner: str, fix: str) -> str:
     """One line for labels of the data that the ``owner`` model (``"teacher"``, ``"model"``) does not know."""
+    if all(isinstance(label, int) for label in error.unknown):
+        count = len(error.names)
+        return (f"--label-column {error.column}: class id(s) {error.unknown[:10]} are outside the {owner}'s {count} "
+                f"classes (ids 0..{count - 1}: {error.names[:10]}); {fix}")
     if all(name == f"LABEL_{index}" for index, name in enumerate(error.names)):
         count = len(error.names)
         return (f"--label-column {error.column}: label(s) {error.unknown} are strings but the {owner} does not name its "
@@ -385,6 +389,10 @@ def load_compress_data(task: str | None, data, *, teacher_config: dict | None, t
     num_labels, names = teacher_labels(teacher_config) if teacher_config is not None else (None, None)
     if num_labels is not None:
         names = label_names_to_map(num_labels, names)
+    if task is not None and num_labels is not None and num_labels != TASKS[task].num_labels:
+        raise CompressArgumentError(
+            f"--task {task}: the data has {TASKS[task].num_labels} classes {list(TASKS[task].label_names)}, the teacher "
+            f"has {num_labels}; pass a teacher fine-tuned on these classes or --task-default")
     if task is not None:
         source, flag = load_task(task), f"--task {task}"
         pair = "text_pair" if TASKS[task].text_pair else None

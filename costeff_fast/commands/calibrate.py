@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where calibration.json and calibration.png go (default MODEL/calibration)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="rows per engine call (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out halves (default 0)")
+    parser.add_argument("--device", default="auto",
+                        help="where the model runs: auto (a CUDA GPU when there is one, else the CPU; default), "
+                             "cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of a refused argument")
 
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> None:
             args.model, args.validation_file, text_column=args.text_column, text_pair_column=args.text_pair_column,
             label_column=args.label_column, max_drop=args.max_drop, target_speedup=args.target_speedup,
             teacher_dir=args.teacher, thresholds=args.thresholds, report_dir=args.report_dir,
-            batch_size=args.batch_size, seed=args.seed)
+            batch_size=args.batch_size, seed=args.seed, device=args.device)
     except CalibrateArgumentError as error:
         refuse(error, args.verbose)
     print(format_calibration(report))

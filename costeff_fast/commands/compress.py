@@ -16,7 +16,7 @@ HELP = "run the COST-EFF pipeline and write a calibrated checkpoint"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--teacher", type=Path,
-                        help="a fine-tuned HF encoder classifier directory (BERT/MiniLM, RoBERTa, XLM-R, ELECTRA)")
+                        help="a fine-tuned HF encoder classifier directory (BERT/MiniLM, RoBERTa, XLM-R, ELECTRA, DistilBERT)")
     source.add_argument("--task-default", action="store_true", help="fine-tune the packaged MiniLM as the teacher")
     data = parser.add_argument_group(
         "data", "a built-in task, or your own labelled file or saved dataset (exactly one of --task, --train-file, "
@@ -72,6 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "into place at the end, so a failed run leaves the old --out as it was")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out even if it holds other files (they are deleted at the end)")
+    parser.add_argument("--device", default="auto",
+                        help="where the stages train and calibration runs: auto (a CUDA GPU when there is one, else "
+                             "the CPU; default), cpu, cuda or cuda:N; on CUDA the forwards run under bf16 autocast "
+                             "with fp32 losses")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show the traceback of a refused argument (refusals otherwise print one line "
@@ -117,7 +121,7 @@ def run(args: argparse.Namespace) -> None:
                                    text_pair_column=args.text_pair_column, label_column=args.label_column,
                                    teacher_dir=args.teacher, settings=settings, budget=budget, work_dir=args.work_dir,
                                    max_drop=args.max_drop, exit_pooling=args.exit_pooling, seed=args.seed,
-                                   overwrite=args.overwrite)
+                                   overwrite=args.overwrite, device=args.device)
     except CompressArgumentError as error:
         refuse(error, args.verbose)
     print(json.dumps({k: report[k] for k in ("parameters", "flops_per_row", "accuracy", "targets")}, indent=2))
