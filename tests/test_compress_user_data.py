@@ -207,6 +207,9 @@ def test_cli_data_flags(rt_teacher, rt_rows, tmp_path, capsys, monkeypatch):
     assert "pass exactly one of --task, --train-file, --dataset" in cli_error(
         capsys, [*base, "--task", "rt", "--train-file", str(path)])
     assert "none of them" in cli_error(capsys, base)
+    if not torch.cuda.is_available():
+        assert "--device 'cuda': CUDA is not available here" in cli_error(capsys, [*base, "--task", "rt", "--device",
+                                                                              "cuda"])
     assert "--validation-file: needs --train-file" in cli_error(
         capsys, [*base, "--dataset", str(tmp_path), "--validation-file", str(path)])
     seen = {}

@@ -16,7 +16,8 @@ HELP = "run the COST-EFF pipeline and write a calibrated checkpoint"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--teacher", type=Path,
-                        help="a fine-tuned HF encoder classifier directory (BERT/MiniLM, RoBERTa, XLM-R, ELECTRA, DistilBERT)")
+                        help="a fine-tuned HF encoder classifier directory (BERT/MiniLM, RoBERTa, XLM-R, ELECTRA, "
+                             "DistilBERT)")
     source.add_argument("--task-default", action="store_true", help="fine-tune the packaged MiniLM as the teacher")
     data = parser.add_argument_group(
         "data", "a built-in task, or your own labelled file or saved dataset (exactly one of --task, --train-file, "
