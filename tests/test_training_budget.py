@@ -20,10 +20,17 @@ EXPECTED = {
 
 
 def test_presets_keep_their_values():
-    assert list(BUDGETS) == ["paper", "quick", "demo"]
+    assert list(BUDGETS) == ["paper", "standard", "quick", "demo"]
     assert (BUDGETS["paper"], BUDGETS["quick"], BUDGETS["demo"]) == (PAPER, QUICK, DEMO)
     for name, values in EXPECTED.items():
         assert astuple(BUDGETS[name]) == values
+
+
+def test_standard_budget_trains_on_the_whole_split_longer_than_quick():
+    standard, quick = BUDGETS["standard"], QUICK
+    assert standard.train_rows is None and standard.eval_rows is None and standard.max_length == 64
+    for name in ("teacher_epochs", "ta_prediction_epochs", "recovery_prediction_epochs"):
+        assert getattr(standard, name) >= 3 > getattr(quick, name)
 
 
 def test_budget_takes_only_keywords_and_every_field():
@@ -55,7 +62,7 @@ def test_every_field_has_a_docstring():
 def test_presets_are_built_with_keywords():
     tree = ast.parse(inspect.getsource(budget_module))
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Budget"]
-    assert len(calls) == 3
+    assert len(calls) == 4
     assert all(not call.args and len(call.keywords) == len(fields(Budget)) for call in calls)
 
 
