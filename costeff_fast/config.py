@@ -106,7 +106,10 @@ class CostEffConfig(PretrainedConfig):
             (:func:`resolve_entropy_threshold`).
 
     Raises:
-        ValueError / TypeError: a width list of the wrong length, a width < 1, a bad threshold.
+        ValueError / TypeError: a size or width that is not an integer >= 1 (``vocab_size``, ``hidden_size``,
+            ``num_hidden_layers``, ``attention_head_size``, ``max_position_embeddings``, ``type_vocab_size``, every
+            per-layer width), a per-layer list of the wrong length, a ``layer_norm_eps`` that is not positive and
+            finite, a bad threshold.
     """
 
     model_type = "costeff"
@@ -136,6 +139,14 @@ class CostEffConfig(PretrainedConfig):
         **kwargs,
     ):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+        for name, value in (("vocab_size", vocab_size), ("hidden_size", hidden_size),
+                            ("num_hidden_layers", num_hidden_layers), ("attention_head_size", attention_head_size),
+                            ("max_position_embeddings", max_position_embeddings),
+                            ("type_vocab_size", type_vocab_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(layer_norm_eps, (int, float)) or not 0 < layer_norm_eps < float("inf"):
+            raise ValueError(f"layer_norm_eps must be a positive finite number, got {layer_norm_eps!r}")
         if hidden_act != "gelu":
             raise ValueError(f"hidden_act must be 'gelu' (exact erf GELU as in BERT), got {hidden_act!r}")
         self.vocab_size = vocab_size

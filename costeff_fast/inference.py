@@ -10,9 +10,8 @@ from pathlib import Path
 
 import torch
 
-from transformers import AutoConfig, AutoTokenizer
-
 from .backends import build_backend, select_backend
+from .checkpoint import load_model, load_tokenizer
 from .config import resolve_entropy_threshold
 from .engine import run_early_exit, stream_early_exit
 from .modeling import CostEffForSequenceClassification
@@ -266,8 +265,13 @@ def from_pretrained(
         A :class:`CostEffInferenceModel`.
 
     Raises:
-        FileNotFoundError: ``path`` is not a directory with a ``config.json``.
-        ValueError: the checkpoint is not a COST-EFF model, a bad backend, threshold or thread count.
+        FileNotFoundError: ``path`` is not a directory with a ``config.json``, or it has no ``model.safetensors``
+            (weights are read from safetensors only).
+        CheckpointError: (a ``ValueError``, :mod:`costeff_fast.checkpoint`) naming the file and the field or
+            tensors: a config that is not JSON, of another ``model_type`` or with a bad field; weights that are
+            truncated, corrupt, missing, unexpected, mis-shaped or not finite; tokenizer files that cannot be
+            loaded or a vocabulary larger than ``vocab_size``.
+        ValueError: a bad backend, threshold or thread count.
         RuntimeError: ``backend="native"`` where the kernels cannot be built, ``"triton"`` without CUDA.
     """
     directory = Path(path)
@@ -278,12 +282,6 @@ def from_pretrained(
         if not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
         torch.set_num_threads(num_threads)
-    config = AutoConfig.from_pretrained(directory)
-    if config.model_type != "costeff":
-        raise ValueError(
-            f"{directory} holds a {config.model_type!r} model, not a COST-EFF one; convert it with "
-            "CostEffForSequenceClassification.from_bert or compress it with `costeff-fast compress`"
-        )
-    model = CostEffForSequenceClassification.from_pretrained(directory, use_safetensors=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").is_file() else None
+    model = load_model(directory)
+    tokenizer = load_tokenizer(directory, model.config)
     return CostEffInferenceModel(model, tokenizer, backend=backend, entropy_threshold=entropy_threshold, device=device)

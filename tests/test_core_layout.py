@@ -21,7 +21,7 @@ PACKAGE = Path(costeff_fast.__file__).resolve().parent
 FLOORS = {
     "batch": 0, "packing": 0, "config": 0, "native": 0, "kernels": 0,
     "reference": 1,
-    "modeling": 2,
+    "modeling": 2, "checkpoint": 2,
     "backends": 3,
     "engine": 4,
     "inference": 5, "flops": 5, "data": 5,
