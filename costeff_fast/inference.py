@@ -30,14 +30,38 @@ def _check_right_padded(attention_mask: torch.Tensor) -> torch.Tensor:
     return lengths
 
 
+_INTEGER_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
 def _as_id_rows(name: str, value) -> list[list[int]] | torch.Tensor:
+    """``[B, S]`` int64 tensor or lists of Python ints; floats are refused, never truncated, and so are bools
+    except in ``attention_mask`` (where True/False mean 1/0)."""
+    mask = name == "attention_mask"
     if isinstance(value, torch.Tensor):
         if value.dim() != 2:
             raise ValueError(f"{name} must be a [batch, seq] tensor, got shape {tuple(value.shape)}")
+        if value.dtype not in _INTEGER_DTYPES and not (mask and value.dtype == torch.bool):
+            raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {value.dtype}; ids are "
+                            "never rounded or cast from floats or bools")
         return value.long()
     if isinstance(value, Sequence) and all(isinstance(row, Sequence) and not isinstance(row, str) for row in value):
-        return [list(row) for row in value]
+        rows = [list(row) for row in value]
+        for row in rows:
+            for token in row:
+                if not isinstance(token, int) or (isinstance(token, bool) and not mask):
+                    raise TypeError(f"{name} must hold Python ints, got {token!r} ({type(token).__name__}); ids are "
+                                    "never rounded or cast from floats or bools")
+        return rows
     raise TypeError(f"{name} must be a [batch, seq] tensor or a list of lists of ints, got {type(value).__name__}")
+
+
+def _check_text(text: str, where: str) -> None:
+    """Refuse text the tokenizer cannot take: a lone surrogate (invalid Unicode, e.g. from a bad decode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{where} is not valid Unicode (a lone surrogate {text[error.start]!r} at character "
+                         f"{error.start}); decode the input with errors='replace' or fix it") from None
 
 
 class CostEffInferenceModel:
@@ -93,9 +117,11 @@ class CostEffInferenceModel:
             ``lengths [B]`` (int64).
 
         Raises:
-            TypeError: the batch or its items are of the wrong type.
-            ValueError: singles mixed with pairs, tuples that are not pairs, an empty row, left padding,
-                a row longer than the model's ``max_position_embeddings``, ids outside the vocabulary.
+            TypeError: the batch or its items are of the wrong type; token ids or type ids that are floats or
+                bools (tensors of a non-integer dtype, or list items that are not ints): never rounded.
+            ValueError: singles mixed with pairs, tuples that are not pairs, text that is not valid Unicode (a
+                lone surrogate), an empty row, left padding, a row longer than the model's
+                ``max_position_embeddings``, ids outside the vocabulary.
         """
         if isinstance(batch, Mapping):
             return self._encode_tokenized(batch)
@@ -112,14 +138,17 @@ class CostEffInferenceModel:
         if any(is_pair) and not all(is_pair):
             raise ValueError("batch mixes single texts and (text, text_pair) tuples; pass one kind per call")
         if all(is_pair):
-            for item in batch:
+            for index, item in enumerate(batch):
                 if len(item) != 2 or not all(isinstance(x, str) for x in item):
                     raise ValueError(f"each pair must be a (text, text_pair) tuple of two strings, got {item!r}")
+                _check_text(item[0], f"batch item {index} (text)")
+                _check_text(item[1], f"batch item {index} (text_pair)")
             texts, pairs = [item[0] for item in batch], [item[1] for item in batch]
         else:
-            for item in batch:
+            for index, item in enumerate(batch):
                 if not isinstance(item, str):
                     raise TypeError(f"batch items must be strings or (text, text_pair) tuples, got {type(item).__name__}")
+                _check_text(item, f"batch item {index}")
             texts, pairs = list(batch), None
         encoded = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, padding=False)
         return self._encode_tokenized(encoded)

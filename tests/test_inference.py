@@ -118,3 +118,34 @@ def test_bad_batches_raise_clear_errors(tiny_model, minilm_checkpoint, batch, er
 def test_bad_thresholds_raise(tiny_model, tau, error):
     with pytest.raises(error, match="entropy_threshold"):
         CostEffInferenceModel(tiny_model, None, backend="torch").generate_logits(random_batch(0, 2, 97), entropy_threshold=tau)
+
+
+@pytest.mark.parametrize("batch", [
+    {"input_ids": torch.tensor([[101.0, 2204.9, 102.0]])},
+    {"input_ids": [[101, 2204.9, 102]]},
+    {"input_ids": [[True, False]]},
+    {"input_ids": torch.tensor([[True, False]])},
+    {"input_ids": [[1, 5, 2]], "token_type_ids": [[0, 0.0, 0]]},
+])
+def test_float_and_bool_token_ids_are_refused_not_rounded(batch):
+    model = costeff_fast.CostEffInferenceModel(make_tiny_model(), None, backend="torch")
+    with pytest.raises(TypeError, match="never rounded or cast"):
+        model.generate_logits(batch)
+
+
+def test_a_bool_attention_mask_is_a_mask():
+    model = costeff_fast.CostEffInferenceModel(make_tiny_model(), None, backend="torch")
+    ids = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    expected = model.generate_logits({"input_ids": ids, "attention_mask": mask})
+    torch.testing.assert_close(model.generate_logits({"input_ids": ids, "attention_mask": mask.bool()}), expected)
+
+
+def test_lone_surrogate_text_is_named(minilm_dir):
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    model = costeff_fast.CostEffInferenceModel(make_tiny_model(vocab_size=30522), tokenizer, backend="torch")
+    with pytest.raises(ValueError, match=r"batch item 1 is not valid Unicode \(a lone surrogate '\\udc80' at "
+                                         r"character 3\)"):
+        model.generate_logits(["fine", "bad\udc80text"])
+    with pytest.raises(ValueError, match=r"batch item 0 \(text_pair\) is not valid Unicode"):
+        model.generate_logits([("ok", "\ud800")])
