@@ -64,6 +64,25 @@ def _check_text(text: str, where: str) -> None:
                          f"{error.start}); decode the input with errors='replace' or fix it") from None
 
 
+DEFAULT_MAX_BATCH_TOKENS = 16384
+"""Real tokens per engine call of :meth:`CostEffInferenceModel.generate_logits`; larger calls are split into
+consecutive chunks of rows (a row is never split), so memory stays bounded whatever the batch size."""
+
+
+def _token_chunks(lengths: torch.Tensor, max_tokens: int) -> list[tuple[int, int, int, int]]:
+    """Consecutive row chunks of at most ``max_tokens`` real tokens each (a longer row alone): ``(first row, last
+    row + 1, first token, last token + 1)`` per chunk; one chunk, possibly empty, when everything fits."""
+    sizes = lengths.tolist()
+    chunks, first, start, tokens = [], 0, 0, 0
+    for row, size in enumerate(sizes):
+        if tokens and tokens + size > max_tokens:
+            chunks.append((first, row, start, start + tokens))
+            first, start, tokens = row, start + tokens, 0
+        tokens += size
+    chunks.append((first, len(sizes), start, start + tokens))
+    return chunks
+
+
 class CostEffInferenceModel:
     """A COST-EFF checkpoint packed for batch inference with early exit (see :func:`from_pretrained`).
 
@@ -74,6 +93,9 @@ class CostEffInferenceModel:
         entropy_threshold: this instance's default threshold (nats, float or one per layer), replacing the
             checkpoint's ``config.entropy_threshold``; None keeps the checkpoint's.
         device: torch device for the weights (None: the backend's default).
+        max_batch_tokens: real tokens per engine call (default :data:`DEFAULT_MAX_BATCH_TOKENS`); a
+            :meth:`generate_logits` call over more is run in consecutive chunks of rows, bounding activation
+            memory (``[tokens, hidden]`` and ``[tokens, intermediate]`` buffers) whatever the batch size.
 
     Attributes:
         config: a copy of the model's :class:`~costeff_fast.config.CostEffConfig`, whose ``entropy_threshold``
@@ -82,12 +104,15 @@ class CostEffInferenceModel:
         backend: the :class:`~costeff_fast.backends.base.Backend` running the layers.
 
     Raises:
-        ValueError / TypeError / RuntimeError: a bad backend or threshold (see ``build_backend`` and
+        ValueError / TypeError / RuntimeError: a bad backend, threshold or max_batch_tokens (see ``build_backend`` and
             :func:`~costeff_fast.config.resolve_entropy_threshold`).
     """
 
     def __init__(self, model: CostEffForSequenceClassification, tokenizer, backend: str = "auto",
-                 entropy_threshold=None, device=None):
+                 entropy_threshold=None, device=None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
+        if not isinstance(max_batch_tokens, int) or isinstance(max_batch_tokens, bool) or max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be a positive int, got {max_batch_tokens!r}")
+        self.max_batch_tokens = max_batch_tokens
         self.config = copy.deepcopy(model.config)
         if entropy_threshold is not None:
             resolve_entropy_threshold(entropy_threshold, self.config)  # validate before storing it
@@ -217,7 +242,14 @@ class CostEffInferenceModel:
         """
         tau = resolve_entropy_threshold(entropy_threshold, self.config)
         input_ids, token_type_ids, lengths = self.encode(batch)
-        logits, exit_layer = run_early_exit(self.backend, input_ids, token_type_ids, lengths, tau)
+        outputs = [
+            run_early_exit(self.backend, input_ids[start:stop], token_type_ids[start:stop], lengths[first:last], tau)
+            for first, last, start, stop in _token_chunks(lengths, self.max_batch_tokens)
+        ]
+        if len(outputs) == 1:
+            logits, exit_layer = outputs[0]
+        else:
+            logits, exit_layer = (torch.cat([output[i] for output in outputs]) for i in (0, 1))
         logits, exit_layer = logits.cpu(), exit_layer.cpu()
         return (logits, exit_layer) if return_exit_layers else logits
 
@@ -276,6 +308,7 @@ def from_pretrained(
     backend: str = "auto",
     num_threads: int | None = None,
     device=None,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
 ) -> CostEffInferenceModel:
     """Load a COST-EFF checkpoint directory and pack it for fast inference.
 
@@ -289,6 +322,8 @@ def from_pretrained(
             device), ``"native"`` (C++ kernels, fp32 CPU) or ``"triton"`` (CUDA).
         num_threads: CPU threads for torch (``torch.set_num_threads``; process-wide); None leaves it.
         device: torch device for the weights (default CPU).
+        max_batch_tokens: real tokens per engine call; larger :meth:`~CostEffInferenceModel.generate_logits`
+            calls run in chunks (:class:`CostEffInferenceModel`).
 
     Returns:
         A :class:`CostEffInferenceModel`.
@@ -313,4 +348,5 @@ def from_pretrained(
         torch.set_num_threads(num_threads)
     model = load_model(directory)
     tokenizer = load_tokenizer(directory, model.config)
-    return CostEffInferenceModel(model, tokenizer, backend=backend, entropy_threshold=entropy_threshold, device=device)
+    return CostEffInferenceModel(model, tokenizer, backend=backend, entropy_threshold=entropy_threshold, device=device,
+                                 max_batch_tokens=max_batch_tokens)

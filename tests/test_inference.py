@@ -149,3 +149,27 @@ def test_lone_surrogate_text_is_named(minilm_dir):
         model.generate_logits(["fine", "bad\udc80text"])
     with pytest.raises(ValueError, match=r"batch item 0 \(text_pair\) is not valid Unicode"):
         model.generate_logits([("ok", "\ud800")])
+
+
+@pytest.mark.parametrize("budget", [1, 7, 40, 10_000])
+def test_a_call_over_the_token_budget_is_split_with_the_same_results(budget):
+    batch = random_batch(3, batch=37, vocab=97, max_len=20)
+    whole = CostEffInferenceModel(make_tiny_model(), None, backend="torch", entropy_threshold=0.9)
+    split = CostEffInferenceModel(make_tiny_model(), None, backend="torch", entropy_threshold=0.9,
+                                  max_batch_tokens=budget)
+    logits, layers = whole.generate_logits(batch, return_exit_layers=True)
+    split_logits, split_layers = split.generate_logits(batch, return_exit_layers=True)
+    assert torch.equal(split_layers, layers)
+    torch.testing.assert_close(split_logits, logits, atol=1e-5, rtol=0)
+
+
+def test_token_chunks_cover_every_row_once_within_the_budget():
+    from costeff_fast.inference import _token_chunks
+
+    lengths = torch.tensor([5, 3, 9, 1, 1, 12, 2])
+    chunks = _token_chunks(lengths, 10)
+    assert [c[:2] for c in chunks] == [(0, 2), (2, 4), (4, 5), (5, 6), (6, 7)]  # the 12-token row alone
+    assert all(stop - start == int(lengths[a:b].sum()) for a, b, start, stop in chunks)
+    assert chunks[-1][3] == int(lengths.sum()) and _token_chunks(torch.tensor([], dtype=torch.long), 10) == [(0, 0, 0, 0)]
+    with pytest.raises(ValueError, match="max_batch_tokens must be a positive int"):
+        CostEffInferenceModel(make_tiny_model(), None, backend="torch", max_batch_tokens=0)
