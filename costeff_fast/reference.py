@@ -46,11 +46,15 @@ def exit_entropy(logits: torch.Tensor) -> torch.Tensor:
         logits: ``[..., num_labels]`` any float dtype.
 
     Returns:
-        ``[...]`` fp32, ``-sum p ln p`` (>= 0: ``log_softmax`` is <= 0 in fp32, so every term is >= 0).
+        ``[...]`` fp32, ``-sum p ln p`` (>= 0: ``log_softmax`` is <= 0 in fp32, so every term is >= 0), finite for
+        any finite logits, extreme ones included (a term with ``p = 0`` adds 0).
         Source: COST-EFF Sec. 3.4 (entropy-based early exit, as DeeBERT).
     """
     log_probs = torch.log_softmax(logits.float(), dim=-1)
-    return -(log_probs.exp() * log_probs).sum(dim=-1)
+    # p ln p -> 0 as p -> 0: a label whose log-probability is -inf (logits more than the fp32 range apart) adds 0,
+    # not 0 * -inf = NaN.
+    terms = torch.where(torch.isneginf(log_probs), 0.0, log_probs.exp() * log_probs)
+    return -terms.sum(dim=-1)
 
 
 def exit_decision(logits: torch.Tensor, entropy_threshold: float) -> torch.Tensor:

@@ -33,7 +33,9 @@ at::Tensor exit_decision(const at::Tensor& logits, double tau) {
     for (int64_t c = 0; c < labels; ++c) {
       const float shifted = x[c] - top, e = std::exp(shifted);
       total += e;
-      weighted += e * shifted;
+      // e == 0 where shifted underflows or is -inf (logits more than the fp32 range apart): p ln p -> 0 there,
+      // not 0 * -inf = NaN.
+      if (e > 0.0f) weighted += e * shifted;
     }
     // H = -sum p ln p with p = e / total: H = ln(total) - weighted / total.
     const float entropy = std::log(total) - weighted / total;

@@ -62,7 +62,8 @@ def _exit_head_kernel(hidden_ptr, cls_index_ptr, pool_w_ptr, pool_b_ptr, cls_w_p
     shifted = tl.where(class_ok[None, :], logits - top[:, None], 0.0)
     e = tl.where(class_ok[None, :], tl.exp(shifted), 0.0)
     total = reduce_sum(e, 1)
-    entropy = tl.log(total) - reduce_sum(e * shifted, 1) / total
+    # e == 0 where z' underflows or is -inf (logits more than the fp32 range apart): p ln p -> 0, not 0 * -inf
+    entropy = tl.log(total) - reduce_sum(tl.where(e > 0.0, e * shifted, 0.0), 1) / total
     tl.store(entropy_ptr + rb, entropy, mask=row_ok)
     if HAS_TAU:
         tl.store(exits_ptr + rb, entropy < tau, mask=row_ok)
