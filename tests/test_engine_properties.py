@@ -186,3 +186,16 @@ def test_extreme_exit_logits_still_exit(backend):
     engine = CostEffInferenceModel(model, tokenizer=None, backend=backend)
     logits, layers = engine.generate_logits(batch, entropy_threshold=0.5, return_exit_layers=True)
     assert bool(torch.isfinite(logits).all()) and layers.tolist() == [1] * 9
+
+
+@pytest.mark.parametrize("backend", AVAILABLE_BACKENDS)
+def test_same_inputs_threads_and_backend_give_identical_results(backend):
+    model = make_tiny_model(attention_head_size=16, weight_std=0.15)
+    batch = random_batch(11, batch=40, vocab=97, max_len=30, pairs=True)
+    engine = CostEffInferenceModel(model, tokenizer=None, backend=backend)
+    tau = float(exit_entropy(every_exit(model, batch))[:, :-1].median())
+    first = engine.generate_logits(batch, entropy_threshold=tau, return_exit_layers=True)
+    again = CostEffInferenceModel(model, tokenizer=None, backend=backend).generate_logits(
+        batch, entropy_threshold=tau, return_exit_layers=True)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert len(set(first[1].tolist())) >= 2  # mixed exits, so compaction is part of what repeats
