@@ -121,7 +121,11 @@ def test_teacher_that_is_a_file_or_lacks_files(teacher, tmp_path, no_training):
     refused("not readable JSON", tmp_path=tmp_path, teacher_dir=bare, settings=SMALL)
     no_weights = tmp_path / "no_weights"
     shutil.copytree(teacher, no_weights, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
-    refused("no weights", tmp_path=tmp_path, teacher_dir=no_weights, settings=SMALL)
+    refused(r"no model\.safetensors \(weights are read from safetensors only\);", tmp_path=tmp_path,
+            teacher_dir=no_weights, settings=SMALL)
+    (no_weights / "pytorch_model.bin").write_bytes(b"a pickle")  # never unpickled, named in the refusal
+    refused(r"pytorch_model\.bin is a pickle file, which is never loaded", tmp_path=tmp_path, teacher_dir=no_weights,
+            settings=SMALL)
     no_tokenizer = tmp_path / "no_tokenizer"
     shutil.copytree(teacher, no_tokenizer, ignore=shutil.ignore_patterns("tokenizer*", "vocab.txt"))
     refused("no tokenizer", tmp_path=tmp_path, teacher_dir=no_tokenizer, settings=SMALL)

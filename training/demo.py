@@ -57,7 +57,7 @@ def run_demo(work_dir: Path, *, budget: str = "demo", batch_size: int = 64, thre
     texts = list(splits["validation"]["text"])
     labels = torch.tensor(list(splits["validation"]["label"]))
     teacher_dir = work_dir / "teacher"
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     model = from_pretrained(work_dir / "model")
     calibrated = report["calibration"]["chosen"]["entropy_threshold"]

@@ -150,7 +150,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
         teacher_dir = work_dir / "teacher"
         timings["teacher"] = finetune_teacher(source, data, teacher_dir, epochs=budget.teacher_epochs,
                                               lr=budget.teacher_lr, device=device, autocast=autocast)["seconds"]
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
     ta_dir = work_dir / "ta"
     ta_record = distill_teaching_assistant(teacher_dir, data, ta_dir, hidden_epochs=budget.ta_hidden_epochs,
                                            prediction_epochs=budget.ta_prediction_epochs, lr=budget.ta_lr,
@@ -178,7 +178,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
                                 autocast=False)
     teacher_accuracy = (teacher_logits.argmax(-1) == labels).double().mean().item()
     model = from_pretrained(recovered_dir, device=device)
-    reference = CostEffForSequenceClassification.from_pretrained(recovered_dir)
+    reference = CostEffForSequenceClassification.from_pretrained(recovered_dir, use_safetensors=True)
     thresholds = quantile_thresholds(reference, tokenizer, inputs, max_length=budget.max_length, device=device)
     sweep = threshold_sweep(model, inputs, labels, thresholds)
     chosen = pick_threshold(sweep, teacher_accuracy, max_drop)

@@ -117,7 +117,7 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
     report_dir = Path(report_dir) if report_dir is not None else model_dir / "calibration"
 
     engine = from_pretrained(model_dir, device=device)
-    reference_model = CostEffForSequenceClassification.from_pretrained(model_dir).eval()
+    reference_model = CostEffForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
     inputs, labels = dev_inputs(rows)
     logits = exit_logits(reference_model, engine.tokenizer, inputs, batch_size=batch_size,
                          max_length=engine.max_length, device=device, autocast=False)  # [N, L, C] fp32 CPU
@@ -132,7 +132,7 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
     full_depth = sweep[0]
     teacher_accuracy = None
     if teacher_dir is not None:
-        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True).eval()
         teacher_logits = hf_predict(teacher, AutoTokenizer.from_pretrained(teacher_dir), inputs, batch_size,
                                     engine.max_length, device=device, autocast=False)
         teacher_accuracy = (teacher_logits.argmax(-1) == labels).double().mean().item()

@@ -27,8 +27,8 @@ def write_report(out_dir: Path, *, task, budget, settings, teacher, ta_dir, mode
     paper's accounting, the factorized embedding's projection included), and at the dev rows' real token
     counts (the teacher at full depth; COST-EFF at its calibrated threshold, exit heads included).
     """
-    model = CostEffForSequenceClassification.from_pretrained(model_dir)
-    ta = CostEffForSequenceClassification.from_pretrained(ta_dir)
+    model = CostEffForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+    ta = CostEffForSequenceClassification.from_pretrained(ta_dir, use_safetensors=True)
     engine = from_pretrained(model_dir)
     lengths = predict(lambda chunk: engine.encode(chunk)[2], minibatches(validation_inputs, 256))  # [N] tokens
     rows = len(lengths)

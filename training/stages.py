@@ -67,7 +67,7 @@ def finetune_teacher(source_dir: Path, data: TrainingData, out_dir: Path, *, epo
 
     def build():
         model = AutoModelForSequenceClassification.from_pretrained(
-            source_dir, num_labels=data.num_labels,
+            source_dir, use_safetensors=True, num_labels=data.num_labels,
             id2label=dict(enumerate(data.label_names)), label2id={n: i for i, n in enumerate(data.label_names)},
         )
         eval_loader = data.eval_loader()
@@ -156,7 +156,7 @@ def distill_teaching_assistant(teacher_dir: Path, data: TrainingData, out_dir: P
     device = resolve_device(device)
 
     def build():
-        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
         ta = CostEffForSequenceClassification.from_encoder_classifier(teacher, exit_pooling=exit_pooling)
         accuracies = distill_multi_exit(ta, teacher, data, hidden_epochs=hidden_epochs,
                                         prediction_epochs=prediction_epochs, lr=lr, kd_weight=kd_weight,
@@ -193,7 +193,7 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
     device = resolve_device(device)
 
     def build():
-        ta = CostEffForSequenceClassification.from_pretrained(ta_dir).eval()
+        ta = CostEffForSequenceClassification.from_pretrained(ta_dir, use_safetensors=True).eval()
         student = copy.deepcopy(ta)
         events = []
         slenderize(
@@ -227,8 +227,8 @@ def recover(ta_dir: Path, slender_dir: Path, data: TrainingData, out_dir: Path, 
     device = resolve_device(device)
 
     def build():
-        ta = CostEffForSequenceClassification.from_pretrained(ta_dir)
-        student = CostEffForSequenceClassification.from_pretrained(slender_dir)
+        ta = CostEffForSequenceClassification.from_pretrained(ta_dir, use_safetensors=True)
+        student = CostEffForSequenceClassification.from_pretrained(slender_dir, use_safetensors=True)
         accuracies = distill_multi_exit(student, ta, data, hidden_epochs=hidden_epochs,
                                         prediction_epochs=prediction_epochs, lr=lr, kd_weight=1.0,
                                         hidden_in_prediction=True, temperature=temperature, desc="recovery",

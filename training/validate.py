@@ -31,8 +31,7 @@ SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electr
 use BERT's field names (``num_attention_heads``, ``intermediate_size``, ``hidden_size``) except DistilBERT's
 (``n_heads``, ``hidden_dim``, ``dim``), which ``_count`` reads instead."""
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin",
-                "model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 """File names of HF weights (single file or sharded index); a teacher directory needs one of them."""
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
@@ -125,8 +124,10 @@ def read_teacher_config(teacher_dir: Path | None) -> tuple[dict, str]:
         raise CompressArgumentError(f"--teacher {teacher_dir}: architectures {found} is not a sequence classifier; "
                                     "fine-tune it as BertForSequenceClassification first, or use --task-default")
     if not any((teacher_dir / name).is_file() for name in WEIGHT_FILES):
-        raise CompressArgumentError(f"--teacher {teacher_dir}: no weights ({' or '.join(WEIGHT_FILES[:2])}); "
-                                    "save the model with model.save_pretrained(...) into this directory")
+        pickles = sorted(path.name for path in teacher_dir.glob("*.bin"))
+        found = f"; {', '.join(pickles)} is a pickle file, which is never loaded" if pickles else ""
+        raise CompressArgumentError(f"--teacher {teacher_dir}: no model.safetensors (weights are read from safetensors "
+                                    f"only){found}; save the model with save_pretrained(..., safe_serialization=True)")
     if not any((teacher_dir / name).is_file() for name in TOKENIZER_FILES):
         raise CompressArgumentError(f"--teacher {teacher_dir}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); "
                                     "save it with tokenizer.save_pretrained(...) into this directory")
