@@ -26,6 +26,7 @@ FLOORS = {
     "engine": 4,
     "inference": 5, "flops": 5, "data": 5,
     "optimize": 6,
+    "jobs": 6, "integrations": 6,
     "cli": 7, "commands": 7, "__init__": 7,
 }
 LEAVES = ("native", "kernels")  # import nothing from the rest of the package

@@ -6,7 +6,7 @@ and dispatches from this table.
 
 from __future__ import annotations
 
-from . import calibrate, compress, demo
+from . import calibrate, compress, demo, predict
 
-COMMANDS = (demo, compress, calibrate)
+COMMANDS = (demo, compress, calibrate, predict)
 """Every command module, in ``--help`` order."""

@@ -1,0 +1,298 @@
+"""Ray Data: COST-EFF early-exit classification inside ``ray.data`` pipelines (``pip install costeff_fast[ray]``).
+
+:class:`CostEffPredictor` is a callable class for :meth:`ray.data.Dataset.map_batches`: each actor loads the
+model once, and every batch (pyarrow, pandas or a dict of numpy arrays) goes through the same per-batch step
+as ``costeff-fast predict`` (:func:`costeff_fast.jobs.predict_rows`), so the output columns and the reasons
+of failed rows are the same::
+
+    import ray
+    from costeff_fast.integrations.ray import CostEffPredictor
+
+    ds = ray.data.read_parquet("reviews/")
+    predictions = ds.map_batches(
+        CostEffPredictor, fn_constructor_kwargs={"model_dir": "runs/rt-uniform", "id_column": "review_id"},
+        compute=ray.data.ActorPoolStrategy(size=4), batch_size=2048, num_cpus=1)
+    predictions.filter(expr=ray.data.expressions.col("error").is_null()).write_parquet("predictions/")
+
+:func:`run_ray_predict` is ``costeff-fast predict --engine ray``: ray.data reads the input, the actors classify,
+ray.data writes the shards. Ray itself is imported only when :func:`run_ray_predict` runs; importing this
+module, or using :class:`CostEffPredictor` outside Ray, does not need it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from ..jobs.predict import PredictSummary, job_columns, label_names, load_model, predict_rows
+from ..jobs.shards import ERRORS, MANIFEST, SUFFIXES, atomic_write, prepare_output
+from ..jobs.sources import JobArgumentError, find_input_files
+
+logger = logging.getLogger(__name__)
+
+#: the id column added to an input without --id-column: the 0-based row number
+ROW_NUMBER_COLUMN = "__costeff_row__"
+
+
+class RayNotInstalledError(ImportError):
+    """Ray Data is needed and missing; the message gives the pip command."""
+
+
+def require_ray():
+    """Import and return :mod:`ray` with :mod:`ray.data`.
+
+    Raises:
+        RayNotInstalledError: Ray Data is not installed (``pip install costeff_fast[ray]``).
+    """
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as error:
+        raise RayNotInstalledError(f"the Ray engine needs Ray Data, which is not installed ({error}); run "
+                                   f"`pip install 'costeff_fast[ray]'`") from error
+    return ray
+
+
+class CostEffPredictor:
+    """A callable class for ``ray.data.Dataset.map_batches``: one loaded model per actor, one output row per row.
+
+    Args:
+        model_dir: a COST-EFF checkpoint directory with its tokenizer, readable on every node.
+        id_column: the column copied to the output's ``id`` (required: a distributed dataset has no row numbers;
+            ``costeff-fast predict --engine ray`` adds one).
+        text_column, text_pair_column: the text and optional second-text columns.
+        batch_size: rows per layer call of the engine (the Ray batch, ``map_batches(batch_size=...)``, is split
+            into layer calls of this size).
+        entropy_threshold: nats, a float or one per layer; None uses the checkpoint's.
+        backend: as for :func:`~costeff_fast.inference.from_pretrained`.
+        num_threads: torch CPU threads of this actor (default 1: give each actor ``num_cpus`` to match).
+        id_type: the Arrow type of ``id``; ``pa.string()`` writes non-string ids as text (as ``predict`` does for
+            CSV and JSON Lines inputs); None keeps what the batch holds.
+
+    Calling it on a batch returns the same kind of batch (a ``pyarrow.Table``, a ``pandas.DataFrame`` or a dict
+    of numpy arrays) with the columns of ``predict`` (``id``, ``label``, ``prob_<label>`` per label,
+    ``exit_layer``) plus ``error``: null for a classified row, the reason for a row that could not be processed
+    (whose other columns, ``id`` aside, are null; NaN in numpy and pandas).
+
+    Raises:
+        JobArgumentError: (at construction) the model cannot be loaded, or a bad threshold or backend.
+        KeyError: a batch lacks a column.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, *, id_column: str, text_column: str = "text",
+                 text_pair_column: str | None = None, batch_size: int = 64, entropy_threshold=None,
+                 backend: str = "auto", num_threads: int | None = 1, id_type: pa.DataType | None = None):
+        self.model = load_model(model_dir, entropy_threshold=entropy_threshold, backend=backend,
+                                num_threads=num_threads)
+        self.labels = label_names(self.model)
+        self.id_column, self.text_column, self.text_pair_column = id_column, text_column, text_pair_column
+        self.batch_size, self.id_type = batch_size, id_type
+
+    def __call__(self, batch):
+        """Classify one batch; see the class docstring."""
+        names = [self.id_column, self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
+        columns = {name: _column(batch, name) for name in dict.fromkeys(names)}
+        table = predict_rows(
+            self.model, columns[self.text_column], columns[self.id_column],
+            pairs=columns[self.text_pair_column] if self.text_pair_column else None, id_type=self.id_type,
+            batch_size=self.batch_size, text_column=self.text_column, text_pair_column=self.text_pair_column)
+        if isinstance(batch, pa.Table):
+            return table
+        if isinstance(batch, Mapping):
+            return {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
+        return table.to_pandas()
+
+
+def run_ray_predict(
+    model_dir: str | os.PathLike,
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    id_column: str | None = None,
+    batch_size: int = 64,
+    entropy_threshold=None,
+    backend: str = "auto",
+    num_threads: int | None = None,
+    output_format: str | None = None,
+    num_workers: int = 1,
+    address: str | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> PredictSummary:
+    """``costeff-fast predict --engine ray``: the job of :func:`~costeff_fast.jobs.run_predict` on Ray Data.
+
+    ray.data reads the input (``read_csv`` with the text and id columns as strings, ``read_json`` for JSON Lines,
+    ``read_parquet``, in sorted file order), ``num_workers`` :class:`CostEffPredictor` actors classify it, the
+    predictions are materialized in Ray's object store (ids, labels, probabilities: no text), and ray.data writes
+    the classified rows to ``output_dir`` in input order (``part-NNNNNN`` files); failed rows go to
+    ``_errors.jsonl`` and a ``_manifest.json`` records the totals. Without ``id_column`` the rows are numbered
+    from 0 as in the local engine, which materializes the input first (spilled to disk by Ray when larger than
+    memory); pass an id column for a fully streamed job. Ray retries failed tasks itself, so there is no resume.
+
+    Differences from the local engine: a JSON Lines field whose type changes between rows, or a malformed CSV
+    line, fails the job in ray.data's (pyarrow's) reader instead of failing that row.
+
+    Args:
+        num_workers: actors, each with one copy of the model and ``num_threads`` torch threads (default 1),
+            requesting that many CPUs from Ray.
+        address: a running cluster (``"auto"`` on one of its nodes, or its head's ``host:port``); None starts a
+            local Ray (or uses the one this process already started). The input, output and model paths must be
+            readable (output: writable) on every node, and costeff_fast installed there.
+        Others: as for :func:`~costeff_fast.jobs.run_predict`.
+
+    Returns:
+        A :class:`~costeff_fast.jobs.PredictSummary`.
+
+    Raises:
+        RayNotInstalledError: Ray Data is not installed.
+        JobArgumentError: a refused argument or input, before Ray starts.
+    """
+    ray = require_ray()
+    started = time.perf_counter()
+    files = find_input_files(input_path)
+    output_format = output_format or files.format
+    if output_format not in SUFFIXES:
+        raise JobArgumentError(f"--output-format {output_format!r}: use one of {', '.join(SUFFIXES)}")
+    columns, id_type = job_columns(files, text_column, text_pair_column, id_column)
+    output_dir = Path(output_dir).resolve()
+    prepare_output(output_dir, resume=False, overwrite=overwrite)
+    model_dir = Path(model_dir).resolve()
+    model = load_model(model_dir, entropy_threshold=entropy_threshold, backend=backend, num_threads=num_threads)
+    threads = num_threads or 1
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                 **({} if address else {"include_dashboard": False}))
+    if not logger.isEnabledFor(logging.INFO):  # ray.data logs every execution plan at INFO
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    try:
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True
+        context.enable_progress_bars = sys.stderr.isatty() if progress is None else progress
+        dataset = _read(ray, files, columns)
+        if id_column is None:
+            dataset, id_column = _with_row_numbers(ray, dataset, ROW_NUMBER_COLUMN), ROW_NUMBER_COLUMN
+        predictions = dataset.map_batches(
+            CostEffPredictor,
+            fn_constructor_kwargs=dict(model_dir=str(model_dir), id_column=id_column, text_column=text_column,
+                                       text_pair_column=text_pair_column, batch_size=batch_size,
+                                       entropy_threshold=entropy_threshold, backend=backend, num_threads=threads,
+                                       id_type=id_type),
+            batch_size=32 * batch_size, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=num_workers), num_cpus=threads,
+        ).materialize()
+        written = predictions.filter(expr=ray.data.expressions.col("error").is_null()).drop_columns(["error"])
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write(ray, written, output_dir, output_format)
+        num_written, num_failed, layer_sum = _write_errors(predictions, output_dir / ERRORS)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    data_files = sorted(p.name for p in output_dir.iterdir() if p.name.startswith("part-"))
+    manifest = {"engine": "ray", "complete": True, "files": data_files,
+                "job": {"input": {"format": files.format, "files": files.fingerprint()}, "model": str(model_dir),
+                        "entropy_threshold": model.entropy_threshold, "labels": label_names(model),
+                        "text_column": text_column, "text_pair_column": text_pair_column,
+                        "id_column": None if id_column == ROW_NUMBER_COLUMN else id_column,
+                        "output_format": output_format, "num_workers": num_workers},
+                "totals": {"rows": num_written + num_failed, "written": num_written, "failed": num_failed,
+                           "exit_layer_sum": layer_sum}}
+    atomic_write(output_dir / MANIFEST, lambda handle: handle.write(json.dumps(manifest, indent=1).encode()))
+    return PredictSummary(output=output_dir, rows=num_written + num_failed, written=num_written, failed=num_failed,
+                          exit_layer_sum=layer_sum, num_layers=model.config.num_hidden_layers,
+                          rows_this_run=num_written + num_failed, seconds=time.perf_counter() - started,
+                          files=data_files)
+
+
+def _column(batch, name: str) -> list:
+    """Column ``name`` of a pyarrow, pandas or numpy-dict batch as a list of Python values (None for missing)."""
+    if isinstance(batch, pa.Table):
+        if name not in batch.column_names:
+            raise KeyError(f"the batch has no column {name!r} (columns: {', '.join(batch.column_names)})")
+        return batch.column(name).to_pylist()
+    if isinstance(batch, Mapping):
+        if name not in batch:
+            raise KeyError(f"the batch has no column {name!r} (columns: {', '.join(batch)})")
+        return np.asarray(batch[name]).tolist()
+    if name not in batch.columns:  # a pandas DataFrame
+        raise KeyError(f"the batch has no column {name!r} (columns: {', '.join(map(str, batch.columns))})")
+    series = batch[name]
+    return series.astype(object).where(series.notna(), None).tolist()
+
+
+def _read(ray, files, columns: list[str]):
+    """The input as a ray.data Dataset of ``columns``, in file order. Reads request no CPU, so actors holding
+    every CPU of a small cluster cannot starve them."""
+    paths = [str(path) for path in files.paths]
+    if files.format == "parquet":
+        return ray.data.read_parquet(paths, columns=columns, num_cpus=0)
+    if files.format == "csv":
+        convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in columns}, include_columns=columns,
+                                       strings_can_be_null=False)
+        return ray.data.read_csv(paths, convert_options=convert,
+                                 parse_options=pacsv.ParseOptions(newlines_in_values=True), num_cpus=0)
+    return ray.data.read_json(paths, lines=True, num_cpus=0).select_columns(columns)
+
+
+def _with_row_numbers(ray, dataset, column: str):
+    """``dataset`` with its 0-based row numbers in ``column``: the blocks are materialized in order, counted, and
+    each block numbers its rows from its offset."""
+    # The task functions are defined here so that Ray ships them by value: a worker running them imports
+    # pyarrow and numpy, not costeff_fast (and torch).
+    def count(table):
+        return table.num_rows
+
+    def number(table, first_row):
+        return table.append_column(column, pa.array(np.arange(first_row, first_row + table.num_rows, dtype=np.int64)))
+
+    blocks = dataset.to_arrow_refs()
+    counts = ray.get([ray.remote(num_cpus=0)(count).remote(block) for block in blocks])
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
+    number = ray.remote(num_cpus=0)(number)
+    return ray.data.from_arrow_refs([number.remote(block, offset) for block, offset in zip(blocks, offsets)])
+
+
+def _write(ray, dataset, directory: Path, output_format: str) -> None:
+    from ray.data.datasource import FilenameProvider
+
+    class PartNames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid, task_index):
+            return f"part-{task_index:06d}-{write_uuid}{SUFFIXES[output_format]}"
+
+    names = PartNames()
+    if output_format == "parquet":
+        dataset.write_parquet(str(directory), filename_provider=names)
+    elif output_format == "csv":
+        dataset.write_csv(str(directory), filename_provider=names)
+    else:
+        dataset.write_json(str(directory), filename_provider=names, double_precision=15, force_ascii=False)
+
+
+def _write_errors(predictions, path: Path) -> tuple[int, int, int]:
+    """Write the failed rows of ``predictions`` to ``path`` as ``{"id", "reason"}`` lines; return the numbers of
+    written and failed rows and the sum of the written rows' exit layers."""
+    written = failed = layer_sum = 0
+    with open(path, "wb") as handle:
+        for batch in predictions.select_columns(["id", "exit_layer", "error"]).iter_batches(batch_format="pyarrow"):
+            bad = batch.filter(pc.is_valid(batch["error"]))
+            handle.write("".join(json.dumps({"id": i, "reason": r}, ensure_ascii=False, default=str) + "\n"
+                                 for i, r in zip(bad["id"].to_pylist(), bad["error"].to_pylist())).encode())
+            failed += bad.num_rows
+            written += batch.num_rows - bad.num_rows
+            layer_sum += int(pc.sum(batch["exit_layer"]).as_py() or 0)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return written, failed, layer_sum

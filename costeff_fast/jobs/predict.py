@@ -1,0 +1,383 @@
+"""The batch classification job behind ``costeff-fast predict``: files in, sharded predictions out, resumable.
+
+:func:`predict_rows` is the per-batch step (rows in, one output row per input row); :func:`run_predict` streams
+an input through it shard by shard (:mod:`~costeff_fast.jobs.sources`, :mod:`~costeff_fast.jobs.shards`), and
+the Ray integration (:mod:`costeff_fast.integrations.ray`) calls the same step inside ``map_batches``, so both
+engines write the same columns and the same reasons.
+
+Output columns, in this order:
+
+========================  ==============================================================================
+``id``                    the row's id column value, or its 0-based row number when no id column is given
+``label``                 the predicted label name (``config.id2label``), string
+``prob_<label name>``     one column per label, in label-id order: softmax of the logits, float32
+``exit_layer``            the 1-based layer whose exit answered, int64
+========================  ==============================================================================
+
+A row that cannot be processed (text missing, null, not a string or empty, the same for the pair column, a JSON
+line that is not an object, a malformed CSV line) gets no output row; it goes to the errors file with its id
+and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from tqdm.auto import tqdm
+
+from ..config import resolve_entropy_threshold
+from ..inference import CostEffInferenceModel, from_pretrained
+from .shards import ERRORS, SUFFIXES, ShardWriter, prepare_output
+from .sources import InputFiles, JobArgumentError, check_columns, count_rows, find_input_files, read_chunks
+
+logger = logging.getLogger(__name__)
+
+#: rows per shard by default: what a crash can cost at most (seconds to minutes of work on a CPU)
+DEFAULT_SHARD_ROWS = 10_000
+
+
+def label_names(model: CostEffInferenceModel) -> list[str]:
+    """The model's label names in label-id order (``config.id2label``, ``LABEL_<i>`` when unnamed).
+
+    Raises:
+        ValueError: two labels share a name (their probability columns would collide).
+    """
+    id2label = model.config.id2label or {}
+    names = [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(model.config.num_labels)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the checkpoint's labels repeat a name ({names}); give each class its own name in "
+                         f"config.json id2label")
+    return names
+
+
+def output_schema(names: Sequence[str], id_type: pa.DataType, *, with_error: bool = False) -> pa.Schema:
+    """The output columns (module docstring) for labels ``names``; ``with_error`` adds the ``error`` string column
+    (the reason, null for a row with an answer) that :func:`predict_rows` returns."""
+    fields = [pa.field("id", id_type), pa.field("label", pa.string())]
+    fields += [pa.field(f"prob_{name}", pa.float32()) for name in names]
+    fields.append(pa.field("exit_layer", pa.int64()))
+    if with_error:
+        fields.append(pa.field("error", pa.string()))
+    return pa.schema(fields)
+
+
+def text_problem(value, column: str) -> str | None:
+    """Why ``value`` cannot be classified as the text of column ``column``, or None when it can."""
+    if value is None or (isinstance(value, float) and value != value):  # null, or pandas' NaN for a missing str
+        return f"missing text: column {column!r} is null or absent"
+    if not isinstance(value, str):
+        return f"text is not a string: column {column!r} holds {type(value).__name__} {_short(value)}"
+    if not value.strip():
+        return f"empty text: column {column!r} is {value!r}"
+    return None
+
+
+def predict_rows(
+    model: CostEffInferenceModel,
+    texts: Sequence,
+    ids: Sequence,
+    *,
+    pairs: Sequence | None = None,
+    id_type: pa.DataType | None = None,
+    batch_size: int = 64,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    problems: Sequence[str | None] | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> pa.Table:
+    """Classify rows with early exit; one output row per input row, in input order.
+
+    The rows that can be classified run through :meth:`~costeff_fast.inference.CostEffInferenceModel.
+    generate_logits_stream` (one queue per layer, ``batch_size`` rows per layer call, tokenized and truncated as
+    :meth:`~costeff_fast.inference.CostEffInferenceModel.generate_logits` does) at the model's threshold.
+
+    Args:
+        model: the loaded checkpoint.
+        texts: one value per row (strings; anything else is a failed row).
+        ids: one id per row (any values Arrow can hold, converted to ``id_type``).
+        pairs: one second text per row for text-pair models, or None.
+        id_type: the type of the ``id`` column; ``pa.string()`` turns non-string ids into text (JSON numbers as
+            JSON writes them); None infers it from ``ids``.
+        batch_size: rows per layer call (>= 1).
+        text_column, text_pair_column: column names, for the reasons.
+        problems: per row, a reason it already failed (e.g. invalid JSON), or None.
+        progress: called with a number of rows each time rows finish.
+
+    Returns:
+        A table with :func:`output_schema` ``(with_error=True)``: ``error`` is null for classified rows; a failed
+        row has only ``id`` and ``error`` set.
+    """
+    num_rows = len(texts)
+    reasons = list(problems) if problems is not None else [None] * num_rows
+    for i in range(num_rows):
+        if reasons[i] is None:
+            reasons[i] = text_problem(texts[i], text_column)
+        if reasons[i] is None and pairs is not None:
+            reasons[i] = text_problem(pairs[i], text_pair_column or "text_pair")
+    ok = np.array([reason is None for reason in reasons], dtype=bool)
+    rows = np.flatnonzero(ok)
+    items = [texts[i] for i in rows] if pairs is None else [(texts[i], pairs[i]) for i in rows]
+    names = label_names(model)
+    logits = torch.zeros(len(rows), len(names), dtype=torch.float32)
+    layers = torch.zeros(len(rows), dtype=torch.long)
+    done = 0
+    for index, row_logits, layer in model.generate_logits_stream(items, batch_size=batch_size):
+        logits[index], layers[index] = row_logits, layer
+        done += 1
+        if progress is not None and done % 64 == 0:
+            progress(64)
+    if progress is not None and done % 64:
+        progress(done % 64)
+    probabilities = np.zeros((num_rows, len(names)), dtype=np.float32)
+    probabilities[rows] = torch.softmax(logits, dim=-1).numpy()
+    label_ids = np.zeros(num_rows, dtype=np.int64)
+    label_ids[rows] = logits.argmax(dim=-1).numpy()
+    exit_layer = np.zeros(num_rows, dtype=np.int64)
+    exit_layer[rows] = layers.numpy()
+    failed = ~ok
+    id_array = _id_array(ids, id_type)
+    columns = [id_array, pa.array(np.array(names, dtype=object)[label_ids], type=pa.string(), mask=failed)]
+    columns += [pa.array(np.ascontiguousarray(probabilities[:, k]), mask=failed) for k in range(len(names))]
+    columns += [pa.array(exit_layer, mask=failed), pa.array(reasons, type=pa.string())]
+    return pa.Table.from_arrays(columns, schema=output_schema(names, id_array.type, with_error=True))
+
+
+def split_failed(table: pa.Table) -> tuple[pa.Table, list[dict]]:
+    """Split :func:`predict_rows`' table into the output rows (``error`` dropped) and ``{"id", "reason"}`` dicts."""
+    failed = pc.is_valid(table["error"])
+    written = table.filter(pc.invert(failed)).drop_columns(["error"])
+    bad = table.filter(failed)
+    errors = [{"id": i, "reason": r} for i, r in zip(bad["id"].to_pylist(), bad["error"].to_pylist())]
+    return written, errors
+
+
+@dataclasses.dataclass
+class PredictSummary:
+    """What a predict job did.
+
+    Attributes:
+        output: the output directory.
+        rows: input rows read, including failed ones and malformed lines.
+        written: rows with an answer in the shards.
+        failed: rows (and malformed lines) in the errors file.
+        exit_layer_sum: sum of the written rows' exit layers.
+        num_layers: the model's depth.
+        rows_this_run: rows this run processed (less than ``rows`` when it resumed a job).
+        seconds: wall time of this run (s), reading and writing included.
+        files: output files, in row order.
+    """
+
+    output: Path
+    rows: int
+    written: int
+    failed: int
+    exit_layer_sum: int
+    num_layers: int
+    rows_this_run: int
+    seconds: float
+    files: list[str]
+
+    @property
+    def mean_exit_layer(self) -> float:
+        return self.exit_layer_sum / self.written if self.written else float("nan")
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_this_run / self.seconds if self.seconds > 0 else float("nan")
+
+    def format(self) -> str:
+        """A few lines for the terminal."""
+        lines = [f"{self.rows:,} rows: {self.written:,} written to {self.output} ({len(self.files)} files), "
+                 f"{self.failed:,} failed" + (f" (reasons in {self.output / ERRORS})" if self.failed else "")]
+        lines.append(f"mean exit layer {self.mean_exit_layer:.2f} of {self.num_layers}; "
+                     f"{self.rows_per_second:,.0f} rows/s ({self.rows_this_run:,} rows in {self.seconds:.1f} s"
+                     + (", resumed" if self.rows_this_run < self.rows else "") + ")")
+        return "\n".join(lines)
+
+
+def load_model(model_dir, *, entropy_threshold=None, backend: str = "auto", num_threads: int | None = None):
+    """:func:`~costeff_fast.inference.from_pretrained` with its refusals as one-line :class:`JobArgumentError` naming
+    the flag (``--model``, ``--backend``, ``--entropy-threshold``); the checkpoint must carry its tokenizer."""
+    try:
+        model = from_pretrained(model_dir, backend=backend, num_threads=num_threads)
+        label_names(model)
+    except RuntimeError as error:  # the backend cannot run here
+        raise JobArgumentError(f"--backend {backend}: {error}") from error
+    except (OSError, ValueError, TypeError) as error:
+        raise JobArgumentError(f"--model {model_dir}: {error}") from error
+    if entropy_threshold is not None:  # what from_pretrained(entropy_threshold=...) does, refused by its flag
+        try:
+            resolve_entropy_threshold(entropy_threshold, model.config)
+        except (ValueError, TypeError) as error:
+            raise JobArgumentError(f"--entropy-threshold: {error}") from error
+        model.config.entropy_threshold = entropy_threshold
+    if model.tokenizer is None:
+        raise JobArgumentError(f"--model {model_dir}: the checkpoint has no tokenizer files; save its tokenizer "
+                               f"next to it (tokenizer.save_pretrained)")
+    return model
+
+
+def job_columns(files: InputFiles, text_column: str, text_pair_column: str | None,
+                id_column: str | None) -> tuple[list[str], pa.DataType]:
+    """The columns to read and the ``id`` type, after checking the input has them (:func:`check_columns`)."""
+    flags = {"--text-column": text_column}
+    if text_pair_column:
+        flags["--text-pair-column"] = text_pair_column
+    if id_column:
+        flags["--id-column"] = id_column
+    id_type = check_columns(files, flags, "--id-column" if id_column else None) or pa.int64()
+    return list(dict.fromkeys(flags.values())), id_type
+
+
+def run_predict(
+    model_dir: str | os.PathLike,
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    id_column: str | None = None,
+    batch_size: int = 64,
+    entropy_threshold=None,
+    backend: str = "auto",
+    num_threads: int | None = None,
+    output_format: str | None = None,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> PredictSummary:
+    """Classify every row of a CSV, JSON Lines or Parquet input into a directory of shards.
+
+    The input is read ``shard_rows`` rows at a time (memory stays bounded by a shard, whatever the input's
+    size); each chunk runs through :func:`predict_rows` and is committed as one shard plus its errors
+    (:class:`~costeff_fast.jobs.shards.ShardWriter`): output order is input order. With ``resume`` a job that
+    was stopped at any point (crash, ``kill -9``) continues after its last committed shard, with no row lost or
+    repeated; the input files, model, columns, threshold, output format and ``shard_rows`` must be unchanged.
+
+    Args:
+        model_dir: a COST-EFF checkpoint directory with its tokenizer.
+        input_path: a ``.csv``, ``.jsonl``/``.json`` (JSON Lines) or ``.parquet`` file, or a directory of them
+            (one format; see :func:`~costeff_fast.jobs.sources.find_input_files`).
+        output_dir: the output directory (new, empty, or this job's output with ``resume`` / ``overwrite``).
+        text_column, text_pair_column: the text and optional second-text columns.
+        id_column: a column copied to ``id``; None numbers the rows from 0.
+        batch_size: rows per layer call of the engine.
+        entropy_threshold: nats, a float or one per layer; None uses the checkpoint's.
+        backend, num_threads: as for :func:`~costeff_fast.inference.from_pretrained`.
+        output_format: ``"parquet"``, ``"csv"`` or ``"jsonl"``; None writes the input's format.
+        shard_rows: input rows per shard (>= 1): the most work a crash can lose.
+        resume: continue the job in ``output_dir``; a missing or empty directory starts it.
+        overwrite: delete a previous job's files in ``output_dir`` first.
+        progress: show a tqdm bar (rows, rows/s) on stderr; None shows it on a terminal only.
+
+    Returns:
+        A :class:`PredictSummary`; ``failed > 0`` means some rows are in ``_errors.jsonl`` (the job still ran
+        every other row).
+
+    Raises:
+        JobArgumentError: a refused argument or input, before any row is classified (one line naming the flag).
+    """
+    started = time.perf_counter()
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise JobArgumentError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if not isinstance(shard_rows, int) or shard_rows < 1:
+        raise JobArgumentError(f"--shard-rows must be a positive integer, got {shard_rows!r}")
+    if resume and overwrite:
+        raise JobArgumentError("--resume and --overwrite: pass one of them")
+    files = find_input_files(input_path)
+    output_format = output_format or files.format
+    if output_format not in SUFFIXES:
+        raise JobArgumentError(f"--output-format {output_format!r}: use one of {', '.join(SUFFIXES)}")
+    columns, id_type = job_columns(files, text_column, text_pair_column, id_column)
+    output_dir = Path(output_dir).resolve()
+    manifest = prepare_output(output_dir, resume=resume, overwrite=overwrite)
+    model = load_model(model_dir, entropy_threshold=entropy_threshold, backend=backend, num_threads=num_threads)
+    job = job_identity(model, model_dir, files, text_column=text_column, text_pair_column=text_pair_column,
+                       id_column=id_column, output_format=output_format, shard_rows=shard_rows)
+    writer = ShardWriter(output_dir, output_format, job, manifest)
+    start_row = writer.next_row
+    if writer.complete:
+        logger.info("costeff_fast: %s is complete; nothing to resume", output_dir)
+    else:
+        if start_row:
+            logger.info("costeff_fast: resuming %s at row %d (%d shards committed)", output_dir, start_row,
+                        len(writer.manifest["shards"]))
+        bar = tqdm(total=count_rows(files), initial=start_row, unit="rows", unit_scale=True, desc="predict",
+                   dynamic_ncols=True, disable=None if progress is None else not progress)
+        with bar:
+            for chunk in read_chunks(files, columns, shard_rows, start_row):
+                ids = chunk.columns[id_column] if id_column else range(chunk.first_row,
+                                                                       chunk.first_row + chunk.num_rows)
+                table = predict_rows(
+                    model, chunk.columns[text_column], ids,
+                    pairs=chunk.columns[text_pair_column] if text_pair_column else None, id_type=id_type,
+                    batch_size=batch_size, text_column=text_column, text_pair_column=text_pair_column,
+                    problems=chunk.problems, progress=bar.update)
+                written, errors = split_failed(table)
+                bar.update(len(errors))
+                if id_column:
+                    rows = np.flatnonzero(pc.is_valid(table["error"]).to_numpy(zero_copy_only=False))
+                    for error, row in zip(errors, rows):
+                        error["row"] = chunk.first_row + int(row)
+                errors += [{"id": None, "reason": reason} for reason in chunk.malformed]
+                layer_sum = int(pc.sum(written["exit_layer"]).as_py() or 0)
+                writer.commit(chunk.first_row, chunk.num_rows, written, errors, layer_sum)
+        writer.finish()
+    totals = writer.manifest["totals"]
+    return PredictSummary(
+        output=output_dir, rows=totals["written"] + totals["failed"], written=totals["written"],
+        failed=totals["failed"], exit_layer_sum=totals["exit_layer_sum"], num_layers=model.config.num_hidden_layers,
+        rows_this_run=writer.next_row - start_row, seconds=time.perf_counter() - started,
+        files=[shard["file"] for shard in writer.manifest["shards"]])
+
+
+def job_identity(model: CostEffInferenceModel, model_dir, files: InputFiles, **settings) -> dict:
+    """What a resumed job must share with the job it continues: the input files (path, size, mtime), the model
+    (path, config.json hash, weight files' sizes and mtimes), its resolved threshold and labels, and ``settings``.
+    The backend, batch size and thread count may change (they do not change the answers beyond fp32 rounding)."""
+    model_dir = Path(model_dir).resolve()
+    weights = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin"))
+    return {
+        "input": {"format": files.format, "files": files.fingerprint()},
+        "model": {"path": str(model_dir),
+                  "config_sha256": hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest(),
+                  "weights": [{"file": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+                              for p in weights]},
+        "entropy_threshold": model.entropy_threshold,
+        "labels": label_names(model),
+        **settings,
+    }
+
+
+def _id_array(ids: Sequence, id_type: pa.DataType | None) -> pa.Array:
+    if id_type is not None and pa.types.is_string(id_type):
+        ids = [value if value is None or isinstance(value, str) else _as_text(value) for value in ids]
+    if isinstance(ids, range):
+        return pa.array(np.arange(ids.start, ids.stop, dtype=np.int64), type=id_type)
+    return pa.array(ids, type=id_type)
+
+
+def _as_text(value) -> str:
+    """A non-string id as text: JSON scalars as JSON writes them (``17``, ``1.5``, ``true``), others with str."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
