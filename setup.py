@@ -29,8 +29,10 @@ setup(
     ],
     extras_require={
         "gpu": ["triton>=3.0; platform_system == 'Linux'"],
+        "ray": ["ray[data]>=2.40"],  # costeff-fast predict --engine ray, costeff_fast.integrations.ray
         "test": [
             "triton>=3.0; platform_system == 'Linux'",
+            "ray[data]>=2.40",  # so tests/test_ray_integration.py runs on a local cluster instead of skipping
             "pytest>=8",
             "pytest-benchmark>=4",
             "hypothesis>=6.100",
