@@ -22,7 +22,13 @@ Measured (all on rt validation sentences, truncated to 128 tokens, tokenization 
 * early exit (minus its embedding) vs the sum of its layer calls at the surviving rows;
 * the COST-EFF layers' four GEMMs alone at a batch's token count (the ceiling of its executed-matmul rate);
 * streaming scheduler vs per-batch compaction at the same threshold (tokenization timed in both);
-* each native kernel against the torch op it replaces, at every thread count compared.
+* each native kernel against the torch op it replaces, at every thread count compared;
+* peers of the teacher on the same rows (bench/peers.py): ONNX Runtime fp32 with the fused BERT graph, ORT int8
+  (``quantize_dynamic`` of that graph), torch dynamic int8, and ``optimize(teacher)``; accuracy of each;
+* the COST-EFF threshold sweep (0, the calibrated threshold and quantiles of the exit entropies), speed and
+  accuracy per threshold, and the honest operating points: the calibrated one and the cheapest threshold at or
+  above teacher - 0.01 ("within one point", or reported missing), each with its accuracy next to the teacher's;
+* a busy core: HF and COST-EFF at 1 and 2 threads with and without one process spinning on a core.
 """
 
 from __future__ import annotations
@@ -31,17 +37,20 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402
 import workloads as wl  # noqa: E402
 
 import costeff_fast  # noqa: E402
-from costeff_fast import CostEffForSequenceClassification, native  # noqa: E402
+from costeff_fast import CostEffForSequenceClassification, exit_entropy, native  # noqa: E402
 from costeff_fast.inference import CostEffInferenceModel  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -56,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats per group (median reported)")
     parser.add_argument("--threads", default="1,2", help="thread counts to compare (default 1,2)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="output directory (default bench/results)")
+    parser.add_argument("--no-peers", action="store_true", help="skip the ONNX Runtime and int8 peers")
+    parser.add_argument("--no-busy-core", action="store_true", help="skip the busy-core thread measurement")
     args = parser.parse_args(argv)
     if (args.costeff is None) != (args.teacher is None):
         parser.error("pass both --costeff and --teacher (accuracy needs both), or neither (shape-only)")
@@ -127,10 +138,19 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     rt = results["groups"]["rt_batch64"]
     if results["accuracy"]:
-        for (name, acc), marker in zip(results["accuracy"].items(), "osD^"):
+        markers = "osD^v<>ph*"
+        for index, (name, acc) in enumerate(results["accuracy"].items()):
             speed = rt[name]["sentences_per_s"]
-            ax.scatter(speed, acc, s=70, marker=marker, label=f"{name}: {speed:,.0f} sentences/s, accuracy {acc:.3f}")
-        ax.legend(fontsize=8, loc="lower left")
+            ax.scatter(speed, acc, s=60, marker=markers[index % len(markers)],
+                       label=f"{name}: {speed:,.0f} sentences/s, accuracy {acc:.3f}")
+        sweep = sorted((r for r in results.get("threshold_sweep", []) if "accuracy" in r),
+                       key=lambda r: r["sentences_per_s"])
+        if sweep:
+            ax.plot([r["sentences_per_s"] for r in sweep], [r["accuracy"] for r in sweep], "-", color="gray", lw=1,
+                    label="COST-EFF threshold sweep")
+        teacher = results["accuracy"]["hf_teacher"]
+        ax.axhline(teacher - 0.01, color="gray", ls=":", lw=1, label="teacher - 1 point")
+        ax.legend(fontsize=6, loc="lower left")
         ax.set_xscale("log")
         ax.margins(x=0.15, y=0.25)
         ax.set_xlabel("sentences/s (rt validation, batch 64, log scale)")
@@ -160,6 +180,46 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def sweep_thresholds(reference, texts: list[str], calibrated) -> list:
+    """0, the calibrated threshold and the 10 %..90 % quantiles of the exit entropies (exits 1..L-1) of ``texts``."""
+    with torch.inference_mode():
+        entropies = torch.cat([exit_entropy(torch.stack(reference(**batch).exit_logits, dim=1))[:, :-1]
+                               for batch in wl.hf_batches(texts, 64)])
+    levels = torch.linspace(0.1, 0.9, 9, dtype=torch.float64)
+    quantiles = [round(float(q), 4) for q in torch.quantile(entropies.flatten().double(), levels)]
+    return [0.0, calibrated] + sorted(set(quantiles))
+
+
+def operating_points(sweep: list[dict], teacher_accuracy: float) -> dict:
+    """The calibrated row and the cheapest (fastest) row at or above ``teacher - 0.01`` (None when missing)."""
+    calibrated = next(row for row in sweep if row["calibrated"])
+    within = [row for row in sweep if row["accuracy"] >= teacher_accuracy - 0.01 - 1e-12]
+    best = max(within, key=lambda row: row["sentences_per_s"]) if within else None
+    return {"teacher_accuracy": teacher_accuracy, "calibrated": calibrated, "within_one_point": best,
+            "within_one_point_missing": best is None}
+
+
+_SPIN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
+
+
+def busy_core(contenders: dict, repeats: int, thread_counts: list[int]) -> dict:
+    """sentences/s of ``contenders`` at each thread count, alone and with one process spinning on a core."""
+    table = {}
+    for busy in (False, True):
+        spinner = subprocess.Popen([sys.executable, "-c", _SPIN.format(seconds=3600)]) if busy else None
+        try:
+            for threads in thread_counts:
+                torch.set_num_threads(threads)
+                seconds = wl.interleaved_seconds({name: c.fn for name, c in contenders.items()}, repeats)
+                table[f"{'busy' if busy else 'idle'}_{threads}_threads"] = {
+                    name: c.sentences / seconds[name] for name, c in contenders.items()}
+        finally:
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
+    return table
 
 
 def main(argv=None) -> dict:
@@ -194,9 +254,34 @@ def main(argv=None) -> dict:
     peak_before = wl.mm_peak_gflops()
     log(f"torch.mm peak {peak_before:.1f} GFLOP/s at {best} threads")
 
+    peer_models = {}
+    if not args.no_peers:
+        log("building the teacher's peers: optimize(), torch dynamic int8" +
+            (", ORT fp32 fused and ORT int8" if peers.onnxruntime_available() else " (onnxruntime not installed)"))
+        peer_models["optimize_teacher"] = costeff_fast.optimize(teacher)
+        rt["optimize_teacher"] = wl.hf_contender(peer_models["optimize_teacher"], texts, 64, packed=True)
+        peer_models["torch_dynamic_int8_teacher"] = peers.torch_dynamic_int8(teacher)
+        rt["torch_dynamic_int8_teacher"] = wl.hf_contender(peer_models["torch_dynamic_int8_teacher"], texts, 64)
+        if peers.onnxruntime_available():
+            onnx_dir = Path(tempfile.mkdtemp(prefix="costeff-bench-onnx-"))
+            for name, path in peers.export_teacher(teacher, onnx_dir).items():
+                session = peers.ort_session(path, best)
+                peer_models[f"ort_{name}_teacher"] = session
+                rt[f"ort_{name}_teacher"] = peers.ort_contender(session, teacher.config, texts, 64)
+        results["peers"] = {"onnxruntime": peers.onnxruntime_available()}
+
     groups = {}
-    log("timing rt batch 64: teacher vs COST-EFF")
+    log("timing rt batch 64: teacher, its peers and COST-EFF")
     groups["rt_batch64"] = time_group(rt, args.repeats, peak_before)
+
+    calibrated = tau
+    sweep_taus = sweep_thresholds(reference, texts, calibrated)
+    log(f"timing the COST-EFF threshold sweep: {len(sweep_taus)} thresholds")
+    sweep_group = time_group({f"tau_{i}": wl.engine_contender(costeff, texts, 64, t) for i, t in enumerate(sweep_taus)},
+                             args.repeats, peak_before)
+    results["threshold_sweep"] = [
+        {"entropy_threshold": t, "calibrated": i == 1, "sentences_per_s": sweep_group[f"tau_{i}"]["sentences_per_s"]}
+        for i, t in enumerate(sweep_taus)]
     exits = costeff.generate_logits(texts, entropy_threshold=tau, return_exit_layers=True)[1]
     results["mean_exit_layer"] = float(exits.float().mean())
     tokens_per_batch = int(wl.rt_lengths(len(texts)).sum()) // -(-len(texts) // 64)
@@ -255,6 +340,23 @@ def main(argv=None) -> dict:
             "costeff_no_exit": accuracy(lambda c: costeff.predict(c, entropy_threshold=0.0), texts_all, labels),
             "costeff_early_exit": accuracy(lambda c: costeff.predict(c, entropy_threshold=tau), texts_all, labels),
         }
+        for name, model in peer_models.items():
+            if name.startswith("ort_"):
+                results["accuracy"][name] = accuracy(
+                    lambda c, m=model: peers.ort_logits(m, wl.hf_batches(c, len(c))[0]).argmax(-1), texts_all, labels)
+            else:
+                results["accuracy"][name] = accuracy(
+                    lambda c, m=model: m(**wl.hf_batches(c, len(c))[0]).logits.argmax(-1), texts_all, labels)
+        for row in results["threshold_sweep"]:
+            row["accuracy"] = accuracy(lambda c, t=row["entropy_threshold"]: costeff.predict(c, entropy_threshold=t),
+                                       texts_all, labels)
+        results["operating_points"] = operating_points(results["threshold_sweep"], results["accuracy"]["hf_teacher"])
+
+    if not args.no_busy_core:
+        log("timing a busy core: HF teacher and COST-EFF at each thread count, idle and with a spinning process")
+        results["busy_core"] = busy_core({k: rt[k] for k in ("hf_teacher", "costeff_early_exit")},
+                                         max(2, args.repeats // 2), thread_counts)
+        torch.set_num_threads(best)
 
     speed = {name: r["sentences_per_s"] for name, r in groups["rt_batch64"].items()}
     bert_group, eight = groups["bert_base_batch32"], groups["costeff_8x_vs_bert_base_128"]
@@ -272,6 +374,21 @@ def main(argv=None) -> dict:
         target("streaming vs per-batch compaction (x)",
                stream["streaming"]["sentences_per_s"] / stream["per_batch_compaction"]["sentences_per_s"], 1.15),
     ]
+    rt_speed = {name: r["sentences_per_s"] for name, r in groups["rt_batch64"].items()}
+    if "ort_int8_teacher" in rt_speed:
+        results["targets"] += [
+            target("optimize(teacher) vs ORT int8 of the same teacher, rt batch 64 (x)",
+                   rt_speed["optimize_teacher"] / rt_speed["ort_int8_teacher"], 1.5),
+            target("COST-EFF at its calibrated threshold vs ORT int8 of its teacher, rt batch 64 (x)",
+                   rt_speed["costeff_early_exit"] / rt_speed["ort_int8_teacher"], 12.0),
+        ]
+    if "busy_core" in results:
+        busy = results["busy_core"]
+        default_threads = str(best)
+        results["targets"].append(target(
+            "COST-EFF with a busy core: the chosen thread count over 1 thread (x)",
+            busy[f"busy_{default_threads}_threads"]["costeff_early_exit"] / busy["busy_1_threads"]["costeff_early_exit"],
+            1.0))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cpu.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.out / "cpu.png")

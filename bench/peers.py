@@ -1,0 +1,93 @@
+"""What a user would pick instead of costeff_fast for CPU speed: ONNX Runtime (fused BERT graph, fp32 and int8)
+and torch dynamic int8, each built from the same Hugging Face teacher and timed on the same rows.
+
+* ``ort_fp32_fused``: the teacher exported with ``torch.onnx.export`` (TorchScript exporter, opset 17, dynamic
+  batch and sequence axes), then ``onnxruntime.transformers.optimizer.optimize_model(model_type="bert")``, which
+  fuses EmbedLayerNormalization, Attention, SkipLayerNormalization and BiasGelu (ONNX Runtime docs,
+  "Transformer Model Optimization Tool");
+* ``ort_int8``: that fused graph through ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, dynamic
+  int8 activations; ONNX Runtime docs, "Quantize ONNX models");
+* ``torch_dynamic_int8``: ``torch.ao.quantization.quantize_dynamic`` of the teacher's ``nn.Linear`` layers.
+
+``onnxruntime`` is the ``bench`` extra (``pip install costeff_fast[bench]``); without it the ORT contenders are
+skipped and the benchmark says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import warnings
+from pathlib import Path
+
+import torch
+
+import workloads as wl
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def export_teacher(teacher, directory: Path) -> dict[str, Path]:
+    """Write ``teacher.onnx``, ``teacher_fused.onnx`` and ``teacher_int8.onnx`` under ``directory``.
+
+    Returns:
+        ``{"fp32_fused": path, "int8": path}``.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers import optimizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    raw, fused, int8 = directory / "teacher.onnx", directory / "teacher_fused.onnx", directory / "teacher_int8.onnx"
+    sample = wl.hf_batches(["an example sentence", "another one, a little longer"], 2)[0]
+    eager = copy.deepcopy(teacher).eval()
+    eager.config._attn_implementation = "eager"  # the exporter traces the plain attention the optimizer fuses
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(eager, tuple(sample[k] for k in INPUTS), str(raw), input_names=list(INPUTS),
+                          output_names=["logits"], opset_version=17, dynamo=False,
+                          dynamic_axes={**{k: {0: "batch", 1: "sequence"} for k in INPUTS}, "logits": {0: "batch"}})
+    config = teacher.config
+    optimized = optimizer.optimize_model(str(raw), model_type="bert", num_heads=config.num_attention_heads,
+                                         hidden_size=config.hidden_size)
+    optimized.save_model_to_file(str(fused))
+    quantize_dynamic(str(fused), str(int8), weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return {"fp32_fused": fused, "int8": int8}
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_logits(session, batch: dict) -> torch.Tensor:
+    """``[B, C]`` fp32 logits of an ORT session on one tokenized batch."""
+    feed = {k: batch[k].numpy() for k in INPUTS if k in {i.name for i in session.get_inputs()}}
+    return torch.from_numpy(session.run(None, feed)[0])
+
+
+def ort_contender(session, config, texts: list[str], batch_size: int) -> wl.Contender:
+    """An ORT session on the same padded batches as the HF teacher (tokenization not timed)."""
+    batches = wl.hf_batches(texts, batch_size)
+
+    def run():
+        return [ort_logits(session, batch) for batch in batches]
+
+    executed = torch.cat([torch.full((len(b["input_ids"]),), b["input_ids"].shape[1]) for b in batches])
+    return wl.Contender(run, len(texts), wl.bert_flops(config, executed) / 1e9,
+                        wl.bert_flops(config, torch.full_like(executed, wl.MAX_LENGTH)) / 1e9)
+
+
+def torch_dynamic_int8(teacher):
+    """The teacher with every ``nn.Linear`` as a dynamic int8 linear (fbgemm), a deep copy."""
+    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(teacher).eval(), {torch.nn.Linear}, dtype=torch.qint8)
