@@ -7,7 +7,8 @@ cycled to the requested count. Workloads:
 
 * ``stream``: ``generate_logits_stream`` over a generator of N rows (batch 64), results discarded as they come;
 * ``call``: one ``generate_logits`` call on N rows (split internally into ``max_batch_tokens`` chunks);
-* ``call-unsplit``: the same call with ``max_batch_tokens`` above the call's token count (the old behaviour).
+* ``call-unsplit``: the same call with ``max_batch_tokens`` above the call's token count (the old behaviour);
+* ``predict``: the batch job (``costeff_fast.jobs.predict.run_predict``) from a Parquet file of N rows to shards.
 
 Usage::
 
@@ -67,6 +68,17 @@ def build_checkpoint(directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
+_WRITE_INPUT = """
+import itertools, sys
+import pyarrow as pa, pyarrow.parquet as pq
+from costeff_fast.data import load_task
+texts = list(load_task("rt")["validation"]["text"])
+rows = int(sys.argv[2])
+pq.write_table(pa.table({"text": list(itertools.islice(itertools.cycle(texts), rows))}), sys.argv[1],
+               row_group_size=16384)
+"""
+
+
 def child(directory: str, workload: str, rows: int) -> None:
     """Run one workload and print its JSON line (in a subprocess)."""
     import costeff_fast
@@ -79,7 +91,18 @@ def child(directory: str, workload: str, rows: int) -> None:
     model.generate_logits(texts[:64])
     before = peak_rss_mib()
     started = time.perf_counter()
-    if workload == "stream":
+    if workload == "predict":
+        from costeff_fast.jobs.predict import run_predict
+
+        work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+        # Written by a child of this process so the input table never counts in this process's peak; row groups
+        # of 16,384 rows, as writers commonly produce (a reader holds one row group at a time).
+        subprocess.run([sys.executable, "-c", _WRITE_INPUT, str(work / "input.parquet"), str(rows)], check=True)
+        before = peak_rss_mib()
+        started = time.perf_counter()
+        summary = run_predict(directory, work / "input.parquet", work / "out", batch_size=64, progress=False)
+        assert summary.rows == rows, summary
+    elif workload == "stream":
         count = 0
         for _ in model.generate_logits_stream(itertools.islice(itertools.cycle(texts), rows), batch_size=64):
             count += 1
@@ -98,12 +121,16 @@ def child(directory: str, workload: str, rows: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--only", default=None, help="comma-separated workloads to run (default: all)")
     parser.add_argument("--child", nargs=3, metavar=("DIR", "WORKLOAD", "ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]))
         return
-    runs = [("stream", 20_000), ("stream", 200_000), ("call", 20_000), ("call-unsplit", 20_000)]
+    runs = [("stream", 20_000), ("stream", 200_000), ("call", 20_000), ("call-unsplit", 20_000),
+            ("predict", 20_000), ("predict", 200_000)]
+    if args.only:
+        runs = [run for run in runs if run[0] in args.only.split(",")]
     results = []
     with tempfile.TemporaryDirectory() as directory:
         build_checkpoint(Path(directory))
@@ -114,6 +141,9 @@ def main() -> None:
             print(json.dumps(results[-1]), flush=True)
     report = {"cpu": cpu_model(), "results": results}
     if args.out:
+        if args.out.exists() and args.only:  # keep the other workloads' rows
+            kept = [r for r in json.loads(args.out.read_text())["results"] if r["workload"] not in args.only.split(",")]
+            report["results"] = kept + results
         args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
