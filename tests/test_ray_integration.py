@@ -62,9 +62,10 @@ def test_predictor_takes_arrow_pandas_and_numpy_batches(checkpoint, texts):  # n
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A local Ray with 2 CPUs for this module."""
+    """A new local Ray with 2 CPUs for this module (``address="local"``: never a cluster already running on the
+    machine, whose ``num_cpus`` could not be set)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
