@@ -157,7 +157,8 @@ def run_ray_predict(
 
     Raises:
         RayNotInstalledError: Ray Data is not installed.
-        JobArgumentError: a refused argument or input, before Ray starts.
+        JobArgumentError: a refused argument or input, before any row is classified (an unreachable --address
+            included).
     """
     ray = require_ray()
     started = time.perf_counter()
@@ -174,8 +175,11 @@ def run_ray_predict(
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                 **({} if address else {"include_dashboard": False}))
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                     **({} if address else {"include_dashboard": False}))
+        except (ConnectionError, RuntimeError) as error:
+            raise JobArgumentError(f"--address {address}: cannot connect to the Ray cluster ({error})") from error
     if not logger.isEnabledFor(logging.INFO):  # ray.data logs every execution plan at INFO
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
