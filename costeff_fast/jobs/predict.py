@@ -200,9 +200,10 @@ class PredictSummary:
         """A few lines for the terminal."""
         lines = [f"{self.rows:,} rows: {self.written:,} written to {self.output} ({len(self.files)} files), "
                  f"{self.failed:,} failed" + (f" (reasons in {self.output / ERRORS})" if self.failed else "")]
-        lines.append(f"mean exit layer {self.mean_exit_layer:.2f} of {self.num_layers}; "
-                     f"{self.rows_per_second:,.0f} rows/s ({self.rows_this_run:,} rows in {self.seconds:.1f} s"
-                     + (", resumed" if self.rows_this_run < self.rows else "") + ")")
+        speed = (f"{self.rows_per_second:,.0f} rows/s ({self.rows_this_run:,} rows in {self.seconds:.1f} s"
+                 + (", resumed" if self.rows_this_run < self.rows else "") + ")") if self.rows_this_run else (
+                 "the job was already complete: nothing to do")
+        lines.append(f"mean exit layer {self.mean_exit_layer:.2f} of {self.num_layers}; {speed}")
         return "\n".join(lines)
 
 
