@@ -166,7 +166,7 @@ def test_calibrate_refusals(model_dir, reviews, tmp_path):
         calibrate_checkpoint(model_dir, bad, text_column="review", label_column="verdict")
     with pytest.raises(CalibrateArgumentError, match=r"^--validation-file: column\(s\) \['text'\] not found"):
         calibrate_checkpoint(model_dir, reviews, label_column="verdict")
-    with pytest.raises(CalibrateArgumentError, match=r"model_type 'bert' is not a COST-EFF checkpoint"):
+    with pytest.raises(CalibrateArgumentError, match=r"model_type 'bert' is not a COST-EFF model"):
         calibrate_checkpoint(_bert_dir(tmp_path), reviews)
     with pytest.raises(CalibrateArgumentError, match="both given"):
         calibrate_checkpoint(model_dir, reviews, max_drop=0.01, target_speedup=2.0)

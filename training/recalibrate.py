@@ -20,6 +20,7 @@ from matplotlib.ticker import NullFormatter
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from costeff_fast import CostEffForSequenceClassification, from_pretrained
+from costeff_fast.checkpoint import CheckpointError, load_config
 from costeff_fast.data import UnknownLabelError, load_user_split
 from costeff_fast.flops import model_flops
 
@@ -186,19 +187,14 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
 
 
 def _checkpoint_config(model_dir: Path) -> dict:
-    path = model_dir / "config.json"
-    if not path.is_file():
-        raise CalibrateArgumentError(f"--model {model_dir}: no config.json there; pass a COST-EFF checkpoint "
-                                     "directory (the --out of costeff-fast compress)")
+    """The checkpoint's config as a dict, read strictly (:func:`costeff_fast.checkpoint.load_config`)."""
     try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CalibrateArgumentError(f"--model {model_dir}: config.json is not readable JSON ({error})") from error
-    if not isinstance(config, dict) or config.get("model_type") != "costeff":
-        found = config.get("model_type") if isinstance(config, dict) else None
-        raise CalibrateArgumentError(f"--model {model_dir}: model_type {found!r} is not a COST-EFF checkpoint; "
-                                     "compress the model first (costeff-fast compress)")
-    return config
+        return load_config(model_dir).to_dict()
+    except FileNotFoundError as error:
+        raise CalibrateArgumentError(f"--model {model_dir}: no config.json there; pass a COST-EFF checkpoint "
+                                     "directory (the --out of costeff-fast compress)") from error
+    except CheckpointError as error:
+        raise CalibrateArgumentError(f"--model {model_dir}: {error}") from error
 
 
 def _load_rows(data, config: dict, *, text_column: str, text_pair_column: str | None, label_column: str):
