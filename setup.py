@@ -30,9 +30,14 @@ setup(
     extras_require={
         "gpu": ["triton>=3.0; platform_system == 'Linux'"],
         "ray": ["ray[data]>=2.40"],  # costeff-fast predict --engine ray, costeff_fast.integrations.ray
+        # costeff-fast export --format onnx (torch.onnx.export's exporter needs onnx + onnxscript) and its check
+        "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         "test": [
             "triton>=3.0; platform_system == 'Linux'",
             "ray[data]>=2.40",  # so tests/test_ray_integration.py runs on a local cluster instead of skipping
+            "onnx>=1.16",  # with onnxscript and onnxruntime: tests/test_onnx_export.py runs instead of skipping
+            "onnxscript>=0.2",
+            "onnxruntime>=1.18",
             "pytest>=8",
             "pytest-benchmark>=4",
             "hypothesis>=6.100",

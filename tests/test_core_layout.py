@@ -25,7 +25,7 @@ FLOORS = {
     "backends": 3,
     "engine": 4,
     "inference": 5, "flops": 5, "data": 5,
-    "optimize": 6,
+    "optimize": 6, "hf_model": 6, "export": 6,
     "jobs": 6, "integrations": 6,
     "cli": 7, "commands": 7, "__init__": 7,
 }

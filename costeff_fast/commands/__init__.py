@@ -6,7 +6,7 @@ and dispatches from this table.
 
 from __future__ import annotations
 
-from . import calibrate, compress, demo, predict
+from . import calibrate, compress, demo, export, info, predict
 
-COMMANDS = (demo, compress, calibrate, predict)
+COMMANDS = (demo, compress, calibrate, predict, export, info)
 """Every command module, in ``--help`` order."""
