@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Apply the threshold to the outputs (the first exit whose entropy is below config.json's\n"
         "entropy_threshold answers) for the engine's labels at full-depth cost. There is no tokenizer in the\n"
         "graph: tokenize with the checkpoint's tokenizer, truncation=True, max_length=the model's limit.")
-    parser.epilog = ("Needs onnx and onnxscript (pip install 'costeff_fast[onnx]', which adds onnxruntime). A refused "
-                     "argument prints one 'costeff-fast: error:' line and exits with status 2 (-v adds the traceback).")
+    parser.epilog = ("Needs onnx and onnxscript (pip install 'costeff_fast[onnx]', which adds onnxruntime).\n"
+                     "A refused argument prints one 'costeff-fast: error:' line and exits with status 2\n"
+                     "(-v adds the traceback).")
     parser.add_argument("--model", type=Path, required=True, help="a COST-EFF checkpoint directory")
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="output format (default onnx, the only one)")
     parser.add_argument("--output", type=Path, required=True,

@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "FLOPs count 2 x multiply-adds of the matmuls (costeff_fast/flops.py): per token of a row of --seq-len\n"
         "tokens, attention included (its share grows with the row's length); softmax, GELU, LayerNorm and\n"
         "the embedding gather are not counted.")
-    parser.epilog = ("A directory that is not a COST-EFF checkpoint prints one 'costeff-fast: error:' line and exits "
-                     "with status 2 (-v adds the traceback).")
+    parser.epilog = ("A directory that is not a COST-EFF checkpoint prints one 'costeff-fast: error:' line and\n"
+                     "exits with status 2 (-v adds the traceback).")
     parser.add_argument("model", type=Path, metavar="DIR", help="a COST-EFF checkpoint directory")
     parser.add_argument("--seq-len", type=positive_int, default=None,
                         help="row length in tokens the FLOPs are counted at (default 128, the paper's padded length, "
