@@ -15,7 +15,8 @@ Operations (COST-EFF, Shen et al., EMNLP 2022, arXiv 2210.15523, Sec. 3; BERT's 
 
 * embedding: :func:`embedding_layernorm`;
 * encoder layer: :func:`linear`, :func:`varlen_attention`, :func:`linear_residual_layernorm`,
-  composed by :func:`encoder_layer`;
+  composed by :func:`encoder_layer`; with int8 GEMM weights (``quantize="int8"``, :mod:`costeff_fast.packing`)
+  :func:`linear_int8` and :func:`linear_residual_layernorm_int8`, composed by :func:`encoder_layer_int8`;
 * exit: :func:`exit_features`, :func:`exit_logits`, :func:`exit_entropy`, :func:`exit_decision`, fused as
   :func:`exit_head`; :func:`first_exit` for a padded full-depth forward;
 * bookkeeping after an exit: :func:`scatter_exits`, :func:`compact_tokens`, both as :func:`retire`.
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .batch import PackedBatch
-from .packing import PackedLayer
+from .packing import Int8Weight, PackedLayer
 
 # Exit head
 
@@ -270,6 +271,62 @@ def encoder_layer(
     )
     inter = linear(hidden, layer.intermediate_weight, layer.intermediate_bias, gelu=True)
     return linear_residual_layernorm(
+        inter, layer.output_weight, layer.output_bias, hidden, layer.output_norm_weight, layer.output_norm_bias, eps
+    )
+
+
+def linear_int8(x: torch.Tensor, weight: Int8Weight, bias: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
+    """:func:`linear` with an int8 weight and dynamically quantized int8 activations -> ``[M, N]`` fp32.
+
+    ``x [M, K]`` (fp32 CPU) is quantized per call to uint8 over its whole range (asymmetric, per tensor:
+    ``scale = (max(x, 0) - min(x, 0)) / 255``, zero point such that 0 is exact, as
+    ``torch._choose_qparams_per_tensor(x, reduce_range=False)``); the int8 x int8 products are summed in int32 by
+    fbgemm (``torch.ops.quantized.linear_dynamic``), scaled back by ``x_scale * w_scale[n]``; then ``+ bias [N]``
+    and exact (erf) GELU when ``gelu``. Equal, up to fp32 rounding, to :func:`linear` of the fake-quantized ``x``
+    and ``weight.dequantize()`` (tests/test_int8.py). The rows of ``x`` share one scale, so a row's output
+    depends (within one activation step) on the other rows of the call. Source: dynamic quantization as in
+    ``torch.ao.nn.quantized.dynamic.Linear`` and ONNX Runtime's ``quantize_dynamic``.
+
+    Args:
+        x: ``[M, K]`` any float dtype (computed in fp32). weight: an :class:`Int8Weight` of shape ``[K, N]``.
+        bias: ``[N]``, or None when the caller adds it in a later fused pass (the native backend's attention
+            and LayerNorm kernels do). gelu: apply GELU after the bias.
+    """
+    out = torch.ops.quantized.linear_dynamic(x.float().contiguous(), weight.packed, False)  # 8-bit activations
+    if bias is not None:
+        out.add_(bias.float())
+    return torch.ops.aten.gelu_(out) if gelu else out
+
+
+def linear_residual_layernorm_int8(
+    x: torch.Tensor,
+    weight: Int8Weight,
+    bias: torch.Tensor,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """:func:`linear_residual_layernorm` with the GEMM of :func:`linear_int8`: ``LayerNorm(x [M, K] @ weight +
+    bias + residual [M, N])`` -> ``[M, N]`` fp32; the residual add and the LayerNorm stay fp32."""
+    out = linear_int8(x, weight, bias).add_(residual.float())
+    return F.layer_norm(out, out.shape[-1:], norm_weight.float(), norm_bias.float(), eps)
+
+
+def encoder_layer_int8(
+    hidden: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, layer: PackedLayer, eps: float
+) -> torch.Tensor:
+    """:func:`encoder_layer` of a layer packed with ``quantize="int8"``: its four GEMMs (QKV, attention output,
+    FFN in and out) run :func:`linear_int8`; attention, GELU, residuals and LayerNorms stay fp32.
+    ``[T, H]`` fp32 CPU -> ``[T, H]`` fp32."""
+    qkv = linear_int8(hidden, layer.qkv_weight, layer.qkv_bias)
+    context = varlen_attention(qkv, cu_seqlens, max_seqlen, layer.num_heads, layer.head_size)
+    hidden = linear_residual_layernorm_int8(
+        context, layer.attention_output_weight, layer.attention_output_bias, hidden,
+        layer.attention_norm_weight, layer.attention_norm_bias, eps,
+    )
+    inter = linear_int8(hidden, layer.intermediate_weight, layer.intermediate_bias, gelu=True)
+    return linear_residual_layernorm_int8(
         inter, layer.output_weight, layer.output_bias, hidden, layer.output_norm_weight, layer.output_norm_bias, eps
     )
 
