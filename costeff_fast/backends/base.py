@@ -34,6 +34,7 @@ class Backend(ABC):
     Attributes:
         name: the backend's name in ``from_pretrained(..., backend=name)``.
         num_layers, num_labels: L and C of the packed model.
+        quantize: ``weights.quantize``: None, or ``"int8"`` when the layers' GEMMs run in int8 (CPU only).
     """
 
     name: str = "abstract"
@@ -41,6 +42,9 @@ class Backend(ABC):
     def __init__(self, weights: PackedWeights, device: torch.device | str):
         self.weights = weights
         self.device = torch.device(device)
+        self.quantize = weights.quantize
+        if self.quantize is not None and self.device.type != "cpu":
+            raise ValueError(f"quantize={self.quantize!r} runs on the CPU (torch's int8 GEMMs), got device {self.device}")
         self.num_layers = len(weights.layers)
         self.num_labels = weights.exits[0].classifier_weight.shape[1]
 

@@ -5,6 +5,11 @@ One native call per operation: embedding + LayerNorm in one pass; the whole enco
 means on the way for mean-pooling exits; the exit decision in one pass over the logits; the exit bookkeeping
 (output scatter + survivor count + span-copy compaction) in one call. The exit classifier itself is a
 ``torch.addmm`` (:func:`costeff_fast.reference.exit_logits`).
+
+Weights packed with ``quantize="int8"``: each layer's four GEMMs run in int8 through torch's fbgemm kernels
+(:func:`costeff_fast.reference.linear_int8`) around the native varlen attention (QKV bias fused), bias +
+residual + LayerNorm and span-mean kernels; embedding, exits and bookkeeping are as in fp32. The int8 layer
+runs on the whole packed batch (one activation scale per GEMM call), not tile by tile.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ class NativeBackend(Backend):
     """Runs every operation with the native kernels (see the module docstring).
 
     Args:
-        weights: packed fp32 weights on the CPU.
+        weights: packed fp32 weights on the CPU (the layers' GEMM weights int8 when packed with
+            ``quantize="int8"``).
         device: must be the CPU.
 
     Raises:
@@ -51,10 +57,32 @@ class NativeBackend(Backend):
         )
 
     def layer(self, index: int, hidden: torch.Tensor, batch: PackedBatch):
+        if self.quantize == "int8":
+            return self._layer_int8(index, hidden, batch)
         return native.encoder_layer(
             hidden, batch.cu_seqlens, batch.max_seqlen, self.weights.layers[index], self.weights.layer_norm_eps,
             row_mean=self.weights.exits[index].pooling == "mean",
         )
+
+    def _layer_int8(self, index: int, hidden: torch.Tensor, batch: PackedBatch):
+        """:func:`costeff_fast.reference.encoder_layer_int8` with native kernels between the int8 GEMMs:
+        ``hidden [T, H]`` fp32 -> ``(out [T, H], row means [B, H] or None)`` fp32, as :meth:`layer`."""
+        w, eps = self.weights.layers[index], self.weights.layer_norm_eps
+        qkv = reference.linear_int8(hidden, w.qkv_weight, None)  # bias added by the attention kernel
+        context = native.varlen_attention(
+            qkv, batch.cu_seqlens, batch.max_seqlen, w.num_heads, w.head_size, qkv_bias=w.qkv_bias
+        )
+        attention = native.bias_residual_layernorm_(
+            reference.linear_int8(context, w.attention_output_weight, None), w.attention_output_bias, hidden,
+            w.attention_norm_weight, w.attention_norm_bias, eps,
+        )
+        inter = reference.linear_int8(attention, w.intermediate_weight, w.intermediate_bias, gelu=True)
+        out = native.bias_residual_layernorm_(
+            reference.linear_int8(inter, w.output_weight, None), w.output_bias, attention,
+            w.output_norm_weight, w.output_norm_bias, eps,
+        )
+        means = native.segment_mean(out, batch.cu_seqlens) if self.weights.exits[index].pooling == "mean" else None
+        return out, means
 
     def exit(self, index, hidden, batch, features, entropy_threshold: float):
         head = self.weights.exits[index]

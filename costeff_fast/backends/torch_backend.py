@@ -3,7 +3,9 @@
 Plain PyTorch on packed tokens, on any device and float dtype (computed in fp32, stored in the weights'
 dtype). It is the path every other backend is checked against, and the fallback where neither the native
 kernels nor Triton can run. No linear layer touches padding; the attention core pads rows to ``max_seqlen``
-for ``scaled_dot_product_attention``, so its cost grows with ``B * max_seqlen``.
+for ``scaled_dot_product_attention``, so its cost grows with ``B * max_seqlen``. Weights packed with
+``quantize="int8"`` (CPU) run :func:`costeff_fast.reference.encoder_layer_int8`: the four GEMMs of a layer in
+int8 through torch's fbgemm kernels, everything else as in fp32.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ class TorchBackend(Backend):
     """Runs every operation with :mod:`costeff_fast.reference` (see the module docstring).
 
     Args:
-        weights: packed weights on ``device`` (any float dtype).
-        device: any torch device.
+        weights: packed weights on ``device`` (any float dtype; fp32 on the CPU when packed with
+            ``quantize="int8"``).
+        device: any torch device (the CPU for int8 weights).
+
+    Raises:
+        ValueError: int8 weights on a device other than the CPU.
     """
 
     name = "torch"
@@ -28,6 +34,7 @@ class TorchBackend(Backend):
     def __init__(self, weights, device: torch.device | str = "cpu"):
         super().__init__(weights, device)
         self.dtype = weights.word_embeddings.dtype
+        self._encoder_layer = reference.encoder_layer_int8 if self.quantize == "int8" else reference.encoder_layer
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         w = self.weights
@@ -39,7 +46,7 @@ class TorchBackend(Backend):
 
     def layer(self, index: int, hidden: torch.Tensor, batch: PackedBatch) -> tuple[torch.Tensor, None]:
         layer = self.weights.layers[index]
-        out = reference.encoder_layer(hidden, batch.cu_seqlens, batch.max_seqlen, layer, self.weights.layer_norm_eps)
+        out = self._encoder_layer(hidden, batch.cu_seqlens, batch.max_seqlen, layer, self.weights.layer_norm_eps)
         return out.to(self.dtype), None
 
     def exit(self, index, hidden, batch, features, entropy_threshold: float):
