@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .backends import build_backend, select_backend
+from .backends import build_backend, check_quantize_target, select_backend
 from .checkpoint import load_model, load_tokenizer
 from .config import resolve_entropy_threshold
 from .engine import run_early_exit, stream_early_exit
@@ -96,6 +96,7 @@ class CostEffInferenceModel:
         max_batch_tokens: real tokens per engine call (default :data:`DEFAULT_MAX_BATCH_TOKENS`); a
             :meth:`generate_logits` call over more is run in consecutive chunks of rows, bounding activation
             memory (``[tokens, hidden]`` and ``[tokens, intermediate]`` buffers) whatever the batch size.
+        quantize: None (fp32) or ``"int8"``: the layers' GEMMs in int8 on the CPU (see :func:`from_pretrained`).
 
     Attributes:
         config: a copy of the model's :class:`~costeff_fast.config.CostEffConfig`, whose ``entropy_threshold``
@@ -104,12 +105,13 @@ class CostEffInferenceModel:
         backend: the :class:`~costeff_fast.backends.base.Backend` running the layers.
 
     Raises:
-        ValueError / TypeError / RuntimeError: a bad backend, threshold or max_batch_tokens (see ``build_backend`` and
-            :func:`~costeff_fast.config.resolve_entropy_threshold`).
+        ValueError / TypeError / RuntimeError: a bad backend, threshold, max_batch_tokens or quantize (see
+            ``build_backend`` and :func:`~costeff_fast.config.resolve_entropy_threshold`).
     """
 
     def __init__(self, model: CostEffForSequenceClassification, tokenizer, backend: str = "auto",
-                 entropy_threshold=None, device=None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
+                 entropy_threshold=None, device=None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+                 quantize: str | None = None):
         if not isinstance(max_batch_tokens, int) or isinstance(max_batch_tokens, bool) or max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be a positive int, got {max_batch_tokens!r}")
         self.max_batch_tokens = max_batch_tokens
@@ -118,7 +120,7 @@ class CostEffInferenceModel:
             resolve_entropy_threshold(entropy_threshold, self.config)  # validate before storing it
             self.config.entropy_threshold = entropy_threshold
         self.tokenizer = tokenizer
-        self.backend = build_backend(model, backend, device)
+        self.backend = build_backend(model, backend, device, quantize=quantize)
         limits = [model.config.max_position_embeddings]
         if tokenizer is not None and tokenizer.model_max_length:
             limits.append(int(min(tokenizer.model_max_length, 1 << 30)))
@@ -309,6 +311,7 @@ def from_pretrained(
     num_threads: int | None = None,
     device=None,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    quantize: str | None = None,
 ) -> CostEffInferenceModel:
     """Load a COST-EFF checkpoint directory and pack it for fast inference.
 
@@ -324,6 +327,12 @@ def from_pretrained(
         device: torch device for the weights (default CPU).
         max_batch_tokens: real tokens per engine call; larger :meth:`~CostEffInferenceModel.generate_logits`
             calls run in chunks (:class:`CostEffInferenceModel`).
+        quantize: None (fp32) or ``"int8"``: quantize each layer's four GEMM weights (QKV, attention output,
+            FFN in and out) to int8 per output channel at load time and run them with dynamically quantized
+            int8 activations (torch's fbgemm kernels, CPU only; ``backend`` ``"auto"``, ``"native"`` or
+            ``"torch"``). Embeddings, attention, LayerNorms and exits stay fp32; a row exits when the entropy of
+            the int8 model's own logits is below the threshold. Logits differ from fp32 by the rounding
+            (:class:`~costeff_fast.packing.Int8Weight`, docs/design.md, Backends).
 
     Returns:
         A :class:`CostEffInferenceModel`.
@@ -335,13 +344,16 @@ def from_pretrained(
             tensors: a config that is not JSON, of another ``model_type`` or with a bad field; weights that are
             truncated, corrupt, missing, unexpected, mis-shaped or not finite; tokenizer files that cannot be
             loaded or a vocabulary larger than ``vocab_size``.
-        ValueError: a bad backend, threshold or thread count.
-        RuntimeError: ``backend="native"`` where the kernels cannot be built, ``"triton"`` without CUDA.
+        ValueError: a bad backend, threshold or thread count; ``quantize`` other than None/``"int8"``, or
+            ``"int8"`` with ``backend="triton"`` or a non-CPU device (refused before anything is loaded).
+        RuntimeError: ``backend="native"`` where the kernels cannot be built, ``"triton"`` without CUDA,
+            ``quantize="int8"`` in a torch build without its int8 CPU kernels.
     """
     directory = Path(path)
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory} has no config.json; pass a directory written by save_pretrained")
     select_backend(backend, device)
+    check_quantize_target(quantize, backend, device)
     if num_threads is not None:
         if not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
@@ -349,4 +361,4 @@ def from_pretrained(
     model = load_model(directory)
     tokenizer = load_tokenizer(directory, model.config)
     return CostEffInferenceModel(model, tokenizer, backend=backend, entropy_threshold=entropy_threshold, device=device,
-                                 max_batch_tokens=max_batch_tokens)
+                                 max_batch_tokens=max_batch_tokens, quantize=quantize)

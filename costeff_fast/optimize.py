@@ -8,6 +8,7 @@ import transformers
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .backends import check_quantize_target
 from .inference import CostEffInferenceModel
 from .modeling import SUPPORTED_TEACHERS, CostEffForSequenceClassification
 
@@ -29,18 +30,23 @@ def _check_optimizable(model) -> None:
 
 class OptimizedBertForSequenceClassification:
     """A Hugging Face encoder classifier (one of :data:`OPTIMIZABLE_CLASSIFIERS`) converted for inference on the
-    CPU in fp32 (backend ``"auto"``:
-    the native kernels when they build, else the torch reference path).
+    CPU in fp32, or with int8 GEMMs (``quantize="int8"``), by backend ``"auto"``
+    (the native kernels when they build, else the torch reference path).
 
     The encoder weights are copied exactly (:meth:`CostEffForSequenceClassification.from_encoder_classifier`); the
     answer is the last layer's exit, which carries the source's pooler (RoBERTa: its head's dense) and
-    classifier, so the logits equal the source's. No row exits early. Linear layers run on the real tokens only
+    classifier, so the logits equal the source's (with ``quantize="int8"``: up to the int8 rounding of the
+    layers' GEMMs, see :func:`optimize`). No row exits early. Linear layers run on the real tokens only
     (no padding). RoBERTa/XLM-R positions count from each row's first token, as HF's do when no real token is the
     pad id.
 
+    Args:
+        model: the source classifier.
+        quantize: None (fp32) or ``"int8"`` (as :func:`optimize`).
+
     Raises:
         TypeError: another class (the message lists the supported ones).
-        ValueError: a source the conversion cannot reproduce (see ``from_encoder_classifier``).
+        ValueError: a source the conversion cannot reproduce (see ``from_encoder_classifier``); a bad ``quantize``.
 
     Attributes:
         config: the source model's config (``num_labels``, ``id2label`` ...).
@@ -50,11 +56,12 @@ class OptimizedBertForSequenceClassification:
     device = torch.device("cpu")
     dtype = torch.float32
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, quantize: str | None = None):
         _check_optimizable(model)
+        check_quantize_target(quantize, "auto", "cpu")
         converted = CostEffForSequenceClassification.from_encoder_classifier(model).float().eval()
         self.config = model.config
-        self.engine = CostEffInferenceModel(converted, tokenizer=None, backend="auto", device="cpu")
+        self.engine = CostEffInferenceModel(converted, tokenizer=None, backend="auto", device="cpu", quantize=quantize)
 
     def __call__(
         self,
@@ -135,7 +142,7 @@ class OptimizedBertForSequenceClassification:
         )
 
 
-def optimize(model: nn.Module) -> OptimizedBertForSequenceClassification:
+def optimize(model: nn.Module, quantize: str | None = None) -> OptimizedBertForSequenceClassification:
     """Convert a Hugging Face encoder classifier to the packed, padding-free CPU engine.
 
     Args:
@@ -143,15 +150,19 @@ def optimize(model: nn.Module) -> OptimizedBertForSequenceClassification:
             ``RobertaForSequenceClassification``, ``XLMRobertaForSequenceClassification``,
             ``DistilBertForSequenceClassification`` (ReLU head) or ``ElectraForSequenceClassification`` (GELU
             head), any dtype; run in fp32 on the CPU.
+        quantize: None (fp32) or ``"int8"``: each layer's QKV, attention-output and FFN weights stored int8 per
+            output channel and run with dynamically quantized int8 activations (torch's fbgemm kernels;
+            ``costeff_fast.from_pretrained(..., quantize="int8")`` describes it); the rest stays fp32.
 
     Returns:
         An :class:`OptimizedBertForSequenceClassification` called like the source
         (``model(input_ids=..., attention_mask=..., token_type_ids=...)``) and returning
-        ``SequenceClassifierOutput`` with the same predictions (logits within 1e-4).
+        ``SequenceClassifierOutput`` with the same predictions (logits within 1e-4 in fp32; with int8 they
+        differ by its rounding).
 
     Raises:
         TypeError: ``model`` is none of those classes (the message lists them).
         ValueError: a source the conversion cannot reproduce exactly (e.g. a hidden activation other than
-            the erf GELU).
+            the erf GELU); ``quantize`` other than None or ``"int8"`` (before converting anything).
     """
-    return OptimizedBertForSequenceClassification(model)
+    return OptimizedBertForSequenceClassification(model, quantize=quantize)
