@@ -15,6 +15,7 @@ from .checkpoint import load_model, load_tokenizer
 from .config import resolve_entropy_threshold
 from .engine import run_early_exit, stream_early_exit
 from .modeling import CostEffForSequenceClassification
+from .threads import AutoThreads, torch_threads
 
 
 def _check_right_padded(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -69,6 +70,14 @@ DEFAULT_MAX_BATCH_TOKENS = 16384
 consecutive chunks of rows (a row is never split), so memory stays bounded whatever the batch size."""
 
 
+def check_num_threads(num_threads) -> None:
+    """Refuse a ``num_threads`` that is not ``"auto"``, None or a positive int (ValueError, one line)."""
+    if num_threads is None or num_threads == "auto":
+        return
+    if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
+        raise ValueError(f"num_threads must be 'auto', None or a positive int, got {num_threads!r}")
+
+
 def _token_chunks(lengths: torch.Tensor, max_tokens: int) -> list[tuple[int, int, int, int]]:
     """Consecutive row chunks of at most ``max_tokens`` real tokens each (a longer row alone): ``(first row, last
     row + 1, first token, last token + 1)`` per chunk; one chunk, possibly empty, when everything fits."""
@@ -97,6 +106,10 @@ class CostEffInferenceModel:
             :meth:`generate_logits` call over more is run in consecutive chunks of rows, bounding activation
             memory (``[tokens, hidden]`` and ``[tokens, intermediate]`` buffers) whatever the batch size.
         quantize: None (fp32) or ``"int8"``: the layers' GEMMs in int8 on the CPU (see :func:`from_pretrained`).
+        num_threads: torch threads for this instance's CPU calls: ``"auto"`` (default) picks, per call, as many
+            as other processes leave cores free, at most ``torch.get_num_threads()`` at construction
+            (:class:`~costeff_fast.threads.AutoThreads`); an int runs every call on that many; None leaves
+            torch's setting. The previous count is restored after each call. Ignored on CUDA.
 
     Attributes:
         config: a copy of the model's :class:`~costeff_fast.config.CostEffConfig`, whose ``entropy_threshold``
@@ -111,7 +124,8 @@ class CostEffInferenceModel:
 
     def __init__(self, model: CostEffForSequenceClassification, tokenizer, backend: str = "auto",
                  entropy_threshold=None, device=None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-                 quantize: str | None = None):
+                 quantize: str | None = None, num_threads: int | str | None = "auto"):
+        check_num_threads(num_threads)
         if not isinstance(max_batch_tokens, int) or isinstance(max_batch_tokens, bool) or max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be a positive int, got {max_batch_tokens!r}")
         self.max_batch_tokens = max_batch_tokens
@@ -125,6 +139,13 @@ class CostEffInferenceModel:
         if tokenizer is not None and tokenizer.model_max_length:
             limits.append(int(min(tokenizer.model_max_length, 1 << 30)))
         self.max_length = min(limits)
+        on_cpu = self.backend.device.type == "cpu"
+        self.thread_policy = AutoThreads() if num_threads == "auto" and on_cpu else None
+        self.num_threads = num_threads if on_cpu and isinstance(num_threads, int) else None
+
+    def _call_threads(self) -> int | None:
+        """The torch thread count for a call starting now (None: leave torch's setting)."""
+        return self.thread_policy.threads() if self.thread_policy is not None else self.num_threads
 
     @property
     def entropy_threshold(self) -> list[float]:
@@ -244,10 +265,12 @@ class CostEffInferenceModel:
         """
         tau = resolve_entropy_threshold(entropy_threshold, self.config)
         input_ids, token_type_ids, lengths = self.encode(batch)
-        outputs = [
-            run_early_exit(self.backend, input_ids[start:stop], token_type_ids[start:stop], lengths[first:last], tau)
-            for first, last, start, stop in _token_chunks(lengths, self.max_batch_tokens)
-        ]
+        with torch_threads(self._call_threads()):
+            outputs = [
+                run_early_exit(self.backend, input_ids[start:stop], token_type_ids[start:stop], lengths[first:last],
+                               tau)
+                for first, last, start, stop in _token_chunks(lengths, self.max_batch_tokens)
+            ]
         if len(outputs) == 1:
             logits, exit_layer = outputs[0]
         else:
@@ -292,9 +315,14 @@ class CostEffInferenceModel:
         iterator = iter(items)
         chunks = (self.encode(chunk) for chunk in iter(lambda: list(itertools.islice(iterator, batch_size)), []))
 
-        @torch.inference_mode()
         def rows() -> Iterator[tuple[int, torch.Tensor, int]]:
-            for row_ids, logits, exit_layer in stream_early_exit(self.backend, chunks, batch_size, tau):
+            steps = stream_early_exit(self.backend, chunks, batch_size, tau)
+            while True:  # the thread count is set around each step, so code between yields keeps its own
+                with torch.inference_mode(), torch_threads(self._call_threads()):
+                    step = next(steps, None)
+                if step is None:
+                    return
+                row_ids, logits, exit_layer = step
                 yield from ((index, row, exit_layer) for index, row in zip(row_ids.tolist(), logits))
 
         return rows()
@@ -308,7 +336,7 @@ def from_pretrained(
     path: str | os.PathLike,
     entropy_threshold=None,
     backend: str = "auto",
-    num_threads: int | None = None,
+    num_threads: int | str | None = "auto",
     device=None,
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
     quantize: str | None = None,
@@ -323,7 +351,10 @@ def from_pretrained(
         backend: ``"auto"`` (``"triton"`` on a CUDA GPU, ``"native"`` on the CPU when the native kernels
             build, else ``"torch"``; one log line says which and why), ``"torch"`` (the reference path, any
             device), ``"native"`` (C++ kernels, fp32 CPU) or ``"triton"`` (CUDA).
-        num_threads: CPU threads for torch (``torch.set_num_threads``; process-wide); None leaves it.
+        num_threads: CPU threads of the engine's calls: ``"auto"`` (default) chooses per call as many as other
+            processes leave cores free, at most torch's count now (:mod:`costeff_fast.threads`: with one core
+            busy elsewhere, 2 threads ran slower than 1); an int fixes it (``torch.set_num_threads``, also set
+            process-wide now, as before); None leaves torch's setting.
         device: torch device for the weights (default CPU).
         max_batch_tokens: real tokens per engine call; larger :meth:`~CostEffInferenceModel.generate_logits`
             calls run in chunks (:class:`CostEffInferenceModel`).
@@ -354,11 +385,10 @@ def from_pretrained(
         raise FileNotFoundError(f"{directory} has no config.json; pass a directory written by save_pretrained")
     select_backend(backend, device)
     check_quantize_target(quantize, backend, device)
-    if num_threads is not None:
-        if not isinstance(num_threads, int) or num_threads < 1:
-            raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
+    check_num_threads(num_threads)
+    if isinstance(num_threads, int):
         torch.set_num_threads(num_threads)
     model = load_model(directory)
     tokenizer = load_tokenizer(directory, model.config)
     return CostEffInferenceModel(model, tokenizer, backend=backend, entropy_threshold=entropy_threshold, device=device,
-                                 max_batch_tokens=max_batch_tokens, quantize=quantize)
+                                 max_batch_tokens=max_batch_tokens, quantize=quantize, num_threads=num_threads)

@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="engine backend (default auto: triton on CUDA, native on the CPU when its kernels "
                              "build, else torch)")
     parser.add_argument("--num-threads", type=positive_int, default=None,
-                        help="torch CPU threads (per Ray worker with --engine ray; default: torch's, or 1 per Ray "
-                             "worker)")
+                        help="torch CPU threads (per Ray worker with --engine ray; default: as many as other "
+                             "processes leave cores free, chosen per batch, or 1 per Ray worker)")
     parser.add_argument("--output-format", choices=["parquet", "csv", "jsonl"], default=None,
                         help="format of the output files (default: the input's)")
     parser.add_argument("--shard-rows", type=positive_int, default=DEFAULT_SHARD_ROWS,
@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> None:
             summary = ray_integration.run_ray_predict(args.model, args.input, args.output, num_workers=args.num_workers,
                                                       address=args.address, **options)
         else:
+            if options["num_threads"] is None:
+                options["num_threads"] = "auto"
             summary = run_predict(args.model, args.input, args.output, shard_rows=args.shard_rows, resume=args.resume,
                                   **options)
     except (JobArgumentError, ray_integration.RayNotInstalledError) as error:

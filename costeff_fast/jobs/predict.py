@@ -207,7 +207,7 @@ class PredictSummary:
         return "\n".join(lines)
 
 
-def load_model(model_dir, *, entropy_threshold=None, backend: str = "auto", num_threads: int | None = None):
+def load_model(model_dir, *, entropy_threshold=None, backend: str = "auto", num_threads: int | str | None = "auto"):
     """:func:`~costeff_fast.inference.from_pretrained` with its refusals as one-line :class:`JobArgumentError` naming
     the flag (``--model``, ``--backend``, ``--entropy-threshold``); the checkpoint must carry its tokenizer."""
     try:
@@ -252,7 +252,7 @@ def run_predict(
     batch_size: int = 64,
     entropy_threshold=None,
     backend: str = "auto",
-    num_threads: int | None = None,
+    num_threads: int | str | None = "auto",
     output_format: str | None = None,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     resume: bool = False,
