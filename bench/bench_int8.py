@@ -143,7 +143,8 @@ def top_ops(run, count: int = 8) -> list[dict]:
 
 def costeff_section(model_dir: Path, trained: bool, texts: list[str], labels: torch.Tensor, args) -> dict:
     """fp32 and int8 of one checkpoint at threshold 0 and its calibrated threshold: speed, accuracy, profile."""
-    engines = {mode: costeff_fast.from_pretrained(model_dir, backend=args.backend, quantize=quantize)
+    engines = {mode: costeff_fast.from_pretrained(model_dir, backend=args.backend, quantize=quantize,
+                                                  num_threads=None)
                for mode, quantize in (("fp32", None), ("int8", "int8"))}
     tokenizer = engines["fp32"].tokenizer
     batches = [dict(tokenizer(rows, truncation=True, max_length=MAX_LENGTH)) for rows in chunks(texts, args.batch_size)]

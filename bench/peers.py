@@ -7,7 +7,9 @@ and torch dynamic int8, each built from the same Hugging Face teacher and timed 
   "Transformer Model Optimization Tool");
 * ``ort_int8``: that fused graph through ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, dynamic
   int8 activations; ONNX Runtime docs, "Quantize ONNX models");
-* ``torch_dynamic_int8``: ``torch.ao.quantization.quantize_dynamic`` of the teacher's ``nn.Linear`` layers.
+* ``torch_dynamic_int8``: ``torch.ao.quantization.quantize_dynamic`` of the teacher's ``nn.Linear`` layers;
+* ``ort_costeff``: the COST-EFF model itself exported by ``costeff_fast.export`` and run by ORT at full depth (the
+  same compressed weights as the engine at threshold 0: runtime against runtime).
 
 ``onnxruntime`` is the ``bench`` extra (``pip install costeff_fast[bench]``); without it the ORT contenders are
 skipped and the benchmark says so.
@@ -91,3 +93,33 @@ def ort_contender(session, config, texts: list[str], batch_size: int) -> wl.Cont
 def torch_dynamic_int8(teacher):
     """The teacher with every ``nn.Linear`` as a dynamic int8 linear (fbgemm), a deep copy."""
     return torch.ao.quantization.quantize_dynamic(copy.deepcopy(teacher).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def export_costeff(reference, directory: Path) -> Path:
+    """The COST-EFF model written by ``costeff_fast.export.export_onnx`` (checked in onnxruntime) as
+    ``costeff.onnx`` under ``directory``: the same compressed weights as the engine, every layer run."""
+    from costeff_fast.export import export_onnx
+
+    return export_onnx(reference, directory / "costeff.onnx").path
+
+
+def ort_costeff_contender(session, config, texts: list[str], batch_size: int) -> wl.Contender:
+    """ORT running an exported COST-EFF graph at full depth on padded batches (tokenization not timed); the
+    last output is the final layer's logits (``costeff_fast.export.output_names``)."""
+    batches = wl.hf_batches(texts, batch_size)
+    final = session.get_outputs()[-1].name
+
+    def run():
+        return [ort_costeff_logits(session, batch, final) for batch in batches]
+
+    padded = torch.cat([torch.full((len(b["input_ids"]),), b["input_ids"].shape[1]) for b in batches])
+    depth = torch.full_like(padded, config.num_hidden_layers)
+    return wl.Contender(run, len(texts), wl.costeff_flops(config, padded, depth) / 1e9,
+                        wl.costeff_flops(config, torch.full_like(padded, wl.MAX_LENGTH), depth) / 1e9)
+
+
+def ort_costeff_logits(session, batch: dict, final: str | None = None) -> torch.Tensor:
+    """``[B, C]`` final-layer logits of an exported COST-EFF graph on one tokenized batch."""
+    feed = {k: batch[k].numpy() for k in INPUTS if k in {i.name for i in session.get_inputs()}}
+    final = final or session.get_outputs()[-1].name
+    return torch.from_numpy(session.run([final], feed)[0])

@@ -25,10 +25,13 @@ Measured (all on rt validation sentences, truncated to 128 tokens, tokenization 
 * each native kernel against the torch op it replaces, at every thread count compared;
 * peers of the teacher on the same rows (bench/peers.py): ONNX Runtime fp32 with the fused BERT graph, ORT int8
   (``quantize_dynamic`` of that graph), torch dynamic int8, and ``optimize(teacher)``; accuracy of each;
+* the same COST-EFF model exported to ONNX (``costeff_fast.export``) and run by ORT at full depth, next to the
+  engine at threshold 0; the engine with ``quantize="int8"`` at threshold 0 and at the calibrated threshold;
 * the COST-EFF threshold sweep (0, the calibrated threshold and quantiles of the exit entropies), speed and
   accuracy per threshold, and the honest operating points: the calibrated one and the cheapest threshold at or
   above teacher - 0.01 ("within one point", or reported missing), each with its accuracy next to the teacher's;
-* a busy core: HF and COST-EFF at 1 and 2 threads with and without one process spinning on a core.
+* a busy core: HF and COST-EFF at 1 and 2 threads with and without one process spinning on a core, and each at
+  its default (HF: torch's thread count; COST-EFF: ``num_threads="auto"``, costeff_fast/threads.py).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import workloads as wl  # noqa: E402
 
 import costeff_fast  # noqa: E402
 from costeff_fast import CostEffForSequenceClassification, exit_entropy, native  # noqa: E402
+from costeff_fast import threads as threads_module  # noqa: E402
 from costeff_fast.inference import CostEffInferenceModel  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -138,7 +142,7 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     rt = results["groups"]["rt_batch64"]
     if results["accuracy"]:
-        markers = "osD^v<>ph*"
+        markers = "osD^v<>ph*XP8Hd"
         for index, (name, acc) in enumerate(results["accuracy"].items()):
             speed = rt[name]["sentences_per_s"]
             ax.scatter(speed, acc, s=60, marker=markers[index % len(markers)],
@@ -204,17 +208,24 @@ def operating_points(sweep: list[dict], teacher_accuracy: float) -> dict:
 _SPIN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
 
 
-def busy_core(contenders: dict, repeats: int, thread_counts: list[int]) -> dict:
-    """sentences/s of ``contenders`` at each thread count, alone and with one process spinning on a core."""
+def busy_core(contenders: dict, defaults: dict, repeats: int, thread_counts: list[int], default_threads: int) -> dict:
+    """sentences/s of ``contenders`` at each thread count, and of ``defaults`` (the same workloads at their default
+    settings, torch at ``default_threads``), alone and with one process spinning on a core."""
     table = {}
     for busy in (False, True):
         spinner = subprocess.Popen([sys.executable, "-c", _SPIN.format(seconds=3600)]) if busy else None
         try:
+            if busy:
+                time.sleep(1.5)  # the spinner is running and num_threads="auto" has seen it (threads.REFRESH_S)
             for threads in thread_counts:
                 torch.set_num_threads(threads)
                 seconds = wl.interleaved_seconds({name: c.fn for name, c in contenders.items()}, repeats)
                 table[f"{'busy' if busy else 'idle'}_{threads}_threads"] = {
                     name: c.sentences / seconds[name] for name, c in contenders.items()}
+            torch.set_num_threads(default_threads)
+            seconds = wl.interleaved_seconds({name: c.fn for name, c in defaults.items()}, repeats)
+            table[f"{'busy' if busy else 'idle'}_default"] = {
+                name: c.sentences / seconds[name] for name, c in defaults.items()}
         finally:
             if spinner is not None:
                 spinner.kill()
@@ -228,6 +239,7 @@ def main(argv=None) -> dict:
     if shape_only:
         log("shape-only run: no --costeff/--teacher, so no accuracy; teacher = packaged MiniLM with an untrained head, "
             "COST-EFF = its full-width conversion, threshold = synthetic per-layer median entropy")
+    default_threads = torch.get_num_threads()  # torch's own default, before this script changes it
     native.available()
     texts_all, labels_all = (list(x) for x in wl.rt_split("validation"))
     texts = texts_all[: args.rows]
@@ -268,6 +280,18 @@ def main(argv=None) -> dict:
                 session = peers.ort_session(path, best)
                 peer_models[f"ort_{name}_teacher"] = session
                 rt[f"ort_{name}_teacher"] = peers.ort_contender(session, teacher.config, texts, 64)
+        log("building COST-EFF int8 (quantize='int8')" +
+            (" and ORT running the exported COST-EFF model" if peers.onnxruntime_available() else ""))
+        costeff_int8 = CostEffInferenceModel(reference, costeff.tokenizer, quantize="int8", num_threads=None,
+                                             entropy_threshold=tau)
+        peer_models["costeff_int8_no_exit"] = (costeff_int8, 0.0)
+        peer_models["costeff_int8_early_exit"] = (costeff_int8, tau)
+        rt["costeff_int8_no_exit"] = wl.engine_contender(costeff_int8, texts, 64, 0.0)
+        rt["costeff_int8_early_exit"] = wl.engine_contender(costeff_int8, texts, 64, tau)
+        if peers.onnxruntime_available():
+            session = peers.ort_session(peers.export_costeff(reference, onnx_dir), best)
+            peer_models["ort_costeff_no_exit"] = session
+            rt["ort_costeff_no_exit"] = peers.ort_costeff_contender(session, reference.config, texts, 64)
         results["peers"] = {"onnxruntime": peers.onnxruntime_available()}
 
     groups = {}
@@ -308,7 +332,8 @@ def main(argv=None) -> dict:
     log("timing the 8x COST-EFF shape (full depth) vs HF BERT-base on 128-token rows, batch 32")
     long_texts = list(wl.full_length_texts(args.bert_rows))
     torch.manual_seed(0)
-    eight_x = CostEffInferenceModel(CostEffForSequenceClassification(wl.costeff_8x_config()).eval(), wl.tokenizer())
+    eight_x = CostEffInferenceModel(CostEffForSequenceClassification(wl.costeff_8x_config()).eval(), wl.tokenizer(),
+                                     num_threads=None)
     groups["costeff_8x_vs_bert_base_128"] = time_group({
         "costeff_8x_full_depth": wl.engine_contender(eight_x, long_texts, 32, 0.0),
         "hf_bert_base_128_padded": wl.hf_contender(bert, long_texts, 32, pad_to_max=True),
@@ -341,7 +366,15 @@ def main(argv=None) -> dict:
             "costeff_early_exit": accuracy(lambda c: costeff.predict(c, entropy_threshold=tau), texts_all, labels),
         }
         for name, model in peer_models.items():
-            if name.startswith("ort_"):
+            if name.startswith("costeff_int8"):
+                engine, threshold = model
+                results["accuracy"][name] = accuracy(lambda c, e=engine, t=threshold: e.predict(c, entropy_threshold=t),
+                                                     texts_all, labels)
+            elif name == "ort_costeff_no_exit":
+                results["accuracy"][name] = accuracy(
+                    lambda c, m=model: peers.ort_costeff_logits(m, wl.hf_batches(c, len(c))[0]).argmax(-1),
+                    texts_all, labels)
+            elif name.startswith("ort_"):
                 results["accuracy"][name] = accuracy(
                     lambda c, m=model: peers.ort_logits(m, wl.hf_batches(c, len(c))[0]).argmax(-1), texts_all, labels)
             else:
@@ -354,8 +387,12 @@ def main(argv=None) -> dict:
 
     if not args.no_busy_core:
         log("timing a busy core: HF teacher and COST-EFF at each thread count, idle and with a spinning process")
-        results["busy_core"] = busy_core({k: rt[k] for k in ("hf_teacher", "costeff_early_exit")},
-                                         max(2, args.repeats // 2), thread_counts)
+        auto = CostEffInferenceModel(reference, costeff.tokenizer, entropy_threshold=tau)  # num_threads="auto"
+        auto.thread_policy = threads_module.AutoThreads(default_threads)  # ceiling: torch's default, as from_pretrained
+        defaults = {"hf_teacher": rt["hf_teacher"], "costeff_early_exit": wl.engine_contender(auto, texts, 64, tau)}
+        results["busy_core"] = busy_core({k: rt[k] for k in ("hf_teacher", "costeff_early_exit")}, defaults,
+                                         max(2, args.repeats // 2), thread_counts, default_threads)
+        results["busy_core"]["default_threads"] = default_threads
         torch.set_num_threads(best)
 
     speed = {name: r["sentences_per_s"] for name, r in groups["rt_batch64"].items()}
@@ -382,13 +419,31 @@ def main(argv=None) -> dict:
             target("COST-EFF at its calibrated threshold vs ORT int8 of its teacher, rt batch 64 (x)",
                    rt_speed["costeff_early_exit"] / rt_speed["ort_int8_teacher"], 12.0),
         ]
+    if "costeff_int8_early_exit" in rt_speed:
+        results["targets"] += [
+            target("COST-EFF int8 vs fp32 at the calibrated threshold, rt batch 64 (x)",
+                   rt_speed["costeff_int8_early_exit"] / rt_speed["costeff_early_exit"], 1.5),
+            target("COST-EFF int8 vs fp32 at threshold 0, rt batch 64 (x)",
+                   rt_speed["costeff_int8_no_exit"] / rt_speed["costeff_no_exit"], 1.5),
+        ]
+        if results["accuracy"]:
+            acc = results["accuracy"]
+            results["targets"].append(target(
+                "COST-EFF int8 accuracy below fp32 at the calibrated threshold, rt validation (points)",
+                100 * (acc["costeff_early_exit"] - acc["costeff_int8_early_exit"]), 0.5, higher_is_better=False))
+    if "ort_costeff_no_exit" in rt_speed:
+        results["targets"].append(target(
+            "engine at threshold 0 vs ORT running the same exported COST-EFF model, rt batch 64 (x)",
+            rt_speed["costeff_no_exit"] / rt_speed["ort_costeff_no_exit"], 2.0))
     if "busy_core" in results:
         busy = results["busy_core"]
-        default_threads = str(best)
         results["targets"].append(target(
-            "COST-EFF with a busy core: the chosen thread count over 1 thread (x)",
-            busy[f"busy_{default_threads}_threads"]["costeff_early_exit"] / busy["busy_1_threads"]["costeff_early_exit"],
-            1.0))
+            "COST-EFF with a busy core: default settings (num_threads='auto') over num_threads=1 (x)",
+            busy["busy_default"]["costeff_early_exit"] / busy["busy_1_threads"]["costeff_early_exit"], 1.0))
+        results["targets"].append(target(
+            "COST-EFF on an idle machine: default settings over the best fixed thread count (x)",
+            busy["idle_default"]["costeff_early_exit"]
+            / max(busy[f"idle_{t}_threads"]["costeff_early_exit"] for t in thread_counts), 0.95))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cpu.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.out / "cpu.png")

@@ -33,7 +33,8 @@ def contenders():
     tau, _ = wl.early_exit_threshold(costeff, reference, texts[:64], trained=costeff_dir is not None)
     bert = wl.random_bert_base()
     torch.manual_seed(0)
-    eight_x = CostEffInferenceModel(CostEffForSequenceClassification(wl.costeff_8x_config()).eval(), wl.tokenizer())
+    eight_x = CostEffInferenceModel(CostEffForSequenceClassification(wl.costeff_8x_config()).eval(), wl.tokenizer(),
+                                     num_threads=None)
     groups = {
         "rt batch 64": wl.teacher_group(teacher, full_width, costeff, tau, texts[:64]),
         "BERT-base real-length batch 32": {

@@ -442,13 +442,15 @@ def load_models(costeff_dir=None, teacher_dir=None):
     from costeff_fast.inference import CostEffInferenceModel
 
     teacher = hf_teacher(teacher_dir)
-    full_width = CostEffInferenceModel(CostEffForSequenceClassification.from_bert(teacher).eval(), tokenizer())
+    # num_threads=None: the benchmark sets torch's thread count itself (the default "auto" would pick its own)
+    full_width = CostEffInferenceModel(CostEffForSequenceClassification.from_bert(teacher).eval(), tokenizer(),
+                                       num_threads=None)
     if costeff_dir:
-        costeff = costeff_fast.from_pretrained(costeff_dir)
+        costeff = costeff_fast.from_pretrained(costeff_dir, num_threads=None)
         reference = CostEffForSequenceClassification.from_pretrained(costeff_dir).eval()
     else:
         reference = CostEffForSequenceClassification.from_bert(teacher).eval()
-        costeff = CostEffInferenceModel(reference, tokenizer())
+        costeff = CostEffInferenceModel(reference, tokenizer(), num_threads=None)
     return teacher, full_width, costeff, reference
 
 
