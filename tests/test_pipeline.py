@@ -126,6 +126,8 @@ def test_changed_budget_gets_its_own_stage_cache():
     assert default_work_name("rt", replace(quick, max_length=128), "cls") == "rt-quick-len128-cls"
     changed = default_work_name("boolq", replace(quick, train_rows=1500, eval_rows=800), "mean")
     assert changed == "boolq-quick-len64-mean-train_rows1500-eval_rows800"
+    ablation = default_work_name("rt", replace(quick, kd_temperature=2.0, early_exit_weight=3.0), "mean")
+    assert ablation == "rt-quick-len64-mean-kd_temperature2.0-early_exit_weight3.0"
 
 
 def test_cli_passes_row_overrides_to_the_budget(monkeypatch, tmp_path):
@@ -138,3 +140,9 @@ def test_cli_passes_row_overrides_to_the_budget(monkeypatch, tmp_path):
     assert (budget.train_rows, budget.eval_rows, budget.max_length, budget.teacher_epochs) == (1500, 800, 128, 3)
     assert budget.ta_prediction_epochs == 2.5
     assert budget.recovery_prediction_epochs == pipeline.BUDGETS["quick"].recovery_prediction_epochs
+    assert (budget.kd_temperature, budget.early_exit_weight) == (1.0, 1.0)
+    cli.main(["compress", "--task-default", "--task", "rt", "--kd-temperature", "2", "--early-exit-weight", "3",
+              "--out", str(tmp_path)])
+    assert (seen["budget"].kd_temperature, seen["budget"].early_exit_weight) == (2.0, 3.0)
+    with pytest.raises(SystemExit):
+        cli.main(["compress", "--task-default", "--task", "rt", "--kd-temperature", "0", "--out", str(tmp_path)])

@@ -103,3 +103,20 @@ def test_classification_loss_is_the_cross_entropy_of_the_logits():
     logits = bert(**inputs_of(batch)).logits
     torch.testing.assert_close(classification_loss(bert, batch),
                                torch.nn.functional.cross_entropy(logits, batch["labels"]))
+
+
+def test_early_exit_weight_scales_every_exit_but_the_last():
+    student, teacher = make_tiny_model(0, num_labels=LABELS), make_tiny_model(1, num_labels=LABELS)
+    batch = labelled_batch(3)
+    with torch.no_grad():
+        s = student(**inputs_of(batch)).exit_logits
+        t = teacher(**inputs_of(batch)).exit_logits
+    kw = dict(kd_weight=0.7, temperature=2.0)
+    per_exit = [multi_exit_loss((s[i],), batch["labels"], (t[i],), **kw) for i in range(len(s))]
+    weighted = multi_exit_loss(s, batch["labels"], t, early_exit_weight=2.5, **kw)
+    torch.testing.assert_close(weighted, 2.5 * sum(per_exit[:-1]) + per_exit[-1])
+    torch.testing.assert_close(multi_exit_loss(s, batch["labels"], t, early_exit_weight=0.0, **kw), per_exit[-1])
+    torch.testing.assert_close(
+        distillation_loss(student, teacher, batch, hidden_weight=0, early_exit_weight=2.5, **kw), weighted)
+    with pytest.raises(ValueError, match="early_exit_weight must be >= 0"):
+        multi_exit_loss(s, batch["labels"], t, early_exit_weight=-1.0, **kw)

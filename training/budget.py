@@ -52,6 +52,11 @@ class Budget:
     """Epochs of recovery's hidden-state plus exit-to-exit distillation; the best dev checkpoint is kept."""
     recovery_lr: float
     """Peak AdamW learning rate of both recovery phases."""
+    kd_temperature: float = 1.0
+    """Distillation temperature T of the exit (prediction) distillation in the TA and in recovery."""
+    early_exit_weight: float = 1.0
+    """Loss weight of exits 1..L-1 against the last exit in the TA's and recovery's exit distillation (the
+    paper sums the exits with weight 1)."""
 
 
 PAPER = Budget(

@@ -66,8 +66,10 @@ def multi_exit_loss(
     *,
     kd_weight: float,
     temperature: float = 1.0,
+    early_exit_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Joint loss of every exit: ``sum_l kd_weight * KD(exit_l, teacher_l) + (1 - kd_weight) * CE(exit_l, y)``.
+    """Joint loss of every exit: ``sum_l w_l [kd_weight * KD(exit_l, teacher_l) + (1 - kd_weight) * CE(exit_l, y)]``
+    with ``w_l = early_exit_weight`` for every exit but the last and ``w_L = 1`` (the paper: all 1).
 
     Args:
         exit_logits: ``L`` tensors ``[B, C]``, exit 1 first (any float dtype; the loss is fp32).
@@ -76,20 +78,29 @@ def multi_exit_loss(
             or ``L`` tensors (exit-to-exit distillation from the TA, as in slenderization and recovery).
         kd_weight: weight of the distillation term in ``[0, 1]`` (COST-EFF uses 0.9 when pruning).
         temperature: distillation temperature T.
+        early_exit_weight: weight of the exits before the last (>= 0).
 
     Returns:
         Scalar fp32 loss summed over exits.
+
+    Raises:
+        ValueError: ``kd_weight`` outside ``[0, 1]`` or a negative ``early_exit_weight``.
     """
     if not 0.0 <= kd_weight <= 1.0:
         raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight}")
+    if not early_exit_weight >= 0.0:
+        raise ValueError(f"early_exit_weight must be >= 0, got {early_exit_weight}")
     if isinstance(teacher_logits, torch.Tensor):
         teacher_logits = (teacher_logits,) * len(exit_logits)
     total = exit_logits[0].new_zeros((), dtype=torch.float32)
+    last = len(exit_logits) - 1
     for index, logits in enumerate(exit_logits):
+        term = logits.new_zeros((), dtype=torch.float32)
         if kd_weight > 0:
-            total = total + kd_weight * soft_cross_entropy(logits, teacher_logits[index], temperature)
+            term = term + kd_weight * soft_cross_entropy(logits, teacher_logits[index], temperature)
         if kd_weight < 1:
-            total = total + (1 - kd_weight) * F.cross_entropy(logits.float(), labels)
+            term = term + (1 - kd_weight) * F.cross_entropy(logits.float(), labels)
+        total = total + (term if index == last else early_exit_weight * term)
     return total
 
 
@@ -134,6 +145,7 @@ def distillation_loss(
     hidden_weight: float = 1.0,
     exits: Literal["all", "last", "none"] = "all",
     gradient_equilibrium: bool = False,
+    early_exit_weight: float = 1.0,
 ) -> torch.Tensor:
     """Distillation of a multi-exit student from a frozen teacher on one batch (COST-EFF Sec. 3.3-3.4).
 
@@ -158,6 +170,7 @@ def distillation_loss(
         hidden_weight: weight of the hidden-state MSE (0 drops it).
         exits: which exits enter the prediction term.
         gradient_equilibrium: rescale gradients between layers in the student's backward (Sec. 3.3).
+        early_exit_weight: weight of every exit but the last in the prediction term (:func:`multi_exit_loss`).
 
     Returns:
         Scalar fp32 loss (nats plus squared hidden units).
@@ -188,7 +201,8 @@ def distillation_loss(
         teacher_exits = getattr(target, "exit_logits", None)
         teacher_logits = target.logits if teacher_exits is None else teacher_exits[chosen]
         loss = multi_exit_loss(
-            out.exit_logits[chosen], labels, teacher_logits, kd_weight=kd_weight, temperature=temperature
+            out.exit_logits[chosen], labels, teacher_logits, kd_weight=kd_weight, temperature=temperature,
+            early_exit_weight=early_exit_weight,
         )
     if hidden:
         mse = hidden_weight * hidden_mse(out.hidden_states, target.hidden_states, inputs["attention_mask"])

@@ -154,7 +154,9 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     ta_dir = work_dir / "ta"
     ta_record = distill_teaching_assistant(teacher_dir, data, ta_dir, hidden_epochs=budget.ta_hidden_epochs,
                                            prediction_epochs=budget.ta_prediction_epochs, lr=budget.ta_lr,
-                                           exit_pooling=exit_pooling, device=device, autocast=autocast)
+                                           exit_pooling=exit_pooling, device=device, autocast=autocast,
+                                           temperature=budget.kd_temperature,
+                                           early_exit_weight=budget.early_exit_weight)
     timings["teaching assistant"] = ta_record["seconds"]
     variant_dir = work_dir / settings.name
     slender_record = slenderize_stage(
@@ -169,7 +171,8 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     recovery_record = recover(ta_dir, variant_dir / "slender", data, recovered_dir,
                               hidden_epochs=budget.recovery_hidden_epochs,
                               prediction_epochs=budget.recovery_prediction_epochs, lr=budget.recovery_lr,
-                              device=device, autocast=autocast)
+                              device=device, autocast=autocast, temperature=budget.kd_temperature,
+                              early_exit_weight=budget.early_exit_weight)
     timings["recovery"] = recovery_record["seconds"]
 
     started = time.time()

@@ -83,7 +83,7 @@ def distill_multi_exit(student: CostEffForSequenceClassification, teacher, data:
                        hidden_epochs: float, prediction_epochs: float, lr: float, kd_weight: float,
                        hidden_in_prediction: bool, temperature: float = 1.0, gradient_equilibrium: bool = True,
                        exit_lr_scale: float = 1.0, desc: str, device: Device | None = None,
-                       autocast: bool | None = None) -> list[float]:
+                       autocast: bool | None = None, early_exit_weight: float = 1.0) -> list[float]:
     """Distill a multi-exit student from a teacher in two phases; keep the best mean-exit-accuracy weights.
 
     Phase 1 (``hidden_epochs``): MSE of all ``L + 1`` hidden states, padding masked. Phase 2
@@ -95,6 +95,7 @@ def distill_multi_exit(student: CostEffForSequenceClassification, teacher, data:
     (DistilBERT) is called without ``token_type_ids``.
 
     Args:
+        early_exit_weight: weight of exits 1..L-1 against the last one in phase 2 (1: the paper's sum).
         device: move the student and the teacher there first (None: where the student is, the teacher moved
             to it); both stay there on return.
         autocast: bf16 autocast of every forward, training and evaluation (None: on for CUDA).
@@ -124,7 +125,7 @@ def distill_multi_exit(student: CostEffForSequenceClassification, teacher, data:
     def prediction_loss(m, batch):
         return distillation_loss(m, teacher, batch, kd_weight=kd_weight, temperature=temperature,
                                  hidden_weight=1.0 if hidden_in_prediction else 0.0, exits="all",
-                                 gradient_equilibrium=gradient_equilibrium)
+                                 gradient_equilibrium=gradient_equilibrium, early_exit_weight=early_exit_weight)
 
     if hidden_epochs > 0:
         train_epochs(student, data, hidden_loss, epochs=hidden_epochs, lr=lr, desc=f"{desc} hidden KD",
@@ -138,7 +139,7 @@ def distill_multi_exit(student: CostEffForSequenceClassification, teacher, data:
 def distill_teaching_assistant(teacher_dir: Path, data: TrainingData, out_dir: Path, *, hidden_epochs: float = 1.0,
                                prediction_epochs: float = 1.0, lr: float = 5e-5, kd_weight: float = 0.5,
                                temperature: float = 1.0, exit_pooling: str = "cls", device: Device = "auto",
-                               autocast: bool | None = None) -> dict:
+                               autocast: bool | None = None, early_exit_weight: float = 1.0) -> dict:
     """Step 2: a full-width multi-exit teaching assistant distilled from the teacher.
 
     The TA starts from :meth:`CostEffForSequenceClassification.from_encoder_classifier` (encoder copied, last
@@ -161,7 +162,8 @@ def distill_teaching_assistant(teacher_dir: Path, data: TrainingData, out_dir: P
         accuracies = distill_multi_exit(ta, teacher, data, hidden_epochs=hidden_epochs,
                                         prediction_epochs=prediction_epochs, lr=lr, kd_weight=kd_weight,
                                         hidden_in_prediction=False, temperature=temperature, exit_lr_scale=20.0,
-                                        desc="TA", device=device, autocast=autocast)
+                                        desc="TA", device=device, autocast=autocast,
+                                        early_exit_weight=early_exit_weight)
         return ta.cpu(), {"exit_accuracies": accuracies, "mean_accuracy": sum(accuracies) / len(accuracies)}
 
     return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed)
@@ -211,7 +213,7 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
 
 def recover(ta_dir: Path, slender_dir: Path, data: TrainingData, out_dir: Path, *, hidden_epochs: float,
             prediction_epochs: float, lr: float = 3e-5, temperature: float = 1.0, device: Device = "auto",
-            autocast: bool | None = None) -> dict:
+            autocast: bool | None = None, early_exit_weight: float = 1.0) -> dict:
     """Step 4: recover the slenderized model by distillation from the TA (COST-EFF Sec. 3.4).
 
     Hidden states only, then hidden states plus exit-to-exit predictions (every student exit against the
@@ -232,7 +234,7 @@ def recover(ta_dir: Path, slender_dir: Path, data: TrainingData, out_dir: Path, 
         accuracies = distill_multi_exit(student, ta, data, hidden_epochs=hidden_epochs,
                                         prediction_epochs=prediction_epochs, lr=lr, kd_weight=1.0,
                                         hidden_in_prediction=True, temperature=temperature, desc="recovery",
-                                        device=device, autocast=autocast)
+                                        device=device, autocast=autocast, early_exit_weight=early_exit_weight)
         return student.cpu(), {"exit_accuracies": accuracies, "mean_accuracy": sum(accuracies) / len(accuracies)}
 
     return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed)

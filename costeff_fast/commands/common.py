@@ -15,6 +15,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite float > 0."""
+    value = float(text)
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
 def refuse(error: Exception, verbose: bool) -> None:
     """Print a refused argument as one ``costeff-fast: error:`` line (after the traceback when ``verbose``); exit 2."""
     if verbose:

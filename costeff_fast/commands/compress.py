@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .common import positive_int, refuse
+from .common import positive_float, positive_int, refuse
 
 NAME = "compress"
 HELP = "run the COST-EFF pipeline and write a calibrated checkpoint"
@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recovery-epochs", type=float, default=None,
                         help="epochs of recovery's exit (prediction) distillation (default: the budget's; "
                              "quick uses 1)")
+    parser.add_argument("--kd-temperature", type=positive_float, default=None,
+                        help="distillation temperature of the TA's and recovery's exit distillation (default: the "
+                             "budget's, 1)")
+    parser.add_argument("--early-exit-weight", type=positive_float, default=None,
+                        help="loss weight of exits 1..L-1 against the last exit in that distillation (default: the "
+                             "budget's, 1)")
     parser.add_argument("--exit-pooling", choices=["mean", "cls"], default="mean",
                         help="what non-pooled exits read: token mean (default) or [CLS] (the paper)")
     parser.add_argument("--max-drop", type=float, default=0.01, help="allowed dev accuracy drop (default 0.01)")
@@ -117,7 +123,8 @@ def run(args: argparse.Namespace) -> None:
                                             allocation=args.allocation, calibrate_exits=not args.final_exit_importance)
     overrides = {"max_length": args.max_length, "train_rows": args.train_rows, "eval_rows": args.eval_rows,
                  "teacher_epochs": args.teacher_epochs, "ta_prediction_epochs": args.ta_epochs,
-                 "recovery_prediction_epochs": args.recovery_epochs}
+                 "recovery_prediction_epochs": args.recovery_epochs, "kd_temperature": args.kd_temperature,
+                 "early_exit_weight": args.early_exit_weight}
     budget = replace(pipeline.BUDGETS[args.budget], **{k: v for k, v in overrides.items() if v is not None})
     try:
         data = compress_data(args, CompressArgumentError)
