@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Reproduces the standard-budget runs of record under bench/results/ (rt, trec and boolq, each with the uniform and
+# the global allocation, about 1/8 of the MiniLM teacher's encoder parameters), the early-exit ablations on the
+# quick budget, and the single vs per-layer threshold summary of the runs of record
+# (bench/results/accuracy-of-record/, bench/accuracy_of_record.py).
+# Teacher and TA are cached per task and budget under work/ and shared by both allocations of a task.
+# Usage: bench/run_standard_all.sh [NAME...]   (default: every run, then the summary; NAME as in bench/results/,
+#        e.g. trec-standard-global, or "summary" for the summary of the runs that exist)
+# Each compress run is single-threaded (--threads 1) so two can share a 2-core machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COSTEFF=${COSTEFF:-costeff-fast}
+PYTHON=${PYTHON:-python}
+ONLY=" $* "
+wanted() { [[ "$ONLY" == "  " || "$ONLY" == *" $1 "* ]]; }
+run() {  # run NAME TASK BUDGET [extra compress flags...]
+  local name=$1 task=$2 budget=$3; shift 3
+  if ! wanted "$name"; then return; fi
+  $COSTEFF compress --task-default --task "$task" --heads 2 --ffn 160 --embedding-rank 128 --budget "$budget" \
+    --threads 1 --device cpu --out "work/out/$name" "$@"
+  mkdir -p "bench/results/$name"
+  cp "work/out/$name/report.json" "work/out/$name/report.png" "bench/results/$name/"
+}
+# Runs of record: the full training split, 64 tokens (boolq 256), teacher 3 epochs, exit distillation 3 epochs.
+run rt-standard-uniform rt standard --allocation uniform
+run rt-standard-global rt standard --allocation global
+run trec-standard-uniform trec standard --allocation uniform
+run trec-standard-global trec standard --allocation global
+run boolq-standard-uniform boolq standard --allocation uniform --max-length 256
+run boolq-standard-global boolq standard --allocation global --max-length 256
+# Early-exit ablations against rt-quick-e3-uniform (quick budget with three epochs of exit distillation in the TA
+# and in recovery; the teacher is the quick one): distillation temperature 2, early exits weighted 2x against
+# the last one, exits reading [CLS] instead of the token mean.
+E3=(--allocation uniform --ta-epochs 3 --recovery-epochs 3)
+run rt-quick-e3-uniform rt quick "${E3[@]}"
+run rt-quick-e3-t2-uniform rt quick "${E3[@]}" --kd-temperature 2
+run rt-quick-e3-w2-uniform rt quick "${E3[@]}" --early-exit-weight 2
+run rt-quick-e3-cls-uniform rt quick "${E3[@]}" --exit-pooling cls
+if wanted summary; then
+  runs=()
+  for name in rt-standard-uniform rt-standard-global trec-standard-uniform trec-standard-global \
+              boolq-standard-uniform boolq-standard-global; do
+    [[ -f "work/out/$name/report.json" ]] && runs+=("work/out/$name")
+  done
+  $PYTHON bench/accuracy_of_record.py "${runs[@]}" --out bench/results/accuracy-of-record
+fi
