@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import workloads as wl
+
+import costeff_fast
+from costeff_fast.inference import CostEffInferenceModel
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -123,3 +128,49 @@ def ort_costeff_logits(session, batch: dict, final: str | None = None) -> torch.
     feed = {k: batch[k].numpy() for k in INPUTS if k in {i.name for i in session.get_inputs()}}
     final = final or session.get_outputs()[-1].name
     return torch.from_numpy(session.run([final], feed)[0])
+
+
+def build_peers(teacher, reference, tokenizer, tau, texts: list[str], threads: int, batch_size: int = 64,
+                log: Callable[[str], None] = print) -> tuple[dict[str, wl.Contender], dict[str, Callable]]:
+    """Every peer on ``texts``: of the teacher (``optimize`` fp32 and int8, torch dynamic int8, and with
+    onnxruntime ORT fp32 fused and ORT int8) and of the COST-EFF ``reference`` model (the engine with int8
+    GEMMs at threshold 0 and ``tau``, and with onnxruntime ORT running its export at full depth). Engines run at
+    torch's thread count (``num_threads=None``); ORT sessions at ``threads``.
+
+    Returns:
+        ``(contenders, predictors)``: a :class:`workloads.Contender` per name, and per name a function from a
+        list of strings to ``[N]`` predicted label ids (for accuracy on other rows).
+    """
+    contenders, predictors = {}, {}
+
+    def hf_like(name, model, packed):
+        contenders[name] = wl.hf_contender(model, texts, batch_size, packed=packed)
+        predictors[name] = lambda rows, m=model: m(**wl.hf_batches(rows, len(rows))[0]).logits.argmax(-1)
+
+    have_ort = onnxruntime_available()
+    log("building the teacher's peers: optimize() fp32 and int8, torch dynamic int8"
+        + (", ORT fp32 fused and ORT int8" if have_ort else " (onnxruntime not installed: no ORT peers)"))
+    for name, quantize in (("optimize_teacher", None), ("optimize_int8_teacher", "int8")):
+        model = costeff_fast.optimize(teacher, quantize=quantize)
+        model.engine.thread_policy = None  # timed at the benchmark's thread count
+        hf_like(name, model, packed=True)
+    hf_like("torch_dynamic_int8_teacher", torch_dynamic_int8(teacher), packed=False)
+    onnx_dir = Path(tempfile.mkdtemp(prefix="costeff-bench-onnx-"))
+    if have_ort:
+        for name, path in export_teacher(teacher, onnx_dir).items():
+            session = ort_session(path, threads)
+            contenders[f"ort_{name}_teacher"] = ort_contender(session, teacher.config, texts, batch_size)
+            predictors[f"ort_{name}_teacher"] = (
+                lambda rows, m=session: ort_logits(m, wl.hf_batches(rows, len(rows))[0]).argmax(-1))
+    log("building COST-EFF int8 (quantize='int8')"
+        + (" and ORT running the exported COST-EFF model" if have_ort else ""))
+    int8 = CostEffInferenceModel(reference, tokenizer, quantize="int8", num_threads=None)
+    for name, threshold in (("costeff_int8_no_exit", 0.0), ("costeff_int8_early_exit", tau)):
+        contenders[name] = wl.engine_contender(int8, texts, batch_size, threshold)
+        predictors[name] = lambda rows, t=threshold: int8.predict(rows, entropy_threshold=t)
+    if have_ort:
+        session = ort_session(export_costeff(reference, onnx_dir), threads)
+        contenders["ort_costeff_no_exit"] = ort_costeff_contender(session, reference.config, texts, batch_size)
+        predictors["ort_costeff_no_exit"] = (
+            lambda rows: ort_costeff_logits(session, wl.hf_batches(rows, len(rows))[0]).argmax(-1))
+    return contenders, predictors

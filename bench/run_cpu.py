@@ -42,7 +42,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -268,36 +267,11 @@ def main(argv=None) -> dict:
     peak_before = wl.mm_peak_gflops()
     log(f"torch.mm peak {peak_before:.1f} GFLOP/s at {best} threads")
 
-    peer_models = {}
+    peer_predictors = {}
     if not args.no_peers:
-        log("building the teacher's peers: optimize(), torch dynamic int8" +
-            (", ORT fp32 fused and ORT int8" if peers.onnxruntime_available() else " (onnxruntime not installed)"))
-        peer_models["optimize_teacher"] = costeff_fast.optimize(teacher)
-        peer_models["optimize_teacher"].engine.thread_policy = None  # timed at the benchmark's thread count
-        peer_models["optimize_int8_teacher"] = costeff_fast.optimize(teacher, quantize="int8")
-        peer_models["optimize_int8_teacher"].engine.thread_policy = None
-        rt["optimize_int8_teacher"] = wl.hf_contender(peer_models["optimize_int8_teacher"], texts, 64, packed=True)
-        rt["optimize_teacher"] = wl.hf_contender(peer_models["optimize_teacher"], texts, 64, packed=True)
-        peer_models["torch_dynamic_int8_teacher"] = peers.torch_dynamic_int8(teacher)
-        rt["torch_dynamic_int8_teacher"] = wl.hf_contender(peer_models["torch_dynamic_int8_teacher"], texts, 64)
-        if peers.onnxruntime_available():
-            onnx_dir = Path(tempfile.mkdtemp(prefix="costeff-bench-onnx-"))
-            for name, path in peers.export_teacher(teacher, onnx_dir).items():
-                session = peers.ort_session(path, best)
-                peer_models[f"ort_{name}_teacher"] = session
-                rt[f"ort_{name}_teacher"] = peers.ort_contender(session, teacher.config, texts, 64)
-        log("building COST-EFF int8 (quantize='int8')" +
-            (" and ORT running the exported COST-EFF model" if peers.onnxruntime_available() else ""))
-        costeff_int8 = CostEffInferenceModel(reference, costeff.tokenizer, quantize="int8", num_threads=None,
-                                             entropy_threshold=tau)
-        peer_models["costeff_int8_no_exit"] = (costeff_int8, 0.0)
-        peer_models["costeff_int8_early_exit"] = (costeff_int8, tau)
-        rt["costeff_int8_no_exit"] = wl.engine_contender(costeff_int8, texts, 64, 0.0)
-        rt["costeff_int8_early_exit"] = wl.engine_contender(costeff_int8, texts, 64, tau)
-        if peers.onnxruntime_available():
-            session = peers.ort_session(peers.export_costeff(reference, onnx_dir), best)
-            peer_models["ort_costeff_no_exit"] = session
-            rt["ort_costeff_no_exit"] = peers.ort_costeff_contender(session, reference.config, texts, 64)
+        peer_contenders, peer_predictors = peers.build_peers(teacher, reference, costeff.tokenizer, tau, texts, best,
+                                                             log=log)
+        rt.update(peer_contenders)
         results["peers"] = {"onnxruntime": peers.onnxruntime_available()}
 
     groups = {}
@@ -372,21 +346,8 @@ def main(argv=None) -> dict:
             "costeff_no_exit": accuracy(lambda c: costeff.predict(c, entropy_threshold=0.0), texts_all, labels),
             "costeff_early_exit": accuracy(lambda c: costeff.predict(c, entropy_threshold=tau), texts_all, labels),
         }
-        for name, model in peer_models.items():
-            if name.startswith("costeff_int8"):
-                engine, threshold = model
-                results["accuracy"][name] = accuracy(lambda c, e=engine, t=threshold: e.predict(c, entropy_threshold=t),
-                                                     texts_all, labels)
-            elif name == "ort_costeff_no_exit":
-                results["accuracy"][name] = accuracy(
-                    lambda c, m=model: peers.ort_costeff_logits(m, wl.hf_batches(c, len(c))[0]).argmax(-1),
-                    texts_all, labels)
-            elif name.startswith("ort_"):
-                results["accuracy"][name] = accuracy(
-                    lambda c, m=model: peers.ort_logits(m, wl.hf_batches(c, len(c))[0]).argmax(-1), texts_all, labels)
-            else:
-                results["accuracy"][name] = accuracy(
-                    lambda c, m=model: m(**wl.hf_batches(c, len(c))[0]).logits.argmax(-1), texts_all, labels)
+        for name, predict in peer_predictors.items():
+            results["accuracy"][name] = accuracy(predict, texts_all, labels)
         for row in results["threshold_sweep"]:
             row["accuracy"] = accuracy(lambda c, t=row["entropy_threshold"]: costeff.predict(c, entropy_threshold=t),
                                        texts_all, labels)

@@ -13,6 +13,7 @@ import os
 
 import pytest
 import torch
+import peers
 import workloads as wl
 
 import costeff_fast
@@ -46,6 +47,10 @@ def contenders():
             "hf_bert_base_128_padded": wl.hf_contender(bert, list(wl.full_length_texts(32)), 32, pad_to_max=True),
         },
         "streaming vs per-batch, batch 64": wl.streaming_contenders(costeff, texts[:256], 64, tau),
+        "rt batch 64 peers": {"costeff_early_exit": wl.engine_contender(costeff, texts[:64], 64, tau),
+                              "hf_teacher": wl.hf_contender(teacher, texts[:64], 64),
+                              **peers.build_peers(teacher, reference, costeff.tokenizer, tau, texts[:64],
+                                                  torch.get_num_threads())[0]},
     }
     return {(group, name): contender for group, members in groups.items() for name, contender in members.items()}
 
@@ -57,11 +62,16 @@ CASES = [
     ("8x full depth vs BERT-base 128 padded, batch 32", "costeff_8x_full_depth"),
     ("8x full depth vs BERT-base 128 padded, batch 32", "hf_bert_base_128_padded"),
     ("streaming vs per-batch, batch 64", "per_batch_compaction"), ("streaming vs per-batch, batch 64", "streaming"),
-]
+] + [("rt batch 64 peers", name) for name in (
+    "hf_teacher", "costeff_early_exit", "optimize_teacher", "optimize_int8_teacher", "torch_dynamic_int8_teacher",
+    "ort_fp32_fused_teacher", "ort_int8_teacher", "costeff_int8_no_exit", "costeff_int8_early_exit",
+    "ort_costeff_no_exit")]
 
 
 @pytest.mark.parametrize("group,name", CASES, ids=[f"{g}: {n}" for g, n in CASES])
 def test_model(benchmark, contenders, peak_gflops, group, name):
+    if (group, name) not in contenders:
+        pytest.skip(f"{name} needs onnxruntime (pip install 'costeff_fast[bench]')")
     contender = contenders[(group, name)]
     benchmark.group = group
     benchmark.pedantic(contender.fn, rounds=3, iterations=1, warmup_rounds=1)
