@@ -78,14 +78,21 @@ def rt_lengths(num_rows: int = 64) -> torch.Tensor:
     return torch.tensor([len(ids) for ids in encoded["input_ids"]])
 
 
+#: seconds of rest before each timed call: thread pools that spin-wait after a call (ONNX Runtime's intra-op pool,
+#: OpenMP's workers) would otherwise take cores from the next contender in the round
+SETTLE_S = 0.05
+
+
 def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median wall time (s) of each callable, timed round-robin so load changes hit all of them alike."""
+    """Median wall time (s) of each callable, timed round-robin so load changes hit all of them alike, each call
+    after :data:`SETTLE_S` of rest (not timed)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
