@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import traceback
 
@@ -21,6 +22,12 @@ def positive_float(text: str) -> float:
     if not (value > 0 and value != float("inf")):
         raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
     return value
+
+
+def configure_logging(verbose: bool) -> None:
+    """costeff_fast's log lines on stderr: warnings only by default, everything with ``-v``."""
+    logging.basicConfig(format="costeff-fast: %(message)s")
+    logging.getLogger("costeff_fast").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def refuse(error: Exception, verbose: bool) -> None:

@@ -42,7 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=positive_int, default=2, help="attention heads per layer (default 2)")
     parser.add_argument("--ffn", type=positive_int, default=160, help="FFN width per layer (default 160)")
     parser.add_argument("--embedding-rank", type=positive_int, default=128, help="word embedding rank (default 128)")
-    parser.add_argument("--allocation", choices=["uniform", "global"], default="uniform")
+    parser.add_argument("--allocation", choices=["uniform", "global"], default="uniform",
+                        help="uniform: every layer keeps --heads heads and --ffn neurons (default); global: the same "
+                             "totals spread over the layers by importance ranked across the whole model, so widths "
+                             "differ per layer")
     parser.add_argument("--final-exit-importance", action="store_true",
                         help="ablation: importance from the final exit only (no exit calibration)")
     parser.add_argument("--budget", choices=["quick", "standard", "paper", "demo"], default="quick",

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from costeff_fast.export import TOLERANCE, export_onnx
 
-from .common import refuse
+from .common import configure_logging, refuse
 
 NAME = "export"
 HELP = "write a COST-EFF checkpoint as an ONNX graph (one output per exit) for ONNX Runtime"
@@ -40,12 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not run the graph in onnxruntime against the reference forward")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log each step, the exporter's own warnings, and the traceback of a refusal")
-
-
-def configure_logging(verbose: bool) -> None:
-    """costeff_fast's log lines on stderr: warnings only by default, everything with ``-v``."""
-    logging.basicConfig(format="costeff-fast: %(message)s")
-    logging.getLogger("costeff_fast").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def run(args: argparse.Namespace) -> None:

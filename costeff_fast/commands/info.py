@@ -14,7 +14,7 @@ from costeff_fast.config import resolve_entropy_threshold
 from costeff_fast.flops import exit_flops, layer_flops, model_flops, parameter_counts
 from costeff_fast.modeling import CostEffForSequenceClassification
 
-from .common import positive_int, refuse
+from .common import configure_logging, positive_int, refuse
 
 NAME = "info"
 HELP = "print a COST-EFF checkpoint's widths per layer, parameters, FLOPs, threshold and labels"
@@ -146,8 +146,7 @@ def format_info(info: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    logging.basicConfig(format="costeff-fast: %(message)s")
-    logging.getLogger("costeff_fast").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    configure_logging(args.verbose)
     try:
         info = checkpoint_info(args.model, seq_len=args.seq_len)
     except (FileNotFoundError, ValueError) as error:
