@@ -151,11 +151,11 @@ def build_peers(teacher, reference, tokenizer, tau, texts: list[str], threads: i
     log("building the teacher's peers: optimize() fp32 and int8, torch dynamic int8"
         + (", ORT fp32 fused and ORT int8" if have_ort else " (onnxruntime not installed: no ORT peers)"))
     for name, quantize in (("optimize_teacher", None), ("optimize_int8_teacher", "int8")):
-        model = costeff_fast.optimize(teacher, quantize=quantize)
-        model.engine.thread_policy = None  # timed at the benchmark's thread count
+        model = costeff_fast.optimize(teacher, quantize=quantize, num_threads=None)  # the benchmark's thread count
         hf_like(name, model, packed=True)
     hf_like("torch_dynamic_int8_teacher", torch_dynamic_int8(teacher), packed=False)
-    onnx_dir = Path(tempfile.mkdtemp(prefix="costeff-bench-onnx-"))
+    scratch = tempfile.TemporaryDirectory(prefix="costeff-bench-onnx-")  # the sessions keep their graphs in memory
+    onnx_dir = Path(scratch.name)
     if have_ort:
         for name, path in export_teacher(teacher, onnx_dir).items():
             session = ort_session(path, threads)
@@ -173,4 +173,5 @@ def build_peers(teacher, reference, tokenizer, tau, texts: list[str], threads: i
         contenders["ort_costeff_no_exit"] = ort_costeff_contender(session, reference.config, texts, batch_size)
         predictors["ort_costeff_no_exit"] = (
             lambda rows: ort_costeff_logits(session, wl.hf_batches(rows, len(rows))[0]).argmax(-1))
+    scratch.cleanup()
     return contenders, predictors

@@ -81,7 +81,7 @@ def log(message: str) -> None:
 
 
 def time_group(contenders: dict, repeats: int, peak: float) -> dict:
-    seconds = wl.interleaved_seconds({name: c.fn for name, c in contenders.items()}, repeats)
+    seconds = wl.interleaved_seconds({name: c.fn for name, c in contenders.items()}, repeats, settle=wl.SETTLE_S)
     return {name: wl.report(c, seconds[name], peak) for name, c in contenders.items()}
 
 
@@ -97,7 +97,7 @@ def measure_threads(thread_counts, contenders, repeats) -> tuple[dict, int]:
     measured = {}
     for threads in thread_counts:
         torch.set_num_threads(threads)
-        seconds = wl.interleaved_seconds({name: c.fn for name, c in contenders.items()}, repeats)
+        seconds = wl.interleaved_seconds({name: c.fn for name, c in contenders.items()}, repeats, settle=wl.SETTLE_S)
         measured[str(threads)] = {name: c.sentences / seconds[name] for name, c in contenders.items()}
         log(f"threads={threads}: " + ", ".join(f"{k} {v:.1f} sentences/s" for k, v in measured[str(threads)].items()))
     best = max(thread_counts, key=lambda t: measured[str(t)]["costeff_early_exit"])
@@ -224,7 +224,7 @@ def busy_core(contenders: dict, defaults: dict, repeats: int, thread_counts: lis
         try:
             if busy:
                 time.sleep(1.5)  # the spinner is running and num_threads="auto" has seen it (threads.REFRESH_S)
-            seconds = wl.interleaved_seconds(fns, repeats)
+            seconds = wl.interleaved_seconds(fns, repeats, settle=wl.SETTLE_S)
             for (setting, name), value in seconds.items():
                 table.setdefault(f"{'busy' if busy else 'idle'}_{setting}", {})[name] = sentences[(setting, name)] / value
         finally:
@@ -296,8 +296,7 @@ def main(argv=None) -> dict:
 
     log("timing BERT-base shapes: HF sdpa vs optimize(), real-length batch 32")
     bert = wl.random_bert_base()
-    fast_bert = costeff_fast.optimize(bert)
-    fast_bert.engine.thread_policy = None
+    fast_bert = costeff_fast.optimize(bert, num_threads=None)
     bert_texts = texts_all[: args.bert_rows]
     hf_logits = torch.cat(wl.hf_contender(bert, bert_texts, 32).fn())
     fast_logits = torch.cat([fast_bert(**batch).logits for batch in wl.hf_batches(bert_texts, 32)])

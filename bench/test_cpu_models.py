@@ -71,7 +71,7 @@ CASES = [
 @pytest.mark.parametrize("group,name", CASES, ids=[f"{g}: {n}" for g, n in CASES])
 def test_model(benchmark, contenders, peak_gflops, group, name):
     if (group, name) not in contenders:
-        pytest.skip(f"{name} needs onnxruntime (pip install 'costeff_fast[bench]')")
+        pytest.skip(f"{name} not built here: ORT peers need onnxruntime (pip install 'costeff_fast[bench]')")
     contender = contenders[(group, name)]
     benchmark.group = group
     benchmark.pedantic(contender.fn, rounds=3, iterations=1, warmup_rounds=1)

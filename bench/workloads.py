@@ -83,16 +83,19 @@ def rt_lengths(num_rows: int = 64) -> torch.Tensor:
 SETTLE_S = 0.05
 
 
-def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                        settle: float = 0.0) -> dict[str, float]:
     """Median wall time (s) of each callable, timed round-robin so load changes hit all of them alike, each call
-    after :data:`SETTLE_S` of rest (not timed)."""
+    after ``settle`` seconds of rest (not timed; :data:`SETTLE_S` for whole models from different runtimes,
+    0 for kernel timings, where waking a sleeping thread team would dominate)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            time.sleep(SETTLE_S)
+            if settle:
+                time.sleep(settle)
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)

@@ -116,6 +116,9 @@ class CostEffInferenceModel:
             is this instance's default.
         tokenizer: the checkpoint's fast tokenizer.
         backend: the :class:`~costeff_fast.backends.base.Backend` running the layers.
+        thread_policy: the :class:`~costeff_fast.threads.AutoThreads` of ``num_threads="auto"`` on the CPU, else
+            None (set it to None to run at torch's current count).
+        num_threads: the fixed count of an int ``num_threads`` on the CPU, else None.
 
     Raises:
         ValueError / TypeError / RuntimeError: a bad backend, threshold, max_batch_tokens or quantize (see
@@ -265,12 +268,11 @@ class CostEffInferenceModel:
         """
         tau = resolve_entropy_threshold(entropy_threshold, self.config)
         input_ids, token_type_ids, lengths = self.encode(batch)
-        with torch_threads(self._call_threads()):
-            outputs = [
-                run_early_exit(self.backend, input_ids[start:stop], token_type_ids[start:stop], lengths[first:last],
-                               tau)
-                for first, last, start, stop in _token_chunks(lengths, self.max_batch_tokens)
-            ]
+        outputs = []
+        for first, last, start, stop in _token_chunks(lengths, self.max_batch_tokens):
+            with torch_threads(self._call_threads()):  # per chunk, so a long call follows the load
+                outputs.append(run_early_exit(self.backend, input_ids[start:stop], token_type_ids[start:stop],
+                                              lengths[first:last], tau))
         if len(outputs) == 1:
             logits, exit_layer = outputs[0]
         else:

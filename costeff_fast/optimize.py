@@ -9,7 +9,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .backends import check_quantize_target
-from .inference import CostEffInferenceModel
+from .inference import CostEffInferenceModel, check_num_threads
 from .modeling import SUPPORTED_TEACHERS, CostEffForSequenceClassification
 
 #: the ``transformers`` classifiers :func:`optimize` accepts (every classifier the conversion reproduces)
@@ -43,6 +43,7 @@ class OptimizedBertForSequenceClassification:
     Args:
         model: the source classifier.
         quantize: None (fp32) or ``"int8"`` (as :func:`optimize`).
+        num_threads: ``"auto"``, an int or None (as :func:`optimize`).
 
     Raises:
         TypeError: another class (the message lists the supported ones).
@@ -56,12 +57,14 @@ class OptimizedBertForSequenceClassification:
     device = torch.device("cpu")
     dtype = torch.float32
 
-    def __init__(self, model: nn.Module, quantize: str | None = None):
+    def __init__(self, model: nn.Module, quantize: str | None = None, num_threads: int | str | None = "auto"):
         _check_optimizable(model)
         check_quantize_target(quantize, "auto", "cpu")
+        check_num_threads(num_threads)
         converted = CostEffForSequenceClassification.from_encoder_classifier(model).float().eval()
         self.config = model.config
-        self.engine = CostEffInferenceModel(converted, tokenizer=None, backend="auto", device="cpu", quantize=quantize)
+        self.engine = CostEffInferenceModel(converted, tokenizer=None, backend="auto", device="cpu", quantize=quantize,
+                                            num_threads=num_threads)
 
     def __call__(
         self,
@@ -142,7 +145,8 @@ class OptimizedBertForSequenceClassification:
         )
 
 
-def optimize(model: nn.Module, quantize: str | None = None) -> OptimizedBertForSequenceClassification:
+def optimize(model: nn.Module, quantize: str | None = None,
+             num_threads: int | str | None = "auto") -> OptimizedBertForSequenceClassification:
     """Convert a Hugging Face encoder classifier to the packed, padding-free CPU engine.
 
     Args:
@@ -153,6 +157,9 @@ def optimize(model: nn.Module, quantize: str | None = None) -> OptimizedBertForS
         quantize: None (fp32) or ``"int8"``: each layer's QKV, attention-output and FFN weights stored int8 per
             output channel and run with dynamically quantized int8 activations (torch's fbgemm kernels;
             ``costeff_fast.from_pretrained(..., quantize="int8")`` describes it); the rest stays fp32.
+        num_threads: torch threads of each call: ``"auto"`` (default) as many as other processes leave cores
+            free (:mod:`costeff_fast.threads`), an int that many, None torch's current count; the previous count
+            is restored after each call.
 
     Returns:
         An :class:`OptimizedBertForSequenceClassification` called like the source
@@ -163,6 +170,7 @@ def optimize(model: nn.Module, quantize: str | None = None) -> OptimizedBertForS
     Raises:
         TypeError: ``model`` is none of those classes (the message lists them).
         ValueError: a source the conversion cannot reproduce exactly (e.g. a hidden activation other than
-            the erf GELU); ``quantize`` other than None or ``"int8"`` (before converting anything).
+            the erf GELU); ``quantize`` other than None or ``"int8"``, or a bad ``num_threads`` (before
+            converting anything).
     """
-    return OptimizedBertForSequenceClassification(model, quantize=quantize)
+    return OptimizedBertForSequenceClassification(model, quantize=quantize, num_threads=num_threads)

@@ -8,12 +8,19 @@ than 1 thread (``python bench/bench_threads.py``). On an idle machine 2 threads 
 the count is chosen from the load, not fixed.
 
 How: the kernel's per-CPU counters (``/proc/stat``, Linux ``proc(5)``) give the busy time of the CPUs this
-process may run on (``os.sched_getaffinity``); minus this process's own CPU time (``time.process_time``, all
-its threads) over the same wall-clock window, it is the number of cores other processes kept busy. The call
-then runs on ``cores - round(others)`` threads, at least 1 and at most the ceiling (torch's thread count when
-the model was loaded, so ``OMP_NUM_THREADS`` and ``torch.set_num_threads`` still cap it). The window is the time
-since the previous decision, at least :data:`MIN_WINDOW_S`; decisions are reused for :data:`REFRESH_S`. Where
-``/proc/stat`` is missing (not Linux) the ceiling is used.
+process may run on (the union of its threads' ``sched_getaffinity``: OpenMP's ``OMP_PROC_BIND`` pins each
+thread to one CPU); minus this process's own CPU time (``time.process_time``, all its threads) over the same
+wall-clock window, it is the number of cores other processes kept busy. The call then runs on
+``cpus - round(others)`` threads, at least 1 and at most the ceiling (torch's thread count when the model was
+loaded, so ``OMP_NUM_THREADS`` and ``torch.set_num_threads`` still cap it). The window is the time since the
+previous decision, at least :data:`MIN_WINDOW_S`; decisions are reused for :data:`REFRESH_S`. Where
+``/proc/stat`` is missing or unreadable (not Linux) the ceiling is used.
+
+Limits: the measure is the CPU time other processes *got*, not what they wanted, so when the machine is
+oversubscribed it reads their demand low and the count settles above the free cores (on 2 cores with one busy
+it reads about 0.7-1.0 and takes 1 thread, the case this was built for). CPUs are counted as the kernel lists
+them: with SMT, hyper-threads count as CPUs while torch's default ceiling is the physical cores, so load below
+the number of sibling threads does not lower the count.
 """
 
 from __future__ import annotations
@@ -39,39 +46,59 @@ def _cpu_busy_seconds(cpus: frozenset[int], clock_ticks: float) -> float | None:
     try:
         with open(_STAT, encoding="ascii") as stat:
             lines = stat.readlines()
-    except OSError:
+        busy = 0
+        for line in lines:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            name, *fields = line.split()
+            if int(name[3:]) not in cpus:
+                continue
+            values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+            busy += sum(values) - values[3] - values[4]
+    except (OSError, ValueError, IndexError):  # no /proc/stat, or a format this parser does not know
         return None
-    busy = 0
-    for line in lines:
-        if not line.startswith("cpu") or line.startswith("cpu "):
-            continue
-        name, *fields = line.split()
-        if int(name[3:]) not in cpus:
-            continue
-        values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
-        busy += sum(values) - values[3] - values[4]
     return busy / clock_ticks
 
 
 def available_cpus() -> frozenset[int]:
-    """The CPU ids this process may run on (``os.sched_getaffinity``; all of ``os.cpu_count()`` elsewhere)."""
-    if hasattr(os, "sched_getaffinity"):
-        return frozenset(os.sched_getaffinity(0))
-    return frozenset(range(os.cpu_count() or 1))
+    """The CPU ids this process may run on: the union of its threads' affinities (``sched_getaffinity`` of each
+    entry of ``/proc/self/task``, since a bound OpenMP runtime pins each thread to one CPU), the process's own
+    where that cannot be read, all of ``os.cpu_count()`` without ``sched_getaffinity``."""
+    if not hasattr(os, "sched_getaffinity"):
+        return frozenset(range(os.cpu_count() or 1))
+    cpus = set(os.sched_getaffinity(0))
+    try:
+        for task in os.listdir("/proc/self/task"):
+            try:
+                cpus |= os.sched_getaffinity(int(task))
+            except OSError:  # the thread ended meanwhile
+                continue
+    except OSError:
+        pass
+    return frozenset(cpus)
 
 
 class AutoThreads:
     """Chooses torch's intra-op thread count for each engine call from the other processes' load (module notes).
 
     Args:
-        max_threads: the ceiling (default: ``torch.get_num_threads()`` now).
+        max_threads: the ceiling, an int >= 1 (default: ``torch.get_num_threads()`` now).
 
     Attributes:
+        max_threads: the ceiling.
+        cpus: the CPU ids counted (:func:`available_cpus` at construction).
         last_others: cores other processes kept busy over the last window (float, None before the first).
+
+    Raises:
+        ValueError: ``max_threads`` is not a positive int.
     """
 
     def __init__(self, max_threads: int | None = None):
-        self.max_threads = max(1, int(max_threads if max_threads is not None else torch.get_num_threads()))
+        if max_threads is None:
+            max_threads = torch.get_num_threads()
+        if not isinstance(max_threads, int) or isinstance(max_threads, bool) or max_threads < 1:
+            raise ValueError(f"max_threads must be a positive int, got {max_threads!r}")
+        self.max_threads = max_threads
         self.cpus = available_cpus()
         self._ticks = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
         self._lock = threading.Lock()
@@ -105,7 +132,8 @@ class AutoThreads:
 @contextlib.contextmanager
 def torch_threads(count: int | None) -> Iterator[None]:
     """Run the block with ``torch.set_num_threads(count)`` and restore the previous count after it (None: leave
-    the count alone). Process-wide, like ``torch.set_num_threads`` itself."""
+    the count alone). With torch's OpenMP builds the count belongs to the calling thread (and is the default of
+    threads that start using torch later), so call it from the thread that runs the model."""
     previous = torch.get_num_threads()
     if count is None or count == previous:
         yield

@@ -78,6 +78,42 @@ def test_decision_is_reused_within_refresh_and_short_windows_keep_it(clock):
     assert policy.threads() == 4  # the load went away
 
 
+def test_a_window_shorter_than_min_window_keeps_the_decision(clock):
+    policy = AutoThreads(max_threads=4)
+    clock.advance(threads_module.MIN_WINDOW_S / 2, others=3.0)
+    assert policy.threads() == 4 and policy.last_others is None  # too short to judge: the ceiling stays
+    clock.advance(2.0, others=3.0)
+    assert policy.threads() == 1
+
+
+def test_bad_max_threads_is_refused():
+    for bad in (0, -3, "2", True):
+        with pytest.raises(ValueError, match="max_threads must be a positive int"):
+            AutoThreads(max_threads=bad)
+
+
+def test_unreadable_proc_stat_falls_back_to_the_ceiling(monkeypatch, tmp_path):
+    garbage = tmp_path / "stat"
+    garbage.write_text("cpuX 1 2\ncpu0 a b c\n")
+    monkeypatch.setattr(threads_module, "_STAT", str(garbage))
+    policy = AutoThreads(max_threads=3)
+    time.sleep(threads_module.MIN_WINDOW_S)
+    assert policy.threads() == 3
+
+
+def test_cpus_are_the_union_of_the_threads_affinities(monkeypatch):
+    if not hasattr(threads_module.os, "sched_getaffinity") or not threads_module.os.path.isdir("/proc/self/task"):
+        pytest.skip("needs sched_getaffinity and /proc/self/task")
+    main = threads_module.os.getpid()
+    real = threads_module.os.sched_getaffinity
+    everything = frozenset(real(0))
+    # as under OMP_PROC_BIND: the calling thread pinned to one CPU, the pool's threads to the others
+    monkeypatch.setattr(threads_module.os, "sched_getaffinity",
+                        lambda pid: {min(everything)} if pid in (0, main) else set(everything))
+    monkeypatch.setattr(threads_module.os, "listdir", lambda path: [str(main), "999999"])
+    assert threads_module.available_cpus() == everything
+
+
 def test_without_proc_stat_the_ceiling_is_used(monkeypatch):
     monkeypatch.setattr(threads_module, "_STAT", "/nonexistent/stat")
     policy = AutoThreads(max_threads=3)
@@ -123,7 +159,8 @@ def test_engine_calls_restore_torch_threads_and_match(minilm_dir):
     model, tokenizer = make_tiny_model(vocab_size=30522), AutoTokenizer.from_pretrained(minilm_dir)
     previous = torch.get_num_threads()
     texts = ["a short one", "another sentence that is longer than the first", "x"] * 5
-    fixed = CostEffInferenceModel(model, tokenizer, backend="torch", num_threads=1)
+    target = 1 if previous != 1 else 2  # a count different from torch's, so setting and restoring are both seen
+    fixed = CostEffInferenceModel(model, tokenizer, backend="torch", num_threads=target)
     auto = CostEffInferenceModel(model, tokenizer, backend="torch")
     left = CostEffInferenceModel(model, tokenizer, backend="torch", num_threads=None)
     assert auto.thread_policy is not None and left.thread_policy is None
@@ -138,9 +175,11 @@ def test_engine_calls_restore_torch_threads_and_match(minilm_dir):
     reference = left.generate_logits(texts, entropy_threshold=0.0)
     torch.testing.assert_close(fixed.generate_logits(texts, entropy_threshold=0.0), reference, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(auto.generate_logits(texts, entropy_threshold=0.0), reference, rtol=1e-5, atol=1e-5)
-    assert seen and set(seen) == {1}
+    assert seen and set(seen) == {target}
     assert torch.get_num_threads() == previous
+    seen.clear()
     streamed = dict((i, row) for i, row, _ in fixed.generate_logits_stream(iter(texts), 4, entropy_threshold=0.0))
+    assert seen and set(seen) == {target}  # every streamed layer step ran on the instance's count
     assert torch.get_num_threads() == previous
     torch.testing.assert_close(torch.stack([streamed[i] for i in range(len(texts))]), reference, rtol=1e-5, atol=1e-5)
     steps = fixed.generate_logits_stream(iter(texts), 4, entropy_threshold=0.0)

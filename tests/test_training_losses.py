@@ -14,6 +14,7 @@ from costeff_fast.training.losses import (
     hidden_mse,
     multi_exit_loss,
     slenderization_loss,
+    soft_cross_entropy,
 )
 
 LABELS = 3
@@ -120,3 +121,24 @@ def test_early_exit_weight_scales_every_exit_but_the_last():
         distillation_loss(student, teacher, batch, hidden_weight=0, early_exit_weight=2.5, **kw), weighted)
     with pytest.raises(ValueError, match="early_exit_weight must be >= 0"):
         multi_exit_loss(s, batch["labels"], t, early_exit_weight=-1.0, **kw)
+
+
+def test_soft_cross_entropy_is_scaled_by_temperature_squared():
+    generator = torch.Generator().manual_seed(5)
+    student, teacher = torch.randn(6, LABELS, generator=generator), torch.randn(6, LABELS, generator=generator)
+    for temperature in (1.0, 2.0, 4.0):
+        target = torch.softmax(teacher / temperature, dim=-1)
+        plain = -(target * torch.log_softmax(student / temperature, dim=-1)).sum(-1).mean()
+        torch.testing.assert_close(soft_cross_entropy(student, teacher, temperature), temperature**2 * plain)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        soft_cross_entropy(student, teacher, 0.0)
+
+
+def test_budget_refuses_bad_ablation_values():
+    from costeff_fast.training.budget import budget_with
+
+    with pytest.raises(ValueError, match="kd_temperature must be > 0"):
+        budget_with("quick", kd_temperature=0.0)
+    with pytest.raises(ValueError, match="early_exit_weight must be >= 0"):
+        budget_with("quick", early_exit_weight=-1.0)
+    assert budget_with("quick", early_exit_weight=0.0).early_exit_weight == 0.0

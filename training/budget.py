@@ -53,10 +53,17 @@ class Budget:
     recovery_lr: float
     """Peak AdamW learning rate of both recovery phases."""
     kd_temperature: float = 1.0
-    """Distillation temperature T of the exit (prediction) distillation in the TA and in recovery."""
+    """Distillation temperature T (> 0) of the exit (prediction) distillation in the TA and in recovery (the
+    soft cross-entropy is scaled by T^2, :func:`~costeff_fast.training.losses.soft_cross_entropy`)."""
     early_exit_weight: float = 1.0
-    """Loss weight of exits 1..L-1 against the last exit in the TA's and recovery's exit distillation (the
-    paper sums the exits with weight 1)."""
+    """Loss weight (>= 0) of exits 1..L-1 against the last exit in the TA's and recovery's exit distillation
+    (the paper sums the exits with weight 1)."""
+
+    def __post_init__(self):
+        if not self.kd_temperature > 0:
+            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
+        if not self.early_exit_weight >= 0:
+            raise ValueError(f"early_exit_weight must be >= 0, got {self.early_exit_weight}")
 
 
 PAPER = Budget(

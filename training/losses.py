@@ -23,19 +23,27 @@ Batch = Mapping[str, torch.Tensor]
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Prediction distillation: ``-sum softmax(t/T) * log_softmax(s/T)``, mean over the batch.
+    """Prediction distillation: ``-T^2 * sum softmax(t/T) * log_softmax(s/T)``, mean over the batch.
+
+    The ``T^2`` factor (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network", Sec. 2) keeps the
+    gradients' scale independent of T, so a temperature ablation changes the targets' softness and not the
+    term's weight against the hidden-state and hard-label terms; at T = 1 it is the plain soft cross-entropy.
 
     Args:
         student_logits, teacher_logits: ``[B, C]`` (teacher detached by the caller or here).
         temperature: T > 0.
 
     Returns:
-        Scalar fp32 loss (nats).
+        Scalar fp32 loss (nats, times T^2).
+
+    Raises:
+        ValueError: ``temperature <= 0``.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     target = torch.softmax(teacher_logits.detach().float() / temperature, dim=-1)
-    return -(target * torch.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1).mean()
+    cross = -(target * torch.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1).mean()
+    return cross * temperature**2
 
 
 def hidden_mse(

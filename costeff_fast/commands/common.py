@@ -24,6 +24,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite float >= 0."""
+    value = float(text)
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def configure_logging(verbose: bool) -> None:
     """costeff_fast's log lines on stderr: warnings only by default, everything with ``-v``."""
     logging.basicConfig(format="costeff-fast: %(message)s")

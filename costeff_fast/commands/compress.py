@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .common import positive_float, positive_int, refuse
+from .common import non_negative_float, positive_float, positive_int, refuse
 
 NAME = "compress"
 HELP = "run the COST-EFF pipeline and write a calibrated checkpoint"
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kd-temperature", type=positive_float, default=None,
                         help="distillation temperature of the TA's and recovery's exit distillation (default: the "
                              "budget's, 1)")
-    parser.add_argument("--early-exit-weight", type=positive_float, default=None,
+    parser.add_argument("--early-exit-weight", type=non_negative_float, default=None,
                         help="loss weight of exits 1..L-1 against the last exit in that distillation (default: the "
                              "budget's, 1)")
     parser.add_argument("--exit-pooling", choices=["mean", "cls"], default="mean",

@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "build, else torch)")
     parser.add_argument("--num-threads", type=positive_int, default=None,
                         help="torch CPU threads (per Ray worker with --engine ray; default: as many as other "
-                             "processes leave cores free, chosen per batch, or 1 per Ray worker)")
+                             "processes leave cores free, re-read at most once a second, or 1 per Ray worker)")
     parser.add_argument("--output-format", choices=["parquet", "csv", "jsonl"], default=None,
                         help="format of the output files (default: the input's)")
     parser.add_argument("--shard-rows", type=positive_int, default=DEFAULT_SHARD_ROWS,
