@@ -64,15 +64,6 @@ def lscpu_model() -> str:
                 "unknown")
 
 
-def converted_minilm(directory: Path) -> Path:
-    """The packaged MiniLM as a full-width COST-EFF checkpoint with its tokenizer."""
-    source = AutoModelForSequenceClassification.from_pretrained(packaged_minilm_dir(), num_labels=2)
-    torch.manual_seed(0)
-    CostEffForSequenceClassification.from_encoder_classifier(source).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(directory)
-    return directory
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
@@ -81,7 +72,7 @@ def main(argv=None) -> dict:
     transformers.utils.logging.disable_progress_bar()
     texts = list(load_task("rt")["validation"]["text"])[: args.rows]
     with tempfile.TemporaryDirectory() as scratch:
-        directory = args.model or converted_minilm(Path(scratch) / "minilm-costeff")
+        directory = args.model or wl.converted_minilm(Path(scratch) / "minilm-costeff")
         engine = costeff_fast.from_pretrained(directory)
         classifier = pipeline("text-classification", model=str(directory))
         reference = pipeline("text-classification", model=CostEffForSequenceClassification.from_pretrained(directory),

@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 import costeff_fast
+import workloads as wl  # bench/ is sys.path[0] when run as a script
 from costeff_fast.data import load_task
 
 MAX_LENGTH = 128  # tokens per sentence after truncation, as bench/run_cpu.py
@@ -85,19 +86,6 @@ def cpu_description() -> dict:
     except OSError:
         pass
     return {"model": model, "logical_cpus": os.cpu_count(), "int8_flags": {flag: flag in flags for flag in INT8_FLAGS}}
-
-
-def converted_minilm(directory: Path) -> Path:
-    """The packaged MiniLM as a full-width 6-exit COST-EFF checkpoint (random 2-label exits) with its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from costeff_fast.training.data import packaged_minilm_dir
-
-    torch.manual_seed(0)
-    hf = AutoModelForSequenceClassification.from_pretrained(packaged_minilm_dir(), num_labels=2).eval()
-    costeff_fast.CostEffForSequenceClassification.from_encoder_classifier(hf).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(directory)
-    return directory
 
 
 def interleaved(fns: dict, repeats: int) -> dict[str, float]:
@@ -235,7 +223,7 @@ def main(argv=None) -> dict:
     }
     with tempfile.TemporaryDirectory() as scratch:
         trained = args.model is not None
-        model_dir = args.model or converted_minilm(Path(scratch) / "minilm-costeff")
+        model_dir = args.model or wl.converted_minilm(Path(scratch) / "minilm-costeff")
         result["model"] = str(args.model) if trained else (
             "packaged MiniLM converted by from_encoder_classifier (untrained exits, no calibrated threshold): speed only")
         print(f"COST-EFF model: {result['model']}", flush=True)

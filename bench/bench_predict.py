@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 import torch
 
 import costeff_fast
+import workloads as wl  # bench/ is sys.path[0] when run as a script
 from costeff_fast.data import load_task
 from costeff_fast.jobs import run_predict
 
@@ -65,19 +66,6 @@ def cpu_model() -> str:
                 platform.machine())
 
 
-def converted_minilm(directory: Path) -> Path:
-    """The packaged MiniLM as a full-width 6-exit COST-EFF checkpoint (random 2-label exits) with its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from costeff_fast.training.data import packaged_minilm_dir
-
-    torch.manual_seed(0)
-    hf = AutoModelForSequenceClassification.from_pretrained(packaged_minilm_dir(), num_labels=2).eval()
-    costeff_fast.CostEffForSequenceClassification.from_encoder_classifier(hf).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(directory)
-    return directory
-
-
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -93,7 +81,7 @@ def main(argv=None) -> dict:
     gold_names = split.features["label"].names
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        model_dir = args.model or converted_minilm(scratch / "minilm-costeff")
+        model_dir = args.model or wl.converted_minilm(scratch / "minilm-costeff")
         source = scratch / "rt-validation.parquet"
         pq.write_table(pa.table({"text": texts}), source)
         model = costeff_fast.from_pretrained(model_dir, backend=args.backend)

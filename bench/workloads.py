@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -483,3 +484,16 @@ def early_exit_threshold(costeff, reference, texts: list[str], trained: bool):
     if trained and costeff.config.entropy_threshold is not None:
         return costeff.entropy_threshold, "calibrated (checkpoint config)"
     return median_thresholds(reference, texts), "synthetic: per-layer median entropy of the timed rows"
+
+
+def converted_minilm(directory: Path) -> Path:
+    """The packaged MiniLM as a full-width 6-exit COST-EFF checkpoint (random 2-label exits) with its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from costeff_fast.training.data import packaged_minilm_dir
+
+    torch.manual_seed(0)
+    hf = AutoModelForSequenceClassification.from_pretrained(packaged_minilm_dir(), num_labels=2).eval()
+    CostEffForSequenceClassification.from_encoder_classifier(hf).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(directory)
+    return directory

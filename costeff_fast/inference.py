@@ -356,7 +356,9 @@ def from_pretrained(
         num_threads: CPU threads of the engine's calls: ``"auto"`` (default) chooses per call as many as other
             processes leave cores free, at most torch's count now (:mod:`costeff_fast.threads`: with one core
             busy elsewhere, 2 threads ran slower than 1); an int fixes it (``torch.set_num_threads``, also set
-            process-wide now, as before); None leaves torch's setting.
+            process-wide now, as before); None leaves torch's setting. A different count changes the fp32
+            summation order, so with ``"auto"`` two calls on the same rows agree to rounding (about 1e-7), not
+            bit for bit; pass an int where bitwise repeatability matters.
         device: torch device for the weights (default CPU).
         max_batch_tokens: real tokens per engine call; larger :meth:`~CostEffInferenceModel.generate_logits`
             calls run in chunks (:class:`CostEffInferenceModel`).

@@ -263,14 +263,19 @@ def encoder_layer(
     ``a = LN(attention(hidden @ W_qkv + b_qkv) @ W_O + b_O + hidden)``, ``out = LN(GELU(a @ W_1 + b_1) @ W_2 +
     b_2 + a)`` with the layer's own widths (``layer.num_heads`` heads of ``layer.head_size``, FFN ``F_l``).
     """
-    qkv = linear(hidden, layer.qkv_weight, layer.qkv_bias)
+    return _post_ln_layer(hidden, cu_seqlens, max_seqlen, layer, eps, linear, linear_residual_layernorm)
+
+
+def _post_ln_layer(hidden, cu_seqlens, max_seqlen, layer: PackedLayer, eps: float, gemm, gemm_residual_layernorm):
+    """The post-LN layer of :func:`encoder_layer` with its two GEMM steps given (fp32 or int8)."""
+    qkv = gemm(hidden, layer.qkv_weight, layer.qkv_bias)
     context = varlen_attention(qkv, cu_seqlens, max_seqlen, layer.num_heads, layer.head_size)
-    hidden = linear_residual_layernorm(
+    hidden = gemm_residual_layernorm(
         context, layer.attention_output_weight, layer.attention_output_bias, hidden,
         layer.attention_norm_weight, layer.attention_norm_bias, eps,
     )
-    inter = linear(hidden, layer.intermediate_weight, layer.intermediate_bias, gelu=True)
-    return linear_residual_layernorm(
+    inter = gemm(hidden, layer.intermediate_weight, layer.intermediate_bias, gelu=True)
+    return gemm_residual_layernorm(
         inter, layer.output_weight, layer.output_bias, hidden, layer.output_norm_weight, layer.output_norm_bias, eps
     )
 
@@ -319,16 +324,7 @@ def encoder_layer_int8(
     """:func:`encoder_layer` of a layer packed with ``quantize="int8"``: its four GEMMs (QKV, attention output,
     FFN in and out) run :func:`linear_int8`; attention, GELU, residuals and LayerNorms stay fp32.
     ``[T, H]`` fp32 CPU -> ``[T, H]`` fp32."""
-    qkv = linear_int8(hidden, layer.qkv_weight, layer.qkv_bias)
-    context = varlen_attention(qkv, cu_seqlens, max_seqlen, layer.num_heads, layer.head_size)
-    hidden = linear_residual_layernorm_int8(
-        context, layer.attention_output_weight, layer.attention_output_bias, hidden,
-        layer.attention_norm_weight, layer.attention_norm_bias, eps,
-    )
-    inter = linear_int8(hidden, layer.intermediate_weight, layer.intermediate_bias, gelu=True)
-    return linear_residual_layernorm_int8(
-        inter, layer.output_weight, layer.output_bias, hidden, layer.output_norm_weight, layer.output_norm_bias, eps
-    )
+    return _post_ln_layer(hidden, cu_seqlens, max_seqlen, layer, eps, linear_int8, linear_residual_layernorm_int8)
 
 
 def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
