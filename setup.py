@@ -32,7 +32,7 @@ setup(
         "ray": ["ray[data]>=2.40"],  # costeff-fast predict --engine ray, costeff_fast.integrations.ray
         # costeff-fast export --format onnx (torch.onnx.export's exporter needs onnx + onnxscript) and its check
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
-        # bench/: the ONNX Runtime peers (bench/peers.py), pytest-benchmark and the plots
+        # bench/: the ONNX Runtime peers (bench/peers.py) and the pytest-benchmark suite
         "bench": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "pytest-benchmark>=4"],
         "test": [
             "triton>=3.0; platform_system == 'Linux'",
