@@ -52,10 +52,10 @@ class Budget:
     """Epochs of recovery's hidden-state plus exit-to-exit distillation; the best dev checkpoint is kept."""
     recovery_lr: float
     """Peak AdamW learning rate of both recovery phases."""
-    kd_temperature: float = 1.0
+    kd_temperature: float
     """Distillation temperature T (> 0) of the exit (prediction) distillation in the TA and in recovery (the
     soft cross-entropy is scaled by T^2, :func:`~costeff_fast.training.losses.soft_cross_entropy`)."""
-    early_exit_weight: float = 1.0
+    early_exit_weight: float
     """Loss weight (>= 0) of exits 1..L-1 against the last exit in the TA's and recovery's exit distillation
     (the paper sums the exits with weight 1)."""
 
@@ -74,6 +74,7 @@ PAPER = Budget(
     ta_hidden_epochs=5 / 3, ta_prediction_epochs=5, ta_lr=2e-5,
     num_events=None, importance_batches=None, distill_steps=180, prune_lr=1e-5,
     recovery_hidden_epochs=10, recovery_prediction_epochs=6, recovery_lr=3e-5,
+    kd_temperature=1.0, early_exit_weight=1.0,
 )
 """The paper's SST-2 schedule for 2 heads (full data, 128 tokens)."""
 
@@ -84,6 +85,7 @@ QUICK = Budget(
     ta_hidden_epochs=0.5, ta_prediction_epochs=1, ta_lr=5e-5,
     num_events=5, importance_batches=8, distill_steps=40, prune_lr=3e-5,
     recovery_hidden_epochs=1, recovery_prediction_epochs=1, recovery_lr=5e-5,
+    kd_temperature=1.0, early_exit_weight=1.0,
 )
 """About 30 minutes for rt on 2 CPU cores (the CLI's default)."""
 
@@ -94,6 +96,7 @@ DEMO = Budget(
     ta_hidden_epochs=0, ta_prediction_epochs=1, ta_lr=5e-5,
     num_events=4, importance_batches=4, distill_steps=25, prune_lr=3e-5,
     recovery_hidden_epochs=0.5, recovery_prediction_epochs=1, recovery_lr=5e-5,
+    kd_temperature=1.0, early_exit_weight=1.0,
 )
 """The quick recipe on 2,000 rows with shorter pruning and recovery (``costeff-fast demo``)."""
 
@@ -107,6 +110,7 @@ STANDARD = Budget(
     ta_hidden_epochs=0.5, ta_prediction_epochs=3, ta_lr=5e-5,
     num_events=5, importance_batches=16, distill_steps=60, prune_lr=3e-5,
     recovery_hidden_epochs=1, recovery_prediction_epochs=3, recovery_lr=5e-5,
+    kd_temperature=1.0, early_exit_weight=1.0,
 )
 """Full data, 64 tokens, three epochs for the teacher and for each exit distillation (the runs of record)."""
 
