@@ -3,11 +3,11 @@ the same thresholds and accuracy, in one process, fp32 and int8 interleaved, med
 
 Usage (from the repository root)::
 
-    python bench/bench_int8.py --model /tmp/ci/main/runs/rt-uniform --threads 1 --out /tmp/int8.json
-    python bench/bench_int8.py --model CKPT --teacher TEACHER_DIR --out /tmp/int8.json  # also optimize(teacher)
-    python bench/bench_int8.py --out /tmp/int8.json        # no checkpoint: the packaged MiniLM converted
-    python bench/bench_int8.py --model /work/trec-user/out-trec-user --csv /work/trec-user/validation.csv \
-        --text-column question --label-column question_type --threads 1 --out /tmp/int8-trec.json  # other rows
+    python bench/bench_int8.py --model work/out/rt-standard-uniform --threads 2 --out int8.json
+    python bench/bench_int8.py --model CKPT --teacher TEACHER_DIR --out int8.json  # also optimize(teacher)
+    python bench/bench_int8.py --out int8.json        # no checkpoint: the packaged MiniLM converted
+    python bench/bench_int8.py --model work/user-csv/out --csv work/user-csv/validation.csv \
+        --text-column question --label-column question_type --threads 1 --out int8-trec.json  # other rows
 
 Measured for the COST-EFF checkpoint, fp32 and int8 on the same backend (``--backend``, default ``auto``: the
 native kernels), at threshold 0 (full depth) and at the checkpoint's calibrated threshold:
