@@ -144,5 +144,12 @@ def test_cli_passes_row_overrides_to_the_budget(monkeypatch, tmp_path):
     cli.main(["compress", "--task-default", "--task", "rt", "--kd-temperature", "2", "--early-exit-weight", "3",
               "--out", str(tmp_path)])
     assert (seen["budget"].kd_temperature, seen["budget"].early_exit_weight) == (2.0, 3.0)
+    assert (seen["budget"].num_events, seen["budget"].distill_steps) == (5, 40)  # the quick budget's
+    cli.main(["compress", "--task-default", "--task", "rt", "--budget", "standard", "--num-events", "10",
+              "--distill-steps", "180", "--out", str(tmp_path)])
+    assert (seen["budget"].num_events, seen["budget"].distill_steps) == (10, 180)
+    assert seen["budget"].recovery_prediction_epochs == pipeline.BUDGETS["standard"].recovery_prediction_epochs
     with pytest.raises(SystemExit):
         cli.main(["compress", "--task-default", "--task", "rt", "--kd-temperature", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        cli.main(["compress", "--task-default", "--task", "rt", "--num-events", "0", "--out", str(tmp_path)])

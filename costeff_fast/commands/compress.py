@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recovery-epochs", type=float, default=None,
                         help="epochs of recovery's exit (prediction) distillation (default: the budget's; "
                              "quick uses 1)")
+    parser.add_argument("--num-events", type=positive_int, default=None,
+                        help="pruning events of slenderization, the widths shrinking linearly over them (default: the "
+                             "budget's; quick and standard use 5; the paper uses one per removed head)")
+    parser.add_argument("--distill-steps", type=positive_int, default=None,
+                        help="optimizer steps of distillation from the TA after each pruning event (default: the "
+                             "budget's; standard uses 60, the paper 180)")
     parser.add_argument("--kd-temperature", type=positive_float, default=None,
                         help="distillation temperature of the TA's and recovery's exit distillation (default: the "
                              "budget's, 1)")
@@ -127,7 +133,8 @@ def run(args: argparse.Namespace) -> None:
     overrides = {"max_length": args.max_length, "train_rows": args.train_rows, "eval_rows": args.eval_rows,
                  "teacher_epochs": args.teacher_epochs, "ta_prediction_epochs": args.ta_epochs,
                  "recovery_prediction_epochs": args.recovery_epochs, "kd_temperature": args.kd_temperature,
-                 "early_exit_weight": args.early_exit_weight}
+                 "early_exit_weight": args.early_exit_weight,
+                 "num_events": args.num_events, "distill_steps": args.distill_steps}
     budget = replace(pipeline.BUDGETS[args.budget], **{k: v for k, v in overrides.items() if v is not None})
     try:
         data = compress_data(args, CompressArgumentError)
