@@ -13,6 +13,15 @@ COSTEFF=${COSTEFF:-costeff-fast}
 PYTHON=${PYTHON:-python}
 ONLY=" $* "
 wanted() { [[ "$ONLY" == "  " || "$ONLY" == *" $1 "* ]]; }
+share() {  # share SOURCE_WORK_DIR DEST_WORK_DIR STAGE...: hard-link finished stages into a variant's stage cache
+  local source=$1 dest=$2; shift 2
+  for stage in "$@"; do
+    if [[ -f "$source/$stage/stage.json" && ! -e "$dest/$stage" ]]; then
+      mkdir -p "$(dirname "$dest/$stage")"
+      cp -al "$source/$stage" "$dest/$stage"
+    fi
+  done
+}
 run() {  # run NAME TASK BUDGET [extra compress flags...]
   local name=$1 task=$2 budget=$3; shift 3
   if ! wanted "$name"; then return; fi
@@ -28,6 +37,23 @@ run trec-standard-uniform trec standard --allocation uniform
 run trec-standard-global trec standard --allocation global
 run boolq-standard-uniform boolq standard --allocation uniform --max-length 256
 run boolq-standard-global boolq standard --allocation global --max-length 256
+# Slenderization and recovery variants of the uniform runs of record: six epochs of recovery's exit distillation
+# instead of three (same slender model), and the paper's gentler slenderization (one pruning event per removed head,
+# 10, with 180 distillation steps after each, instead of 5 x 60). They share the teacher and TA (and, for the
+# recovery variant, the slender model) of the run of record, hard-linked from its stage cache, so the run of record
+# goes first.
+for task in rt trec; do
+  if wanted "$task-standard-rec6-uniform"; then
+    share "work/$task-standard-len64-mean" "work/$task-standard-rec6" teacher ta h2-f160-r128-uniform/slender
+  fi
+  run "$task-standard-rec6-uniform" "$task" standard --allocation uniform --recovery-epochs 6 \
+    --work-dir "work/$task-standard-rec6"
+  if wanted "$task-standard-gentle-uniform"; then
+    share "work/$task-standard-len64-mean" "work/$task-standard-gentle" teacher ta
+  fi
+  run "$task-standard-gentle-uniform" "$task" standard --allocation uniform --num-events 10 --distill-steps 180 \
+    --work-dir "work/$task-standard-gentle"
+done
 # Early-exit ablations against rt-quick-e3-uniform (quick budget with three epochs of exit distillation in the TA
 # and in recovery): distillation temperature 2 (soft cross-entropy scaled by T^2), early exits weighted 2x against
 # the last one, exits reading [CLS] instead of the token mean. Each run has its own stage cache, so each
@@ -37,6 +63,12 @@ run rt-quick-e3-uniform rt quick "${E3[@]}"
 run rt-quick-e3-t2-uniform rt quick "${E3[@]}" --kd-temperature 2
 run rt-quick-e3-w2-uniform rt quick "${E3[@]}" --early-exit-weight 2
 run rt-quick-e3-cls-uniform rt quick "${E3[@]}" --exit-pooling cls
+# The same three against trec-quick-t3e3-uniform (trec's quick teacher needs three epochs: 0.907).
+T3E3=(--allocation uniform --teacher-epochs 3 --ta-epochs 3 --recovery-epochs 3)
+run trec-quick-t3e3-uniform trec quick "${T3E3[@]}"
+run trec-quick-t3e3-t2-uniform trec quick "${T3E3[@]}" --kd-temperature 2
+run trec-quick-t3e3-w2-uniform trec quick "${T3E3[@]}" --early-exit-weight 2
+run trec-quick-t3e3-cls-uniform trec quick "${T3E3[@]}" --exit-pooling cls
 if wanted summary; then
   runs=()
   for name in rt-standard-uniform rt-standard-global trec-standard-uniform trec-standard-global \
