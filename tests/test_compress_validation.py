@@ -13,6 +13,7 @@ from costeff_fast import cli
 from costeff_fast.training import pipeline
 from costeff_fast.training.budget import budget_with
 from costeff_fast.training.pipeline import CompressionSettings, compress
+from costeff_fast.training.stage_cache import StageMismatchError
 from costeff_fast.training.validate import CompressArgumentError, is_costeff_output, publish_output
 
 SMALL = CompressionSettings(heads=1, ffn=16, embedding_rank=16)
@@ -345,6 +346,16 @@ def test_cli_verbose_shows_the_traceback(tmp_path, capsys, no_training):
     assert info.value.code == 2
     stderr = capsys.readouterr().err
     assert "Traceback" in stderr and stderr.splitlines()[-1].startswith("costeff-fast: error: --task 'sst2'")
+
+
+def test_cli_refuses_a_stage_built_with_other_parameters_in_one_line(tmp_path, capsys, monkeypatch):
+    def stale(*args, **kwargs):
+        raise StageMismatchError(f"{tmp_path}/work/ta was built with lr=5e-05 (this run: 0.0001): pass another "
+                                 "--work-dir, or delete it to rebuild it")
+
+    monkeypatch.setattr(pipeline, "compress", stale)
+    stderr = cli_refusal(capsys, ["--task-default", "--task", "rt", "--out", str(tmp_path / "o")])
+    assert "ta was built with lr=5e-05 (this run: 0.0001)" in stderr
 
 
 # --- one tiny real run: a user's --out replaced with --overwrite, then the previous output without it -------------

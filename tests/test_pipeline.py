@@ -22,6 +22,7 @@ from costeff_fast.training import pipeline
 from costeff_fast.training.budget import BUDGETS, budget_with, default_work_name
 from costeff_fast.training.calibrate import pick_threshold
 from costeff_fast.training.pipeline import CompressionSettings, compress
+from costeff_fast.training.stage_cache import StageMismatchError
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,13 @@ def test_compress_end_to_end_on_rt_rows(tiny_teacher, tmp_path):
                      work_dir=tmp_path / "work")
     assert again["accuracy"]["costeff_exits"] == report["accuracy"]["costeff_exits"]
     assert again["stage_seconds"]["slenderization"] == report["stage_seconds"]["slenderization"]
+    # A changed budget in the same work directory is refused at the first stage built another way, and no
+    # checkpoint is written.
+    changed = replace(budget, recovery_prediction_epochs=1.0)
+    with pytest.raises(StageMismatchError, match=r"recovered was built with prediction_epochs=0.5 \(this run: 1.0\)"):
+        compress("rt", tmp_path / "out3", teacher_dir=tiny_teacher, settings=settings, budget=changed,
+                 work_dir=tmp_path / "work")
+    assert not (tmp_path / "out3").exists()
 
 
 def sweep_rows(points):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 
+import pytest
 import torch
 
-from costeff_fast.training.stage_cache import RECORD, run_stage
+from costeff_fast.training.stage_cache import RECORD, StageMismatchError, run_stage, stage_digest
 
 
 class Saved:
@@ -47,3 +50,49 @@ def test_a_failed_build_leaves_no_record(tmp_path):
     assert not (tmp_path / RECORD).exists()
     record = run_stage(tmp_path, lambda: (Saved("model.bin"), {}), tokenizer=Saved("tokenizer.json"), seed=0)
     assert set(record) == {"seconds"}
+
+
+def test_a_cached_stage_is_reused_only_for_the_parameters_it_was_built_with(tmp_path):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return Saved("model.bin"), {"accuracy": 0.5}
+
+    params = {"epochs": 5 / 3, "lr": 5e-5, "widths": (2, 3)}
+    record = run_stage(tmp_path, build, tokenizer=Saved("tokenizer.json"), seed=3, params=params)
+    assert record["params"] == {"epochs": 5 / 3, "lr": 5e-5, "widths": [2, 3], "seed": 3}
+    assert run_stage(tmp_path, build, tokenizer=Saved("tokenizer.json"), seed=3, params=dict(params)) == record
+    with pytest.raises(StageMismatchError, match=r"built with lr=5e-05 \(this run: 0.0001\): pass another --work-dir"):
+        run_stage(tmp_path, build, tokenizer=Saved("tokenizer.json"), seed=3, params={**params, "lr": 1e-4})
+    with pytest.raises(StageMismatchError, match=r"seed=3 \(this run: 4\)"):
+        run_stage(tmp_path, build, tokenizer=Saved("tokenizer.json"), seed=4, params=params)
+    with pytest.raises(StageMismatchError, match=r"extra=None \(this run: 1\)"):
+        run_stage(tmp_path, build, tokenizer=Saved("tokenizer.json"), seed=3, params={**params, "extra": 1})
+    assert len(calls) == 1 and json.loads((tmp_path / RECORD).read_text()) == record
+
+
+def test_a_record_without_parameters_is_reused_with_a_warning(tmp_path, caplog):
+    run_stage(tmp_path, lambda: (Saved("model.bin"), {}), tokenizer=Saved("tokenizer.json"), seed=0)
+    with caplog.at_level(logging.WARNING, logger="costeff_fast.training.stage_cache"):
+        record = run_stage(tmp_path, lambda: pytest.fail("rebuilt"), tokenizer=Saved("tokenizer.json"), seed=0,
+                           params={"lr": 1.0})
+    assert "params" not in record and "names no parameters" in caplog.text
+
+
+def test_stage_digest_names_a_stage_by_its_record_or_its_checkpoint(tmp_path):
+    assert stage_digest(tmp_path / "missing") is None
+    first = tmp_path / "first"
+    run_stage(first, lambda: (Saved("model.bin"), {"accuracy": 0.5}), tokenizer=Saved("tokenizer.json"), seed=0)
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)
+    assert stage_digest(copy) == stage_digest(first)
+    (copy / RECORD).write_text((copy / RECORD).read_text().replace("0.5", "0.25"))  # rebuilt: another record
+    assert stage_digest(copy) != stage_digest(first)
+    checkpoint = tmp_path / "checkpoint"  # a user's teacher: no record, its config and weight sizes
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text('{"hidden_size": 8}')
+    (checkpoint / "model.safetensors").write_bytes(b"0" * 16)
+    named = stage_digest(checkpoint)
+    (checkpoint / "model.safetensors").write_bytes(b"0" * 32)
+    assert len(named) == 16 and stage_digest(checkpoint) != named

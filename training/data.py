@@ -121,6 +121,13 @@ class TrainingData:
         """The validation split in order, :data:`EVAL_BATCH_SIZE` rows per batch."""
         return make_loader(self.validation, self.tokenizer, EVAL_BATCH_SIZE, shuffle=False)
 
+    def params(self) -> dict:
+        """What every stage trained on this data depends on besides its own settings (the stage records it,
+        :func:`~costeff_fast.training.stage_cache.run_stage`): the splits' row counts, the tokenizer's
+        ``model_max_length`` and ``batch_size`` (``seed`` is recorded by the stage itself)."""
+        return {"train_rows": len(self.train), "validation_rows": len(self.validation),
+                "max_length": getattr(self.tokenizer, "model_max_length", None), "batch_size": self.batch_size}
+
 
 def prepare_data(splits, budget: Budget, tokenizer, seed: int = 0) -> tuple[TrainingData, object]:
     """Cap and tokenize train/validation splits under a budget; returns the training data and the raw

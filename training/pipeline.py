@@ -119,6 +119,8 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
             missing data file or column, empty texts, missing labels, labels the teacher does not know or a class
             count other than the teacher's. Also at the end, keeping the new checkpoint in the staging directory
             it names, when ``out_dir`` gained such files during the run.
+        StageMismatchError: (a ``ValueError``, one line) ``work_dir`` holds a finished stage built with other
+            parameters than this run's (another budget, flag or upstream stage), before that stage would run.
     """
     if out_dir is None:
         raise CompressArgumentError("--out: missing; pass the directory that receives the checkpoint")

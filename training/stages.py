@@ -3,7 +3,8 @@
 Source: COST-EFF (Shen et al., EMNLP 2022, arXiv 2210.15523) Sec. 3.2-3.4 and Sec. 4.1. Each stage trains with
 :func:`~costeff_fast.training.trainer.train`, writes an HF checkpoint directory (``save_pretrained`` +
 tokenizer) and a ``stage.json`` record through :func:`~costeff_fast.training.stage_cache.run_stage`; a finished
-stage is reused on rerun.
+stage is reused on rerun when it was built with the same parameters (its settings, its data's shape and the stage
+it started from), and refused with :class:`~costeff_fast.training.stage_cache.StageMismatchError` otherwise.
 
 Every stage takes ``device`` (``--device``: ``"auto"``, the default, is CUDA when available, else the CPU; see
 :func:`~costeff_fast.training.trainer.resolve_device`) and ``autocast`` (bf16 autocast of the forward passes;
@@ -29,7 +30,7 @@ from .data import TrainingData
 from .losses import check_distillation_pair, classification_loss, distillation_loss
 from .prediction import exit_accuracies
 from .slenderize import slenderize
-from .stage_cache import run_stage
+from .stage_cache import run_stage, stage_digest
 from .trainer import Device, epoch_steps, place_model, repeat_epochs, resolve_device, train
 
 
@@ -76,7 +77,8 @@ def finetune_teacher(source_dir: Path, data: TrainingData, out_dir: Path, *, epo
                                 device=device, autocast=autocast)
         return model.cpu(), {"accuracy": accuracy}
 
-    return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed)
+    params = {**data.params(), "source": stage_digest(source_dir), "epochs": epochs, "lr": lr}
+    return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed, params=params)
 
 
 def distill_multi_exit(student: CostEffForSequenceClassification, teacher, data: TrainingData, *,
@@ -166,7 +168,10 @@ def distill_teaching_assistant(teacher_dir: Path, data: TrainingData, out_dir: P
                                         early_exit_weight=early_exit_weight)
         return ta.cpu(), {"exit_accuracies": accuracies, "mean_accuracy": sum(accuracies) / len(accuracies)}
 
-    return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed)
+    params = {**data.params(), "teacher": stage_digest(teacher_dir), "hidden_epochs": hidden_epochs,
+              "prediction_epochs": prediction_epochs, "lr": lr, "kd_weight": kd_weight, "temperature": temperature,
+              "exit_pooling": exit_pooling, "early_exit_weight": early_exit_weight}
+    return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed, params=params)
 
 
 def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: int, ffn: int,
@@ -208,7 +213,11 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
         return student.cpu(), {"events": events, "num_attention_heads": student.config.num_attention_heads,
                          "intermediate_size": student.config.intermediate_size}
 
-    return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed)
+    params = {**data.params(), "ta": stage_digest(ta_dir), "heads": heads, "ffn": ffn,
+              "embedding_rank": embedding_rank, "allocation": allocation, "calibrate_exits": calibrate_exits,
+              "importance_batches": importance_batches, "distill_steps": distill_steps, "num_events": num_events,
+              "lr": lr}
+    return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed, params=params)
 
 
 def recover(ta_dir: Path, slender_dir: Path, data: TrainingData, out_dir: Path, *, hidden_epochs: float,
@@ -237,4 +246,7 @@ def recover(ta_dir: Path, slender_dir: Path, data: TrainingData, out_dir: Path, 
                                         device=device, autocast=autocast, early_exit_weight=early_exit_weight)
         return student.cpu(), {"exit_accuracies": accuracies, "mean_accuracy": sum(accuracies) / len(accuracies)}
 
-    return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed)
+    params = {**data.params(), "ta": stage_digest(ta_dir), "slender": stage_digest(slender_dir),
+              "hidden_epochs": hidden_epochs, "prediction_epochs": prediction_epochs, "lr": lr,
+              "temperature": temperature, "early_exit_weight": early_exit_weight}
+    return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed, params=params)

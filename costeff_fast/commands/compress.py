@@ -126,6 +126,7 @@ def compress_data(args: argparse.Namespace, error_type: type[ValueError]):
 def run(args: argparse.Namespace) -> None:
     # The training stack (datasets, matplotlib) loads only for the commands that train.
     from costeff_fast.training import pipeline
+    from costeff_fast.training.stage_cache import StageMismatchError
     from costeff_fast.training.validate import CompressArgumentError
 
     settings = pipeline.CompressionSettings(heads=args.heads, ffn=args.ffn, embedding_rank=args.embedding_rank,
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> None:
                                    teacher_dir=args.teacher, settings=settings, budget=budget, work_dir=args.work_dir,
                                    max_drop=args.max_drop, exit_pooling=args.exit_pooling, seed=args.seed,
                                    overwrite=args.overwrite, device=args.device)
-    except CompressArgumentError as error:
+    except (CompressArgumentError, StageMismatchError) as error:
         refuse(error, args.verbose)
     print(json.dumps({k: report[k] for k in ("parameters", "flops_per_row", "accuracy", "targets")}, indent=2))
     print(f"checkpoint, report.json and report.png in {args.out}")
