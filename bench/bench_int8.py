@@ -3,7 +3,7 @@ the same thresholds and accuracy, in one process, fp32 and int8 interleaved, med
 
 Usage (from the repository root)::
 
-    python bench/bench_int8.py --model work/out/rt-standard-uniform --threads 2 --out int8.json
+    python bench/bench_int8.py --model work/out/rt-standard-rec3-uniform --threads 2 --out int8.json
     python bench/bench_int8.py --model CKPT --teacher TEACHER_DIR --out int8.json  # also optimize(teacher)
     python bench/bench_int8.py --out int8.json        # no checkpoint: the packaged MiniLM converted
     python bench/bench_int8.py --model work/user-csv/out --csv work/user-csv/validation.csv \

@@ -22,7 +22,7 @@ share() {  # share SOURCE_WORK_DIR DEST_WORK_DIR STAGE...: hard-link finished st
     fi
   done
 }
-run() {  # run NAME TASK BUDGET [extra compress flags...]
+run() {  # run NAME TASK BUDGET [extra compress flags, later ones win...]
   local name=$1 task=$2 budget=$3; shift 3
   if ! wanted "$name"; then return; fi
   $COSTEFF compress --task-default --task "$task" --heads 2 --ffn 160 --embedding-rank 128 --budget "$budget" \
@@ -30,30 +30,42 @@ run() {  # run NAME TASK BUDGET [extra compress flags...]
   mkdir -p "bench/results/$name"
   cp "work/out/$name/report.json" "work/out/$name/report.png" "bench/results/$name/"
 }
-# Runs of record: the full training split, 64 tokens (boolq 256), teacher 3 epochs, exit distillation 3 epochs.
+# Runs of record: the full training split, 64 tokens (boolq 256), teacher 3 epochs, TA exit distillation 3 epochs,
+# recovery exit distillation 6 epochs.
 run rt-standard-uniform rt standard --allocation uniform
 run rt-standard-global rt standard --allocation global
 run trec-standard-uniform trec standard --allocation uniform
 run trec-standard-global trec standard --allocation global
 run boolq-standard-uniform boolq standard --allocation uniform --max-length 256
 run boolq-standard-global boolq standard --allocation global --max-length 256
-# Slenderization and recovery variants of the uniform runs of record: six epochs of recovery's exit distillation
-# instead of three (same slender model), and the paper's gentler slenderization (one pruning event per removed head,
-# 10, with 180 distillation steps after each, instead of 5 x 60). They share the teacher and TA (and, for the
-# recovery variant, the slender model) of the run of record, hard-linked from its stage cache, so the run of record
-# goes first.
+# Variants of the runs of record, each sharing what it does not change from the run of record's stage cache (hard
+# links; the run of record goes first; every stage records its parameters, so a shared stage built another way is
+# refused):
+# - rec3: three epochs of recovery's exit distillation (the standard budget before 2026-12-01), same slender model;
+# - gentle: the paper's gentler slenderization (one pruning event per removed head, 10, with 180 distillation steps
+#   after each, instead of 5 x 60), same TA;
+# - t2w2: distillation temperature 2 and early exits weighted 2x in the TA and in recovery, same teacher;
+# - h3f256 (trec): 3 heads and FFN 256 per layer, about 1/5 of the encoder instead of 1/8, same TA.
 for task in rt trec; do
-  if wanted "$task-standard-rec6-uniform"; then
-    share "work/$task-standard-len64-mean" "work/$task-standard-rec6" teacher ta h2-f160-r128-uniform/slender
-  fi
-  run "$task-standard-rec6-uniform" "$task" standard --allocation uniform --recovery-epochs 6 \
-    --work-dir "work/$task-standard-rec6"
+  for allocation in uniform global; do
+    if wanted "$task-standard-rec3-$allocation"; then
+      share "work/$task-standard-len64-mean" "work/$task-standard-rec3" teacher ta h2-f160-r128-$allocation/slender
+    fi
+    run "$task-standard-rec3-$allocation" "$task" standard --allocation $allocation --recovery-epochs 3 \
+      --work-dir "work/$task-standard-rec3"
+  done
   if wanted "$task-standard-gentle-uniform"; then
     share "work/$task-standard-len64-mean" "work/$task-standard-gentle" teacher ta
   fi
   run "$task-standard-gentle-uniform" "$task" standard --allocation uniform --num-events 10 --distill-steps 180 \
     --work-dir "work/$task-standard-gentle"
+  if wanted "$task-standard-t2w2-uniform"; then
+    share "work/$task-standard-len64-mean" "work/$task-standard-t2w2" teacher
+  fi
+  run "$task-standard-t2w2-uniform" "$task" standard --allocation uniform --kd-temperature 2 --early-exit-weight 2 \
+    --work-dir "work/$task-standard-t2w2"
 done
+run trec-standard-h3f256-uniform trec standard --allocation uniform --heads 3 --ffn 256
 # Early-exit ablations against rt-quick-e3-uniform (quick budget with three epochs of exit distillation in the TA
 # and in recovery): distillation temperature 2 (soft cross-entropy scaled by T^2), early exits weighted 2x against
 # the last one, exits reading [CLS] instead of the token mean. Each run has its own stage cache, so each

@@ -32,6 +32,10 @@ def test_standard_budget_trains_on_the_whole_split_longer_than_quick():
     assert standard.train_rows is None and standard.eval_rows is None and standard.max_length == 64
     for name in ("teacher_epochs", "ta_prediction_epochs", "recovery_prediction_epochs"):
         assert getattr(standard, name) >= 3 > getattr(quick, name)
+    # Recovery distils longer than the TA (it was still gaining at three epochs); the exit losses stay the paper's
+    # plain sum at temperature 1 (temperature 2 and weight 2 were level with it at this budget).
+    assert standard.recovery_prediction_epochs > standard.ta_prediction_epochs
+    assert (standard.kd_temperature, standard.early_exit_weight) == (PAPER.kd_temperature, PAPER.early_exit_weight)
 
 
 def test_budget_takes_only_keywords_and_every_field():
