@@ -16,9 +16,16 @@ wanted() { [[ "$ONLY" == "  " || "$ONLY" == *" $1 "* ]]; }
 share() {  # share SOURCE_WORK_DIR DEST_WORK_DIR STAGE...: hard-link finished stages into a variant's stage cache
   local source=$1 dest=$2; shift 2
   for stage in "$@"; do
-    if [[ -f "$source/$stage/stage.json" && ! -e "$dest/$stage" ]]; then
+    if [[ ! -f "$source/$stage/stage.json" ]]; then
+      echo "run_standard_all.sh: $source/$stage is not finished: run its run of record first" >&2
+      exit 2
+    elif [[ ! -e "$dest/$stage" ]]; then
       mkdir -p "$(dirname "$dest/$stage")"
       cp -al "$source/$stage" "$dest/$stage"
+    elif ! cmp -s "$source/$stage/stage.json" "$dest/$stage/stage.json"; then
+      echo "run_standard_all.sh: $dest/$stage differs from $source/$stage (an older run of record?): delete" \
+        "$dest to share the current one" >&2
+      exit 2
     fi
   done
 }
@@ -39,8 +46,8 @@ run trec-standard-global trec standard --allocation global
 run boolq-standard-uniform boolq standard --allocation uniform --max-length 256
 run boolq-standard-global boolq standard --allocation global --max-length 256
 # Variants of the runs of record, each sharing what it does not change from the run of record's stage cache (hard
-# links; the run of record goes first; every stage records its parameters, so a shared stage built another way is
-# refused):
+# links; the run of record goes first, and a variant whose shared stages differ from the run of record's is refused;
+# every stage records its parameters, so a stage built another way is never reused):
 # - rec3: three epochs of recovery's exit distillation (the standard budget before 2026-12-01), same slender model;
 # - gentle: the paper's gentler slenderization (one pruning event per removed head, 10, with 180 distillation steps
 #   after each, instead of 5 x 60), same TA;

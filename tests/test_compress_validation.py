@@ -10,7 +10,7 @@ import pytest
 from conftest import save_tiny_bert_teacher
 
 from costeff_fast import cli
-from costeff_fast.training import pipeline
+from costeff_fast.training import demo, pipeline
 from costeff_fast.training.budget import budget_with
 from costeff_fast.training.pipeline import CompressionSettings, compress
 from costeff_fast.training.stage_cache import StageMismatchError
@@ -374,3 +374,16 @@ def test_compress_swaps_out_in_a_real_run(teacher, tmp_path):
     second = compress("rt", out, teacher_dir=teacher, settings=SMALL, budget=budget, work_dir=tmp_path / "work")
     assert is_costeff_output(out) and second["accuracy"] == first["accuracy"]
     assert siblings(tmp_path) == ["out", "work"]
+
+
+def test_demo_refuses_a_stage_built_with_other_parameters_in_one_line(tmp_path, capsys, monkeypatch):
+    def stale(*args, **kwargs):
+        raise StageMismatchError(f"{tmp_path}/teacher was built with train_rows=2000 (this run: 3000): pass "
+                                 "another --work-dir, or delete it to rebuild it")
+
+    monkeypatch.setattr(demo, "run_demo", stale)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "--work-dir", str(tmp_path), "--budget", "quick"])
+    stderr = capsys.readouterr().err
+    assert info.value.code == 2 and stderr.count("\n") == 1
+    assert stderr.startswith("costeff-fast: error: ") and "train_rows=2000 (this run: 3000)" in stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 
 import pytest
@@ -72,12 +71,12 @@ def test_a_cached_stage_is_reused_only_for_the_parameters_it_was_built_with(tmp_
     assert len(calls) == 1 and json.loads((tmp_path / RECORD).read_text()) == record
 
 
-def test_a_record_without_parameters_is_reused_with_a_warning(tmp_path, caplog):
+def test_a_record_without_parameters_is_refused_when_parameters_are_asked_for(tmp_path):
     run_stage(tmp_path, lambda: (Saved("model.bin"), {}), tokenizer=Saved("tokenizer.json"), seed=0)
-    with caplog.at_level(logging.WARNING, logger="costeff_fast.training.stage_cache"):
-        record = run_stage(tmp_path, lambda: pytest.fail("rebuilt"), tokenizer=Saved("tokenizer.json"), seed=0,
-                           params={"lr": 1.0})
-    assert "params" not in record and "names no parameters" in caplog.text
+    with pytest.raises(StageMismatchError, match=r"older version that did not record its parameters: delete"):
+        run_stage(tmp_path, lambda: pytest.fail("rebuilt"), tokenizer=Saved("tokenizer.json"), seed=0,
+                  params={"lr": 1.0})
+    assert "params" not in json.loads((tmp_path / RECORD).read_text())  # left as it was
 
 
 def test_stage_digest_names_a_stage_by_its_record_or_its_checkpoint(tmp_path):
@@ -87,12 +86,15 @@ def test_stage_digest_names_a_stage_by_its_record_or_its_checkpoint(tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(first, copy)
     assert stage_digest(copy) == stage_digest(first)
-    (copy / RECORD).write_text((copy / RECORD).read_text().replace("0.5", "0.25"))  # rebuilt: another record
+    record = json.loads((copy / RECORD).read_text())
+    (copy / RECORD).write_text(json.dumps({**record, "seconds": record["seconds"] + 60}))  # same result, slower
+    assert stage_digest(copy) == stage_digest(first)
+    (copy / RECORD).write_text(json.dumps({**record, "accuracy": 0.25}))  # rebuilt to another result
     assert stage_digest(copy) != stage_digest(first)
-    checkpoint = tmp_path / "checkpoint"  # a user's teacher: no record, its config and weight sizes
+    checkpoint = tmp_path / "checkpoint"  # a user's teacher: no record, its config and weights
     checkpoint.mkdir()
     (checkpoint / "config.json").write_text('{"hidden_size": 8}')
     (checkpoint / "model.safetensors").write_bytes(b"0" * 16)
     named = stage_digest(checkpoint)
-    (checkpoint / "model.safetensors").write_bytes(b"0" * 32)
+    (checkpoint / "model.safetensors").write_bytes(b"1" * 16)  # retrained in place: same size, other weights
     assert len(named) == 16 and stage_digest(checkpoint) != named

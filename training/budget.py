@@ -104,9 +104,9 @@ STANDARD = Budget(
     # The full training split at the lengths rt and trec need (boolq: pass --max-length 256), a three-epoch
     # teacher, three epochs of exit distillation in the TA and six in recovery (the quick budget's single epoch
     # leaves the early exits barely confident; recovery was still gaining at three, and six lift every exit of
-    # rt and trec by 0.2-1.2 points). Temperature 2 and early-exit weight 2, which won on the quick budget's trec,
-    # were level with 1 and 1 at this budget, so the paper's plain sum stays. rt on one CPU thread (two runs at a
-    # time, AMD EPYC): teacher 35-42 min, TA about 60-70 min, slenderization and recovery about 35 min.
+    # rt and trec by 0.2-1.3 points). Temperature 2 with early-exit weight 2 (each won alone on the quick budget's
+    # trec) was level with 1 and 1 at this budget, so the paper's plain sum stays. rt on one CPU thread (two runs at
+    # a time, AMD EPYC): teacher 35-42 min, TA about 71, slenderization 10 and recovery 41.
     name="standard", train_rows=None, eval_rows=None, max_length=64, batch_size=32,
     teacher_epochs=3, teacher_lr=5e-5,
     ta_hidden_epochs=0.5, ta_prediction_epochs=3, ta_lr=5e-5,

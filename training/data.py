@@ -7,8 +7,11 @@ longest row).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Mapping
 
@@ -123,10 +126,20 @@ class TrainingData:
 
     def params(self) -> dict:
         """What every stage trained on this data depends on besides its own settings (the stage records it,
-        :func:`~costeff_fast.training.stage_cache.run_stage`): the splits' row counts, the tokenizer's
-        ``model_max_length`` and ``batch_size`` (``seed`` is recorded by the stage itself)."""
+        :func:`~costeff_fast.training.stage_cache.run_stage`): the splits' row counts, the class names, a digest
+        of every row's token ids and label, the tokenizer's ``model_max_length`` and ``batch_size`` (``seed`` is
+        recorded by the stage itself)."""
         return {"train_rows": len(self.train), "validation_rows": len(self.validation),
+                "label_names": list(self.label_names), "rows": self._rows_digest,
                 "max_length": getattr(self.tokenizer, "model_max_length", None), "batch_size": self.batch_size}
+
+    @cached_property
+    def _rows_digest(self) -> str:
+        digest = hashlib.sha256()
+        for split in (self.train, self.validation):
+            for column in ("input_ids", "labels"):
+                digest.update(json.dumps(list(split[column])).encode())
+        return digest.hexdigest()[:16]
 
 
 def prepare_data(splits, budget: Budget, tokenizer, seed: int = 0) -> tuple[TrainingData, object]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Callable, Mapping
@@ -21,41 +20,42 @@ import torch
 RECORD = "stage.json"
 """Name of the record file; it is written last, so its presence means the stage finished."""
 
-logger = logging.getLogger(__name__)
-
-
 class StageMismatchError(ValueError):
     """A cached stage was built with other parameters than the run asks for (a changed budget or flag, or a
     rebuilt upstream stage, in the same work directory)."""
 
 
 def stage_digest(directory: Path | str) -> str | None:
-    """Sixteen hex digits naming a finished stage (a digest of its ``stage.json``), or of a checkpoint directory
-    without one (its ``config.json`` and the sizes of its weight files); None when neither exists.
+    """Sixteen hex digits naming a finished stage by its record (``stage.json`` without its wall time), or a
+    checkpoint directory without one (a user's teacher, the packaged MiniLM) by the bytes of its ``config.json``
+    and ``*.safetensors`` files; None when neither exists.
 
-    Hard-linked or copied stages get the same digest; a stage rebuilt in place gets a new one (its record holds
-    its wall time).
+    Hard-linked or copied stages, and a seeded stage rebuilt to the same result, get the same digest; a stage
+    rebuilt to another result, or a checkpoint retrained in place, gets a new one.
     """
     directory = Path(directory)
     record = directory / RECORD
     if record.is_file():
-        return hashlib.sha256(record.read_bytes()).hexdigest()[:16]
+        fields = {k: v for k, v in json.loads(record.read_text()).items() if k != "seconds"}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     config = directory / "config.json"
     if not config.is_file():
         return None
-    parts = [config.read_bytes()]
+    digest = hashlib.sha256(config.read_bytes())
     for weights in sorted(directory.glob("*.safetensors")):
-        parts.append(f"{weights.name}:{weights.stat().st_size}".encode())
-    return hashlib.sha256(b"|".join(parts)).hexdigest()[:16]
+        digest.update(weights.name.encode())
+        with weights.open("rb") as stream:
+            while block := stream.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _check_params(directory: Path, stored: dict | None, wanted: dict | None) -> None:
     if wanted is None:
         return
     if stored is None:
-        logger.warning("reusing %s: its record names no parameters (an older version wrote it); delete it if it "
-                       "was built with other settings", directory)
-        return
+        raise StageMismatchError(f"{directory} was built by an older version that did not record its parameters: "
+                                 f"delete {directory} to rebuild it, or pass another --work-dir")
     differing = sorted(key for key in stored.keys() | wanted.keys() if stored.get(key) != wanted.get(key))
     if differing:
         changes = ", ".join(f"{key}={stored.get(key)!r} (this run: {wanted.get(key)!r})" for key in differing)
@@ -84,8 +84,8 @@ def run_stage(directory: Path | str, build: Callable[[], tuple[object, dict]], *
         called).
 
     Raises:
-        StageMismatchError: ``directory`` holds a record built with other ``params`` (a record without
-            ``params``, from an older version, is reused with a warning).
+        StageMismatchError: ``directory`` holds a record built with other ``params``, or (when ``params`` is
+            given) a record without them, written by an older version.
     """
     directory = Path(directory)
     record = directory / RECORD

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import positive_int
+from .common import positive_int, refuse
 
 NAME = "demo"
 HELP = "COST-EFF model of the packaged MiniLM on rt, then early-exit inference vs HF"
@@ -20,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from costeff_fast.training.demo import run_demo  # the training stack loads only for the commands that train
+    # The training stack loads only for the commands that train.
+    from costeff_fast.training.demo import run_demo
+    from costeff_fast.training.stage_cache import StageMismatchError
 
-    run_demo(args.work_dir, budget=args.budget, batch_size=args.batch_size)
+    try:
+        run_demo(args.work_dir, budget=args.budget, batch_size=args.batch_size)
+    except StageMismatchError as error:  # e.g. --budget quick after a demo-budget run in the same --work-dir
+        refuse(error, False)
