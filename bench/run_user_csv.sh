@@ -23,12 +23,12 @@ for split, name in (("train", "train.csv"), ("validation", "validation.csv")):
 PY
 $COSTEFF compress --task-default --train-file "$DIR/train.csv" --validation-file "$DIR/validation.csv" \
   --text-column question --label-column question_type --teacher-epochs 3 --ta-epochs 2 --recovery-epochs 2 \
-  --work-dir "$DIR/work" --out "$DIR/out" --overwrite
+  --work-dir "$DIR/stages" --out "$DIR/out" --overwrite
 cp "$DIR/out/report.json" "$DIR/out/report.png" "$RESULTS/"
 for goal in max-drop target-speedup; do
   rm -rf "$DIR/out-$goal" && cp -r "$DIR/out" "$DIR/out-$goal"
 done
 $COSTEFF calibrate --model "$DIR/out-max-drop" --validation-file "$DIR/validation.csv" --text-column question \
-  --label-column question_type --teacher "$DIR/work/teacher" --max-drop 0.03 --report-dir "$RESULTS/calibrate-max-drop"
+  --label-column question_type --teacher "$DIR/stages/teacher" --max-drop 0.03 --report-dir "$RESULTS/calibrate-max-drop"
 $COSTEFF calibrate --model "$DIR/out-target-speedup" --validation-file "$DIR/validation.csv" --text-column question \
   --label-column question_type --target-speedup 3 --thresholds per-layer --report-dir "$RESULTS/calibrate-speedup"

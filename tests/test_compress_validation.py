@@ -350,7 +350,7 @@ def test_cli_verbose_shows_the_traceback(tmp_path, capsys, no_training):
 
 def test_cli_refuses_a_stage_built_with_other_parameters_in_one_line(tmp_path, capsys, monkeypatch):
     def stale(*args, **kwargs):
-        raise StageMismatchError(f"{tmp_path}/work/ta was built with lr=5e-05 (this run: 0.0001): pass another "
+        raise StageMismatchError(f"{tmp_path / 'ta'} was built with lr=5e-05 (this run: 0.0001): pass another "
                                  "--work-dir, or delete it to rebuild it")
 
     monkeypatch.setattr(pipeline, "compress", stale)
