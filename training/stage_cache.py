@@ -20,6 +20,7 @@ import torch
 RECORD = "stage.json"
 """Name of the record file; it is written last, so its presence means the stage finished."""
 
+
 class StageMismatchError(ValueError):
     """A cached stage was built with other parameters than the run asks for (a changed budget or flag, or a
     rebuilt upstream stage, in the same work directory)."""

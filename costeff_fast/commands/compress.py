@@ -50,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ablation: importance from the final exit only (no exit calibration)")
     parser.add_argument("--budget", choices=["quick", "standard", "paper", "demo"], default="quick",
                         help="training budget: quick (3,000 rows, about one epoch per phase; default), standard (the "
-                             "full training split, three epochs per phase, six for recovery), paper (the authors' SST-2 schedule, 128 "
-                             "tokens), demo (2,000 rows)")
+                             "full training split, three epochs per phase, six for recovery), paper (the authors' "
+                             "SST-2 schedule, 128 tokens), demo (2,000 rows)")
     parser.add_argument("--max-length", type=positive_int, default=None,
                         help="tokens per row in training and inference (default: the budget's)")
     parser.add_argument("--train-rows", type=positive_int, default=None,
