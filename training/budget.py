@@ -58,6 +58,11 @@ class Budget:
     early_exit_weight: float
     """Loss weight (>= 0) of exits 1..L-1 against the last exit in the TA's and recovery's exit distillation
     (the paper sums the exits with weight 1)."""
+    group_by_length: bool
+    """Batch training rows of similar length together (random mega-batches of 50 batches sorted by length, the
+    ``transformers`` Trainer's ``group_by_length``), and evaluate longest first: far less padding when lengths
+    vary (1.8-1.9 times fewer tokens per training epoch on rt, trec and boolq). Off in every preset (their runs
+    of record were batched at random)."""
 
     def __post_init__(self):
         if not self.kd_temperature > 0:
@@ -74,7 +79,7 @@ PAPER = Budget(
     ta_hidden_epochs=5 / 3, ta_prediction_epochs=5, ta_lr=2e-5,
     num_events=None, importance_batches=None, distill_steps=180, prune_lr=1e-5,
     recovery_hidden_epochs=10, recovery_prediction_epochs=6, recovery_lr=3e-5,
-    kd_temperature=1.0, early_exit_weight=1.0,
+    kd_temperature=1.0, early_exit_weight=1.0, group_by_length=False,
 )
 """The paper's SST-2 schedule for 2 heads (full data, 128 tokens)."""
 
@@ -85,7 +90,7 @@ QUICK = Budget(
     ta_hidden_epochs=0.5, ta_prediction_epochs=1, ta_lr=5e-5,
     num_events=5, importance_batches=8, distill_steps=40, prune_lr=3e-5,
     recovery_hidden_epochs=1, recovery_prediction_epochs=1, recovery_lr=5e-5,
-    kd_temperature=1.0, early_exit_weight=1.0,
+    kd_temperature=1.0, early_exit_weight=1.0, group_by_length=False,
 )
 """About 30 minutes for rt on 2 CPU cores (the CLI's default)."""
 
@@ -96,7 +101,7 @@ DEMO = Budget(
     ta_hidden_epochs=0, ta_prediction_epochs=1, ta_lr=5e-5,
     num_events=4, importance_batches=4, distill_steps=25, prune_lr=3e-5,
     recovery_hidden_epochs=0.5, recovery_prediction_epochs=1, recovery_lr=5e-5,
-    kd_temperature=1.0, early_exit_weight=1.0,
+    kd_temperature=1.0, early_exit_weight=1.0, group_by_length=False,
 )
 """The quick recipe on 2,000 rows with shorter pruning and recovery (``costeff-fast demo``)."""
 
@@ -112,7 +117,7 @@ STANDARD = Budget(
     ta_hidden_epochs=0.5, ta_prediction_epochs=3, ta_lr=5e-5,
     num_events=5, importance_batches=16, distill_steps=60, prune_lr=3e-5,
     recovery_hidden_epochs=1, recovery_prediction_epochs=6, recovery_lr=5e-5,
-    kd_temperature=1.0, early_exit_weight=1.0,
+    kd_temperature=1.0, early_exit_weight=1.0, group_by_length=False,
 )
 """Full data, 64 tokens, three epochs for the teacher and the TA's exit distillation, six for recovery's (the runs
 of record)."""

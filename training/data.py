@@ -18,6 +18,7 @@ from typing import Mapping
 import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from costeff_fast.data import cap_rows
 
@@ -70,17 +71,28 @@ def tokenize_chunk(tokenizer, chunk: list, max_length: int) -> dict:
                      padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
 
-def make_loader(split, tokenizer, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+def make_loader(split, tokenizer, batch_size: int, shuffle: bool, seed: int = 0,
+                group_by_length: bool = False) -> DataLoader:
     """A DataLoader padding each batch to its longest row (``DataCollatorWithPadding``).
 
     With ``shuffle`` the order comes from a generator seeded with ``seed`` once, so iterating the same loader
     again gives the next permutation, and a new loader with the same seed repeats the first one.
+
+    With ``group_by_length`` the batches hold rows of similar length, so less of each batch is padding:
+    shuffled, the order is ``transformers``' ``LengthGroupedSampler`` (random mega-batches of 50 batches, each
+    sorted by length, longest batch first; the Trainer's ``group_by_length``); in order, the rows are sorted
+    longest first. Every row still comes exactly once per pass.
     """
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        split, batch_size=batch_size, shuffle=shuffle, generator=generator,
-        collate_fn=DataCollatorWithPadding(tokenizer, padding="longest"),
-    )
+    collate = DataCollatorWithPadding(tokenizer, padding="longest")
+    if not group_by_length:
+        return DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
+    lengths = [len(ids) for ids in split["input_ids"]]
+    if shuffle:
+        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+    else:
+        sampler = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return DataLoader(split, batch_size=batch_size, sampler=sampler, collate_fn=collate)
 
 
 def model_inputs(batch: Mapping[str, torch.Tensor], device: torch.device | str | None = None) -> dict:
@@ -115,23 +127,30 @@ class TrainingData:
     label_names: list[str]
     batch_size: int = 32
     seed: int = 0
+    group_by_length: bool = False
+    """Batch rows of similar length together (:func:`make_loader`)."""
 
     def train_loader(self) -> DataLoader:
         """A shuffled loader of ``batch_size`` rows (a new loader repeats the same first epoch order)."""
-        return make_loader(self.train, self.tokenizer, self.batch_size, shuffle=True, seed=self.seed)
+        return make_loader(self.train, self.tokenizer, self.batch_size, shuffle=True, seed=self.seed,
+                           group_by_length=self.group_by_length)
 
     def eval_loader(self) -> DataLoader:
-        """The validation split in order, :data:`EVAL_BATCH_SIZE` rows per batch."""
-        return make_loader(self.validation, self.tokenizer, EVAL_BATCH_SIZE, shuffle=False)
+        """The validation split, :data:`EVAL_BATCH_SIZE` rows per batch: in order, or longest first with
+        ``group_by_length`` (accuracy does not depend on the order)."""
+        return make_loader(self.validation, self.tokenizer, EVAL_BATCH_SIZE, shuffle=False,
+                           group_by_length=self.group_by_length)
 
     def params(self) -> dict:
         """What every stage trained on this data depends on besides its own settings (the stage records it,
         :func:`~costeff_fast.training.stage_cache.run_stage`): the splits' row counts, the class names, a digest
-        of every row's token ids and label, the tokenizer's ``model_max_length`` and ``batch_size`` (``seed`` is
-        recorded by the stage itself)."""
-        return {"train_rows": len(self.train), "validation_rows": len(self.validation),
-                "label_names": list(self.label_names), "rows": self._rows_digest,
-                "max_length": getattr(self.tokenizer, "model_max_length", None), "batch_size": self.batch_size}
+        of every row's token ids and label, the tokenizer's ``model_max_length``, ``batch_size`` and, only when
+        on, ``group_by_length`` (so records written before it existed still match; ``seed`` is recorded by the
+        stage itself)."""
+        params = {"train_rows": len(self.train), "validation_rows": len(self.validation),
+                  "label_names": list(self.label_names), "rows": self._rows_digest,
+                  "max_length": getattr(self.tokenizer, "model_max_length", None), "batch_size": self.batch_size}
+        return {**params, "group_by_length": True} if self.group_by_length else params
 
     @cached_property
     def _rows_digest(self) -> str:
@@ -151,7 +170,8 @@ def prepare_data(splits, budget: Budget, tokenizer, seed: int = 0) -> tuple[Trai
             ``ClassLabel``), e.g. from :func:`costeff_fast.data.load_task` or
             :func:`costeff_fast.data.load_user_data`.
         budget: its ``train_rows`` / ``eval_rows`` cap the splits (random subsets drawn with ``seed``,
-            :func:`costeff_fast.data.cap_rows`) and its ``max_length`` truncates.
+            :func:`costeff_fast.data.cap_rows`), its ``max_length`` truncates, and its ``group_by_length``
+            sets the batching (:func:`make_loader`).
 
     The tokenizer's ``model_max_length`` is set to the budget's ``max_length`` so every checkpoint saved with
     it truncates inference inputs exactly as in training.
@@ -161,7 +181,7 @@ def prepare_data(splits, budget: Budget, tokenizer, seed: int = 0) -> tuple[Trai
     names = list(splits["train"].features["label"].names)
     tokenized = tokenize_splits(splits, tokenizer, budget.max_length)
     data = TrainingData(tokenizer, tokenized["train"], tokenized["validation"], len(names), names,
-                        batch_size=budget.batch_size, seed=seed)
+                        batch_size=budget.batch_size, seed=seed, group_by_length=budget.group_by_length)
     return data, splits["validation"]
 
 

@@ -77,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--early-exit-weight", type=non_negative_float, default=None,
                         help="loss weight of exits 1..L-1 against the last exit in that distillation (default: the "
                              "budget's, 1)")
+    parser.add_argument("--group-by-length", action="store_true", default=None,
+                        help="batch training rows of similar length together: much less padding when lengths vary "
+                             "(boolq at 256 tokens: 1.8 times fewer tokens per epoch; default: the budget's, off)")
     parser.add_argument("--exit-pooling", choices=["mean", "cls"], default="mean",
                         help="what non-pooled exits read: token mean (default) or [CLS] (the paper)")
     parser.add_argument("--max-drop", type=float, default=0.01, help="allowed dev accuracy drop (default 0.01)")
@@ -135,7 +138,8 @@ def run(args: argparse.Namespace) -> None:
                  "teacher_epochs": args.teacher_epochs, "ta_prediction_epochs": args.ta_epochs,
                  "recovery_prediction_epochs": args.recovery_epochs, "kd_temperature": args.kd_temperature,
                  "early_exit_weight": args.early_exit_weight,
-                 "num_events": args.num_events, "distill_steps": args.distill_steps}
+                 "num_events": args.num_events, "distill_steps": args.distill_steps,
+                 "group_by_length": args.group_by_length}
     budget = replace(pipeline.BUDGETS[args.budget], **{k: v for k, v in overrides.items() if v is not None})
     try:
         data = compress_data(args, CompressArgumentError)
