@@ -1,5 +1,5 @@
 """Tests of the training data loaders: length-grouped batching (every row once per pass, less padding, seeded
-order) and what a stage records about its data."""
+order), what a stage records about its data, and the compress flags that set them."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_grouping_on_real_data_keeps_rows_and_cuts_padding(tokenizer):
     assert "group_by_length" not in plain.params()
 
 
-def test_group_by_length_flag_reaches_the_budget_and_the_work_directory(tmp_path, monkeypatch):
+def test_batching_and_recovery_flags_reach_the_budget_and_the_work_directory(tmp_path, monkeypatch):
     seen = []
 
     def stop(splits, budget, tokenizer, seed=0):
@@ -88,8 +88,10 @@ def test_group_by_length_flag_reaches_the_budget_and_the_work_directory(tmp_path
 
     monkeypatch.setattr(pipeline, "prepare_data", stop)
     base = ["compress", "--task-default", "--task", "trec", "--budget", "standard", "--out", str(tmp_path / "o")]
-    for extra in ([], ["--group-by-length"]):
+    for extra in ([], ["--group-by-length"], ["--recovery-hidden-epochs", "10"]):
         with pytest.raises(KeyboardInterrupt):
             cli.main(base + extra)
-    assert [b.group_by_length for b in seen] == [False, True]
-    assert default_work_name("trec", seen[1], "mean") != default_work_name("trec", seen[0], "mean")
+    assert [b.group_by_length for b in seen] == [False, True, False]
+    assert [b.recovery_hidden_epochs for b in seen] == [1, 1, 10]
+    names = {default_work_name("trec", budget, "mean") for budget in seen}
+    assert len(names) == 3

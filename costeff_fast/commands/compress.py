@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recovery-epochs", type=float, default=None,
                         help="epochs of recovery's exit (prediction) distillation (default: the budget's; "
                              "quick uses 1)")
+    parser.add_argument("--recovery-hidden-epochs", type=non_negative_float, default=None,
+                        help="epochs of recovery's hidden-state-only distillation before its exit distillation "
+                             "(default: the budget's; quick and standard use 1, the paper 10)")
     parser.add_argument("--num-events", type=positive_int, default=None,
                         help="pruning events of slenderization, the widths shrinking linearly over them (default: the "
                              "budget's; quick and standard use 5; the paper uses one per removed head)")
@@ -136,7 +139,8 @@ def run(args: argparse.Namespace) -> None:
                                             allocation=args.allocation, calibrate_exits=not args.final_exit_importance)
     overrides = {"max_length": args.max_length, "train_rows": args.train_rows, "eval_rows": args.eval_rows,
                  "teacher_epochs": args.teacher_epochs, "ta_prediction_epochs": args.ta_epochs,
-                 "recovery_prediction_epochs": args.recovery_epochs, "kd_temperature": args.kd_temperature,
+                 "recovery_prediction_epochs": args.recovery_epochs,
+                 "recovery_hidden_epochs": args.recovery_hidden_epochs, "kd_temperature": args.kd_temperature,
                  "early_exit_weight": args.early_exit_weight,
                  "num_events": args.num_events, "distill_steps": args.distill_steps,
                  "group_by_length": args.group_by_length}
