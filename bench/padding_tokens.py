@@ -3,16 +3,17 @@
 For each built-in task at its standard length (rt and trec 64 tokens, boolq 256), the full training split and the
 validation split are tokenized with the packaged MiniLM tokenizer as ``compress --budget standard`` does, then
 iterated once through :meth:`costeff_fast.training.data.TrainingData.train_loader` and ``eval_loader`` with
-``group_by_length`` off (the presets: rows batched at random, batch 32) and on (``transformers``'
-``LengthGroupedSampler`` for training, longest first for evaluation). Counts only, no model: the result does not
-depend on the machine.
+``group_by_length`` off (the presets: training rows batched at random, batch 32; validation rows in order, batch
+128) and on (length-grouped batches for training, longest first for validation). Counts only, no model: the
+result does not depend on the machine.
 
 Usage::
 
     python bench/padding_tokens.py --out bench/results/padding-tokens.json
 
-Per task, loader and batching: rows, real tokens (attention mask ones), computed tokens (batch x padded length)
-and the padding share; and per task and loader the ratio of computed tokens random / grouped.
+Per task, loader (``train``, ``eval``) and batching (``plain``: random or in order; ``grouped``): rows, real
+tokens (attention mask ones), computed tokens (batch x padded length) and the padding share; and per task and
+loader the ratio of computed tokens plain / grouped.
 """
 
 from __future__ import annotations
@@ -55,11 +56,10 @@ def main() -> None:
             budget = budget_with("standard", max_length=LENGTHS[task], group_by_length=grouped)
             data, _ = prepare_data(splits, budget, tokenizer)
             for name, make in (("train", TrainingData.train_loader), ("eval", TrainingData.eval_loader)):
-                entry.setdefault(name, {})["grouped" if grouped else "random"] = count(make(data))
+                entry.setdefault(name, {})["grouped" if grouped else "plain"] = count(make(data))
         for name in ("train", "eval"):
             pair = entry[name]
-            pair["random_over_grouped"] = round(pair["random"]["computed_tokens"] / pair["grouped"]["computed_tokens"],
-                                                3)
+            pair["plain_over_grouped"] = round(pair["plain"]["computed_tokens"] / pair["grouped"]["computed_tokens"], 3)
         result[task] = entry
     text = json.dumps(result, indent=2)
     print(text)

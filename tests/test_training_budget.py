@@ -14,7 +14,8 @@ from costeff_fast.training.budget import BUDGETS, DEMO, PAPER, QUICK, Budget, bu
 # The presets' values as the pipeline used them before Budget took keywords (field order of the dataclass), plus
 # the two ablation fields at the paper's plain sum (temperature 1, every exit weighted 1), and batching at random.
 EXPECTED = {
-    "paper": ("paper", None, None, 128, 32, 5, 2e-5, 5 / 3, 5, 2e-5, None, None, 180, 1e-5, 10, 6, 3e-5, 1.0, 1.0, False),
+    "paper": ("paper", None, None, 128, 32, 5, 2e-5, 5 / 3, 5, 2e-5, None, None, 180, 1e-5, 10, 6, 3e-5, 1.0, 1.0,
+              False),
     "quick": ("quick", 3000, None, 64, 32, 1, 5e-5, 0.5, 1, 5e-5, 5, 8, 40, 3e-5, 1, 1, 5e-5, 1.0, 1.0, False),
     "demo": ("demo", 2000, None, 64, 32, 1, 5e-5, 0, 1, 5e-5, 4, 4, 25, 3e-5, 0.5, 1, 5e-5, 1.0, 1.0, False),
 }

@@ -51,10 +51,22 @@ def test_grouped_training_batches_cover_every_row_once_with_less_padding(tokeniz
         assert real == sum(len(ids) for ids in rows["input_ids"])
     assert grouped[0][0] != grouped[1][0]  # a new order every pass
     assert grouped[0][1] < 0.8 * plain[0][1] and grouped[1][1] < 0.8 * plain[1][1]
+    # The batches come in random order, not the longest of each mega-batch first.
+    maxima = [max(len(rows["input_ids"][i]) for i in grouped[0][0][start:start + 16])
+              for start in range(0, len(rows), 16)]
+    assert maxima != sorted(maxima, reverse=True)
     # A new loader with the same seed repeats the first pass; another seed does not.
     assert passes(make_loader(rows, tokenizer, 16, shuffle=True, seed=3, group_by_length=True), 1)[0] == grouped[0]
     other = passes(make_loader(rows, tokenizer, 16, shuffle=True, seed=4, group_by_length=True), 1)[0]
     assert other[0] != grouped[0][0]
+
+
+def test_grouped_loaders_leave_the_global_generator_alone(tokenizer):
+    rows = varied_rows(64)
+    state = torch.random.get_rng_state()
+    for shuffle in (True, False):
+        passes(make_loader(rows, tokenizer, 8, shuffle=shuffle, seed=1, group_by_length=True))
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 def test_grouped_evaluation_is_longest_first_and_complete(tokenizer):

@@ -59,10 +59,10 @@ class Budget:
     """Loss weight (>= 0) of exits 1..L-1 against the last exit in the TA's and recovery's exit distillation
     (the paper sums the exits with weight 1)."""
     group_by_length: bool
-    """Batch training rows of similar length together (random mega-batches of 50 batches sorted by length, the
-    ``transformers`` Trainer's ``group_by_length``), and evaluate longest first: far less padding when lengths
-    vary (1.8-1.9 times fewer tokens per training epoch on rt, trec and boolq). Off in every preset (their runs
-    of record were batched at random)."""
+    """Batch training rows of similar length together (random mega-batches of up to 50 batches sorted by length,
+    the ``transformers`` Trainer's ``group_by_length``, the batches then shuffled) and evaluate longest first:
+    far less padding when lengths vary (1.8-1.9 times fewer tokens per training epoch on rt, trec and boolq).
+    Off in every preset (their runs of record were batched at random)."""
 
     def __post_init__(self):
         if not self.kd_temperature > 0:

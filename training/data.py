@@ -18,7 +18,7 @@ from typing import Mapping
 import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from costeff_fast.data import cap_rows
 
@@ -71,6 +71,29 @@ def tokenize_chunk(tokenizer, chunk: list, max_length: int) -> dict:
                      padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
 
+class LengthGroupedBatches:
+    """Batch sampler of rows of similar length, shuffled at the level of whole batches.
+
+    Each pass: ``transformers``' ``get_length_grouped_indices`` (the Trainer's ``group_by_length``: a random
+    permutation cut into mega-batches of up to 50 batches, each sorted by length) cut into batches of
+    ``batch_size``, then the batches in a random order, so the first batches of a pass (slenderization's importance
+    batches, a fractional epoch) are not the longest rows. Every row comes exactly once per pass; each pass draws
+    from ``generator`` only, so the same seed repeats the same passes.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, generator: torch.Generator):
+        self.lengths, self.batch_size, self.generator = lengths, batch_size, generator
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self):
+        order = get_length_grouped_indices(self.lengths, self.batch_size, generator=self.generator)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for index in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[index]
+
+
 def make_loader(split, tokenizer, batch_size: int, shuffle: bool, seed: int = 0,
                 group_by_length: bool = False) -> DataLoader:
     """A DataLoader padding each batch to its longest row (``DataCollatorWithPadding``).
@@ -79,9 +102,8 @@ def make_loader(split, tokenizer, batch_size: int, shuffle: bool, seed: int = 0,
     again gives the next permutation, and a new loader with the same seed repeats the first one.
 
     With ``group_by_length`` the batches hold rows of similar length, so less of each batch is padding:
-    shuffled, the order is ``transformers``' ``LengthGroupedSampler`` (random mega-batches of 50 batches, each
-    sorted by length, longest batch first; the Trainer's ``group_by_length``); in order, the rows are sorted
-    longest first. Every row still comes exactly once per pass.
+    shuffled, :class:`LengthGroupedBatches`; in order, the rows sorted longest first. Every row still comes
+    exactly once per pass.
     """
     generator = torch.Generator().manual_seed(seed)
     collate = DataCollatorWithPadding(tokenizer, padding="longest")
@@ -89,10 +111,12 @@ def make_loader(split, tokenizer, batch_size: int, shuffle: bool, seed: int = 0,
         return DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
     lengths = [len(ids) for ids in split["input_ids"]]
     if shuffle:
-        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+        batches = LengthGroupedBatches(lengths, batch_size, generator)
     else:
-        sampler = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return DataLoader(split, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+        longest_first = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches = [longest_first[i:i + batch_size] for i in range(0, len(lengths), batch_size)]
+    # The loader's own generator too, so iterating it never draws from torch's global generator (dropout's).
+    return DataLoader(split, batch_sampler=batches, generator=generator, collate_fn=collate)
 
 
 def model_inputs(batch: Mapping[str, torch.Tensor], device: torch.device | str | None = None) -> dict:
@@ -137,7 +161,8 @@ class TrainingData:
 
     def eval_loader(self) -> DataLoader:
         """The validation split, :data:`EVAL_BATCH_SIZE` rows per batch: in order, or longest first with
-        ``group_by_length`` (accuracy does not depend on the order)."""
+        ``group_by_length`` (accuracy does not depend on the order, up to float rounding: the padded shapes
+        differ)."""
         return make_loader(self.validation, self.tokenizer, EVAL_BATCH_SIZE, shuffle=False,
                            group_by_length=self.group_by_length)
 
