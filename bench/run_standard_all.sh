@@ -51,8 +51,8 @@ run boolq-standard-global boolq standard --allocation global --max-length 256
 # - rec3: three epochs of recovery's exit distillation (the standard budget before 2026-12-01), same slender model;
 # - gentle: the paper's gentler slenderization (one pruning event per removed head, 10, with 180 distillation steps
 #   after each, instead of 5 x 60), same TA;
-# - gentle-hid10: the gentle slender model recovered with the paper's 10 epochs of hidden-state distillation
-#   before the exit distillation (instead of 1), same slender model as gentle (run gentle first);
+# - hid10: the run of record's slender model recovered with the paper's 10 epochs of hidden-state distillation
+#   before the exit distillation (instead of 1);
 # - t2w2: distillation temperature 2 and early exits weighted 2x in the TA and in recovery, same teacher;
 # - h3f256 (trec): 3 heads and FFN 256 per layer, about 1/5 of the encoder instead of 1/8, same TA.
 for task in rt trec; do
@@ -68,11 +68,11 @@ for task in rt trec; do
   fi
   run "$task-standard-gentle-uniform" "$task" standard --allocation uniform --num-events 10 --distill-steps 180 \
     --work-dir "work/$task-standard-gentle"
-  if wanted "$task-standard-gentle-hid10-uniform"; then
-    share "work/$task-standard-gentle" "work/$task-standard-gentle-hid10" teacher ta h2-f160-r128-uniform/slender
+  if wanted "$task-standard-hid10-uniform"; then
+    share "work/$task-standard-len64-mean" "work/$task-standard-hid10" teacher ta h2-f160-r128-uniform/slender
   fi
-  run "$task-standard-gentle-hid10-uniform" "$task" standard --allocation uniform --num-events 10 \
-    --distill-steps 180 --recovery-hidden-epochs 10 --work-dir "work/$task-standard-gentle-hid10"
+  run "$task-standard-hid10-uniform" "$task" standard --allocation uniform --recovery-hidden-epochs 10 \
+    --work-dir "work/$task-standard-hid10"
   if wanted "$task-standard-t2w2-uniform"; then
     share "work/$task-standard-len64-mean" "work/$task-standard-t2w2" teacher
   fi
