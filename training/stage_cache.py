@@ -5,25 +5,31 @@ resumes after its last finished stage and several compression settings share one
 keeps the parameters the stage was built with (its budget fields, its data's shape and a digest of the stage it
 started from), and a cached stage is reused only for the same parameters: a changed budget, flag or upstream
 stage in the same work directory is refused instead of silently reusing a stage built another way.
+
+A stage killed before its record is written keeps its training progress under ``<stage>/partial``
+(:mod:`~costeff_fast.training.resume`): run again with the same parameters, it continues from its last save
+(at most ten minutes of training lost) instead of starting over.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 
+from .resume import DEFAULT_EVERY_SECONDS, StageMismatchError, resumable
+
 RECORD = "stage.json"
 """Name of the record file; it is written last, so its presence means the stage finished."""
 
-
-class StageMismatchError(ValueError):
-    """A cached stage was built with other parameters than the run asks for (a changed budget or flag, or a
-    rebuilt upstream stage, in the same work directory)."""
+PARTIAL = "partial"
+"""Subdirectory of an unfinished stage: its ``params.json`` and the progress of its training calls
+(:mod:`~costeff_fast.training.resume`); removed once the stage's record is written."""
 
 
 def stage_digest(directory: Path | str) -> str | None:
@@ -65,13 +71,16 @@ def _check_params(directory: Path, stored: dict | None, wanted: dict | None) -> 
 
 
 def run_stage(directory: Path | str, build: Callable[[], tuple[object, dict]], *, tokenizer, seed: int,
-              params: Mapping[str, object] | None = None) -> dict:
+              params: Mapping[str, object] | None = None,
+              checkpoint_seconds: float = DEFAULT_EVERY_SECONDS) -> dict:
     """Return the stage's record, running ``build`` first unless ``directory`` already holds one.
 
-    When not cached: seed torch with ``seed``, call ``build() -> (model, info)``, save the model and the
-    tokenizer (``save_pretrained``) to ``directory``, then write ``stage.json`` with ``info``, ``params``
-    (with ``seed`` added; absent when ``params`` is None) and ``seconds`` (wall time of the stage, rounded to
-    0.1 s).
+    When not cached: seed torch with ``seed``, call ``build() -> (model, info)`` inside
+    :func:`~costeff_fast.training.resume.resumable` ``(directory / "partial")``, save the model and the
+    tokenizer (``save_pretrained``) to ``directory``, write ``stage.json`` with ``info``, ``params`` (with
+    ``seed`` added; absent when ``params`` is None) and ``seconds`` (wall time of this run of the stage,
+    rounded to 0.1 s: a resumed stage counts from its resumption), then remove ``partial``. ``partial`` first
+    records ``params``; a later run with other parameters is refused rather than resumed from it.
 
     Args:
         directory: the stage's output directory (created when missing).
@@ -79,6 +88,7 @@ def run_stage(directory: Path | str, build: Callable[[], tuple[object, dict]], *
         tokenizer: saved next to the checkpoint so it loads on its own.
         seed: ``torch.manual_seed`` before ``build``.
         params: everything the stage's result depends on (JSON values); a cached record must hold the same.
+        checkpoint_seconds: wall time between progress saves of a running training call.
 
     Returns:
         The record: ``info``, ``params`` and ``seconds`` (the stored record on a cache hit, ``build`` not
@@ -86,7 +96,10 @@ def run_stage(directory: Path | str, build: Callable[[], tuple[object, dict]], *
 
     Raises:
         StageMismatchError: ``directory`` holds a record built with other ``params``, or (when ``params`` is
-            given) a record without them, written by an older version.
+            given) a record without them, written by an older version; or an unfinished run there (its
+            ``partial``) had other ``params``.
+            Also a saved training call that does not fit this run's code (see
+            :func:`~costeff_fast.training.trainer.train`).
     """
     directory = Path(directory)
     record = directory / RECORD
@@ -96,11 +109,27 @@ def run_stage(directory: Path | str, build: Callable[[], tuple[object, dict]], *
         _check_params(directory, stored.get("params"), wanted)
         return stored
     started = time.time()
+    partial = directory / PARTIAL
+    _claim_partial(partial, wanted)
     torch.manual_seed(seed)
-    model, info = build()
-    directory.mkdir(parents=True, exist_ok=True)
+    with resumable(partial, every_seconds=checkpoint_seconds):
+        model, info = build()
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     info = {**info, **({} if wanted is None else {"params": wanted}), "seconds": round(time.time() - started, 1)}
     record.write_text(json.dumps(info, indent=2))
+    shutil.rmtree(partial)
     return info
+
+
+def _claim_partial(partial: Path, wanted: dict | None) -> None:
+    """Create ``partial`` with this run's parameters, or check that an unfinished run there had the same ones."""
+    params_file = partial / "params.json"
+    if params_file.is_file():
+        stored = json.loads(params_file.read_text())
+        if stored != wanted:
+            raise StageMismatchError(f"{partial} holds an unfinished run with other parameters: pass another "
+                                     f"--work-dir, or delete {partial} to start this stage over")
+        return
+    partial.mkdir(parents=True, exist_ok=True)
+    params_file.write_text(json.dumps(wanted, indent=2))

@@ -27,6 +27,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
+from .resume import StageMismatchError, next_progress, rng_state, set_rng_state
+
 Batch = Mapping[str, torch.Tensor]
 Device = str | torch.device
 
@@ -268,6 +270,13 @@ def train(
     (pruning) can be trained again. The model's train/eval mode is restored on return and its ``.grad``
     fields are None. The weights and the AdamW state stay in the model's dtype (fp32 for every stage).
 
+    Inside :func:`~costeff_fast.training.resume.resumable` (every pipeline stage) the call saves its progress
+    (weights, AdamW and scheduler state, best weights, RNG states) every ``every_seconds`` of that block (ten
+    minutes in a stage) and at each evaluation, and its result when done; run again after a kill it resumes
+    from that save, or returns the saved result, after drawing from ``batches`` the batches the saved steps
+    consumed. Exactly reproducible when the batch order comes from the loader's own generator (the loaders of
+    :class:`~costeff_fast.training.data.TrainingData` do), not from torch's global one.
+
     The model is moved to ``device`` first (and stays there); ``loss_fn`` must move each batch to the model's
     device (the losses of :mod:`~costeff_fast.training.losses` do) and any other module it runs (a teacher)
     must already be there.
@@ -297,8 +306,10 @@ def train(
         :class:`TrainResult`.
 
     Raises:
-        ValueError: negative ``steps``, an unknown ``schedule``, ``eval_every < 1``, ``batches`` runs out, or a
-            ``device`` :func:`resolve_device` refuses.
+        ValueError: negative ``steps``, an unknown ``schedule``, ``eval_every < 1``, ``batches`` runs out, a
+            ``device`` :func:`resolve_device` refuses; (resuming) its subclass
+            :class:`~costeff_fast.training.resume.StageMismatchError` for a saved call with another ``desc`` or
+            ``steps``, weights that do not fit ``model``, or an unreadable save.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -316,7 +327,36 @@ def train(
     else:
         scheduler = get_constant_schedule(optimizer)
     best_metric, best_state = None, None
-    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress)
+    total, done = 0.0, 0
+    progress_file = next_progress()
+    saved = progress_file.load() if progress_file is not None else None
+    if saved is not None:
+        _check_saved(progress_file.path, saved, desc=desc, steps=steps)
+        _load_weights(model, saved["model"], progress_file.path)
+        done, total = saved["step"], saved["total"]
+        for skipped in range(done):  # the batches the saved steps consumed (a shared stream continues after them)
+            try:
+                next(batches)
+            except StopIteration:
+                raise ValueError(f"batches ran out after {skipped} of {steps} steps") from None
+        set_rng_state(saved["rng"])
+        if saved["finished"]:
+            return TrainResult(steps=steps, mean_loss=total / steps if steps else math.nan,
+                               best_metric=saved["best_metric"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        best_metric, best_state = saved["best_metric"], saved["best_state"]
+    bar = tqdm(total=steps, initial=done, desc=desc, unit="step", disable=not progress)
+    if done:
+        bar.write(f"{desc}: resumed at step {done}/{steps} from {progress_file.path}")
+
+    def save_progress(step: int, finished: bool) -> None:
+        weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
+        state = {"desc": desc, "steps": steps, "step": step, "finished": finished, "total": total,
+                 "model": weights, "best_metric": best_metric, "rng": rng_state()}
+        if not finished:
+            state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), best_state=best_state)
+        progress_file.save(state)
 
     def checkpoint(step: int) -> None:
         nonlocal best_metric, best_state
@@ -326,11 +366,10 @@ def train(
             best_metric = metric
             best_state = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
 
-    total = 0.0
     previous_mode = model.training
     model.zero_grad(set_to_none=True)
     try:
-        for step in range(1, steps + 1):
+        for step in range(done + 1, steps + 1):
             try:
                 batch = next(batches)
             except StopIteration:
@@ -349,8 +388,11 @@ def train(
             total += value
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}")
-            if evaluate is not None and eval_every is not None and step % eval_every == 0 and step < steps:
+            evaluated = evaluate is not None and eval_every is not None and step % eval_every == 0 and step < steps
+            if evaluated:
                 checkpoint(step)
+            if progress_file is not None and step < steps and (evaluated or progress_file.due()):
+                save_progress(step, finished=False)
         if evaluate is not None:
             checkpoint(steps)
     finally:
@@ -359,4 +401,22 @@ def train(
         model.train(previous_mode)
     if best_state is not None:
         model.load_state_dict(best_state)
+    if progress_file is not None:
+        save_progress(steps, finished=True)
     return TrainResult(steps=steps, mean_loss=total / steps if steps else math.nan, best_metric=best_metric)
+
+
+def _check_saved(path, saved: dict, *, desc: str, steps: int) -> None:
+    if (saved.get("desc"), saved.get("steps")) != (desc, steps):
+        raise StageMismatchError(f"{path} holds the progress of {saved.get('desc')!r} ({saved.get('steps')} steps), not of "
+                         f"{desc!r} ({steps} steps): the stage's code changed since it was saved; delete "
+                         f"{path.parent} to restart the stage")
+
+
+def _load_weights(model: nn.Module, weights: dict, path) -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1].strip()
+        raise StageMismatchError(f"{path} does not fit the model this run built ({first}); delete {path.parent} to "
+                         "restart the stage") from error

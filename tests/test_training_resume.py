@@ -1,0 +1,225 @@
+"""Mid-stage resumption: a training call or a stage killed part-way and run again ends where an uninterrupted one
+ends, bit for bit; saved progress from other code or other parameters is refused, never silently reused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import save_tiny_bert_teacher
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from costeff_fast.training import slenderize as slenderize_module
+from costeff_fast.training.budget import budget_with
+from costeff_fast.training.pipeline import CompressionSettings, compress
+from costeff_fast.training.resume import Progress, resumable
+from costeff_fast.training.stage_cache import PARTIAL, RECORD, StageMismatchError, run_stage
+from costeff_fast.training.trainer import repeat_epochs, train
+
+
+@pytest.fixture(scope="module")
+def tiny_rt_teacher(tmp_path_factory, minilm_dir):
+    return save_tiny_bert_teacher(tmp_path_factory.mktemp("tiny_teacher"), minilm_dir, num_hidden_layers=3)
+
+
+class Killed(Exception):
+    """Stands in for the process being killed in the middle of a step."""
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+
+
+def make_batches():
+    """Shuffled batches whose order comes from the loader's own generator (as the pipeline's loaders)."""
+    data = torch.Generator().manual_seed(1)
+    features, labels = torch.randn(40, 6, generator=data), torch.randint(0, 3, (40,), generator=data)
+    loader = DataLoader(TensorDataset(features, labels), batch_size=8, shuffle=True,
+                        generator=torch.Generator().manual_seed(2))
+    return repeat_epochs(lambda: loader)
+
+
+def loss_killed_at(call: int | None):
+    """Cross-entropy that raises :class:`Killed` on its ``call``-th use (1-based; None: never)."""
+    calls = 0
+
+    def loss_fn(model, batch):
+        nonlocal calls
+        calls += 1
+        if calls == call:
+            raise Killed
+        features, labels = batch
+        return nn.functional.cross_entropy(model(features), labels)
+
+    return loss_fn
+
+
+def evaluate(model) -> float:
+    """A metric that moves with the weights, so the best-weights choice depends on the resumed state."""
+    return -float(model[0].weight.detach().sum())
+
+
+def two_calls(loss_fn, **kwargs):
+    """Two training calls sharing one batch stream, as the pipeline's distillation phases and pruning events do:
+    dropout and the shuffles draw from RNG, the second call depends on where the first left the stream."""
+    torch.manual_seed(5)
+    model, batches = make_model(), make_batches()
+    first = train(model, batches, loss_fn, steps=7, lr=1e-2, evaluate=evaluate, eval_every=3, progress=False,
+                  **kwargs)
+    second = train(model, batches, loss_fn, steps=9, lr=1e-2, schedule="constant", progress=False, **kwargs)
+    return model, first, second, next(batches)
+
+
+def assert_same(left, right):
+    model_a, first_a, second_a, batch_a = left
+    model_b, first_b, second_b, batch_b = right
+    for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert (first_a, second_a) == (first_b, second_b)
+    assert all(torch.equal(a, b) for a, b in zip(batch_a, batch_b))  # the stream continues at the same batch
+
+
+@pytest.mark.parametrize("kill_at", [2, 5, 9, 12])  # first call mid-way / past an evaluation, second call
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, kill_at):
+    uninterrupted = two_calls(loss_killed_at(None))
+    with resumable(tmp_path, every_seconds=0), pytest.raises(Killed):
+        two_calls(loss_killed_at(kill_at))
+    assert (tmp_path / "train-0.pt").is_file()
+    torch.manual_seed(123)  # a new process: the global RNG is wherever it is
+    with resumable(tmp_path, every_seconds=0):
+        resumed = two_calls(loss_killed_at(None))
+    assert_same(uninterrupted, resumed)
+
+
+def test_saves_between_time_limits_only_at_evaluations(tmp_path):
+    uninterrupted = two_calls(loss_killed_at(None))
+    with resumable(tmp_path, every_seconds=1e9), pytest.raises(Killed):
+        two_calls(loss_killed_at(5))  # the evaluation after step 3 saved; steps 4 redone
+    assert torch.load(tmp_path / "train-0.pt", weights_only=True)["step"] == 3
+    with resumable(tmp_path, every_seconds=1e9):
+        resumed = two_calls(loss_killed_at(None))
+    assert_same(uninterrupted, resumed)
+
+
+def test_outside_resumable_nothing_is_saved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    two_calls(loss_killed_at(None))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_of_another_call_is_refused(tmp_path):
+    with resumable(tmp_path, every_seconds=0), pytest.raises(Killed):
+        two_calls(loss_killed_at(2))
+    with resumable(tmp_path, every_seconds=0), pytest.raises(StageMismatchError, match=r"train-0.pt holds the progress"):
+        train(make_model(), make_batches(), loss_killed_at(None), steps=4, lr=1e-2, progress=False)
+    with resumable(tmp_path, every_seconds=0), pytest.raises(StageMismatchError, match="does not fit the model"):
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3))
+        train(model, make_batches(), loss_killed_at(None), steps=7, lr=1e-2, evaluate=evaluate, eval_every=3,
+              progress=False)
+
+
+def test_unreadable_progress_names_the_file(tmp_path):
+    (tmp_path / "train-0.pt").write_bytes(b"not a checkpoint")
+    with resumable(tmp_path), pytest.raises(StageMismatchError, match="unreadable progress checkpoint"):
+        train(make_model(), make_batches(), loss_killed_at(None), steps=2, lr=1e-2, progress=False)
+
+
+def test_negative_interval_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="every_seconds must be >= 0"):
+        with resumable(tmp_path, every_seconds=-1):
+            pass
+
+
+class Saved(nn.Module):
+    """A stage's model: saves its weights as ``save_pretrained`` would."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def save_pretrained(self, directory):
+        torch.save(self.model.state_dict(), directory / "weights.pt")
+
+
+class Tokenizer:
+    def save_pretrained(self, directory):
+        (directory / "tokenizer.json").write_text("{}")
+
+
+def stage(directory, kill_at, params):
+    def build():
+        model, first, second, _ = two_calls(loss_killed_at(kill_at))
+        return Saved(model), {"losses": [first.mean_loss, second.mean_loss]}
+
+    return run_stage(directory, build, tokenizer=Tokenizer(), seed=3, params=params, checkpoint_seconds=0)
+
+
+def test_a_killed_stage_resumes_and_cleans_up(tmp_path):
+    reference = stage(tmp_path / "reference", None, {"lr": 1e-2})
+    directory = tmp_path / "stage"
+    with pytest.raises(Killed):
+        stage(directory, 10, {"lr": 1e-2})
+    assert not (directory / RECORD).exists()
+    assert json.loads((directory / PARTIAL / "params.json").read_text()) == {"lr": 1e-2, "seed": 3}
+    with pytest.raises(StageMismatchError, match="unfinished run with other parameters"):
+        stage(directory, None, {"lr": 2e-2})
+    record = stage(directory, None, {"lr": 1e-2})
+    assert record["losses"] == reference["losses"] and record["params"] == reference["params"]
+    assert not (directory / PARTIAL).exists()
+    saved, expected = (torch.load(d / "weights.pt", weights_only=True) for d in (directory, tmp_path / "reference"))
+    assert all(torch.equal(saved[name], expected[name]) for name in expected)
+
+
+def test_a_slenderization_killed_between_pruning_events_resumes_to_the_same_model(tmp_path, monkeypatch,
+                                                                                 tiny_rt_teacher):
+    """The real pipeline: the slender stage is killed in its second event's distillation (after one pruning
+    event and before the next); rerun, it replays the first event from its saved result, resumes the second and
+    saves the model an uninterrupted run saves."""
+    budget = budget_with("quick", train_rows=128, eval_rows=64, max_length=32, ta_hidden_epochs=0.25,
+                         ta_prediction_epochs=0.25, num_events=2, importance_batches=2, distill_steps=3,
+                         recovery_hidden_epochs=0.25, recovery_prediction_epochs=0.25)
+    settings = CompressionSettings(heads=1, ffn=16, embedding_rank=16, allocation="global")
+
+    def run(work):
+        return compress("rt", tmp_path / f"out-{work}", teacher_dir=tiny_rt_teacher, budget=budget, settings=settings,
+                        work_dir=tmp_path / work)
+
+    uninterrupted = run("a")
+    shutil.copytree(tmp_path / "a" / "ta", tmp_path / "b" / "ta")  # shared, as bench/run_standard_all.sh does
+    real_train, calls = slenderize_module.train, []
+
+    def killed_in_second_event(model, batches, loss_fn, **kwargs):
+        calls.append(kwargs["desc"])
+        steps_left = 2 if len(calls) == 2 else None
+
+        def loss(m, batch):
+            nonlocal steps_left
+            if steps_left is not None:
+                steps_left -= 1
+                if steps_left == 0:
+                    raise Killed
+            return loss_fn(m, batch)
+
+        return real_train(model, batches, loss, **kwargs)
+
+    monkeypatch.setattr(slenderize_module, "train", killed_in_second_event)
+    monkeypatch.setattr(Progress, "due", lambda self: True)  # save after every step
+    with pytest.raises(Killed):
+        run("b")
+    [partial] = (tmp_path / "b").glob(f"*/slender/{PARTIAL}")
+    assert sorted(p.name for p in partial.glob("train-*.pt")) == ["train-0.pt", "train-1.pt"]
+    monkeypatch.setattr(slenderize_module, "train", real_train)
+    resumed = run("b")
+    assert not partial.exists()
+    [slender_a] = (tmp_path / "a").glob("*/slender")
+    [slender_b] = (tmp_path / "b").glob("*/slender")
+    a, b = (load_file(d / "model.safetensors") for d in (slender_a, slender_b))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    record_a, record_b = (json.loads((d / RECORD).read_text()) for d in (slender_a, slender_b))
+    assert record_a["events"] == record_b["events"]
+    assert resumed["accuracy"] == uninterrupted["accuracy"]
