@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from costeff_fast.training import slenderize as slenderize_module
 from costeff_fast.training.budget import budget_with
 from costeff_fast.training.pipeline import CompressionSettings, compress
-from costeff_fast.training.resume import Progress, resumable
+from costeff_fast.training.resume import SECONDS, Progress, exclusive, resumable
 from costeff_fast.training.stage_cache import PARTIAL, RECORD, StageMismatchError, run_stage
 from costeff_fast.training.trainer import repeat_epochs, train
 
@@ -123,6 +124,33 @@ def test_progress_of_another_call_is_refused(tmp_path):
               progress=False)
 
 
+def test_progress_from_another_device_or_autocast_is_refused(tmp_path):
+    with resumable(tmp_path, every_seconds=0), pytest.raises(Killed):
+        two_calls(loss_killed_at(2))
+    with resumable(tmp_path, every_seconds=0), pytest.raises(StageMismatchError, match="pass --device cpu"):
+        two_calls(loss_killed_at(None), autocast=True)
+
+
+def test_a_numpy_metric_still_resumes(tmp_path):
+    """Metrics from numpy or sklearn (np.float64) are stored as floats, which the safe loader reads."""
+    np = pytest.importorskip("numpy")
+
+    def run(loss_fn):
+        torch.manual_seed(5)
+        model = make_model()
+        result = train(model, make_batches(), loss_fn, steps=7, lr=1e-2, evaluate=lambda m: np.float64(evaluate(m)),
+                       eval_every=3, progress=False)
+        return model, result
+
+    model_a, result_a = run(loss_killed_at(None))
+    with resumable(tmp_path, every_seconds=0), pytest.raises(Killed):
+        run(loss_killed_at(5))
+    with resumable(tmp_path, every_seconds=0):
+        model_b, result_b = run(loss_killed_at(None))
+    assert result_a == result_b
+    assert all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()))
+
+
 def test_unreadable_progress_names_the_file(tmp_path):
     (tmp_path / "train-0.pt").write_bytes(b"not a checkpoint")
     with resumable(tmp_path), pytest.raises(StageMismatchError, match="unreadable progress checkpoint"):
@@ -166,13 +194,46 @@ def test_a_killed_stage_resumes_and_cleans_up(tmp_path):
         stage(directory, 10, {"lr": 1e-2})
     assert not (directory / RECORD).exists()
     assert json.loads((directory / PARTIAL / "params.json").read_text()) == {"lr": 1e-2, "seed": 3}
-    with pytest.raises(StageMismatchError, match="unfinished run with other parameters"):
+    with pytest.raises(StageMismatchError, match="unfinished run with other lr"):
         stage(directory, None, {"lr": 2e-2})
+    (directory / PARTIAL / SECONDS).write_text(json.dumps({"seconds": 1000.0}))  # the killed run's training time
     record = stage(directory, None, {"lr": 1e-2})
     assert record["losses"] == reference["losses"] and record["params"] == reference["params"]
+    assert record["seconds"] >= 1000.0  # the stage's time includes the run before the kill
     assert not (directory / PARTIAL).exists()
     saved, expected = (torch.load(d / "weights.pt", weights_only=True) for d in (directory, tmp_path / "reference"))
     assert all(torch.equal(saved[name], expected[name]) for name in expected)
+
+
+def test_progress_left_after_the_record_is_removed_on_the_next_run(tmp_path):
+    """A kill between writing the record and removing ``partial`` leaves it behind: the next run removes it (it
+    would otherwise be copied into the published checkpoint)."""
+    first = stage(tmp_path, None, {"lr": 1e-2})
+    (tmp_path / PARTIAL).mkdir()
+    (tmp_path / PARTIAL / "train-0.pt").write_bytes(b"left behind")
+    assert stage(tmp_path, 5, {"lr": 1e-2}) == first  # cached: nothing trains (a kill at step 5 never comes)
+    assert not (tmp_path / PARTIAL).exists()
+
+
+def test_a_second_run_of_the_same_stage_waits_and_reuses_the_first_ones_result(tmp_path):
+    built = []
+
+    def build():
+        built.append(True)
+        return Saved(make_model()), {}
+
+    second = {}
+    with exclusive(tmp_path / PARTIAL):  # the first run, still building
+        waiting = threading.Thread(target=lambda: second.update(
+            run_stage(tmp_path, build, tokenizer=Tokenizer(), seed=0, params={"a": 1})))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive()  # blocked on the lock
+        first = run_stage(tmp_path / "elsewhere", build, tokenizer=Tokenizer(), seed=0, params={"a": 1})
+        (tmp_path / RECORD).write_text(json.dumps(first))  # the first run finishes
+        (tmp_path / "weights.pt").write_bytes(b"")
+    waiting.join(timeout=30)
+    assert second == first and len(built) == 1  # the waiting run built nothing
 
 
 def test_a_slenderization_killed_between_pruning_events_resumes_to_the_same_model(tmp_path, monkeypatch,

@@ -16,13 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 
-from .resume import DEFAULT_EVERY_SECONDS, StageMismatchError, resumable
+from .resume import DEFAULT_EVERY_SECONDS, StageMismatchError, exclusive, resumable, write_json_atomic
 
 RECORD = "stage.json"
 """Name of the record file; it is written last, so its presence means the stage finished."""
@@ -78,9 +77,11 @@ def run_stage(directory: Path | str, build: Callable[[], tuple[object, dict]], *
     When not cached: seed torch with ``seed``, call ``build() -> (model, info)`` inside
     :func:`~costeff_fast.training.resume.resumable` ``(directory / "partial")``, save the model and the
     tokenizer (``save_pretrained``) to ``directory``, write ``stage.json`` with ``info``, ``params`` (with
-    ``seed`` added; absent when ``params`` is None) and ``seconds`` (wall time of this run of the stage,
-    rounded to 0.1 s: a resumed stage counts from its resumption), then remove ``partial``. ``partial`` first
-    records ``params``; a later run with other parameters is refused rather than resumed from it.
+    ``seed`` added; absent when ``params`` is None) and ``seconds`` (training wall time in seconds, rounded to
+    0.1; a resumed stage adds its earlier runs up to their last progress save), then remove ``partial``.
+    ``partial`` first records ``params``; a later run with other parameters is refused rather than resumed
+    from it. A process building the stage holds a lock on ``partial``; a second one asking for the same stage
+    waits, then returns the record the first wrote.
 
     Args:
         directory: the stage's output directory (created when missing).
@@ -104,32 +105,33 @@ def run_stage(directory: Path | str, build: Callable[[], tuple[object, dict]], *
     directory = Path(directory)
     record = directory / RECORD
     wanted = None if params is None else json.loads(json.dumps({**params, "seed": seed}))
-    if record.is_file():
-        stored = json.loads(record.read_text())
-        _check_params(directory, stored.get("params"), wanted)
-        return stored
-    started = time.time()
-    partial = directory / PARTIAL
-    _claim_partial(partial, wanted)
-    torch.manual_seed(seed)
-    with resumable(partial, every_seconds=checkpoint_seconds):
-        model, info = build()
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    info = {**info, **({} if wanted is None else {"params": wanted}), "seconds": round(time.time() - started, 1)}
-    record.write_text(json.dumps(info, indent=2))
-    shutil.rmtree(partial)
-    return info
+    if not record.is_file():
+        with exclusive(directory / PARTIAL) as partial:
+            if not record.is_file():  # else another run finished the stage while this one waited
+                _claim_partial(partial, wanted)
+                torch.manual_seed(seed)
+                with resumable(partial, every_seconds=checkpoint_seconds) as session:
+                    model, info = build()
+                    seconds = round(session.seconds(), 1)
+                model.save_pretrained(directory)
+                tokenizer.save_pretrained(directory)
+                info = {**info, **({} if wanted is None else {"params": wanted}), "seconds": seconds}
+                record.write_text(json.dumps(info, indent=2))
+    stored = json.loads(record.read_text())
+    shutil.rmtree(directory / PARTIAL, ignore_errors=True)  # also one a kill left after the record was written
+    _check_params(directory, stored.get("params"), wanted)
+    return stored
 
 
 def _claim_partial(partial: Path, wanted: dict | None) -> None:
-    """Create ``partial`` with this run's parameters, or check that an unfinished run there had the same ones."""
+    """Record this run's parameters in ``partial``, or check that an unfinished run there had the same ones."""
     params_file = partial / "params.json"
-    if params_file.is_file():
-        stored = json.loads(params_file.read_text())
-        if stored != wanted:
-            raise StageMismatchError(f"{partial} holds an unfinished run with other parameters: pass another "
-                                     f"--work-dir, or delete {partial} to start this stage over")
+    if not params_file.is_file():
+        write_json_atomic(params_file, wanted)
         return
-    partial.mkdir(parents=True, exist_ok=True)
-    params_file.write_text(json.dumps(wanted, indent=2))
+    stored = json.loads(params_file.read_text())
+    if stored != wanted:
+        differing = sorted(key for key in (stored or {}).keys() | (wanted or {}).keys()
+                           if (stored or {}).get(key) != (wanted or {}).get(key))
+        raise StageMismatchError(f"{partial} holds an unfinished run with other {', '.join(differing)}: pass "
+                                 f"another --work-dir, or delete {partial} to start this stage over")

@@ -308,8 +308,8 @@ def train(
     Raises:
         ValueError: negative ``steps``, an unknown ``schedule``, ``eval_every < 1``, ``batches`` runs out, a
             ``device`` :func:`resolve_device` refuses; (resuming) its subclass
-            :class:`~costeff_fast.training.resume.StageMismatchError` for a saved call with another ``desc`` or
-            ``steps``, weights that do not fit ``model``, or an unreadable save.
+            :class:`~costeff_fast.training.resume.StageMismatchError` for a saved call with another ``desc``,
+            ``steps``, device type or autocast setting, weights that do not fit ``model``, or an unreadable save.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -331,7 +331,7 @@ def train(
     progress_file = next_progress()
     saved = progress_file.load() if progress_file is not None else None
     if saved is not None:
-        _check_saved(progress_file.path, saved, desc=desc, steps=steps)
+        _check_saved(progress_file.path, saved, desc=desc, steps=steps, device=device.type, autocast=use_autocast)
         _load_weights(model, saved["model"], progress_file.path)
         done, total = saved["step"], saved["total"]
         for skipped in range(done):  # the batches the saved steps consumed (a shared stream continues after them)
@@ -352,8 +352,9 @@ def train(
 
     def save_progress(step: int, finished: bool) -> None:
         weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
-        state = {"desc": desc, "steps": steps, "step": step, "finished": finished, "total": total,
-                 "model": weights, "best_metric": best_metric, "rng": rng_state()}
+        state = {"desc": desc, "steps": steps, "device": device.type, "autocast": use_autocast, "step": step,
+                 "finished": finished, "total": total, "model": weights, "rng": rng_state(),
+                 "best_metric": None if best_metric is None else float(best_metric)}
         if not finished:
             state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), best_state=best_state)
         progress_file.save(state)
@@ -406,17 +407,22 @@ def train(
     return TrainResult(steps=steps, mean_loss=total / steps if steps else math.nan, best_metric=best_metric)
 
 
-def _check_saved(path, saved: dict, *, desc: str, steps: int) -> None:
+def _check_saved(path, saved: dict, *, desc: str, steps: int, device: str, autocast: bool) -> None:
     if (saved.get("desc"), saved.get("steps")) != (desc, steps):
-        raise StageMismatchError(f"{path} holds the progress of {saved.get('desc')!r} ({saved.get('steps')} steps), not of "
-                         f"{desc!r} ({steps} steps): the stage's code changed since it was saved; delete "
-                         f"{path.parent} to restart the stage")
+        raise StageMismatchError(f"{path} holds the progress of {saved.get('desc')!r} ({saved.get('steps')} steps), "
+                                 f"not of {desc!r} ({steps} steps): the stage's code changed since it was saved; "
+                                 f"delete {path.parent} to restart the stage")
+    if (saved.get("device"), saved.get("autocast")) != (device, autocast):
+        raise StageMismatchError(f"{path} was saved training on {saved.get('device')} with autocast "
+                                 f"{saved.get('autocast')}, this run trains on {device} with autocast {autocast}: "
+                                 f"pass --device {saved.get('device')} to resume it, or delete {path.parent} to "
+                                 "restart the stage")
 
 
 def _load_weights(model: nn.Module, weights: dict, path) -> None:
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[-1].strip()
-        raise StageMismatchError(f"{path} does not fit the model this run built ({first}); delete {path.parent} to "
-                         "restart the stage") from error
+        detail = str(error).strip().splitlines()[-1].strip()
+        raise StageMismatchError(f"{path} does not fit the model this run built ({detail}); delete {path.parent} "
+                                 "to restart the stage") from error
