@@ -10,12 +10,15 @@ import threading
 import pytest
 import torch
 from conftest import save_tiny_bert_teacher
+from datasets import Dataset
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from transformers import AutoTokenizer
 
 from costeff_fast.training import slenderize as slenderize_module
 from costeff_fast.training.budget import budget_with
+from costeff_fast.training.data import make_loader
 from costeff_fast.training.pipeline import CompressionSettings, compress
 from costeff_fast.training.resume import SECONDS, Progress, exclusive, resumable
 from costeff_fast.training.stage_cache import PARTIAL, RECORD, StageMismatchError, run_stage
@@ -95,6 +98,40 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, kill_at):
     with resumable(tmp_path, every_seconds=0):
         resumed = two_calls(loss_killed_at(None))
     assert_same(uninterrupted, resumed)
+
+
+def test_length_grouped_batches_resume_to_the_same_result(tmp_path, minilm_dir):
+    """The loader ``--group-by-length`` trains with (its own generator orders the groups and the batches)."""
+    generator = torch.Generator().manual_seed(0)
+    ids = [torch.randint(1000, 2000, (int(n),), generator=generator).tolist()
+           for n in torch.randint(2, 60, (120,), generator=generator)]
+    rows = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids],
+                              "labels": [len(row) % 3 for row in ids]})
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+
+    def run(kill_at):
+        loader = make_loader(rows, tokenizer, 16, shuffle=True, seed=3, group_by_length=True)  # a new process's
+        torch.manual_seed(0)
+        model = nn.ModuleDict({"embed": nn.EmbeddingBag(2000, 8, mode="sum"), "drop": nn.Dropout(0.3), "out": nn.Linear(8, 3)})
+        calls = 0
+
+        def loss_fn(m, batch):
+            nonlocal calls
+            calls += 1
+            if calls == kill_at:
+                raise Killed
+            pooled = m["embed"](batch["input_ids"], per_sample_weights=batch["attention_mask"].float())
+            return nn.functional.cross_entropy(m["out"](m["drop"](pooled)), batch["labels"])
+
+        train(model, repeat_epochs(lambda: loader), loss_fn, steps=20, lr=1e-2, progress=False)
+        return model
+
+    expected = run(None)
+    with resumable(tmp_path, every_seconds=0), pytest.raises(Killed):
+        run(13)  # in the second pass over the 8 batches
+    with resumable(tmp_path, every_seconds=0):
+        resumed = run(None)
+    assert all(torch.equal(a, b) for a, b in zip(expected.state_dict().values(), resumed.state_dict().values()))
 
 
 def test_saves_between_time_limits_only_at_evaluations(tmp_path):
