@@ -22,6 +22,9 @@ share() {  # share SOURCE_WORK_DIR DEST_WORK_DIR STAGE...: hard-link finished st
     elif [[ ! -e "$dest/$stage" ]]; then
       mkdir -p "$(dirname "$dest/$stage")"
       cp -al "$source/$stage" "$dest/$stage"
+    elif [[ ! -f "$dest/$stage/stage.json" ]]; then
+      echo "run_standard_all.sh: $dest/$stage is an unfinished stage: delete it to share $source/$stage" >&2
+      exit 2
     elif ! cmp -s "$source/$stage/stage.json" "$dest/$stage/stage.json"; then
       echo "run_standard_all.sh: $dest/$stage differs from $source/$stage (an older run of record?): delete" \
         "$dest to share the current one" >&2
