@@ -89,7 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="stage cache (default work/<task>-<budget>-len<max length>-<exit pooling>, plus a suffix "
                              "per overridden budget field; for your data the task is <file name>-<content hash>, and "
-                             "--teacher adds -teacher<hash>)")
+                             "--teacher adds -teacher<hash>). Run the same command again after a crash or kill to "
+                             "resume: finished stages are reused, a stage cut short continues from its last progress "
+                             "save (every 10 minutes and every evaluation)")
     parser.add_argument("--out", type=Path, required=True,
                         help="output checkpoint directory: new, empty, or a previous COST-EFF output (config.json "
                              "with model_type costeff plus report.json), which is replaced; any other existing "
