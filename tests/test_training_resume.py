@@ -48,8 +48,14 @@ def make_batches():
     return repeat_epochs(lambda: loader)
 
 
-def loss_killed_at(call: int | None):
-    """Cross-entropy that raises :class:`Killed` on its ``call``-th use (1-based; None: never)."""
+def toy_loss(model, batch):
+    features, labels = batch
+    return nn.functional.cross_entropy(model(features), labels)
+
+
+def loss_killed_at(call: int | None, loss=toy_loss):
+    """``loss`` (by default the toy models' cross-entropy) raising :class:`Killed` on its ``call``-th use
+    (1-based; None: never)."""
     calls = 0
 
     def loss_fn(model, batch):
@@ -57,8 +63,7 @@ def loss_killed_at(call: int | None):
         calls += 1
         if calls == call:
             raise Killed
-        features, labels = batch
-        return nn.functional.cross_entropy(model(features), labels)
+        return loss(model, batch)
 
     return loss_fn
 
@@ -112,18 +117,15 @@ def test_length_grouped_batches_resume_to_the_same_result(tmp_path, minilm_dir):
     def run(kill_at):
         loader = make_loader(rows, tokenizer, 16, shuffle=True, seed=3, group_by_length=True)  # a new process's
         torch.manual_seed(0)
-        model = nn.ModuleDict({"embed": nn.EmbeddingBag(2000, 8, mode="sum"), "drop": nn.Dropout(0.3), "out": nn.Linear(8, 3)})
-        calls = 0
+        model = nn.ModuleDict({"embed": nn.EmbeddingBag(2000, 8, mode="sum"), "drop": nn.Dropout(0.3),
+                               "out": nn.Linear(8, 3)})
 
-        def loss_fn(m, batch):
-            nonlocal calls
-            calls += 1
-            if calls == kill_at:
-                raise Killed
+        def bag_loss(m, batch):
             pooled = m["embed"](batch["input_ids"], per_sample_weights=batch["attention_mask"].float())
             return nn.functional.cross_entropy(m["out"](m["drop"](pooled)), batch["labels"])
 
-        train(model, repeat_epochs(lambda: loader), loss_fn, steps=20, lr=1e-2, progress=False)
+        train(model, repeat_epochs(lambda: loader), loss_killed_at(kill_at, bag_loss), steps=20, lr=1e-2,
+              progress=False)
         return model
 
     expected = run(None)
@@ -153,7 +155,7 @@ def test_outside_resumable_nothing_is_saved(tmp_path, monkeypatch):
 def test_progress_of_another_call_is_refused(tmp_path):
     with resumable(tmp_path, every_seconds=0), pytest.raises(Killed):
         two_calls(loss_killed_at(2))
-    with resumable(tmp_path, every_seconds=0), pytest.raises(StageMismatchError, match=r"train-0.pt holds the progress"):
+    with resumable(tmp_path, every_seconds=0), pytest.raises(StageMismatchError, match="train-0.pt holds the progr"):
         train(make_model(), make_batches(), loss_killed_at(None), steps=4, lr=1e-2, progress=False)
     with resumable(tmp_path, every_seconds=0), pytest.raises(StageMismatchError, match="does not fit the model"):
         model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3))
