@@ -33,6 +33,7 @@ from typing import Iterator
 
 import torch
 
+
 class StageMismatchError(ValueError):
     """A cached stage, or the saved progress of an unfinished one, was built with other parameters or code than
     the run asks for (a changed budget or flag, a rebuilt upstream stage, in the same work directory)."""
