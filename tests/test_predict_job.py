@@ -228,6 +228,12 @@ def test_refusals_are_one_line_and_exit_2(tmp_path, checkpoint, texts, capsys):
     assert predict("--model", checkpoint, "--input", source, "--output", out, "--resume",
                    "--entropy-threshold", "0") == 2  # another job's output
     assert "entropy_threshold" in capsys.readouterr().err
+    before = sorted(p.name for p in out.iterdir())
+    for refused in (["--model", tmp_path / "missing"], ["--entropy-threshold", "-1"]):
+        args = {"--model": checkpoint, "--input": source, "--output": out, **dict(zip(refused[::2], refused[1::2]))}
+        assert predict(*[x for pair in args.items() for x in pair], "--overwrite") == 2  # refused before deleting
+        assert sorted(p.name for p in out.iterdir()) == before
+    capsys.readouterr()
     assert predict("--model", checkpoint, "--input", source, "--output", out, "--overwrite",
                    "--entropy-threshold", "0") == 0
     (tmp_path / "other").mkdir()

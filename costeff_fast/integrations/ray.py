@@ -168,9 +168,10 @@ def run_ray_predict(
         raise JobArgumentError(f"--output-format {output_format!r}: use one of {', '.join(SUFFIXES)}")
     columns, id_type = job_columns(files, text_column, text_pair_column, id_column)
     output_dir = Path(output_dir).resolve()
-    prepare_output(output_dir, resume=False, overwrite=overwrite)
     model_dir = Path(model_dir).resolve()
+    # The model and its flags are checked before --overwrite deletes anything: a refused run leaves the output.
     model = load_model(model_dir, entropy_threshold=entropy_threshold, backend=backend, num_threads=num_threads)
+    prepare_output(output_dir, resume=False, overwrite=overwrite)
     threads = num_threads or 1
 
     started_ray = not ray.is_initialized()

@@ -303,8 +303,9 @@ def run_predict(
         raise JobArgumentError(f"--output-format {output_format!r}: use one of {', '.join(SUFFIXES)}")
     columns, id_type = job_columns(files, text_column, text_pair_column, id_column)
     output_dir = Path(output_dir).resolve()
-    manifest = prepare_output(output_dir, resume=resume, overwrite=overwrite)
+    # The model and its flags are checked before --overwrite deletes anything: a refused run leaves the output.
     model = load_model(model_dir, entropy_threshold=entropy_threshold, backend=backend, num_threads=num_threads)
+    manifest = prepare_output(output_dir, resume=resume, overwrite=overwrite)
     job = job_identity(model, model_dir, files, text_column=text_column, text_pair_column=text_pair_column,
                        id_column=id_column, output_format=output_format, shard_rows=shard_rows)
     writer = ShardWriter(output_dir, output_format, job, manifest)
