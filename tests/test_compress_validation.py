@@ -106,6 +106,26 @@ def test_unknown_task_lists_the_known_ones(teacher, tmp_path, no_training):
     assert not no_training
 
 
+@pytest.mark.parametrize("max_drop", [-0.01, 1.0, 5.0])
+def test_max_drop_outside_a_fraction_is_refused_before_training(teacher, tmp_path, no_training, max_drop):
+    refused(r"--max-drop .*\[0, 1\)", tmp_path=tmp_path, teacher_dir=teacher, settings=SMALL, max_drop=max_drop)
+    assert not no_training
+
+
+@pytest.mark.parametrize("field", ["teacher_epochs", "ta_prediction_epochs", "recovery_prediction_epochs"])
+def test_budget_refuses_training_phases_without_steps(field):
+    for value in (0, -1, float("inf")):
+        with pytest.raises(ValueError, match=f"{field} must be a finite number > 0"):
+            budget_with("quick", **{field: value})
+    budget_with("quick", **{field: 0.25})  # fractions of an epoch are allowed
+
+
+def test_budget_allows_skipping_hidden_phases_only():
+    budget_with("quick", ta_hidden_epochs=0, recovery_hidden_epochs=0)
+    with pytest.raises(ValueError, match="recovery_hidden_epochs must be a finite number >= 0"):
+        budget_with("quick", recovery_hidden_epochs=-1)
+
+
 def test_missing_teacher_directory(tmp_path, no_training):
     message = refused("no such directory", tmp_path=tmp_path, teacher_dir=tmp_path / "nowhere", settings=SMALL)
     assert message.startswith(f"--teacher {tmp_path / 'nowhere'}") and "--task-default" in message
@@ -335,6 +355,12 @@ def test_cli_refusals_are_one_line_with_status_2(teacher, tmp_path, capsys, no_t
     (user / "notes.txt").write_text("mine")
     assert "--overwrite" in cli_refusal(capsys, ["--teacher", str(teacher), "--task", "rt", "--out", str(user), *base])
     assert file.read_text() == "user data" and (user / "notes.txt").read_text() == "mine"
+    for flag, value in (("--max-drop", "-0.5"), ("--max-drop", "1"), ("--teacher-epochs", "0"),
+                        ("--ta-epochs", "-1"), ("--recovery-epochs", "0")):
+        with pytest.raises(SystemExit) as info:  # argparse's refusal: usage, then one error line naming the flag
+            cli.main(["compress", "--task-default", "--task", "rt", "--out", str(tmp_path / "o"), *base, flag, value])
+        assert info.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1].startswith(f"costeff-fast compress: error: argument {flag}:")
     assert not (tmp_path / "work").exists() and not no_training
     with pytest.raises(TrainingStarted):
         cli.main(["compress", "--teacher", str(teacher), "--task", "rt", "--out", str(user), *base, "--overwrite"])

@@ -65,6 +65,13 @@ class Budget:
     Off in every preset (their runs of record were batched at random)."""
 
     def __post_init__(self):
+        for name in ("teacher_epochs", "ta_prediction_epochs", "recovery_prediction_epochs"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        for name in ("ta_hidden_epochs", "recovery_hidden_epochs"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0 (0 skips the phase), got "
+                                 f"{getattr(self, name)}")
         if not self.kd_temperature > 0:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
         if not self.early_exit_weight >= 0:

@@ -110,7 +110,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
 
     Raises:
         CompressArgumentError: (a ``ValueError``; one line naming the argument and the fix) before any training:
-            no data, or both a task and data; unknown task or budget; a device that is not here; a teacher directory that is missing, lacks
+            no data, or both a task and data; unknown task or budget; ``max_drop`` outside [0, 1); a device that is not here; a teacher directory that is missing, lacks
             ``config.json``, weights or a tokenizer, or is not a supported ``*ForSequenceClassification``;
             ``heads``, ``ffn`` or ``embedding_rank`` outside [1, the teacher's heads, intermediate size or
             hidden size] (the packaged MiniLM's with ``teacher_dir=None``); an unknown allocation or exit
@@ -125,6 +125,8 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     if out_dir is None:
         raise CompressArgumentError("--out: missing; pass the directory that receives the checkpoint")
     budget = check_budget(budget)
+    if not 0 <= max_drop < 1:
+        raise CompressArgumentError(f"--max-drop {max_drop}: must be a fraction in [0, 1), e.g. 0.01 for one point")
     try:
         device = resolve_device(device)
     except ValueError as error:

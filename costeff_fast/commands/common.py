@@ -32,6 +32,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a float in [0, 1), such as an allowed accuracy drop (0.01 = one point)."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), e.g. 0.01 for one point, got {text}")
+    return value
+
+
 def configure_logging(verbose: bool) -> None:
     """costeff_fast's log lines on stderr: warnings only by default, everything with ``-v``."""
     logging.basicConfig(format="costeff-fast: %(message)s")

@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .common import non_negative_float, positive_float, positive_int, refuse
+from .common import fraction, non_negative_float, positive_float, positive_int, refuse
 
 NAME = "compress"
 HELP = "run the COST-EFF pipeline and write a calibrated checkpoint"
@@ -58,11 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training rows (default: the budget's; quick uses 3,000)")
     parser.add_argument("--eval-rows", type=positive_int, default=None,
                         help="dev rows for checkpoint choice, calibration and the report (default: the budget's)")
-    parser.add_argument("--teacher-epochs", type=float, default=None,
+    parser.add_argument("--teacher-epochs", type=positive_float, default=None,
                         help="teacher fine-tuning epochs with --task-default (default: the budget's; quick uses 1)")
-    parser.add_argument("--ta-epochs", type=float, default=None,
+    parser.add_argument("--ta-epochs", type=positive_float, default=None,
                         help="epochs of the TA's exit (prediction) distillation (default: the budget's; quick uses 1)")
-    parser.add_argument("--recovery-epochs", type=float, default=None,
+    parser.add_argument("--recovery-epochs", type=positive_float, default=None,
                         help="epochs of recovery's exit (prediction) distillation (default: the budget's; "
                              "quick uses 1)")
     parser.add_argument("--recovery-hidden-epochs", type=non_negative_float, default=None,
@@ -85,7 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(boolq at 256 tokens: 1.8 times fewer tokens per epoch; default: the budget's, off)")
     parser.add_argument("--exit-pooling", choices=["mean", "cls"], default="mean",
                         help="what non-pooled exits read: token mean (default) or [CLS] (the paper)")
-    parser.add_argument("--max-drop", type=float, default=0.01, help="allowed dev accuracy drop (default 0.01)")
+    parser.add_argument("--max-drop", type=fraction, default=0.01,
+                        help="allowed dev accuracy drop against the teacher, a fraction (default 0.01: one point)")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="stage cache (default work/<task>-<budget>-len<max length>-<exit pooling>, plus a suffix "
                              "per overridden budget field; for your data the task is <file name>-<content hash>, and "
