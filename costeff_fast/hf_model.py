@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 
-from .checkpoint import load_tokenizer
+from .checkpoint import load_model, load_tokenizer
 from .config import resolve_entropy_threshold
 from .inference import CostEffInferenceModel
 from .modeling import CostEffClassifierOutput, CostEffForSequenceClassification
@@ -156,15 +156,23 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """``PreTrainedModel.from_pretrained``, plus the directory's tokenizer in :attr:`tokenizer` when it has
-        tokenizer files, loaded and checked as :func:`costeff_fast.from_pretrained` does
-        (:func:`~costeff_fast.checkpoint.load_tokenizer`).
+        tokenizer files. A local directory is first loaded and checked as :func:`costeff_fast.from_pretrained`
+        does (:func:`~costeff_fast.checkpoint.load_model`, :func:`~costeff_fast.checkpoint.load_tokenizer`), so a
+        weight Hugging Face would re-initialise, a pickle it would unpickle or a NaN it would load is refused.
 
         Raises:
-            CheckpointError: tokenizer files that cannot be loaded, or a tokenizer larger than the vocabulary.
+            FileNotFoundError: a local directory without ``config.json`` or ``model.safetensors`` (a
+                ``pytorch_model.bin`` is never loaded).
+            CheckpointError: a config field, weight file or tensor that cannot serve the model (missing,
+                unexpected, of another shape, NaN or inf), tokenizer files that cannot be loaded, or a tokenizer
+                larger than the vocabulary.
         """
+        local = Path(pretrained_model_name_or_path).is_dir()
+        if local:
+            load_model(pretrained_model_name_or_path)  # strict: refuses what Hugging Face's loader would accept
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        if Path(pretrained_model_name_or_path).is_dir():
+        if local:
             model.tokenizer = load_tokenizer(pretrained_model_name_or_path, model.config)
         return loaded
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import make_tiny_model
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import costeff_fast
 from costeff_fast.checkpoint import CheckpointError
@@ -27,6 +27,14 @@ def saved(tmp_path_factory, minilm_dir):
 @pytest.fixture
 def copy(saved, tmp_path):
     return shutil.copytree(saved, tmp_path / "model")
+
+
+@pytest.fixture(params=["costeff_fast", "auto_model"])
+def load(request):
+    """Both ways in: costeff_fast.from_pretrained and the Hugging Face Auto class (which alone would re-initialise a
+    missing tensor, unpickle a .bin and load a NaN)."""
+    return {"costeff_fast": costeff_fast.from_pretrained,
+            "auto_model": AutoModelForSequenceClassification.from_pretrained}[request.param]
 
 
 def edit_config(directory, **changes):
@@ -48,50 +56,50 @@ def test_the_intact_checkpoint_loads_and_answers(saved):
     assert model.generate_logits(["a short text"]).shape == (1, 3)
 
 
-def test_a_missing_tensor_is_named(copy):
+def test_a_missing_tensor_is_named(copy, load):
     edit_weights(copy, lambda state: state.pop("layers.2.query.weight"))
     with pytest.raises(CheckpointError, match=r"model\.safetensors: missing 1 tensor\(s\): layers\.2\.query\.weight"):
-        costeff_fast.from_pretrained(copy)
+        load(copy)
 
 
-def test_unexpected_and_mis_shaped_tensors_are_named(copy):
+def test_unexpected_and_mis_shaped_tensors_are_named(copy, load):
     def edit(state):
         state["layers.9.extra"] = torch.zeros(2)
         state["layers.1.key.bias"] = torch.zeros(3)
 
     edit_weights(copy, edit)
     with pytest.raises(CheckpointError) as info:
-        costeff_fast.from_pretrained(copy)
+        load(copy)
     message = str(info.value)
     assert "unexpected 1 tensor(s): layers.9.extra" in message
     assert "layers.1.key.bias (3,) (config: (8,))" in message and "config.json" in message
 
 
-def test_non_finite_weights_are_refused(copy):
+def test_non_finite_weights_are_refused(copy, load):
     def edit(state):
         state["exits.0.classifier.weight"][0, 0] = float("nan")
 
     edit_weights(copy, edit)
     with pytest.raises(CheckpointError, match=r"NaN or inf in 1 tensor\(s\): exits\.0\.classifier\.weight"):
-        costeff_fast.from_pretrained(copy)
+        load(copy)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
-def test_truncated_or_corrupt_weights(copy, damage):
+def test_truncated_or_corrupt_weights(copy, damage, load):
     path = copy / "model.safetensors"
     data = path.read_bytes()
     path.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00\xff" * 100, "empty": b""}[damage])
     with pytest.raises(CheckpointError, match=r"model\.safetensors: not a readable safetensors file .*truncated or "
                                               r"corrupt"):
-        costeff_fast.from_pretrained(copy)
+        load(copy)
 
 
-def test_pickle_weights_are_never_loaded(copy):
+def test_pickle_weights_are_never_loaded(copy, load):
     torch.save(load_file(str(copy / "model.safetensors")), copy / "pytorch_model.bin")
     (copy / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors not found; pytorch_model\.bin is a pickle file, "
                                                 r"which is never loaded"):
-        costeff_fast.from_pretrained(copy)
+        load(copy)
 
 
 @pytest.mark.parametrize("changes,match", [
