@@ -175,6 +175,30 @@ def test_calibrate_refusals(model_dir, reviews, tmp_path):
     assert (model_dir / "config.json").read_text() == before and not (model_dir / "calibration").exists()
 
 
+def test_a_teacher_that_cannot_be_the_reference_is_refused_before_any_forward(model_dir, reviews, tmp_path,
+                                                                               minilm_dir, monkeypatch):
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a forward ran before the teacher was checked")
+
+    monkeypatch.setattr(recalibrate, "exit_logits", no_forward)
+    before = (model_dir / "config.json").read_text()
+    with pytest.raises(CalibrateArgumentError, match=r"^--teacher .*missing: no such directory.*leave out --teacher"):
+        calibrate_checkpoint(model_dir, reviews, text_column="review", label_column="verdict",
+                             teacher_dir=tmp_path / "missing")
+    teacher = save_tiny_bert_teacher(tmp_path / "teacher", minilm_dir)
+    config = json.loads((teacher / "config.json").read_text())
+    for changes, shown in (({"id2label": {"0": "rotten", "1": "fresh"}}, r"\['rotten', 'fresh'\]"),
+                           ({"id2label": {"0": "a", "1": "b", "2": "c"}}, r"\['a', 'b', 'c'\]")):
+        (teacher / "config.json").write_text(json.dumps({**config, **changes}))
+        with pytest.raises(CalibrateArgumentError, match=rf"^--teacher .*: its classes {shown} are not the model's "
+                                                         r"\['fresh', 'rotten'\]"):
+            calibrate_checkpoint(model_dir, reviews, text_column="review", label_column="verdict", teacher_dir=teacher)
+    (teacher / "model.safetensors").unlink()
+    with pytest.raises(CalibrateArgumentError, match=r"^--teacher .*: no model.safetensors"):
+        calibrate_checkpoint(model_dir, reviews, text_column="review", label_column="verdict", teacher_dir=teacher)
+    assert (model_dir / "config.json").read_text() == before
+
+
 def _bert_dir(tmp_path):
     directory = tmp_path / "bert"
     directory.mkdir()

@@ -37,7 +37,8 @@ from .calibrate import (
 from .data import dev_inputs
 from .prediction import engine_predict, exit_logits, hf_predict, minibatches, predict
 from .trainer import resolve_device
-from .validate import label_names_to_map, teacher_labels, unknown_label_message
+from .validate import (CompressArgumentError, label_names_to_map, read_teacher_config, teacher_labels,
+                       unknown_label_message)
 
 THRESHOLD_KINDS = ("single", "per-layer")
 """What ``calibrate_checkpoint`` writes: one threshold for every layer (the paper) or one per exit."""
@@ -93,7 +94,9 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
     Raises:
         CalibrateArgumentError: one line naming the argument: a device that is not here, ``model_dir`` not a
             COST-EFF checkpoint, both goals
-            given, ``max_drop`` < 0 or ``target_speedup`` < 1, an unknown ``thresholds``, a data file or column
+            given, ``max_drop`` < 0 or ``target_speedup`` < 1, an unknown ``thresholds``, a ``teacher_dir`` that is
+            not a fine-tuned HF classifier with safetensors weights and a tokenizer or whose classes (count, or
+            ``id2label`` names in id order) differ from the checkpoint's, a data file or column
             that is missing or unreadable, labels the checkpoint does not know, or fewer than two rows.
     """
     model_dir = Path(model_dir)
@@ -113,6 +116,8 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
                                      "full depth)")
     if thresholds not in THRESHOLD_KINDS:
         raise CalibrateArgumentError(f"--thresholds {thresholds!r}: unknown; pass one of {', '.join(THRESHOLD_KINDS)}")
+    if teacher_dir is not None:
+        _check_teacher(Path(teacher_dir), config)
     rows = _load_rows(data, config, text_column=text_column, text_pair_column=text_pair_column,
                       label_column=label_column)
     report_dir = Path(report_dir) if report_dir is not None else model_dir / "calibration"
@@ -195,6 +200,22 @@ def _checkpoint_config(model_dir: Path) -> dict:
                                      "directory (the --out of costeff-fast compress)") from error
     except CheckpointError as error:
         raise CalibrateArgumentError(f"--model {model_dir}: {error}") from error
+
+
+def _check_teacher(teacher_dir: Path, config: dict) -> None:
+    """Refuse a ``--teacher`` that cannot be the reference: not a fine-tuned HF classifier with safetensors and a
+    tokenizer (:func:`~costeff_fast.training.validate.read_teacher_config`), or one whose classes differ from the
+    checkpoint's (its accuracy would be scored against other label ids)."""
+    try:
+        teacher_config, _ = read_teacher_config(teacher_dir)
+    except CompressArgumentError as error:
+        raise CalibrateArgumentError(str(error).replace("or use --task-default", "or leave out --teacher")) from error
+    teacher_count, teacher_names = teacher_labels(teacher_config)
+    count, names = teacher_labels(config)
+    if teacher_count != count or (teacher_names is not None and names is not None and teacher_names != names):
+        raise CalibrateArgumentError(
+            f"--teacher {teacher_dir}: its classes {teacher_names or teacher_count} are not the model's "
+            f"{names or count} (config.json id2label, in id order); pass the teacher the model was compressed from")
 
 
 def _load_rows(data, config: dict, *, text_column: str, text_pair_column: str | None, label_column: str):
