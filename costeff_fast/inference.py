@@ -14,24 +14,8 @@ from .backends import build_backend, check_quantize_target, select_backend
 from .checkpoint import load_model, load_tokenizer
 from .config import resolve_entropy_threshold
 from .engine import run_early_exit, stream_early_exit
-from .modeling import CostEffForSequenceClassification
+from .modeling import INTEGER_DTYPES, CostEffForSequenceClassification, check_right_padded
 from .threads import AutoThreads, torch_threads
-
-
-def _check_right_padded(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Return the row lengths of a right-padded ``[B, S]`` batch; raise if a mask is not ones-then-zeros."""
-    mask = attention_mask.to(torch.bool)
-    lengths = mask.sum(dim=1)
-    prefix = torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]
-    if not torch.equal(mask, prefix):
-        raise ValueError(
-            "attention_mask must be right-padded (ones, then zeros) in every row; tokenize with "
-            "padding_side='right' or pass unpadded lists of ids"
-        )
-    return lengths
-
-
-_INTEGER_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
 def _as_id_rows(name: str, value) -> list[list[int]] | torch.Tensor:
@@ -41,7 +25,7 @@ def _as_id_rows(name: str, value) -> list[list[int]] | torch.Tensor:
     if isinstance(value, torch.Tensor):
         if value.dim() != 2:
             raise ValueError(f"{name} must be a [batch, seq] tensor, got shape {tuple(value.shape)}")
-        if value.dtype not in _INTEGER_DTYPES and not (mask and value.dtype == torch.bool):
+        if value.dtype not in INTEGER_DTYPES and not (mask and value.dtype == torch.bool):
             raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {value.dtype}; ids are "
                             "never rounded or cast from floats or bools")
         return value.long()
@@ -217,7 +201,7 @@ class CostEffInferenceModel:
                 if not isinstance(value, torch.Tensor) or value.shape != ids.shape:
                     raise ValueError(f"{name} must be a tensor of input_ids' shape {tuple(ids.shape)}")
             mask = optional.get("attention_mask", torch.ones_like(ids))
-            lengths = _check_right_padded(mask)
+            lengths = check_right_padded(mask)
             real = mask.to(torch.bool)
             flat_ids = ids[real]
             flat_types = optional["token_type_ids"][real] if "token_type_ids" in optional else torch.zeros_like(flat_ids)

@@ -29,6 +29,26 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from .config import CostEffConfig, resolve_entropy_threshold
 from .reference import exit_decision, exit_entropy, exit_logits, first_exit
 
+INTEGER_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+"""Dtypes accepted for token ids, segment ids, masks and labels (floats are never rounded into ids)."""
+
+
+def check_right_padded(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Return the row lengths ``[B]`` int64 of a right-padded ``[B, S]`` mask.
+
+    Raises:
+        ValueError: a row's mask is not ones, then zeros (left padding or holes; the positions are ``arange(S)``).
+    """
+    mask = attention_mask.to(torch.bool)
+    lengths = mask.sum(dim=1)
+    prefix = torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]
+    if not torch.equal(mask, prefix):
+        raise ValueError(
+            "attention_mask must be right-padded (ones, then zeros) in every row; tokenize with "
+            "padding_side='right' or pass unpadded lists of ids"
+        )
+    return lengths
+
 
 class _GradientRescale(torch.autograd.Function):
     """Identity forward, ``grad * scale`` backward (gradient equilibrium, Li et al. 2019)."""
@@ -199,7 +219,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         self.exits = nn.ModuleList(CostEffExit(config, pooler) for pooler in config.exit_pooler)
         self.post_init()
 
-    def _check_inputs(self, input_ids, attention_mask, token_type_ids):
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids, labels):
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError(f"input_ids must be a [batch, seq] LongTensor, got {getattr(input_ids, 'shape', input_ids)}")
         if input_ids.shape[1] > self.config.max_position_embeddings:
@@ -211,9 +231,37 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-            if tensor.shape != input_ids.shape:
-                raise ValueError(f"{name} shape {tuple(tensor.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        for name, tensor in (("input_ids", input_ids), ("attention_mask", attention_mask),
+                             ("token_type_ids", token_type_ids)):
+            if not isinstance(tensor, torch.Tensor) or tensor.shape != input_ids.shape:
+                raise ValueError(f"{name} shape {tuple(getattr(tensor, 'shape', ()))} != input_ids shape "
+                                 f"{tuple(input_ids.shape)}")
+            if tensor.dtype not in INTEGER_DTYPES and not (name == "attention_mask" and tensor.dtype == torch.bool):
+                raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {tensor.dtype}; ids are "
+                                "never rounded or cast from floats or bools")
+        # One device sync for every range check (the positions are arange(S), so padding must be on the right).
+        mask = attention_mask.to(torch.bool)
+        bad = torch.stack([
+            ((input_ids < 0) | (input_ids >= self.config.vocab_size)).any(),
+            ((token_type_ids < 0) | (token_type_ids >= self.config.type_vocab_size)).any(),
+            ((attention_mask != 0) & (attention_mask != 1)).any() | (mask[:, 1:] & ~mask[:, :-1]).any(),
+        ]).tolist()
+        if bad[0]:
+            raise ValueError(f"input_ids must lie in [0, vocab_size={self.config.vocab_size}); tokenize with this "
+                             "checkpoint's tokenizer")
+        if bad[1]:
+            raise ValueError(f"token_type_ids must lie in [0, type_vocab_size={self.config.type_vocab_size})")
+        if bad[2]:
+            raise ValueError("attention_mask must be right-padded (ones, then zeros) in every row; tokenize with "
+                             "padding_side='right'")
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape[:1] \
+                    or labels.dtype not in INTEGER_DTYPES:
+                raise ValueError(f"labels must be a [batch] integer tensor of {input_ids.shape[0]} class ids, got "
+                                 f"{getattr(labels, 'dtype', type(labels).__name__)} of shape "
+                                 f"{tuple(getattr(labels, 'shape', ()))}")
+            if labels.numel() and bool(((labels < 0) | (labels >= self.num_labels)).any()):
+                raise ValueError(f"labels must lie in [0, num_labels={self.num_labels})")
         return attention_mask, token_type_ids
 
     def forward(
@@ -231,10 +279,11 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         """Run every layer and every exit.
 
         Args:
-            input_ids: ``[B, S]`` int64 token ids.
-            attention_mask: ``[B, S]`` 1 for tokens, 0 for padding (default all ones).
-            token_type_ids: ``[B, S]`` segment ids (default zeros).
-            labels: ``[B]`` int64; the loss is the mean cross-entropy over all exits.
+            input_ids: ``[B, S]`` integer token ids in ``[0, vocab_size)``.
+            attention_mask: ``[B, S]`` 1 for tokens, 0 for padding, right-padded (default all ones).
+            token_type_ids: ``[B, S]`` segment ids in ``[0, type_vocab_size)`` (default zeros).
+            labels: ``[B]`` integer class ids in ``[0, num_labels)``; the loss is the mean cross-entropy over all
+                exits.
             output_hidden_states: also return the ``L + 1`` hidden states.
             entropy_threshold: nats, float or one per layer; in eval mode ``logits`` are each row's first
                 confident exit under :func:`~costeff_fast.config.resolve_entropy_threshold` (None: the
@@ -246,8 +295,14 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
 
         Returns:
             :class:`CostEffClassifierOutput` (a tuple ``(loss?, logits, exit_logits)`` if not return_dict).
+
+        Raises:
+            TypeError: ids, mask or segment ids of a float dtype (never rounded).
+            ValueError: not ``[B, S]``, longer than ``max_position_embeddings``, shapes that differ, ids or
+                segment ids out of range, a mask that is not right-padded 0/1, labels not ``[B]`` integer class
+                ids in range.
         """
-        attention_mask, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids)
+        attention_mask, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids, labels)
         dtype = self.embeddings.position_embeddings.weight.dtype
         additive_mask = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
         hidden = self.embeddings(input_ids, token_type_ids)
@@ -294,8 +349,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         Slow by design; it is the oracle for :mod:`costeff_fast.engine` (docs/design.md, Engine).
 
         Args:
-            input_ids, attention_mask, token_type_ids: ``[B, S]`` as in :meth:`forward`; padding may be
-                anywhere the mask is 0 but real tokens must come first in each row.
+            input_ids, attention_mask, token_type_ids: ``[B, S]`` as in :meth:`forward` (right-padded).
             entropy_threshold: nats, float or one per layer, resolved by
                 :func:`~costeff_fast.config.resolve_entropy_threshold` (None: the checkpoint's threshold).
 
@@ -303,7 +357,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             ``logits [B, num_labels]`` fp32, ``exit_layer [B]`` int64 (1-based),
             ``entropy [B]`` fp32 of the answering exit (nats).
         """
-        attention_mask, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids)
+        attention_mask, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids, None)
         tau = resolve_entropy_threshold(entropy_threshold, self.config)
         num_layers = self.config.num_hidden_layers
         logits_out, layer_out, entropy_out = [], [], []
