@@ -1,7 +1,8 @@
 """Command line: ``costeff-fast <command>``; each command lives in :mod:`costeff_fast.commands`.
 
-``demo`` (the main job on real data), ``compress`` (the COST-EFF pipeline) and ``calibrate`` (a checkpoint's
-threshold on new data). A refused argument prints one ``costeff-fast: error:`` line and exits with status 2.
+``demo`` (the main job on real data), ``compress`` (the COST-EFF pipeline), ``calibrate`` (a checkpoint's
+threshold on new data), ``predict`` (a batch job over files), ``export`` (ONNX) and ``info`` (what a checkpoint
+holds). A refused argument prints one ``costeff-fast: error:`` line and exits with status 2.
 """
 
 from __future__ import annotations

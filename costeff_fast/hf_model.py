@@ -241,6 +241,7 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
             the model's device, ``exit_logits`` None; from the reference forward, what it returns.
 
         Raises:
+            TypeError: float token ids, mask or type ids (never rounded).
             ValueError: left padding, an empty row, ids outside the vocabulary, a bad threshold, an over-long
                 row without a tokenizer or whose texts cannot be recovered, or another keyword argument given a
                 value (``inputs_embeds``, ``position_ids``, ... are not supported).

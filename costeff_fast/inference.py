@@ -343,7 +343,8 @@ def from_pretrained(
             process-wide now, as before); None leaves torch's setting. A different count changes the fp32
             summation order, so with ``"auto"`` two calls on the same rows agree to rounding (about 1e-7), not
             bit for bit; pass an int where bitwise repeatability matters.
-        device: torch device for the weights (default CPU).
+        device: torch device for the weights (None: the backend's default: CUDA with fp16 storage for
+            ``"triton"``, else the CPU).
         max_batch_tokens: real tokens per engine call; larger :meth:`~CostEffInferenceModel.generate_logits`
             calls run in chunks (:class:`CostEffInferenceModel`).
         quantize: None (fp32) or ``"int8"``: quantize each layer's four GEMM weights (QKV, attention output,
