@@ -216,6 +216,10 @@ def test_refusals_are_one_line_and_exit_2(tmp_path, checkpoint, texts, capsys):
         (["--entropy-threshold", "0.1,0.2"], "num_hidden_layers=4"),
         (["--model", tmp_path], "--model"),
     ]
+    for indent in (None, 2):  # one JSON array, on one line or pretty-printed: not JSON Lines
+        array = tmp_path / f"array-{indent}.json"
+        array.write_text(json.dumps([{"text": t} for t in texts[:3]], indent=indent))
+        cases.append((["--input", array], "is a JSON object, so it is not JSON Lines"))
     for extra, message in cases:
         args = dict(zip(["--model", "--input", "--output"], [checkpoint, source, out]))
         args.update(dict(zip(extra[::2], extra[1::2])))

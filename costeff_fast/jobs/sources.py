@@ -120,14 +120,21 @@ def check_columns(files: InputFiles, columns: dict[str, str], id_argument: str |
 
     Raises:
         JobArgumentError: a CSV header or a Parquet schema lacks a column; no object among a JSON Lines file's
-            first rows has it; a Parquet text column is not a string column; Parquet id types differ by file.
+            first rows has it, or none of them is an object (e.g. a ``.json`` file holding one JSON array); a Parquet text column is not a string column; Parquet id types differ by file.
     """
     text_arguments = [argument for argument in columns if argument != id_argument]
     if files.format == "jsonl":
         seen: set[str] = set()
+        probed = objects = 0
         for chunk in read_chunks(InputFiles(files.paths[:1], "jsonl"), [], _JSON_PROBE_ROWS, keep_objects=True):
+            probed = len(chunk.columns["__object__"])
+            objects = sum(isinstance(obj, dict) for obj in chunk.columns["__object__"])
             seen.update(key for obj in chunk.columns["__object__"] if isinstance(obj, dict) for key in obj)
             break
+        if probed and not objects:
+            raise JobArgumentError(f"--input {files.paths[0]}: none of its first {probed} line(s) is a JSON object, "
+                                   "so it is not JSON Lines (one object per line); convert a JSON array with "
+                                   "jq -c '.[]' FILE")
         for argument, name in columns.items():
             if seen and name not in seen:
                 raise JobArgumentError(f"{argument} {name!r}: no object in the first {_JSON_PROBE_ROWS} rows of "
