@@ -154,7 +154,8 @@ class CostEffInferenceModel:
         Raises:
             TypeError: the batch or its items are of the wrong type; token ids or type ids that are floats or
                 bools (tensors of a non-integer dtype, or list items that are not ints): never rounded.
-            ValueError: singles mixed with pairs, tuples that are not pairs, text that is not valid Unicode (a
+            ValueError: singles mixed with pairs, tuples that are not pairs, a bare ``(text, text_pair)`` tuple
+                instead of a list of them, text that is not valid Unicode (a
                 lone surrogate), an empty row, left padding, a row longer than the model's
                 ``max_position_embeddings``, ids outside the vocabulary.
         """
@@ -165,6 +166,9 @@ class CostEffInferenceModel:
                 f"batch must be a list of strings, a list of (text, text_pair) tuples or a tokenized mapping, "
                 f"got {type(batch).__name__}" + (" (wrap a single string in a list)" if isinstance(batch, str) else "")
             )
+        if isinstance(batch, tuple) and len(batch) == 2 and all(isinstance(item, str) for item in batch):
+            raise ValueError("batch is a tuple of two strings, which reads as two rows and as one pair; pass "
+                             "[text, text] for two rows or [(text, text_pair)] for one pair")
         if len(batch) == 0:
             return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
         if self.tokenizer is None:

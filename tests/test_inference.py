@@ -99,6 +99,7 @@ def test_config_threshold_is_the_default_and_call_overrides_it(tmp_path):
         (["fine", 3], TypeError, "strings or"),
         (["single", ("text", "pair")], ValueError, "mixes single texts"),
         ([("a", "b", "c")], ValueError, "two strings"),
+        (("is it raining?", "the sky is clear"), ValueError, r"\[\(text, text_pair\)\] for one pair"),
         ({"attention_mask": [[1]]}, ValueError, "needs 'input_ids'"),
         ({"input_ids": [[]]}, ValueError, "empty row"),
         ({"input_ids": [[1, 2], [3]], "token_type_ids": [[0, 0]]}, ValueError, "same lengths"),
@@ -109,7 +110,7 @@ def test_config_threshold_is_the_default_and_call_overrides_it(tmp_path):
     ],
 )
 def test_bad_batches_raise_clear_errors(tiny_model, minilm_checkpoint, batch, error, match):
-    engine = costeff_fast.from_pretrained(minilm_checkpoint, backend="torch") if isinstance(batch, (str, list)) else CostEffInferenceModel(tiny_model, None, backend="torch")
+    engine = costeff_fast.from_pretrained(minilm_checkpoint, backend="torch") if isinstance(batch, (str, list, tuple)) else CostEffInferenceModel(tiny_model, None, backend="torch")
     with pytest.raises(error, match=match):
         engine.generate_logits(batch)
 
