@@ -244,7 +244,9 @@ class CostEffInferenceModel:
             entropy_threshold: nats, a float or one float per layer; None uses this instance's default (the
                 ``entropy_threshold`` given to :func:`from_pretrained`, else the checkpoint's calibrated one). A row answers at the first layer whose exit entropy is
                 below the threshold; the last layer always answers. ``0.0`` disables early exit
-                (:func:`~costeff_fast.config.resolve_entropy_threshold`).
+                (:func:`~costeff_fast.config.resolve_entropy_threshold`). Entropy lies in ``[0, ln C]`` for C
+                classes (0.693 for two), so a threshold above ``ln C`` sends every row out at layer 1; it is not a
+                probability.
             return_exit_layers: also return each row's 1-based exit layer.
 
         Returns:
