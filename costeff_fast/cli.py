@@ -2,7 +2,8 @@
 
 ``demo`` (the main job on real data), ``compress`` (the COST-EFF pipeline), ``calibrate`` (a checkpoint's
 threshold on new data), ``predict`` (a batch job over files), ``export`` (ONNX) and ``info`` (what a checkpoint
-holds). A refused argument prints one ``costeff-fast: error:`` line and exits with status 2.
+holds). A refused argument exits with status 2 after one error line: ``costeff-fast: error: ...`` for the
+checks of each command, argparse's usage and ``error: argument --flag: ...`` for a flag's type or range.
 """
 
 from __future__ import annotations

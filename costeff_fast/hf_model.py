@@ -167,13 +167,14 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
                 unexpected, of another shape, NaN or inf), tokenizer files that cannot be loaded, or a tokenizer
                 larger than the vocabulary.
         """
-        local = Path(pretrained_model_name_or_path).is_dir()
-        if local:
-            load_model(pretrained_model_name_or_path)  # strict: refuses what Hugging Face's loader would accept
+        directory = Path(pretrained_model_name_or_path) / kwargs.get("subfolder", "")
+        local = directory.is_dir()
+        if local and kwargs.get("state_dict") is None:  # weights given in memory are the caller's to check
+            load_model(directory)  # strict: refuses what Hugging Face's loader would accept
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         if local:
-            model.tokenizer = load_tokenizer(pretrained_model_name_or_path, model.config)
+            model.tokenizer = load_tokenizer(directory, model.config)
         return loaded
 
     @property

@@ -220,6 +220,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         self.post_init()
 
     def _check_inputs(self, input_ids, attention_mask, token_type_ids, labels):
+        """Checked ``(input_ids, attention_mask, token_type_ids, labels)``; ids, type ids and labels as int64."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError(f"input_ids must be a [batch, seq] LongTensor, got {getattr(input_ids, 'shape', input_ids)}")
         if input_ids.shape[1] > self.config.max_position_embeddings:
@@ -233,36 +234,47 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             token_type_ids = torch.zeros_like(input_ids)
         for name, tensor in (("input_ids", input_ids), ("attention_mask", attention_mask),
                              ("token_type_ids", token_type_ids)):
-            if not isinstance(tensor, torch.Tensor) or tensor.shape != input_ids.shape:
-                raise ValueError(f"{name} shape {tuple(getattr(tensor, 'shape', ()))} != input_ids shape "
-                                 f"{tuple(input_ids.shape)}")
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"{name} must be a torch tensor like input_ids, got {type(tensor).__name__}; "
+                                "tokenize with return_tensors='pt'")
+            if tensor.shape != input_ids.shape:
+                raise ValueError(f"{name} shape {tuple(tensor.shape)} != input_ids shape {tuple(input_ids.shape)}")
             if tensor.dtype not in INTEGER_DTYPES and not (name == "attention_mask" and tensor.dtype == torch.bool):
-                raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {tensor.dtype}; ids are "
-                                "never rounded or cast from floats or bools")
+                kind = "an integer or bool" if name == "attention_mask" else "an integer"
+                raise TypeError(f"{name} must be {kind} tensor (torch.long), got dtype {tensor.dtype}; ids are "
+                                "never rounded or cast from floats")
+        if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape[:1]
+                                   or labels.dtype not in INTEGER_DTYPES):
+            raise ValueError(f"labels must be a [batch] integer tensor of {input_ids.shape[0]} class ids, got "
+                             f"{getattr(labels, 'dtype', type(labels).__name__)} of shape "
+                             f"{tuple(getattr(labels, 'shape', ()))}")
+        input_ids, token_type_ids = input_ids.long(), token_type_ids.long()
+        labels = labels.long() if labels is not None else None
+        if torch.compiler.is_exporting() or torch.compiler.is_compiling():
+            return input_ids, attention_mask, token_type_ids, labels  # value checks would break the traced graph
         # One device sync for every range check (the positions are arange(S), so padding must be on the right).
         mask = attention_mask.to(torch.bool)
-        bad = torch.stack([
+        checks = [
             ((input_ids < 0) | (input_ids >= self.config.vocab_size)).any(),
             ((token_type_ids < 0) | (token_type_ids >= self.config.type_vocab_size)).any(),
             ((attention_mask != 0) & (attention_mask != 1)).any() | (mask[:, 1:] & ~mask[:, :-1]).any(),
-        ]).tolist()
+        ]
+        if labels is not None:
+            checks.append(((labels < 0) | (labels >= self.num_labels)).any())
+        bad = torch.stack(checks).tolist()
         if bad[0]:
             raise ValueError(f"input_ids must lie in [0, vocab_size={self.config.vocab_size}); tokenize with this "
                              "checkpoint's tokenizer")
         if bad[1]:
-            raise ValueError(f"token_type_ids must lie in [0, type_vocab_size={self.config.type_vocab_size})")
+            raise ValueError(f"token_type_ids must lie in [0, type_vocab_size={self.config.type_vocab_size}); "
+                             "tokenize with this checkpoint's tokenizer (type_vocab_size=1 takes no pair segment)")
         if bad[2]:
             raise ValueError("attention_mask must be right-padded (ones, then zeros) in every row; tokenize with "
                              "padding_side='right'")
-        if labels is not None:
-            if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape[:1] \
-                    or labels.dtype not in INTEGER_DTYPES:
-                raise ValueError(f"labels must be a [batch] integer tensor of {input_ids.shape[0]} class ids, got "
-                                 f"{getattr(labels, 'dtype', type(labels).__name__)} of shape "
-                                 f"{tuple(getattr(labels, 'shape', ()))}")
-            if labels.numel() and bool(((labels < 0) | (labels >= self.num_labels)).any()):
-                raise ValueError(f"labels must lie in [0, num_labels={self.num_labels})")
-        return attention_mask, token_type_ids
+        if labels is not None and bad[3]:
+            raise ValueError(f"labels must lie in [0, num_labels={self.num_labels}); map them through "
+                             "config.label2id (the ignore index -100 is not supported)")
+        return input_ids, attention_mask, token_type_ids, labels
 
     def forward(
         self,
@@ -302,7 +314,8 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
                 segment ids out of range, a mask that is not right-padded 0/1, labels not ``[B]`` integer class
                 ids in range.
         """
-        attention_mask, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids, labels)
+        input_ids, attention_mask, token_type_ids, labels = self._check_inputs(
+            input_ids, attention_mask, token_type_ids, labels)
         dtype = self.embeddings.position_embeddings.weight.dtype
         additive_mask = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
         hidden = self.embeddings(input_ids, token_type_ids)
@@ -357,7 +370,8 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             ``logits [B, num_labels]`` fp32, ``exit_layer [B]`` int64 (1-based),
             ``entropy [B]`` fp32 of the answering exit (nats).
         """
-        attention_mask, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids, None)
+        input_ids, attention_mask, token_type_ids, _ = self._check_inputs(
+            input_ids, attention_mask, token_type_ids, None)
         tau = resolve_entropy_threshold(entropy_threshold, self.config)
         num_layers = self.config.num_hidden_layers
         logits_out, layer_out, entropy_out = [], [], []

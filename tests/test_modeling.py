@@ -125,15 +125,19 @@ def test_too_long_input_raises_clear_error(tiny_model):
 def test_forward_refuses_inputs_it_would_misread(tiny_model):
     ids = torch.tensor([[5, 6, 7], [8, 9, 0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    tiny_model(ids, attention_mask=mask, labels=torch.tensor([0, 2]))  # the valid batch passes
+    reference = tiny_model(ids, attention_mask=mask, labels=torch.tensor([0, 2]))  # the valid batch passes
+    narrow = tiny_model(ids.int(), attention_mask=mask.bool(), labels=torch.tensor([0, 2], dtype=torch.int32))
+    torch.testing.assert_close(narrow.loss, reference.loss)  # int32 ids and labels, a bool mask: same answer
     cases = [
         (dict(input_ids=ids.float()), TypeError, r"input_ids must be an integer tensor .* got dtype torch\.float32"),
-        (dict(attention_mask=mask.float()), TypeError, r"attention_mask must be an integer tensor"),
+        (dict(attention_mask=mask.float()), TypeError, r"attention_mask must be an integer or bool tensor"),
         (dict(input_ids=ids.clone().fill_(97)), ValueError, r"input_ids must lie in \[0, vocab_size=97\)"),
         (dict(token_type_ids=torch.full_like(ids, 2)), ValueError, r"token_type_ids must lie in \[0, type_vocab_size=2\)"),
         (dict(attention_mask=mask.flip(1)), ValueError, r"right-padded"),  # left padding: positions would be wrong
         (dict(attention_mask=mask * 2), ValueError, r"right-padded \(ones, then zeros\)"),
         (dict(labels=torch.tensor([0, 3])), ValueError, r"labels must lie in \[0, num_labels=3\)"),
+        (dict(labels=torch.tensor([0, -100])), ValueError, r"-100 is not supported"),
+        (dict(attention_mask=[[1, 1, 1], [1, 1, 0]]), TypeError, r"attention_mask must be a torch tensor"),
         (dict(labels=torch.tensor([0.0, 1.0])), ValueError, r"labels must be a \[batch\] integer tensor of 2"),
         (dict(labels=torch.tensor([0])), ValueError, r"labels must be a \[batch\] integer tensor of 2"),
     ]

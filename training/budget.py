@@ -67,7 +67,8 @@ class Budget:
     def __post_init__(self):
         for name in ("teacher_epochs", "ta_prediction_epochs", "recovery_prediction_epochs"):
             if not 0 < getattr(self, name) < float("inf"):
-                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}; pass a positive "
+                                 "number of epochs (fractions such as 0.25 are allowed)")
         for name in ("ta_hidden_epochs", "recovery_hidden_epochs"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0 (0 skips the phase), got "

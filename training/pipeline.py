@@ -147,6 +147,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     work_dir = Path(work_dir)
     source = Path(teacher_dir) if teacher_dir else packaged_minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.padding_side = "right"  # the COST-EFF model's positions count from each row's start
     data, validation = prepare_data(splits, budget, tokenizer, seed)
     timings["data"] = time.time() - started
 
