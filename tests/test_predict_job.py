@@ -220,6 +220,11 @@ def test_refusals_are_one_line_and_exit_2(tmp_path, checkpoint, texts, capsys):
         array = tmp_path / f"array-{indent}.json"
         array.write_text(json.dumps([{"text": t} for t in texts[:3]], indent=indent))
         cases.append((["--input", array], "is a JSON object, so it is not JSON Lines"))
+    mixed = tmp_path / "mixed"  # a directory whose second file is one JSON array: refused, not failed rows
+    mixed.mkdir()
+    (mixed / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:2]))
+    (mixed / "b.json").write_text(json.dumps([{"text": t} for t in texts[2:4]], indent=2))
+    cases.append((["--input", mixed], "b.json: none of its first"))
     for extra, message in cases:
         args = dict(zip(["--model", "--input", "--output"], [checkpoint, source, out]))
         args.update(dict(zip(extra[::2], extra[1::2])))

@@ -119,26 +119,14 @@ def check_columns(files: InputFiles, columns: dict[str, str], id_argument: str |
         or None without an id column.
 
     Raises:
-        JobArgumentError: a CSV header or a Parquet schema lacks a column; no object among a JSON Lines file's
-            first rows has it, or none of them is an object (e.g. a ``.json`` file holding one JSON array); a Parquet text column is not a string column; Parquet id types differ by file.
+        JobArgumentError: a CSV header or a Parquet schema lacks a column; in any JSON Lines file, no object among
+            its first rows has a column, or none of them is an object (e.g. a ``.json`` file holding one JSON
+            array); a Parquet text column is not a string column; Parquet id types differ by file.
     """
     text_arguments = [argument for argument in columns if argument != id_argument]
     if files.format == "jsonl":
-        seen: set[str] = set()
-        probed = objects = 0
-        for chunk in read_chunks(InputFiles(files.paths[:1], "jsonl"), [], _JSON_PROBE_ROWS, keep_objects=True):
-            probed = len(chunk.columns["__object__"])
-            objects = sum(isinstance(obj, dict) for obj in chunk.columns["__object__"])
-            seen.update(key for obj in chunk.columns["__object__"] if isinstance(obj, dict) for key in obj)
-            break
-        if probed and not objects:
-            raise JobArgumentError(f"--input {files.paths[0]}: none of its first {probed} line(s) is a JSON object, "
-                                   "so it is not JSON Lines (one object per line); convert a JSON array with "
-                                   "jq -c '.[]' FILE")
-        for argument, name in columns.items():
-            if seen and name not in seen:
-                raise JobArgumentError(f"{argument} {name!r}: no object in the first {_JSON_PROBE_ROWS} rows of "
-                                       f"{files.paths[0]} has it (fields: {', '.join(sorted(seen))})")
+        for path in files.paths:  # every file: one JSON array among JSON Lines files must not become failed rows
+            _check_jsonl_file(path, columns)
         return pa.string() if id_argument else None
     id_type = None
     for path in files.paths:
@@ -164,6 +152,25 @@ def check_columns(files: InputFiles, columns: dict[str, str], id_argument: str |
                                        f"{files.paths[0]} but {kind} in {path}")
             id_type = kind
     return (id_type if files.format == "parquet" else pa.string()) if id_argument else None
+
+
+def _check_jsonl_file(path: Path, columns: dict[str, str]) -> None:
+    """Refuse a JSON Lines file whose first rows hold no object, or no object with one of ``columns``."""
+    seen: set[str] = set()
+    probed = objects = 0
+    for chunk in read_chunks(InputFiles((path,), "jsonl"), [], _JSON_PROBE_ROWS, keep_objects=True):
+        probed = len(chunk.columns["__object__"])
+        objects = sum(isinstance(obj, dict) for obj in chunk.columns["__object__"])
+        seen.update(key for obj in chunk.columns["__object__"] if isinstance(obj, dict) for key in obj)
+        break
+    if probed and not objects:
+        raise JobArgumentError(f"--input {path}: none of its first {probed} line(s) is a JSON object, "
+                               "so it is not JSON Lines (one object per line); convert a JSON array with "
+                               "jq -c '.[]' FILE")
+    for argument, name in columns.items():
+        if seen and name not in seen:
+            raise JobArgumentError(f"{argument} {name!r}: no object in the first {_JSON_PROBE_ROWS} rows of "
+                                   f"{path} has it (fields: {', '.join(sorted(seen))})")
 
 
 def count_rows(files: InputFiles) -> int | None:
