@@ -110,3 +110,19 @@ def test_predict_engine_ray_equals_the_local_engine(ray_cluster, tmp_path, check
     assert predict(*flags, "--output", tmp_path / "ray", "--engine", "ray", "--num-workers", 2) == 1
     assert_same_rows(read_output(tmp_path / "ray"), read_output(tmp_path / "local"))
     assert errors_of(tmp_path / "ray") == [{"id": e["id"], "reason": e["reason"]} for e in errors_of(tmp_path / "local")]
+
+
+@needs_ray
+def test_ray_refusals_leave_a_previous_output_untouched(tmp_path, checkpoint, texts, capsys):  # noqa: F811
+    """``--engine ray --overwrite`` with a model or threshold that is refused exits 2 before deleting anything:
+    the previous job's files are still there, byte for byte (docs/input-validation.md P2)."""
+    source = write_input(tmp_path / "rows.csv", {"text": texts[:5]})
+    out = tmp_path / "out"
+    assert predict("--model", checkpoint, "--input", source, "--output", out) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    for refused in (["--model", tmp_path / "missing"], ["--entropy-threshold", "-1"]):
+        args = {"--model": checkpoint, "--input": source, "--output": out, **dict(zip(refused[::2], refused[1::2]))}
+        assert predict(*[x for pair in args.items() for x in pair], "--engine", "ray", "--overwrite") == 2
+        assert capsys.readouterr().err.count("\n") == 1
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
