@@ -17,6 +17,7 @@ from costeff_fast.training.stage_cache import StageMismatchError
 from costeff_fast.training.validate import CompressArgumentError, is_costeff_output, publish_output
 
 SMALL = CompressionSettings(heads=1, ffn=16, embedding_rank=16)
+REAL_TOKENIZER = pipeline.AutoTokenizer.from_pretrained  # before any test patches it
 
 
 class TrainingStarted(AssertionError):
@@ -169,6 +170,23 @@ def test_teacher_with_another_label_count(teacher, tmp_path, no_training):
     message = refused(r"^--task trec: the data has 6 classes \['ABBR', .*the teacher has 2;", "trec", tmp_path=tmp_path,
                       teacher_dir=teacher, settings=SMALL)
     assert "--task-default" in message
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"pad_token_id": 1}, r"the tokenizer pads with id 0 but the teacher's pad_token_id is 1, so it is another"),
+    ({"vocab_size": 1000}, r"the tokenizer has 30522 tokens but the teacher's vocab_size is 1000;"),
+])
+def test_teacher_tokenizer_of_another_family_or_vocabulary(teacher, tmp_path, no_training, monkeypatch, changes,
+                                                           match):
+    """A teacher whose tokenizer is another family's (RoBERTa's pad id 1 next to BERT's vocabulary) or larger than
+    its embedding is refused after the tokenizer loads, before the data is tokenized: the checkpoint would be
+    refused by the loader after hours of training."""
+    monkeypatch.setattr(pipeline.AutoTokenizer, "from_pretrained", REAL_TOKENIZER)
+    refused(match, tmp_path=tmp_path, teacher_dir=edited_teacher(teacher, tmp_path, **changes), settings=SMALL)
+    assert no_training == []
+    with pytest.raises(TrainingStarted):  # the unedited teacher reaches the data preparation
+        compress("rt", tmp_path / "out", teacher_dir=teacher, settings=SMALL, work_dir=tmp_path / "work")
+    assert no_training == ["prepare_data"]
 
 
 # --- widths against the teacher ------------------------------------------------------------------------------------

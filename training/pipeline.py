@@ -33,6 +33,7 @@ from .trainer import resolve_device
 from .validate import (
     CompressArgumentError,
     check_budget,
+    check_teacher_tokenizer,
     check_work_location,
     data_fingerprint,
     load_compress_data,
@@ -111,7 +112,8 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     Raises:
         CompressArgumentError: (a ``ValueError``; one line naming the argument and the fix) before any training:
             no data, or both a task and data; unknown task or budget; ``max_drop`` outside [0, 1); a device that is not here; a teacher directory that is missing, lacks
-            ``config.json``, weights or a tokenizer, or is not a supported ``*ForSequenceClassification``;
+            ``config.json``, weights or a tokenizer, or is not a supported ``*ForSequenceClassification``; a
+            teacher tokenizer larger than its ``vocab_size`` or padding with another id than its ``pad_token_id``;
             ``heads``, ``ffn`` or ``embedding_rank`` outside [1, the teacher's heads, intermediate size or
             hidden size] (the packaged MiniLM's with ``teacher_dir=None``); an unknown allocation or exit
             pooling; ``work_dir`` or ``out_dir`` an existing file; ``out_dir`` a non-empty directory that is not
@@ -136,8 +138,9 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
                       exit_pooling=exit_pooling, overwrite=overwrite, data=data)
     timings = {}
     started = time.time()
-    teacher_config = read_teacher_config(teacher_dir)[0] if teacher_dir is not None else None
-    splits = load_compress_data(task, data, teacher_config=teacher_config, text_column=text_column,
+    teacher_config, teacher_label = read_teacher_config(teacher_dir)
+    labelled_config = teacher_config if teacher_dir is not None else None  # the packaged MiniLM has no labels yet
+    splits = load_compress_data(task, data, teacher_config=labelled_config, text_column=text_column,
                                 text_pair_column=text_pair_column, label_column=label_column, seed=seed)
     name = task if task is not None else f"{_data_name(data)}-{data_fingerprint(splits)}"
     if work_dir is None:
@@ -147,6 +150,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     work_dir = Path(work_dir)
     source = Path(teacher_dir) if teacher_dir else packaged_minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(source)
+    check_teacher_tokenizer(tokenizer, teacher_config, teacher_label, source)
     tokenizer.padding_side = "right"  # the COST-EFF model's positions count from each row's start
     data, validation = prepare_data(splits, budget, tokenizer, seed)
     timings["data"] = time.time() - started

@@ -134,6 +134,31 @@ def read_teacher_config(teacher_dir: Path | None) -> tuple[dict, str]:
     return config, "teacher"
 
 
+def check_teacher_tokenizer(tokenizer, config: dict, label: str, directory: Path) -> None:
+    """Refuse a teacher tokenizer that cannot serve the teacher's embedding, before the data is tokenized.
+
+    Args:
+        tokenizer: the tokenizer loaded from ``directory``.
+        config: the teacher's ``config.json`` (:func:`read_teacher_config`).
+        label: ``"teacher"`` or ``"packaged MiniLM"``, for the message.
+        directory: where both were read.
+
+    Raises:
+        CompressArgumentError: the tokenizer knows more tokens than ``vocab_size`` (their ids would index past the
+            embedding), or pads with another id than ``pad_token_id`` (a tokenizer of another family, e.g. BERT's
+            next to a RoBERTa model: the ids mean other words). The checkpoint loader refuses the same pair.
+    """
+    vocab_size, pad_token_id = config.get("vocab_size"), config.get("pad_token_id")
+    if isinstance(vocab_size, int) and len(tokenizer) > vocab_size:
+        raise CompressArgumentError(f"--teacher {directory}: the tokenizer has {len(tokenizer)} tokens but the "
+                                    f"{label}'s vocab_size is {vocab_size}; save the tokenizer the model was trained "
+                                    "with into this directory")
+    if isinstance(pad_token_id, int) and tokenizer.pad_token_id is not None and tokenizer.pad_token_id != pad_token_id:
+        raise CompressArgumentError(f"--teacher {directory}: the tokenizer pads with id {tokenizer.pad_token_id} but "
+                                    f"the {label}'s pad_token_id is {pad_token_id}, so it is another model family's "
+                                    "tokenizer; save the tokenizer the model was trained with into this directory")
+
+
 def _check_model_type(config: dict, flag: str, directory: Path) -> None:
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
