@@ -117,9 +117,7 @@ def load_tokenizer(directory: str | Path, config: CostEffConfig):
 
     Raises:
         CheckpointError: the tokenizer files cannot be loaded (corrupt JSON, missing vocabulary), or the tokenizer
-            knows more tokens than the model's ``vocab_size`` (their ids would index past the embedding), or pads
-            with another id than ``config.pad_token_id`` (a tokenizer of another family, e.g. BERT's next to a
-            RoBERTa model: its ids mean other words).
+            knows more tokens than the model's ``vocab_size`` (their ids would index past the embedding).
     """
     directory = Path(directory)
     present = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
@@ -136,10 +134,6 @@ def load_tokenizer(directory: str | Path, config: CostEffConfig):
         raise CheckpointError(f"{directory}: the tokenizer has {len(tokenizer)} tokens but config.json's vocab_size is "
                               f"{config.vocab_size}; ids from {config.vocab_size} on would index past the embedding, "
                               "save the matching tokenizer")
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != config.pad_token_id:
-        raise CheckpointError(f"{directory}: the tokenizer pads with id {tokenizer.pad_token_id} but config.json's "
-                              f"pad_token_id is {config.pad_token_id}, so it is another model family's tokenizer; "
-                              "save the tokenizer the model was trained with")
     return tokenizer
 
 

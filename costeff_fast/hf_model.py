@@ -165,7 +165,7 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
                 ``pytorch_model.bin`` is never loaded).
             CheckpointError: a config field, weight file or tensor that cannot serve the model (missing,
                 unexpected, of another shape, NaN or inf), tokenizer files that cannot be loaded, or a tokenizer
-                larger than the vocabulary or padding with another id than ``config.pad_token_id``.
+                larger than the vocabulary.
         """
         directory = Path(pretrained_model_name_or_path) / kwargs.get("subfolder", "")
         local = directory.is_dir()
