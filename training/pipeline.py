@@ -113,7 +113,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
         CompressArgumentError: (a ``ValueError``; one line naming the argument and the fix) before any training:
             no data, or both a task and data; unknown task or budget; ``max_drop`` outside [0, 1); a device that is not here; a teacher directory that is missing, lacks
             ``config.json``, weights or a tokenizer, or is not a supported ``*ForSequenceClassification``; a
-            teacher tokenizer larger than its ``vocab_size`` or padding with another id than its ``pad_token_id``;
+            teacher tokenizer larger than its ``vocab_size``;
             ``heads``, ``ffn`` or ``embedding_rank`` outside [1, the teacher's heads, intermediate size or
             hidden size] (the packaged MiniLM's with ``teacher_dir=None``); an unknown allocation or exit
             pooling; ``work_dir`` or ``out_dir`` an existing file; ``out_dir`` a non-empty directory that is not

@@ -135,7 +135,12 @@ def read_teacher_config(teacher_dir: Path | None) -> tuple[dict, str]:
 
 
 def check_teacher_tokenizer(tokenizer, config: dict, label: str, directory: Path) -> None:
-    """Refuse a teacher tokenizer that cannot serve the teacher's embedding, before the data is tokenized.
+    """Refuse a teacher tokenizer larger than the teacher's embedding, before the data is tokenized.
+
+    Its ids from ``vocab_size`` on would index past the embedding, and the checkpoint loader refuses the
+    compressed model for the same reason, so without this check the run would fail after all its training. A pad
+    id that differs from the config's is allowed: some BERT models are trained with another family's tokenizer
+    (the multilingual MiniLM uses XLM-R's), and padding is masked, so the pad id never reaches a logit.
 
     Args:
         tokenizer: the tokenizer loaded from ``directory``.
@@ -144,19 +149,14 @@ def check_teacher_tokenizer(tokenizer, config: dict, label: str, directory: Path
         directory: where both were read.
 
     Raises:
-        CompressArgumentError: the tokenizer knows more tokens than ``vocab_size`` (their ids would index past the
-            embedding), or pads with another id than ``pad_token_id`` (a tokenizer of another family, e.g. BERT's
-            next to a RoBERTa model: the ids mean other words). The checkpoint loader refuses the same pair.
+        CompressArgumentError: ``len(tokenizer) > vocab_size``.
     """
-    vocab_size, pad_token_id = config.get("vocab_size"), config.get("pad_token_id")
+    vocab_size = config.get("vocab_size")
     if isinstance(vocab_size, int) and len(tokenizer) > vocab_size:
-        raise CompressArgumentError(f"--teacher {directory}: the tokenizer has {len(tokenizer)} tokens but the "
+        flag = "--teacher" if label == "teacher" else "--task-default (packaged MiniLM)"
+        raise CompressArgumentError(f"{flag} {directory}: the tokenizer has {len(tokenizer)} tokens but the "
                                     f"{label}'s vocab_size is {vocab_size}; save the tokenizer the model was trained "
                                     "with into this directory")
-    if isinstance(pad_token_id, int) and tokenizer.pad_token_id is not None and tokenizer.pad_token_id != pad_token_id:
-        raise CompressArgumentError(f"--teacher {directory}: the tokenizer pads with id {tokenizer.pad_token_id} but "
-                                    f"the {label}'s pad_token_id is {pad_token_id}, so it is another model family's "
-                                    "tokenizer; save the tokenizer the model was trained with into this directory")
 
 
 def _check_model_type(config: dict, flag: str, directory: Path) -> None:

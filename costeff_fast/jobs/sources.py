@@ -169,7 +169,7 @@ def _check_jsonl_file(path: Path, columns: dict[str, str]) -> None:
                                "jq -c '.[]' FILE")
     for argument, name in columns.items():
         if seen and name not in seen:
-            raise JobArgumentError(f"{argument} {name!r}: no object in the first {_JSON_PROBE_ROWS} rows of "
+            raise JobArgumentError(f"{argument} {name!r}: no object in the first {probed} row(s) of "
                                    f"{path} has it (fields: {', '.join(sorted(seen))})")
 
 
