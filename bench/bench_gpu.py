@@ -14,7 +14,7 @@ interleaved (A B C A B C ..., CUDA events, median ms per batch; docs/design.md, 
   payload (``bench/make_gpu_payload.py``); without one, random ids at random lengths stand in (said so);
 * ``hf_bert_sdpa``: HF BERT-base (``BertConfig()``, random weights), fp16, ``attn_implementation="sdpa"``,
   each batch padded to its longest row;
-* ``triton_bert_base``: the same weights converted with ``CostEffForSequenceClassification.from_bert``, on the
+* ``triton_bert_base``: the same weights converted with ``costeff_fast.convert.from_bert``, on the
   engine's triton backend (fp16 storage);
 * ``triton_costeff_8x``: the 8x COST-EFF shape (12 layers, hidden 768, 2 heads of 64, FFN 256, rank 128);
 * with a payload: ``hf_teacher_shape_sdpa`` (random HF BERT at the checkpoint's full width: hidden / head size
@@ -302,6 +302,7 @@ def build_contenders(device, dtype: torch.dtype, bert_config, costeff_config, ch
     from costeff_fast import CostEffForSequenceClassification
     from costeff_fast.backends.triton_backend import TritonBackend
     from costeff_fast.config import resolve_entropy_threshold
+    from costeff_fast.convert import from_bert
 
     def hf(config):
         torch.manual_seed(0)
@@ -313,7 +314,7 @@ def build_contenders(device, dtype: torch.dtype, bert_config, costeff_config, ch
                 Contender(f"{name}_early_exit", backend, model.config, early_threshold, baseline)]
 
     bert = hf(bert_config)
-    bert_costeff = CostEffForSequenceClassification.from_bert(bert).eval()
+    bert_costeff = from_bert(bert).eval()
     torch.manual_seed(0)
     slim = CostEffForSequenceClassification(costeff_config).eval()
     thresholds = {"triton_bert_base": median_thresholds(bert_costeff, threshold_rows[:64]),

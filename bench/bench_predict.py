@@ -7,7 +7,7 @@ Usage (from the repository root)::
     python bench/bench_predict.py                                # no checkpoint: the packaged MiniLM converted
 
 Without ``--model`` the model is the packaged MiniLM converted with
-``CostEffForSequenceClassification.from_encoder_classifier`` (full width, untrained exits, no stored threshold,
+``costeff_fast.convert.from_encoder_classifier`` (full width, untrained exits, no stored threshold,
 so every row runs all 6 layers): speed only, said so in the output.
 
 Contenders, each over all rows, timed wall-clock:

@@ -20,6 +20,7 @@ from costeff_fast import CostEffConfig, CostEffForSequenceClassification, exit_e
 from costeff_fast.backends import NativeBackend, TorchBackend
 from costeff_fast.batch import PackedBatch
 from costeff_fast.config import resolve_entropy_threshold
+from costeff_fast.convert import from_bert, from_encoder_classifier
 from costeff_fast.engine import run_early_exit
 from costeff_fast.packing import PackedWeights
 
@@ -454,13 +455,12 @@ def load_models(costeff_dir=None, teacher_dir=None):
 
     teacher = hf_teacher(teacher_dir)
     # num_threads=None: the benchmark sets torch's thread count itself (the default "auto" would pick its own)
-    full_width = CostEffInferenceModel(CostEffForSequenceClassification.from_bert(teacher).eval(), tokenizer(),
-                                       num_threads=None)
+    full_width = CostEffInferenceModel(from_bert(teacher).eval(), tokenizer(), num_threads=None)
     if costeff_dir:
         costeff = costeff_fast.from_pretrained(costeff_dir, num_threads=None)
         reference = CostEffForSequenceClassification.from_pretrained(costeff_dir).eval()
     else:
-        reference = CostEffForSequenceClassification.from_bert(teacher).eval()
+        reference = from_bert(teacher).eval()
         costeff = CostEffInferenceModel(reference, tokenizer(), num_threads=None)
     return teacher, full_width, costeff, reference
 
@@ -494,6 +494,6 @@ def converted_minilm(directory: Path) -> Path:
 
     torch.manual_seed(0)
     hf = AutoModelForSequenceClassification.from_pretrained(packaged_minilm_dir(), num_labels=2).eval()
-    CostEffForSequenceClassification.from_encoder_classifier(hf).save_pretrained(directory)
+    from_encoder_classifier(hf).save_pretrained(directory)
     AutoTokenizer.from_pretrained(packaged_minilm_dir()).save_pretrained(directory)
     return directory

@@ -60,7 +60,7 @@ def load_config(directory: str | Path) -> CostEffConfig:
     if model_type != CostEffConfig.model_type:
         raise CheckpointError(
             f"{path}: model_type {model_type!r} is not a COST-EFF model; convert it with "
-            "CostEffForSequenceClassification.from_encoder_classifier or compress it with `costeff-fast compress`"
+            "costeff_fast.convert.from_encoder_classifier or compress it with `costeff-fast compress`"
         )
     try:
         return CostEffConfig.from_dict(values)

@@ -2,7 +2,8 @@
 
 Its math is plain PyTorch on padded ``[batch, seq, hidden]`` tensors; the exit math comes from
 :mod:`costeff_fast.reference`, and :meth:`CostEffForSequenceClassification.early_exit_reference` (each row
-alone) is the oracle of the packed, padding-free engine in :mod:`costeff_fast.engine`.
+alone) is the oracle of the packed, padding-free engine in :mod:`costeff_fast.engine`. Hugging Face teachers
+become this model in :mod:`costeff_fast.convert`, which imports this module (never the other way).
 Source: COST-EFF (Shen et al., EMNLP 2022, arXiv 2210.15523), Sec. 3; BERT layer as in
 ``transformers.models.bert.modeling_bert``.
 """
@@ -11,19 +12,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForSequenceClassification,
-    BertForSequenceClassification,
-    BertModel,
-    PreTrainedModel,
-)
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .config import CostEffConfig, resolve_entropy_threshold
@@ -137,8 +130,9 @@ class CostEffLayer(nn.Module):
 class CostEffExit(nn.Module):
     """Exit classifier: ``Linear(H, C)(tanh(x))`` (COST-EFF) with x the [CLS] vector or the mean of the row's
     tokens (``config.exit_pooling``), or ``Linear(H, C)(act(dense(x_cls)))`` with a pooler, where ``act`` is
-    ``config.exit_pooler_activation`` (``"tanh"``: BERT's pooler; ``"relu"``/``"gelu"``: the heads of a
-    converted DistilBERT/ELECTRA classifier). The math is :func:`costeff_fast.reference.exit_logits`.
+    ``config.exit_pooler_activation`` (``"tanh"``: BERT's pooler and RoBERTa's/XLM-R's head; ``"relu"``/``"gelu"``:
+    the heads of a DistilBERT/ELECTRA classifier converted by :mod:`costeff_fast.convert`; every backend of the
+    engine runs all three). The math is :func:`costeff_fast.reference.exit_logits`.
     """
 
     def __init__(self, config: CostEffConfig, pooler: bool):
@@ -393,284 +387,3 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         if not logits_out:
             return torch.empty(0, num_labels), torch.empty(0, dtype=torch.long), torch.empty(0)
         return torch.stack(logits_out), torch.tensor(layer_out), torch.stack(entropy_out)
-
-    @classmethod
-    def from_encoder_classifier(
-        cls, source, num_labels: int | None = None, **config_overrides
-    ) -> "CostEffForSequenceClassification":
-        """Convert a Hugging Face encoder (classifier) into a full-width multi-exit model, copying its weights exactly.
-
-        Supported (``transformers`` classes; :data:`SUPPORTED_TEACHERS`): ``BertForSequenceClassification``
-        (MiniLM included), ``RobertaForSequenceClassification``, ``XLMRobertaForSequenceClassification``,
-        ``DistilBertForSequenceClassification``, ``ElectraForSequenceClassification``, and their bare encoders
-        ``BertModel``, ``RobertaModel``, ``XLMRobertaModel``, ``DistilBertModel``, ``ElectraModel``. Per family:
-
-        * RoBERTa / XLM-R (``modeling_roberta``, ``modeling_xlm_roberta``): positions start at
-          ``pad_token_id + 1`` there; the converted ``position_embeddings`` holds the source rows from
-          ``pad_token_id + 1`` on, so position 0 here is the source's first position and
-          ``max_position_embeddings`` shrinks by ``pad_token_id + 1``. HF counts positions over the tokens that
-          are not ``pad_token_id``; here they count from each row's start, which is the same when no real token
-          is the pad id. The head (dense + tanh + ``out_proj`` on ``<s>``) becomes the last exit's pooler.
-        * DistilBERT (``modeling_distilbert``): no token types (one all-zero token-type row), LayerNorm eps
-          1e-12; the head ``pre_classifier`` + ReLU + ``classifier`` becomes the last exit with
-          ``exit_pooler_activation="relu"``.
-        * ELECTRA (``modeling_electra``): only ``embedding_size == hidden_size`` (its ``embeddings_project``
-          follows the embedding LayerNorm and cannot be folded into the tables); the head dense + GELU +
-          ``out_proj`` becomes the last exit with ``exit_pooler_activation="gelu"``.
-
-        The packed engine (:func:`costeff_fast.optimize`, :class:`~costeff_fast.inference.CostEffInferenceModel`)
-        runs tanh exits only, so it refuses the converted DistilBERT and ELECTRA classifiers; their bare
-        encoders (no head) convert to tanh exits the engine runs.
-
-        Args:
-            source: one of the classes above (any dtype; the result has the source's dtype), or a directory
-                holding one (loaded with ``AutoModelForSequenceClassification`` when its config names a
-                ``*ForSequenceClassification`` architecture, else ``AutoModel``).
-            num_labels: number of classes; default from the source classifier (required for a bare encoder).
-            **config_overrides: extra :class:`CostEffConfig` fields (e.g. ``entropy_threshold``).
-
-        Returns:
-            A model in eval mode (as ``from_pretrained``) whose hidden states ``[B, S, H]`` equal the source's
-            (for RoBERTa/XLM-R: when no real token is the pad id); with a source head, the last exit carries it,
-            so ``exit_logits[-1] [B, num_labels]`` equals the source's logits. The other exits are freshly
-            initialized COST-EFF exits (tanh of [CLS] or of the token mean, then Linear).
-
-        Raises:
-            TypeError: ``source`` is none of the supported classes (the message lists them).
-            ValueError: ``num_labels`` missing for a bare encoder or conflicting with the source head; a source
-                this model cannot reproduce (hidden activation other than the erf ``"gelu"``, relative position
-                embeddings, a BERT classifier without its pooler, ELECTRA with ``embedding_size != hidden_size``).
-        """
-        if isinstance(source, (str, Path)):
-            source_config = AutoConfig.from_pretrained(source)
-            architectures = source_config.architectures or []
-            if any(name.endswith("ForSequenceClassification") for name in architectures):
-                source = AutoModelForSequenceClassification.from_pretrained(source)
-            else:
-                source = AutoModel.from_pretrained(source)
-        teacher = _read_teacher(source)
-        if teacher.head is None:
-            if num_labels is None:
-                raise ValueError(f"num_labels is required when converting a bare {type(source).__name__}")
-            label_fields = {}
-        else:
-            if num_labels is not None and num_labels != source.config.num_labels:
-                raise ValueError(
-                    f"num_labels={num_labels} conflicts with the source head's {source.config.num_labels}; "
-                    "omit num_labels or convert the bare encoder"
-                )
-            num_labels = source.config.num_labels
-            label_fields = {"id2label": dict(source.config.id2label), "label2id": dict(source.config.label2id)}
-        fields = teacher.fields
-        if fields["hidden_act"] != "gelu":
-            raise ValueError(
-                f"{type(source).__name__} uses hidden_act={fields['hidden_act']!r}; COST-EFF layers compute the "
-                "exact erf GELU ('gelu') only, so this teacher cannot be converted exactly"
-            )
-        pooler = [False] * fields["num_hidden_layers"]
-        pooler[-1] = teacher.head is not None
-        activation = "tanh" if teacher.head is None else teacher.head_activation
-        config = CostEffConfig(
-            **fields,
-            attention_head_size=fields["hidden_size"] // fields["num_attention_heads"],
-            exit_pooler=pooler,
-            exit_pooler_activation=activation,
-            num_labels=num_labels,
-            **label_fields,
-            **config_overrides,
-        )
-        model = cls(config)
-        state = dict(teacher.state)
-        if teacher.head is not None:
-            dense, classifier = teacher.head
-            last = f"exits.{config.num_hidden_layers - 1}"
-            for key, value in dense.state_dict().items():
-                state[f"{last}.dense.{key}"] = value
-            for key, value in classifier.state_dict().items():
-                state[f"{last}.classifier.{key}"] = value
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        not_copied = [key for key in missing if not key.startswith("exits.")]
-        if unexpected or not_copied:
-            raise RuntimeError(
-                f"from_encoder_classifier mapping is incomplete: unexpected {unexpected}, not copied {not_copied}"
-            )
-        return model.to(teacher.dtype).eval()
-
-    @classmethod
-    def from_bert(cls, bert, num_labels: int | None = None, **config_overrides) -> "CostEffForSequenceClassification":
-        """Alias of :meth:`from_encoder_classifier` (the first name, kept): same arguments, result and errors."""
-        return cls.from_encoder_classifier(bert, num_labels=num_labels, **config_overrides)
-
-
-#: the Hugging Face classes :meth:`CostEffForSequenceClassification.from_encoder_classifier` converts, classifiers
-#: first (``transformers`` class names; each family's bare encoder converts too)
-SUPPORTED_TEACHERS = (
-    "BertForSequenceClassification",
-    "RobertaForSequenceClassification",
-    "XLMRobertaForSequenceClassification",
-    "DistilBertForSequenceClassification",
-    "ElectraForSequenceClassification",
-    "BertModel",
-    "RobertaModel",
-    "XLMRobertaModel",
-    "DistilBertModel",
-    "ElectraModel",
-)
-
-
-@dataclass
-class _Teacher:
-    """What a conversion copies: CostEffConfig fields, the encoder's weights under this model's names, and the
-    head as ``(dense, classifier)`` modules with the activation between them (None for a bare encoder)."""
-
-    fields: dict
-    state: dict
-    head: tuple[nn.Module, nn.Module] | None
-    head_activation: str
-    dtype: torch.dtype
-
-
-def _module_state(prefix: str, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """``{prefix + name + "." + key: tensor}`` over the state dicts of ``modules``."""
-    return {
-        f"{prefix}{name}.{key}": value for name, module in modules.items() for key, value in module.state_dict().items()
-    }
-
-
-def _bert_like_fields(src) -> dict:
-    """CostEffConfig fields from a ``BertConfig``-like config (BERT, RoBERTa, XLM-R, ELECTRA)."""
-    kind = getattr(src, "position_embedding_type", None) or "absolute"
-    if kind != "absolute":
-        raise ValueError(
-            f"position_embedding_type={kind!r} is not supported; COST-EFF uses absolute position embeddings only"
-        )
-    return dict(
-        vocab_size=src.vocab_size, hidden_size=src.hidden_size, num_hidden_layers=src.num_hidden_layers,
-        num_attention_heads=src.num_attention_heads, intermediate_size=src.intermediate_size,
-        hidden_act=src.hidden_act, hidden_dropout_prob=src.hidden_dropout_prob,
-        attention_probs_dropout_prob=src.attention_probs_dropout_prob,
-        max_position_embeddings=src.max_position_embeddings, type_vocab_size=src.type_vocab_size,
-        initializer_range=src.initializer_range, layer_norm_eps=src.layer_norm_eps, pad_token_id=src.pad_token_id,
-        classifier_dropout=getattr(src, "classifier_dropout", None),
-    )
-
-
-def _bert_like_state(encoder, position_offset: int = 0) -> dict[str, torch.Tensor]:
-    """Weights of a BERT-layout encoder (``embeddings`` + ``encoder.layer``) under this model's names; the position
-    table starts at row ``position_offset`` (RoBERTa's ``pad_token_id + 1``)."""
-    emb = encoder.embeddings
-    state = _module_state("embeddings.", {name: getattr(emb, name) for name in
-                                          ("word_embeddings", "token_type_embeddings", "LayerNorm")})
-    state["embeddings.position_embeddings.weight"] = emb.position_embeddings.weight[position_offset:]
-    for index, layer in enumerate(encoder.encoder.layer):
-        state.update(_module_state(f"layers.{index}.", {
-            "query": layer.attention.self.query,
-            "key": layer.attention.self.key,
-            "value": layer.attention.self.value,
-            "attention_output": layer.attention.output.dense,
-            "attention_layer_norm": layer.attention.output.LayerNorm,
-            "intermediate": layer.intermediate.dense,
-            "output": layer.output.dense,
-            "output_layer_norm": layer.output.LayerNorm,
-        }))
-    return state
-
-
-def _read_bert(model, encoder) -> _Teacher:
-    if model is not None and encoder.pooler is None:
-        raise ValueError("the source BertForSequenceClassification has no pooler; cannot reproduce its logits")
-    head = None if model is None else (encoder.pooler.dense, model.classifier)
-    return _Teacher(_bert_like_fields(encoder.config), _bert_like_state(encoder), head, "tanh", encoder.dtype)
-
-
-def _read_roberta(model, encoder) -> _Teacher:
-    fields = _bert_like_fields(encoder.config)
-    offset = encoder.config.pad_token_id + 1
-    fields["max_position_embeddings"] -= offset
-    if fields["max_position_embeddings"] < 1:
-        raise ValueError(
-            f"max_position_embeddings={encoder.config.max_position_embeddings} leaves no position after the "
-            f"offset pad_token_id + 1 = {offset}"
-        )
-    head = None if model is None else (model.classifier.dense, model.classifier.out_proj)
-    return _Teacher(fields, _bert_like_state(encoder, offset), head, "tanh", encoder.dtype)
-
-
-def _read_electra(model, encoder) -> _Teacher:
-    src = encoder.config
-    if src.embedding_size != src.hidden_size:
-        raise ValueError(
-            f"ELECTRA with embedding_size={src.embedding_size} != hidden_size={src.hidden_size} is not supported: "
-            "its embeddings_project follows the embedding LayerNorm and cannot be folded into the tables"
-        )
-    head = None if model is None else (model.classifier.dense, model.classifier.out_proj)
-    return _Teacher(_bert_like_fields(src), _bert_like_state(encoder), head, "gelu", encoder.dtype)
-
-
-def _read_distilbert(model, encoder) -> _Teacher:
-    src = encoder.config
-    emb = encoder.embeddings
-    fields = dict(
-        vocab_size=src.vocab_size, hidden_size=src.dim, num_hidden_layers=src.n_layers,
-        num_attention_heads=src.n_heads, intermediate_size=src.hidden_dim, hidden_act=src.activation,
-        hidden_dropout_prob=src.dropout, attention_probs_dropout_prob=src.attention_dropout,
-        max_position_embeddings=src.max_position_embeddings, type_vocab_size=1,
-        initializer_range=src.initializer_range, layer_norm_eps=emb.LayerNorm.eps, pad_token_id=src.pad_token_id,
-        classifier_dropout=src.seq_classif_dropout,
-    )
-    state = _module_state("embeddings.", {"word_embeddings": emb.word_embeddings,
-                                          "position_embeddings": emb.position_embeddings,
-                                          "LayerNorm": emb.LayerNorm})
-    state["embeddings.token_type_embeddings.weight"] = emb.word_embeddings.weight.new_zeros(1, src.dim)
-    for index, layer in enumerate(encoder.transformer.layer):
-        for norm in (layer.sa_layer_norm, layer.output_layer_norm):
-            if norm.eps != emb.LayerNorm.eps:
-                raise ValueError(f"DistilBERT layer {index} has LayerNorm eps {norm.eps} != the embedding's "
-                                 f"{emb.LayerNorm.eps}; COST-EFF uses one eps")
-        state.update(_module_state(f"layers.{index}.", {
-            "query": layer.attention.q_lin,
-            "key": layer.attention.k_lin,
-            "value": layer.attention.v_lin,
-            "attention_output": layer.attention.out_lin,
-            "attention_layer_norm": layer.sa_layer_norm,
-            "intermediate": layer.ffn.lin1,
-            "output": layer.ffn.lin2,
-            "output_layer_norm": layer.output_layer_norm,
-        }))
-    head = None if model is None else (model.pre_classifier, model.classifier)
-    return _Teacher(fields, state, head, "relu", encoder.dtype)
-
-
-def _read_teacher(source) -> _Teacher:
-    """Dispatch on the source's class: ``(classifier class, encoder class, encoder attribute, reader)``.
-
-    Raises:
-        TypeError: an unsupported class, naming the supported ones.
-    """
-    from transformers import (
-        DistilBertForSequenceClassification,
-        DistilBertModel,
-        ElectraForSequenceClassification,
-        ElectraModel,
-        RobertaForSequenceClassification,
-        RobertaModel,
-        XLMRobertaForSequenceClassification,
-        XLMRobertaModel,
-    )
-
-    families = (
-        (BertForSequenceClassification, BertModel, "bert", _read_bert),
-        (RobertaForSequenceClassification, RobertaModel, "roberta", _read_roberta),
-        (XLMRobertaForSequenceClassification, XLMRobertaModel, "roberta", _read_roberta),
-        (DistilBertForSequenceClassification, DistilBertModel, "distilbert", _read_distilbert),
-        (ElectraForSequenceClassification, ElectraModel, "electra", _read_electra),
-    )
-    for classifier_class, encoder_class, attribute, read in families:
-        if isinstance(source, classifier_class):
-            return read(source, getattr(source, attribute))
-        if isinstance(source, encoder_class):
-            return read(None, source)
-    raise TypeError(
-        f"cannot convert a {type(source).__name__}; supported: {', '.join(SUPPORTED_TEACHERS)} "
-        "(transformers classes), or a directory holding one"
-    )

@@ -14,6 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 import costeff_fast
 from conftest import save_tiny_bert_teacher
 from costeff_fast import CostEffForSequenceClassification, cli
+from costeff_fast.convert import from_encoder_classifier
 from costeff_fast.data import load_task
 from costeff_fast.training import recalibrate
 from costeff_fast.training.calibrate import (
@@ -36,7 +37,7 @@ def checkpoint(tmp_path_factory, minilm_dir):
     teacher = AutoModelForSequenceClassification.from_pretrained(
         teacher_dir, id2label=dict(enumerate(NAMES)), label2id={n: i for i, n in enumerate(NAMES)})
     torch.manual_seed(1)
-    model = CostEffForSequenceClassification.from_encoder_classifier(teacher, exit_pooling="mean")
+    model = from_encoder_classifier(teacher, exit_pooling="mean")
     with torch.no_grad():  # spread the exits' confidence so thresholds matter
         for head in model.exits:
             for parameter in head.parameters():

@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceC
 
 import costeff_fast
 from costeff_fast import CostEffForSequenceClassification
+from costeff_fast.convert import from_encoder_classifier
 from costeff_fast.data import load_task
 from costeff_fast.training.budget import budget_with
 from costeff_fast.training.data import prepare_data
@@ -74,7 +75,7 @@ def test_forward_inputs_drop_token_type_ids_only_for_a_forward_without_them():
     inputs = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3, dtype=torch.long),
               "token_type_ids": torch.zeros(2, 3, dtype=torch.long)}
     assert set(forward_inputs(make_distilbert(), inputs)) == {"input_ids", "attention_mask"}
-    student = CostEffForSequenceClassification.from_encoder_classifier(make_distilbert())
+    student = from_encoder_classifier(make_distilbert())
     assert set(forward_inputs(student, inputs)) == set(inputs)
 
 
@@ -82,7 +83,7 @@ def test_distilbert_teacher_losses_and_accuracy_see_the_same_logits(minilm_dir):
     """Through the loss and prediction helpers the teacher gives the logits of a plain call without token types,
     though the batch carries them (the BERT tokenizer makes them)."""
     teacher = make_distilbert().eval()
-    student = CostEffForSequenceClassification.from_encoder_classifier(teacher)
+    student = from_encoder_classifier(teacher)
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
     batch["labels"] = torch.tensor([1, 0, 1])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from transformers import BertConfig, BertForSequenceClassification
 
-from costeff_fast import CostEffConfig, CostEffForSequenceClassification
+from costeff_fast import CostEffConfig
+from costeff_fast.convert import from_bert
 from costeff_fast.flops import layer_flops, model_flops, parameter_counts
 
 
@@ -42,7 +43,7 @@ def test_parameter_counts_agree_for_a_converted_bert():
     config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=32, num_labels=3)
     bert = BertForSequenceClassification(config)
-    converted = CostEffForSequenceClassification.from_bert(bert)
+    converted = from_bert(bert)
     assert parameter_counts(converted)["encoder"] == parameter_counts(bert)["encoder"]
     # The converted model adds one exit classifier per extra layer: (16 * 3 + 3) parameters.
     assert parameter_counts(converted)["total"] == parameter_counts(bert)["total"] + 16 * 3 + 3

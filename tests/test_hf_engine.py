@@ -14,7 +14,8 @@ from tokenizers import processors
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast, pipeline
 
 import costeff_fast
-from costeff_fast import CostEffEngineForSequenceClassification, CostEffForSequenceClassification
+from costeff_fast import CostEffEngineForSequenceClassification
+from costeff_fast.convert import from_encoder_classifier
 from costeff_fast.data import load_task
 from costeff_fast.hf_model import TokenTruncation
 
@@ -108,7 +109,7 @@ def test_auto_model_output_equals_generate_logits_on_untruncated_padded_rows(tin
 def test_real_minilm_pipeline_equals_predict_on_rows_longer_than_512(tmp_path_factory, minilm_dir, rows):
     torch.manual_seed(0)
     source = AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2)
-    model = CostEffForSequenceClassification.from_encoder_classifier(source).eval()
+    model = from_encoder_classifier(source).eval()
     directory = _checkpoint(tmp_path_factory.mktemp("minilm_costeff"), model, minilm_dir, scale=40.0)
     batch = rows["short"][:6] + rows["long"][-1:]
     classifier = pipeline("text-classification", model=str(directory), batch_size=4)

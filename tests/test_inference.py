@@ -9,6 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipe
 
 import costeff_fast
 from costeff_fast import CostEffForSequenceClassification
+from costeff_fast.convert import from_bert
 from costeff_fast.data import load_task
 from costeff_fast.inference import CostEffInferenceModel
 
@@ -18,7 +19,7 @@ def minilm_checkpoint(tmp_path_factory, minilm_dir):
     """The packaged MiniLM converted to a 6-exit COST-EFF checkpoint (random exits) with its tokenizer."""
     torch.manual_seed(0)
     hf = AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2).eval()
-    model = CostEffForSequenceClassification.from_bert(hf).eval()
+    model = from_bert(hf).eval()
     with torch.no_grad():  # spread the untrained exits' logits so entropies differ between rows
         for exit_head in model.exits:
             exit_head.classifier.weight.mul_(40.0)

@@ -33,6 +33,7 @@ import costeff_fast
 from costeff_fast import exit_entropy, reference
 from costeff_fast.backends import NativeBackend, TorchBackend, build_backend, check_quantize_target
 from costeff_fast.batch import PackedBatch
+from costeff_fast.convert import from_encoder_classifier
 from costeff_fast.inference import CostEffInferenceModel
 from costeff_fast.packing import INT8_WEIGHT_MAX, Int8Weight, PackedWeights, quantize_int8
 
@@ -384,7 +385,7 @@ def test_converted_minilm_int8_against_fp32(minilm_classifier, minilm_tokenizer,
     after layer 6 (the trained COST-EFF checkpoints: about 2 % per layer), while every [CLS] vector keeps a
     cosine above 0.99. Its head is untrained (logits about 0.03): logits within 0.01 (measured 0.006).
     """
-    converted = costeff_fast.CostEffForSequenceClassification.from_encoder_classifier(minilm_classifier).eval()
+    converted = from_encoder_classifier(minilm_classifier).eval()
     fp32 = CostEffInferenceModel(converted, minilm_tokenizer, backend=backend)
     int8 = CostEffInferenceModel(converted, minilm_tokenizer, backend=backend, quantize="int8")
     input_ids, token_type_ids, lengths = fp32.encode(SENTENCES)

@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from costeff_fast import CostEffConfig, CostEffForSequenceClassification
+from costeff_fast.convert import from_bert
 from costeff_fast.modeling import gradient_rescale
 
 
@@ -35,7 +36,7 @@ def masked_max_diff(a, b, mask):
 @pytest.mark.parametrize("with_head", [False, True])
 def test_from_bert_random_hidden_states_and_logits_equal_hf(with_head):
     bert = small_bert(num_labels=3 if with_head else None)
-    model = CostEffForSequenceClassification.from_bert(bert, num_labels=None if with_head else 3).eval()
+    model = from_bert(bert, num_labels=None if with_head else 3).eval()
     batch = random_batch(0, batch=5, vocab=120, max_len=30, pairs=True)
     with torch.no_grad():
         hf = bert(**batch, output_hidden_states=True)
@@ -51,7 +52,7 @@ def test_from_bert_random_hidden_states_and_logits_equal_hf(with_head):
 def test_from_bert_real_minilm_equals_hf(minilm_dir):
     hf = AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2).eval()
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
-    model = CostEffForSequenceClassification.from_bert(hf).eval()
+    model = from_bert(hf).eval()
     batch = tokenizer(["a gripping, beautifully shot film", "dull."], ["", "the plot never moves"],
                       padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -66,14 +67,14 @@ def test_from_bert_real_minilm_equals_hf(minilm_dir):
 def test_from_bert_directory_and_bad_inputs(tmp_path):
     bert = small_bert(num_labels=2)
     bert.save_pretrained(tmp_path)
-    model = CostEffForSequenceClassification.from_bert(str(tmp_path))
+    model = from_bert(str(tmp_path))
     assert model.config.num_labels == 2 and model.exits[-1].dense is not None
     with pytest.raises(ValueError, match="num_labels is required"):
-        CostEffForSequenceClassification.from_bert(small_bert())
+        from_bert(small_bert())
     with pytest.raises(ValueError, match="conflicts"):
-        CostEffForSequenceClassification.from_bert(bert, num_labels=5)
+        from_bert(bert, num_labels=5)
     with pytest.raises(TypeError, match="BertModel"):
-        CostEffForSequenceClassification.from_bert(torch.nn.Linear(2, 2))
+        from_bert(torch.nn.Linear(2, 2))
 
 
 def test_save_load_round_trip_with_auto_classes(tmp_path):

@@ -30,7 +30,7 @@ from conftest import AVAILABLE_BACKENDS
 
 import costeff_fast
 from costeff_fast import CostEffForSequenceClassification, CostEffInferenceModel
-from costeff_fast.modeling import SUPPORTED_TEACHERS
+from costeff_fast.convert import SUPPORTED_TEACHERS, from_bert, from_encoder_classifier
 
 VOCAB = 100
 #: head size 16, the smallest the triton kernels take, so every backend runs every family
@@ -100,7 +100,7 @@ def max_real_diff(a, b, mask):
 def test_converted_teacher_reproduces_logits_and_hidden_states(family):
     teacher = make_teacher(family).eval()
     batch = padded_batch(family, pad_id_of(teacher))
-    model = CostEffForSequenceClassification.from_encoder_classifier(teacher)
+    model = from_encoder_classifier(teacher)
     with torch.no_grad():
         theirs = teacher(**batch, output_hidden_states=True)
         ours = model(**batch, output_hidden_states=True, entropy_threshold=0.0)
@@ -124,7 +124,7 @@ def test_position_offset_matters(family):
         right = teacher(**batch).logits
         unshifted = teacher(**batch, position_ids=torch.arange(seq)[None].expand_as(batch["input_ids"])).logits
     assert (right - unshifted).abs().max() > 1e-3
-    model = CostEffForSequenceClassification.from_encoder_classifier(teacher)
+    model = from_encoder_classifier(teacher)
     offset = teacher.config.pad_token_id + 1
     assert model.config.max_position_embeddings == teacher.config.max_position_embeddings - offset
     torch.testing.assert_close(model.embeddings.position_embeddings.weight,
@@ -135,7 +135,7 @@ def test_position_offset_matters(family):
 def test_head_activation_is_kept_and_matters(family, activation):
     teacher = make_teacher(family).eval()
     batch = padded_batch(family, pad_id_of(teacher))
-    model = CostEffForSequenceClassification.from_encoder_classifier(teacher)
+    model = from_encoder_classifier(teacher)
     assert model.config.exit_pooler_activation == activation
     last = model.exits[-1]
     assert last.pooler_activation == activation
@@ -154,10 +154,10 @@ def test_head_activation_is_kept_and_matters(family, activation):
 def test_conversion_returns_eval_mode_in_source_dtype(family):
     teacher = make_teacher(family)
     assert teacher.training
-    model = CostEffForSequenceClassification.from_encoder_classifier(teacher)
+    model = from_encoder_classifier(teacher)
     assert not any(module.training for module in model.modules())
-    assert CostEffForSequenceClassification.from_bert(teacher.double()).dtype == torch.float64
-    assert not CostEffForSequenceClassification.from_bert(teacher).training
+    assert from_bert(teacher.double()).dtype == torch.float64
+    assert not from_bert(teacher).training
 
 
 @pytest.mark.parametrize("family", ["roberta", "distilbert"])
@@ -165,8 +165,8 @@ def test_bare_encoders_convert_with_num_labels(family):
     teacher = make_teacher(family, bare=True).eval()
     batch = padded_batch(family, pad_id_of(teacher))
     with pytest.raises(ValueError, match="num_labels is required"):
-        CostEffForSequenceClassification.from_encoder_classifier(teacher)
-    model = CostEffForSequenceClassification.from_encoder_classifier(teacher, num_labels=2)
+        from_encoder_classifier(teacher)
+    model = from_encoder_classifier(teacher, num_labels=2)
     assert model.config.exit_pooler == [False, False] and model.config.exit_pooler_activation == "tanh"
     with torch.no_grad():
         theirs = teacher(**batch, output_hidden_states=True).hidden_states
@@ -178,7 +178,7 @@ def test_bare_encoders_convert_with_num_labels(family):
 def test_directory_source_and_saved_relu_model_round_trip(tmp_path):
     teacher = make_teacher("distilbert").eval()
     teacher.save_pretrained(tmp_path / "teacher")
-    model = CostEffForSequenceClassification.from_encoder_classifier(str(tmp_path / "teacher"))
+    model = from_encoder_classifier(str(tmp_path / "teacher"))
     model.save_pretrained(tmp_path / "converted")
     loaded = CostEffForSequenceClassification.from_pretrained(tmp_path / "converted").eval()
     assert loaded.config.exit_pooler_activation == "relu"
@@ -197,7 +197,7 @@ def test_engine_equals_source(family, backend):
         expected = teacher(**batch).logits
     if backend == "native":
         torch.testing.assert_close(costeff_fast.optimize(teacher)(**batch).logits, expected, atol=1e-5, rtol=0)
-    converted = CostEffForSequenceClassification.from_encoder_classifier(teacher)
+    converted = from_encoder_classifier(teacher)
     engine = CostEffInferenceModel(converted, tokenizer=None, backend=backend)
     logits = engine.generate_logits(batch, entropy_threshold=0.0)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
@@ -206,13 +206,13 @@ def test_engine_equals_source(family, backend):
 def test_electra_with_embedding_projection_is_refused():
     teacher = ElectraForSequenceClassification(ElectraConfig(**{**SHAPE, "hidden_size": 32}, embedding_size=16))
     with pytest.raises(ValueError, match="embedding_size=16 != hidden_size=32"):
-        CostEffForSequenceClassification.from_encoder_classifier(teacher)
+        from_encoder_classifier(teacher)
 
 
 def test_other_hidden_activation_is_refused():
     teacher = BertForSequenceClassification(BertConfig(**SHAPE, hidden_act="gelu_new"))
     with pytest.raises(ValueError, match="hidden_act='gelu_new'"):
-        CostEffForSequenceClassification.from_encoder_classifier(teacher)
+        from_encoder_classifier(teacher)
 
 
 @pytest.mark.parametrize("source", [
@@ -221,7 +221,7 @@ def test_other_hidden_activation_is_refused():
 ])
 def test_unsupported_class_raises_type_error_listing_supported(source):
     with pytest.raises(TypeError, match=f"cannot convert a {type(source).__name__}") as caught:
-        CostEffForSequenceClassification.from_encoder_classifier(source)
+        from_encoder_classifier(source)
     for name in SUPPORTED_TEACHERS:
         assert name in str(caught.value)
     assert len(SUPPORTED_TEACHERS) == 10

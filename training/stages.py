@@ -24,6 +24,7 @@ from typing import Callable, Literal
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
+from costeff_fast.convert import from_encoder_classifier
 from costeff_fast.modeling import CostEffForSequenceClassification
 
 from .data import TrainingData
@@ -144,7 +145,7 @@ def distill_teaching_assistant(teacher_dir: Path, data: TrainingData, out_dir: P
                                autocast: bool | None = None, early_exit_weight: float = 1.0) -> dict:
     """Step 2: a full-width multi-exit teaching assistant distilled from the teacher.
 
-    The TA starts from :meth:`CostEffForSequenceClassification.from_encoder_classifier` (encoder copied, last
+    The TA starts from :func:`costeff_fast.convert.from_encoder_classifier` (encoder copied, last
     exit = the teacher's head: BERT's pooler and classifier, RoBERTa's/ELECTRA's dense head, DistilBERT's
     ``pre_classifier``; the other exits read [CLS] or the token mean, ``exit_pooling``), then
     :func:`distill_multi_exit` from the teacher: hidden states, then every exit against the teacher's logits
@@ -160,7 +161,7 @@ def distill_teaching_assistant(teacher_dir: Path, data: TrainingData, out_dir: P
 
     def build():
         teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
-        ta = CostEffForSequenceClassification.from_encoder_classifier(teacher, exit_pooling=exit_pooling)
+        ta = from_encoder_classifier(teacher, exit_pooling=exit_pooling)
         accuracies = distill_multi_exit(ta, teacher, data, hidden_epochs=hidden_epochs,
                                         prediction_epochs=prediction_epochs, lr=lr, kd_weight=kd_weight,
                                         hidden_in_prediction=False, temperature=temperature, exit_lr_scale=20.0,

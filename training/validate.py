@@ -27,7 +27,7 @@ from .data import packaged_minilm_dir
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")
 """``config.model_type`` values of the teachers the pipeline supports: the encoder classifiers that
-:meth:`~costeff_fast.modeling.CostEffForSequenceClassification.from_encoder_classifier` converts. Their configs
+:func:`~costeff_fast.convert.from_encoder_classifier` converts. Their configs
 use BERT's field names (``num_attention_heads``, ``intermediate_size``, ``hidden_size``) except DistilBERT's
 (``n_heads``, ``hidden_dim``, ``dim``), which ``_count`` reads instead."""
 
