@@ -3,6 +3,8 @@ and a job killed with SIGKILL that resumes to exactly the files of an uninterrup
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import os
 import signal
@@ -25,11 +27,17 @@ from transformers import AutoTokenizer
 import costeff_fast
 from costeff_fast.cli import main
 from costeff_fast.data import load_task
-from costeff_fast.jobs import JobArgumentError, run_predict
+from costeff_fast.jobs import SCHEMA_VERSION, JobArgumentError, run_predict
 from costeff_fast.jobs import shards as shards_module
 from costeff_fast.jobs.shards import ERRORS, MANIFEST
 
 LABELS = ["negative", "neutral", "positive"]
+#: the keys of every _manifest.json (both engines), of its job identity and of each shard
+MANIFEST_KEYS = {"schema_version", "engine", "job", "parameters", "complete", "next_row", "errors_bytes", "shards",
+                 "totals", "updated"}
+JOB_KEYS = {"input", "model", "entropy_threshold", "labels", "text_column", "text_pair_column", "id_column",
+            "output_format", "shard_rows"}
+SHARD_KEYS = {"file", "first_row", "rows", "written", "failed", "exit_layer_sum"}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -334,6 +342,51 @@ def test_resume_of_a_complete_job_does_nothing(tmp_path, checkpoint, texts):
     assert before == {p.name: p.read_bytes() for p in out.iterdir() if p.name != MANIFEST}
     with pytest.raises(JobArgumentError, match="shard_rows"):
         run_predict(checkpoint, source, out, shard_rows=20, resume=True, progress=False)
+
+
+def check_manifest(directory: Path) -> dict:
+    """The manifest of an output directory, after checking its keys and that it describes the files there."""
+    manifest = json.loads((directory / MANIFEST).read_text())
+    assert set(manifest) == MANIFEST_KEYS and set(manifest["job"]) == JOB_KEYS
+    assert manifest["schema_version"] == SCHEMA_VERSION and manifest["complete"]
+    assert set(manifest["job"]["model"]) == {"path", "config_sha256", "weights"}
+    assert set(manifest["parameters"]) == {"batch_size", "backend", "num_threads", "num_workers", "address"}
+    shards = manifest["shards"]
+    assert all(set(shard) == SHARD_KEYS for shard in shards)
+    assert [shard["file"] for shard in shards] == sorted(p.name for p in directory.glob("part-*"))
+    assert sum(shard["written"] for shard in shards) == manifest["totals"]["written"]
+    assert manifest["totals"]["rows"] == manifest["totals"]["written"] + manifest["totals"]["failed"]
+    assert manifest["next_row"] == manifest["totals"]["rows"]
+    assert manifest["errors_bytes"] == (directory / ERRORS).stat().st_size
+    return manifest
+
+
+def test_the_manifest_names_the_model_by_content_and_resume_refuses_other_manifests(tmp_path, checkpoint, texts):
+    """schema_version 2: the weights' sha256 next to the path, the run's parameters, every shard's rows; --resume
+    refuses a manifest of another schema version or of a Ray job before touching the output."""
+    source = write_input(tmp_path / "rows.csv", {"text": texts[:5] + [""]})
+    out = tmp_path / "out"
+    run_predict(checkpoint, source, out, shard_rows=4, batch_size=8, progress=False)
+    manifest = check_manifest(out)
+    assert manifest["engine"] == "local"
+    model = manifest["job"]["model"]
+    assert model["path"] == str(Path(checkpoint).resolve())
+    assert {w["file"]: w["sha256"] for w in model["weights"]} == {
+        "model.safetensors": hashlib.sha256((Path(checkpoint) / "model.safetensors").read_bytes()).hexdigest()}
+    assert model["config_sha256"] == hashlib.sha256((Path(checkpoint) / "config.json").read_bytes()).hexdigest()
+    assert manifest["parameters"] == {"batch_size": 8, "backend": "auto", "num_threads": "auto", "num_workers": None,
+                                      "address": None}
+    assert [(s["first_row"], s["rows"], s["written"], s["failed"]) for s in manifest["shards"]] == [
+        (0, 4, 4, 0), (4, 2, 1, 1)]
+    assert manifest["job"]["shard_rows"] == 4 and manifest["job"]["labels"] == LABELS
+    for change, message in (({"schema_version": 1}, "has schema version 1"), ({"engine": "ray"}, "--engine ray job")):
+        edited = {**copy.deepcopy(manifest), **change}
+        (out / MANIFEST).write_text(json.dumps(edited))
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        with pytest.raises(JobArgumentError, match=message) as refused:
+            run_predict(checkpoint, source, out, shard_rows=4, resume=True, progress=False)
+        assert "\n" not in str(refused.value) and "--overwrite" in str(refused.value)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def _read_json(path: Path):

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from test_predict_job import REPO, checkpoint, errors_of, predict, read_output, texts, write_input  # noqa: F401
+from test_predict_job import (REPO, check_manifest, checkpoint, errors_of, predict, read_output,  # noqa: F401
+                              texts, write_input)
 
 from costeff_fast.integrations.ray import CostEffPredictor
 from costeff_fast.jobs import run_predict
@@ -102,7 +103,8 @@ def test_map_batches_on_a_local_cluster_equals_the_local_job(ray_cluster, tmp_pa
 @needs_ray
 def test_predict_engine_ray_equals_the_local_engine(ray_cluster, tmp_path, checkpoint, texts):  # noqa: F811
     """``--engine ray --num-workers 2`` on a CSV without an id column: the rows numbered as locally, the same
-    output in input order, the same errors file, exit status 1 for the failed rows."""
+    output in input order, the same errors file, exit status 1 for the failed rows, and a manifest with the same
+    keys, the same model identity, job and totals (one schema, one writer)."""
     rows = [t if i % 9 else " " for i, t in enumerate(texts)]
     source = write_input(tmp_path / "rows.csv", {"text": rows})
     flags = ["--model", checkpoint, "--input", source, "--output-format", "parquet", "--batch-size", 16]
@@ -110,6 +112,14 @@ def test_predict_engine_ray_equals_the_local_engine(ray_cluster, tmp_path, check
     assert predict(*flags, "--output", tmp_path / "ray", "--engine", "ray", "--num-workers", 2) == 1
     assert_same_rows(read_output(tmp_path / "ray"), read_output(tmp_path / "local"))
     assert errors_of(tmp_path / "ray") == [{"id": e["id"], "reason": e["reason"]} for e in errors_of(tmp_path / "local")]
+    local, ray = check_manifest(tmp_path / "local"), check_manifest(tmp_path / "ray")
+    assert (local["engine"], ray["engine"]) == ("local", "ray")
+    assert ray["job"]["model"] == local["job"]["model"] and local["job"]["model"]["weights"][0]["sha256"]
+    assert ray["job"] == {**local["job"], "shard_rows": None}
+    assert ray["totals"] == local["totals"]
+    assert ray["parameters"] == {"batch_size": 16, "backend": "auto", "num_threads": 1, "num_workers": 2,
+                                 "address": None}
+    assert all(s["first_row"] is s["rows"] is s["failed"] is s["exit_layer_sum"] is None for s in ray["shards"])
 
 
 @needs_ray

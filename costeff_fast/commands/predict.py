@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from costeff_fast.integrations import ray as ray_integration
-from costeff_fast.jobs import DEFAULT_SHARD_ROWS, JobArgumentError, run_predict
+from costeff_fast.jobs import DEFAULT_SHARD_ROWS, JobArgumentError, PredictJob, run_local
 
 from .common import positive_int, refuse
 
@@ -85,22 +85,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    options = dict(text_column=args.text_column, text_pair_column=args.text_pair_column, id_column=args.id_column,
-                   batch_size=args.batch_size, entropy_threshold=args.entropy_threshold, backend=args.backend,
-                   num_threads=args.num_threads, output_format=args.output_format, overwrite=args.overwrite,
-                   progress=False if args.no_progress else None)
     try:
-        if args.engine == "ray":
-            if args.resume:
-                raise JobArgumentError("--resume: works with --engine local only (Ray retries failed tasks itself); "
-                                       "rerun with --overwrite")
-            summary = ray_integration.run_ray_predict(args.model, args.input, args.output, num_workers=args.num_workers,
-                                                      address=args.address, **options)
-        else:
-            if options["num_threads"] is None:
-                options["num_threads"] = "auto"
-            summary = run_predict(args.model, args.input, args.output, shard_rows=args.shard_rows, resume=args.resume,
-                                  **options)
+        if args.engine == "ray":  # a missing Ray Data is refused before the input is read
+            ray_integration.require_ray()
+        job = PredictJob(  # every flag checked once, for either engine
+            model=args.model, input=args.input, output=args.output, text_column=args.text_column,
+            text_pair_column=args.text_pair_column, id_column=args.id_column, batch_size=args.batch_size,
+            entropy_threshold=args.entropy_threshold, backend=args.backend, num_threads=args.num_threads,
+            output_format=args.output_format, shard_rows=args.shard_rows, resume=args.resume,
+            overwrite=args.overwrite, progress=False if args.no_progress else None, engine=args.engine,
+            num_workers=args.num_workers, address=args.address)
+        summary = ray_integration.run_ray(job) if job.engine == "ray" else run_local(job)
     except (JobArgumentError, ray_integration.RayNotInstalledError) as error:
         refuse(error, args.verbose)
     print(summary.format())

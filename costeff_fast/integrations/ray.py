@@ -14,9 +14,11 @@ of failed rows are the same::
         compute=ray.data.ActorPoolStrategy(size=4), batch_size=2048, num_cpus=1)
     predictions.filter(expr=ray.data.expressions.col("error").is_null()).write_parquet("predictions/")
 
-:func:`run_ray_predict` is ``costeff-fast predict --engine ray``: ray.data reads the input, the actors classify,
-ray.data writes the shards. Ray itself is imported only when :func:`run_ray_predict` runs; importing this
-module, or using :class:`CostEffPredictor` outside Ray, does not need it.
+:func:`run_ray` is ``costeff-fast predict --engine ray``: it runs a :class:`~costeff_fast.jobs.PredictJob` (the
+one job description of both engines): ray.data reads the input, the actors classify, ray.data writes the shards,
+and the manifest is the local engine's (:mod:`costeff_fast.jobs.shards`). :func:`run_ray_predict` builds the job
+and runs it. Ray itself is imported only when they run; importing this module, or using
+:class:`CostEffPredictor` outside Ray, does not need it.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ..jobs.predict import PredictSummary, job_columns, label_names, load_model, predict_rows
-from ..jobs.shards import ERRORS, MANIFEST, SUFFIXES, atomic_write, prepare_output
-from ..jobs.sources import JobArgumentError, find_input_files
+from ..jobs.predict import (PredictSummary, job_identity, label_names, load_job_model, load_model, predict_rows,
+                            summarize)
+from ..jobs.shards import (ERRORS, SUFFIXES, count_output_rows, new_manifest, prepare_output, shard_record,
+                           write_manifest)
+from ..jobs.sources import JobArgumentError
+from ..jobs.spec import PredictJob
 
 logger = logging.getLogger(__name__)
 
@@ -113,113 +118,109 @@ class CostEffPredictor:
         return table.to_pandas()
 
 
-def run_ray_predict(
-    model_dir: str | os.PathLike,
-    input_path: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    *,
-    text_column: str = "text",
-    text_pair_column: str | None = None,
-    id_column: str | None = None,
-    batch_size: int = 64,
-    entropy_threshold=None,
-    backend: str = "auto",
-    num_threads: int | None = None,
-    output_format: str | None = None,
-    num_workers: int = 1,
-    address: str | None = None,
-    overwrite: bool = False,
-    progress: bool | None = None,
-) -> PredictSummary:
-    """``costeff-fast predict --engine ray``: the job of :func:`~costeff_fast.jobs.run_predict` on Ray Data.
+def run_ray(job: PredictJob) -> PredictSummary:
+    """``costeff-fast predict --engine ray``: run a :class:`~costeff_fast.jobs.PredictJob` (``engine="ray"``) on
+    Ray Data; the outputs and the ``_manifest.json`` are those of :func:`~costeff_fast.jobs.run_local`.
 
     ray.data reads the input (``read_csv`` with the text and id columns as strings, ``read_json`` for JSON Lines,
-    ``read_parquet``, in sorted file order), ``num_workers`` :class:`CostEffPredictor` actors classify it, the
+    ``read_parquet``, in sorted file order), ``job.num_workers`` :class:`CostEffPredictor` actors classify it, the
     predictions are materialized in Ray's object store (ids, labels, probabilities: no text), and ray.data writes
-    the classified rows to ``output_dir`` in input order (``part-NNNNNN`` files); failed rows go to
-    ``_errors.jsonl`` and a ``_manifest.json`` records the totals. Without ``id_column`` the rows are numbered
-    from 0 as in the local engine, which materializes the input first (spilled to disk by Ray when larger than
-    memory); pass an id column for a fully streamed job. Ray retries failed tasks itself, so there is no resume.
+    the classified rows to ``job.output`` in input order (``part-NNNNNN`` files); failed rows go to
+    ``_errors.jsonl``. The manifest (:mod:`costeff_fast.jobs.shards`) is written when the job starts
+    (``complete`` false: a failed job's output can be replaced with ``overwrite``) and when it ends, with the rows
+    of every file. Without ``job.id_column`` the rows are numbered from 0 as in the local engine, which
+    materializes the input first (spilled to disk by Ray when larger than memory); pass an id column for a fully
+    streamed job. Ray retries failed tasks itself, so there is no resume (:class:`PredictJob` refuses it).
 
     Differences from the local engine: a JSON Lines field whose type changes between rows, or a malformed CSV
     line, fails the job in ray.data's (pyarrow's) reader instead of failing that row.
 
-    Args:
-        num_workers: actors, each with one copy of the model and ``num_threads`` torch threads (default 1),
-            requesting that many CPUs from Ray.
-        address: a running cluster (``"auto"`` on one of its nodes, or its head's ``host:port``); None starts a
-            local Ray (or uses the one this process already started). The input, output and model paths must be
-            readable (output: writable) on every node, and costeff_fast installed there.
-        Others: as for :func:`~costeff_fast.jobs.run_predict`.
+    The Ray knobs of the job: ``num_workers`` actors, each with one copy of the model and
+    :attr:`~costeff_fast.jobs.PredictJob.worker_threads` torch threads, requesting that many CPUs from Ray;
+    ``address``, a running cluster (``"auto"`` on one of its nodes, or its head's ``host:port``), or None to start
+    a local Ray (or use the one this process already started). The input, output and model paths must be readable
+    (output: writable) on every node, and costeff_fast installed there.
 
     Returns:
         A :class:`~costeff_fast.jobs.PredictSummary`.
 
     Raises:
         RayNotInstalledError: Ray Data is not installed.
-        JobArgumentError: a refused argument or input, before any row is classified (an unreachable --address
-            included).
+        JobArgumentError: the job is not a Ray job, or its model, output directory or --address is refused, before
+            any row is classified.
     """
     ray = require_ray()
+    if job.engine != "ray":
+        raise JobArgumentError(f"--engine {job.engine}: run_ray runs Ray jobs; build the job with engine='ray' "
+                               f"or run it with costeff_fast.jobs.run_local")
     started = time.perf_counter()
-    files = find_input_files(input_path)
-    output_format = output_format or files.format
-    if output_format not in SUFFIXES:
-        raise JobArgumentError(f"--output-format {output_format!r}: use one of {', '.join(SUFFIXES)}")
-    columns, id_type = job_columns(files, text_column, text_pair_column, id_column)
-    output_dir = Path(output_dir).resolve()
-    model_dir = Path(model_dir).resolve()
+    output_dir = job.output
     # The model and its flags are checked before --overwrite deletes anything: a refused run leaves the output.
-    model = load_model(model_dir, entropy_threshold=entropy_threshold, backend=backend, num_threads=num_threads)
-    prepare_output(output_dir, resume=False, overwrite=overwrite)
-    threads = num_threads or 1
+    model = load_job_model(job, num_threads=job.num_threads)
+    manifest = new_manifest("ray", job_identity(job, model), job.parameters())
+    prepare_output(output_dir, resume=False, overwrite=job.overwrite)
 
     started_ray = not ray.is_initialized()
     if started_ray:
         try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                     **({} if address else {"include_dashboard": False}))
+            ray.init(address=job.address, log_to_driver=False, logging_level=logging.WARNING,
+                     **({} if job.address else {"include_dashboard": False}))
         except (ConnectionError, RuntimeError) as error:
-            raise JobArgumentError(f"--address {address}: cannot connect to the Ray cluster ({error})") from error
+            raise JobArgumentError(f"--address {job.address}: cannot connect to the Ray cluster ({error})") from error
     if not logger.isEnabledFor(logging.INFO):  # ray.data logs every execution plan at INFO
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_manifest(output_dir, manifest)
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
-        context.enable_progress_bars = sys.stderr.isatty() if progress is None else progress
-        dataset = _read(ray, files, columns)
+        context.enable_progress_bars = sys.stderr.isatty() if job.progress is None else job.progress
+        dataset = _read(ray, job.files, list(job.columns))
+        id_column = job.id_column
         if id_column is None:
             dataset, id_column = _with_row_numbers(ray, dataset, ROW_NUMBER_COLUMN), ROW_NUMBER_COLUMN
+        threads = job.worker_threads
         predictions = dataset.map_batches(
             CostEffPredictor,
-            fn_constructor_kwargs=dict(model_dir=str(model_dir), id_column=id_column, text_column=text_column,
-                                       text_pair_column=text_pair_column, batch_size=batch_size,
-                                       entropy_threshold=entropy_threshold, backend=backend, num_threads=threads,
-                                       id_type=id_type),
-            batch_size=32 * batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=num_workers), num_cpus=threads,
+            fn_constructor_kwargs=dict(model_dir=str(job.model), id_column=id_column, text_column=job.text_column,
+                                       text_pair_column=job.text_pair_column, batch_size=job.batch_size,
+                                       entropy_threshold=job.entropy_threshold, backend=job.backend,
+                                       num_threads=threads, id_type=job.id_type),
+            batch_size=32 * job.batch_size, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=job.num_workers), num_cpus=threads,
         ).materialize()
         written = predictions.filter(expr=ray.data.expressions.col("error").is_null()).drop_columns(["error"])
-        output_dir.mkdir(parents=True, exist_ok=True)
-        _write(ray, written, output_dir, output_format)
+        _write(ray, written, output_dir, job.output_format)
         num_written, num_failed, layer_sum = _write_errors(predictions, output_dir / ERRORS)
     finally:
         if started_ray:
             ray.shutdown()
     data_files = sorted(p.name for p in output_dir.iterdir() if p.name.startswith("part-"))
-    manifest = {"engine": "ray", "complete": True, "files": data_files,
-                "job": {"input": {"format": files.format, "files": files.fingerprint()}, "model": str(model_dir),
-                        "entropy_threshold": model.entropy_threshold, "labels": label_names(model),
-                        "text_column": text_column, "text_pair_column": text_pair_column,
-                        "id_column": None if id_column == ROW_NUMBER_COLUMN else id_column,
-                        "output_format": output_format, "num_workers": num_workers},
-                "totals": {"rows": num_written + num_failed, "written": num_written, "failed": num_failed,
-                           "exit_layer_sum": layer_sum}}
-    atomic_write(output_dir / MANIFEST, lambda handle: handle.write(json.dumps(manifest, indent=1).encode()))
-    return PredictSummary(output=output_dir, rows=num_written + num_failed, written=num_written, failed=num_failed,
-                          exit_layer_sum=layer_sum, num_layers=model.config.num_hidden_layers,
-                          rows_this_run=num_written + num_failed, seconds=time.perf_counter() - started,
-                          files=data_files)
+    manifest["shards"] = [shard_record(name, count_output_rows(output_dir / name, job.output_format))
+                          for name in data_files]
+    rows = num_written + num_failed
+    manifest.update(complete=True, next_row=rows, errors_bytes=(output_dir / ERRORS).stat().st_size,
+                    totals={"rows": rows, "written": num_written, "failed": num_failed, "exit_layer_sum": layer_sum})
+    write_manifest(output_dir, manifest)
+    return summarize(job, manifest, model, rows_this_run=rows, started=started)
+
+
+def run_ray_predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, output_dir: str | os.PathLike,
+                    **options) -> PredictSummary:
+    """``run_ray(PredictJob(model_dir, input_path, output_dir, engine="ray", **options))``.
+
+    Args:
+        model_dir, input_path, output_dir: :attr:`~costeff_fast.jobs.PredictJob.model`, ``input``, ``output``.
+        options: the other fields of :class:`~costeff_fast.jobs.PredictJob` (``id_column``, ``batch_size``,
+            ``num_workers``, ``address``, ``overwrite``, ...).
+
+    Raises:
+        RayNotInstalledError: Ray Data is not installed (checked first).
+        JobArgumentError: a refused field or input, model, output directory or --address, before any row is
+            classified.
+    """
+    require_ray()
+    return run_ray(PredictJob(model_dir, input_path, output_dir, engine="ray", **options))
 
 
 def _column(batch, name: str) -> list:

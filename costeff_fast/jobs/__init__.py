@@ -1,11 +1,16 @@
 """Batch jobs over files: ``costeff-fast predict`` as a library (streamed input, sharded resumable output).
 
-:func:`run_predict` runs a job; :func:`predict_rows` is its per-batch step, shared with the Ray integration
-(:mod:`costeff_fast.integrations.ray`); :class:`JobArgumentError` is a refused argument (one line naming it).
+:class:`PredictJob` describes a job, checked once when it is built; :func:`run_local` runs it in this process
+(:func:`run_predict` builds and runs one), :func:`costeff_fast.integrations.ray.run_ray` on Ray Data. Both write
+the same outputs and the same ``_manifest.json`` (:mod:`~costeff_fast.jobs.shards`). :func:`predict_rows` is the
+per-batch step both engines share; :class:`JobArgumentError` is a refused argument (one line naming it),
+:class:`JobPathError` a missing path (also a ``FileNotFoundError``).
 """
 
-from .predict import DEFAULT_SHARD_ROWS, PredictSummary, output_schema, predict_rows, run_predict, split_failed
-from .sources import JobArgumentError
+from .predict import PredictSummary, output_schema, predict_rows, run_local, run_predict, split_failed
+from .shards import SCHEMA_VERSION
+from .sources import JobArgumentError, JobPathError
+from .spec import DEFAULT_SHARD_ROWS, ENGINES, PredictJob
 
-__all__ = ["DEFAULT_SHARD_ROWS", "JobArgumentError", "PredictSummary", "output_schema", "predict_rows",
-           "run_predict", "split_failed"]
+__all__ = ["DEFAULT_SHARD_ROWS", "ENGINES", "JobArgumentError", "JobPathError", "PredictJob", "PredictSummary",
+           "SCHEMA_VERSION", "output_schema", "predict_rows", "run_local", "run_predict", "split_failed"]

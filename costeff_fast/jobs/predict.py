@@ -1,9 +1,10 @@
 """The batch classification job behind ``costeff-fast predict``: files in, sharded predictions out, resumable.
 
-:func:`predict_rows` is the per-batch step (rows in, one output row per input row); :func:`run_predict` streams
-an input through it shard by shard (:mod:`~costeff_fast.jobs.sources`, :mod:`~costeff_fast.jobs.shards`), and
-the Ray integration (:mod:`costeff_fast.integrations.ray`) calls the same step inside ``map_batches``, so both
-engines write the same columns and the same reasons.
+:func:`predict_rows` is the per-batch step (rows in, one output row per input row); :func:`run_local` runs a
+:class:`~costeff_fast.jobs.spec.PredictJob` by streaming its input through it shard by shard
+(:mod:`~costeff_fast.jobs.sources`, :mod:`~costeff_fast.jobs.shards`), and the Ray integration
+(:mod:`costeff_fast.integrations.ray`) runs the same job with the same step inside ``map_batches``, so both
+engines write the same columns, the same reasons and the same manifest (:func:`job_identity`).
 
 Output columns, in this order:
 
@@ -38,13 +39,11 @@ from tqdm.auto import tqdm
 
 from ..config import resolve_entropy_threshold
 from ..inference import CostEffInferenceModel, from_pretrained
-from .shards import ERRORS, SUFFIXES, ShardWriter, prepare_output
-from .sources import InputFiles, JobArgumentError, check_columns, count_rows, find_input_files, read_chunks
+from .shards import ERRORS, ShardWriter, prepare_output
+from .sources import JobArgumentError, count_rows, read_chunks
+from .spec import DEFAULT_SHARD_ROWS, PredictJob
 
 logger = logging.getLogger(__name__)
-
-#: rows per shard by default: what a crash can cost at most (seconds to minutes of work on a CPU)
-DEFAULT_SHARD_ROWS = 10_000
 
 
 def label_names(model: CostEffInferenceModel) -> list[str]:
@@ -229,103 +228,96 @@ def load_model(model_dir, *, entropy_threshold=None, backend: str = "auto", num_
     return model
 
 
-def job_columns(files: InputFiles, text_column: str, text_pair_column: str | None,
-                id_column: str | None) -> tuple[list[str], pa.DataType]:
-    """The columns to read and the ``id`` type, after checking the input has them (:func:`check_columns`)."""
-    flags = {"--text-column": text_column}
-    if text_pair_column:
-        flags["--text-pair-column"] = text_pair_column
-    if id_column:
-        flags["--id-column"] = id_column
-    id_type = check_columns(files, flags, "--id-column" if id_column else None) or pa.int64()
-    return list(dict.fromkeys(flags.values())), id_type
+def load_job_model(job: PredictJob, *, num_threads: int | str | None):
+    """The job's model: :func:`load_model` with the job's threshold and backend and ``num_threads`` (as for
+    :func:`~costeff_fast.inference.from_pretrained`)."""
+    threshold = list(job.entropy_threshold) if isinstance(job.entropy_threshold, tuple) else job.entropy_threshold
+    return load_model(job.model, entropy_threshold=threshold, backend=job.backend, num_threads=num_threads)
 
 
-def run_predict(
-    model_dir: str | os.PathLike,
-    input_path: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    *,
-    text_column: str = "text",
-    text_pair_column: str | None = None,
-    id_column: str | None = None,
-    batch_size: int = 64,
-    entropy_threshold=None,
-    backend: str = "auto",
-    num_threads: int | str | None = "auto",
-    output_format: str | None = None,
-    shard_rows: int = DEFAULT_SHARD_ROWS,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool | None = None,
-) -> PredictSummary:
-    """Classify every row of a CSV, JSON Lines or Parquet input into a directory of shards.
+def model_identity(model_dir: str | os.PathLike) -> dict:
+    """A checkpoint as the manifest names it, for either engine: its resolved ``path``, the sha256 of its
+    ``config.json`` and, per weights file (``*.safetensors``, ``*.bin``), its name, size, modification time (ns)
+    and sha256. A resumed job must find all of it unchanged."""
+    model_dir = Path(model_dir).resolve()
+    weights = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin"))
+    return {"path": str(model_dir), "config_sha256": _sha256(model_dir / "config.json"),
+            "weights": [{"file": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
+                         "sha256": _sha256(p)} for p in weights]}
 
-    The input is read ``shard_rows`` rows at a time (memory stays bounded by a shard, whatever the input's
+
+def job_identity(job: PredictJob, model: CostEffInferenceModel) -> dict:
+    """What a resumed job must share with the job it continues (the manifest's ``job``): the input files (path,
+    size, mtime), the model (:func:`model_identity`), its resolved threshold and labels, the columns, the output
+    format and ``shard_rows`` (None for the Ray engine, which does not shard by rows). The backend, batch size and
+    thread count may change (:meth:`PredictJob.parameters`: they do not change the answers beyond fp32 rounding)."""
+    return {
+        "input": {"format": job.files.format, "files": job.files.fingerprint()},
+        "model": model_identity(job.model),
+        "entropy_threshold": resolve_entropy_threshold(None, model.config),
+        "labels": label_names(model),
+        "text_column": job.text_column, "text_pair_column": job.text_pair_column, "id_column": job.id_column,
+        "output_format": job.output_format, "shard_rows": job.shard_rows if job.engine == "local" else None,
+    }
+
+
+def summarize(job: PredictJob, manifest: dict, model: CostEffInferenceModel, *, rows_this_run: int,
+              started: float) -> PredictSummary:
+    """The :class:`PredictSummary` of a job from its manifest's totals and shards."""
+    totals = manifest["totals"]
+    return PredictSummary(
+        output=job.output, rows=totals["written"] + totals["failed"], written=totals["written"],
+        failed=totals["failed"], exit_layer_sum=totals["exit_layer_sum"], num_layers=model.config.num_hidden_layers,
+        rows_this_run=rows_this_run, seconds=time.perf_counter() - started,
+        files=[shard["file"] for shard in manifest["shards"]])
+
+
+def run_local(job: PredictJob) -> PredictSummary:
+    """Run a :class:`PredictJob` in this process: every row of its input, classified into a directory of shards.
+
+    The input is read ``job.shard_rows`` rows at a time (memory stays bounded by a shard, whatever the input's
     size); each chunk runs through :func:`predict_rows` and is committed as one shard plus its errors
-    (:class:`~costeff_fast.jobs.shards.ShardWriter`): output order is input order. With ``resume`` a job that
+    (:class:`~costeff_fast.jobs.shards.ShardWriter`): output order is input order. With ``job.resume`` a job that
     was stopped at any point (crash, ``kill -9``) continues after its last committed shard, with no row lost or
-    repeated; the input files, model, columns, threshold, output format and ``shard_rows`` must be unchanged.
-
-    Args:
-        model_dir: a COST-EFF checkpoint directory with its tokenizer.
-        input_path: a ``.csv``, ``.jsonl``/``.json`` (JSON Lines) or ``.parquet`` file, or a directory of them
-            (one format; see :func:`~costeff_fast.jobs.sources.find_input_files`).
-        output_dir: the output directory (new, empty, or this job's output with ``resume`` / ``overwrite``).
-        text_column, text_pair_column: the text and optional second-text columns.
-        id_column: a column copied to ``id``; None numbers the rows from 0.
-        batch_size: rows per layer call of the engine.
-        entropy_threshold: nats, a float or one per layer; None uses the checkpoint's.
-        backend, num_threads: as for :func:`~costeff_fast.inference.from_pretrained`.
-        output_format: ``"parquet"``, ``"csv"`` or ``"jsonl"``; None writes the input's format.
-        shard_rows: input rows per shard (>= 1): the most work a crash can lose.
-        resume: continue the job in ``output_dir``; a missing or empty directory starts it.
-        overwrite: delete a previous job's files in ``output_dir`` first.
-        progress: show a tqdm bar (rows, rows/s) on stderr; None shows it on a terminal only.
+    repeated; the job's identity (:func:`job_identity`: input files, model, columns, threshold, output format,
+    ``shard_rows``) must be unchanged.
 
     Returns:
         A :class:`PredictSummary`; ``failed > 0`` means some rows are in ``_errors.jsonl`` (the job still ran
         every other row).
 
     Raises:
-        JobArgumentError: a refused argument or input, before any row is classified (one line naming the flag).
+        JobArgumentError: the job is for another engine, the model is refused (:func:`load_model`) or the output
+            directory is (:func:`~costeff_fast.jobs.shards.prepare_output`, :class:`~costeff_fast.jobs.shards.
+            ShardWriter`), before any row is classified.
     """
+    if job.engine != "local":
+        raise JobArgumentError(f"--engine {job.engine}: run_local runs local jobs; run this one with "
+                               f"costeff_fast.integrations.ray.run_ray")
     started = time.perf_counter()
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise JobArgumentError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    if not isinstance(shard_rows, int) or shard_rows < 1:
-        raise JobArgumentError(f"--shard-rows must be a positive integer, got {shard_rows!r}")
-    if resume and overwrite:
-        raise JobArgumentError("--resume and --overwrite: pass one of them")
-    files = find_input_files(input_path)
-    output_format = output_format or files.format
-    if output_format not in SUFFIXES:
-        raise JobArgumentError(f"--output-format {output_format!r}: use one of {', '.join(SUFFIXES)}")
-    columns, id_type = job_columns(files, text_column, text_pair_column, id_column)
-    output_dir = Path(output_dir).resolve()
     # The model and its flags are checked before --overwrite deletes anything: a refused run leaves the output.
-    model = load_model(model_dir, entropy_threshold=entropy_threshold, backend=backend, num_threads=num_threads)
-    manifest = prepare_output(output_dir, resume=resume, overwrite=overwrite)
-    job = job_identity(model, model_dir, files, text_column=text_column, text_pair_column=text_pair_column,
-                       id_column=id_column, output_format=output_format, shard_rows=shard_rows)
-    writer = ShardWriter(output_dir, output_format, job, manifest)
+    model = load_job_model(job, num_threads=job.local_threads)
+    manifest = prepare_output(job.output, resume=job.resume, overwrite=job.overwrite)
+    writer = ShardWriter(job.output, job.output_format, job_identity(job, model), manifest,
+                         parameters=job.parameters())
     start_row = writer.next_row
+    text_column, text_pair_column, id_column = job.text_column, job.text_pair_column, job.id_column
     if writer.complete:
-        logger.info("costeff_fast: %s is complete; nothing to resume", output_dir)
+        logger.info("costeff_fast: %s is complete; nothing to resume", job.output)
     else:
         if start_row:
-            logger.info("costeff_fast: resuming %s at row %d (%d shards committed)", output_dir, start_row,
+            logger.info("costeff_fast: resuming %s at row %d (%d shards committed)", job.output, start_row,
                         len(writer.manifest["shards"]))
-        bar = tqdm(total=count_rows(files), initial=start_row, unit="rows", unit_scale=True, desc="predict",
-                   dynamic_ncols=True, disable=None if progress is None else not progress)
+        bar = tqdm(total=count_rows(job.files), initial=start_row, unit="rows", unit_scale=True, desc="predict",
+                   dynamic_ncols=True, disable=None if job.progress is None else not job.progress)
         with bar:
-            for chunk in read_chunks(files, columns, shard_rows, start_row):
+            for chunk in read_chunks(job.files, list(job.columns), job.shard_rows, start_row):
                 ids = chunk.columns[id_column] if id_column else range(chunk.first_row,
                                                                        chunk.first_row + chunk.num_rows)
                 table = predict_rows(
                     model, chunk.columns[text_column], ids,
-                    pairs=chunk.columns[text_pair_column] if text_pair_column else None, id_type=id_type,
-                    batch_size=batch_size, text_column=text_column, text_pair_column=text_pair_column,
+                    pairs=chunk.columns[text_pair_column] if text_pair_column else None, id_type=job.id_type,
+                    batch_size=job.batch_size, text_column=text_column, text_pair_column=text_pair_column,
                     problems=chunk.problems, progress=bar.update)
                 written, errors = split_failed(table)
                 bar.update(len(errors))
@@ -337,30 +329,32 @@ def run_predict(
                 layer_sum = int(pc.sum(written["exit_layer"]).as_py() or 0)
                 writer.commit(chunk.first_row, chunk.num_rows, written, errors, layer_sum)
         writer.finish()
-    totals = writer.manifest["totals"]
-    return PredictSummary(
-        output=output_dir, rows=totals["written"] + totals["failed"], written=totals["written"],
-        failed=totals["failed"], exit_layer_sum=totals["exit_layer_sum"], num_layers=model.config.num_hidden_layers,
-        rows_this_run=writer.next_row - start_row, seconds=time.perf_counter() - started,
-        files=[shard["file"] for shard in writer.manifest["shards"]])
+    return summarize(job, writer.manifest, model, rows_this_run=writer.next_row - start_row, started=started)
 
 
-def job_identity(model: CostEffInferenceModel, model_dir, files: InputFiles, **settings) -> dict:
-    """What a resumed job must share with the job it continues: the input files (path, size, mtime), the model
-    (path, config.json hash, weight files' sizes and mtimes), its resolved threshold and labels, and ``settings``.
-    The backend, batch size and thread count may change (they do not change the answers beyond fp32 rounding)."""
-    model_dir = Path(model_dir).resolve()
-    weights = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin"))
-    return {
-        "input": {"format": files.format, "files": files.fingerprint()},
-        "model": {"path": str(model_dir),
-                  "config_sha256": hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest(),
-                  "weights": [{"file": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
-                              for p in weights]},
-        "entropy_threshold": model.entropy_threshold,
-        "labels": label_names(model),
-        **settings,
-    }
+def run_predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, output_dir: str | os.PathLike,
+                **options) -> PredictSummary:
+    """``run_local(PredictJob(model_dir, input_path, output_dir, **options))``: classify every row of a CSV,
+    JSON Lines or Parquet input into a directory of shards in this process.
+
+    Args:
+        model_dir, input_path, output_dir: :attr:`PredictJob.model`, ``input``, ``output``.
+        options: the other fields of :class:`PredictJob` (``text_column``, ``id_column``, ``batch_size``,
+            ``shard_rows``, ``resume``, ``overwrite``, ``progress``, ...).
+
+    Raises:
+        JobArgumentError: a refused field or input (:class:`PredictJob`), model or output directory
+            (:func:`run_local`), before any row is classified (one line naming the flag).
+    """
+    return run_local(PredictJob(model_dir, input_path, output_dir, **options))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _id_array(ids: Sequence, id_type: pa.DataType | None) -> pa.Array:

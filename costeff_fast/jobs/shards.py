@@ -4,8 +4,9 @@ An output directory holds::
 
     part-000000.parquet ...   one shard per chunk of input rows, in input order (or .csv / .jsonl)
     _errors.jsonl             one JSON object per row that could not be processed: {"id", "reason"[, "row"]}
-    _manifest.json            the job's identity (input files, model, columns, threshold, ...), every committed
-                              shard with its row range and counts, the committed length of _errors.jsonl, totals
+    _manifest.json            the job's identity (input files, model, columns, threshold, ...), how it ran, every
+                              committed shard with its row range and counts, the committed length of
+                              _errors.jsonl, totals (schema below; both engines write it)
 
 Committing a shard: the shard goes to a hidden temporary file, is flushed to disk and renamed into place; its
 errors are appended to ``_errors.jsonl`` and flushed; then the manifest is replaced the same way (temporary file,
@@ -13,6 +14,26 @@ fsync, rename, fsync of the directory). The manifest is the commit point: a job 
 ``kill -9``) leaves a manifest describing whole shards only. Resuming deletes what the manifest does not list
 (temporary files, a shard renamed after the last manifest), cuts ``_errors.jsonl`` back to its committed length
 and continues from the first row after the last committed shard, so no row is lost or written twice.
+
+The manifest (:data:`SCHEMA_VERSION` 2), written by :func:`write_manifest` for the local and the Ray engine::
+
+    schema_version  2
+    engine          "local" or "ray"
+    job             what a resumed job must share with the job it continues
+                    (:func:`~costeff_fast.jobs.predict.job_identity`): input {format, files: [{path, size,
+                    mtime_ns}]}, model {path, config_sha256, weights: [{file, size, mtime_ns, sha256}]},
+                    entropy_threshold (one per layer, resolved), labels, text_column, text_pair_column,
+                    id_column, output_format, shard_rows (null for Ray)
+    parameters      how the last run ran (:meth:`~costeff_fast.jobs.PredictJob.parameters`): batch_size,
+                    backend, num_threads, num_workers and address (null for the local engine)
+    complete        whether every input row is done
+    next_row        the first input row not committed
+    errors_bytes    the committed length of _errors.jsonl
+    shards          [{file, first_row, rows, written, failed, exit_layer_sum}] in row order: ``rows`` input
+                    rows covered, ``written`` rows in the file, ``failed`` rows in _errors.jsonl; the Ray engine
+                    knows ``written`` only (its failed rows are not attributed to files): the others are null
+    totals          {rows, written, failed, exit_layer_sum}
+    updated         when the manifest was written (local time, ISO 8601)
 """
 
 from __future__ import annotations
@@ -32,7 +53,8 @@ MANIFEST = "_manifest.json"
 ERRORS = "_errors.jsonl"
 #: output format -> file suffix
 SUFFIXES = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
-_VERSION = 1
+#: the manifest's layout (module docstring); 1 had ``version`` instead and no ``engine`` or ``parameters``
+SCHEMA_VERSION = 2
 
 
 def atomic_write(path: Path, write) -> None:
@@ -101,6 +123,38 @@ def prepare_output(directory: Path, *, resume: bool, overwrite: bool, argument: 
     return None
 
 
+def new_manifest(engine: str, job: dict, parameters: dict) -> dict:
+    """The manifest of a job that has committed nothing yet (module docstring)."""
+    return {"schema_version": SCHEMA_VERSION, "engine": engine, "job": json.loads(json.dumps(job)),
+            "parameters": dict(parameters), "complete": False, "next_row": 0, "errors_bytes": 0, "shards": [],
+            "totals": {"rows": 0, "written": 0, "failed": 0, "exit_layer_sum": 0}}
+
+
+def shard_record(file: str, written: int, *, first_row: int | None = None, rows: int | None = None,
+                 failed: int | None = None, exit_layer_sum: int | None = None) -> dict:
+    """One entry of the manifest's ``shards``; None where the engine does not know a count."""
+    return {"file": file, "first_row": first_row, "rows": rows, "written": written, "failed": failed,
+            "exit_layer_sum": exit_layer_sum}
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    """Stamp ``manifest`` with the time and replace ``directory/_manifest.json`` atomically (:func:`atomic_write`)."""
+    manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    text = json.dumps(manifest, indent=1).encode()
+    atomic_write(Path(directory) / MANIFEST, lambda handle: handle.write(text))
+
+
+def count_output_rows(path: Path, output_format: str) -> int:
+    """Rows of an output file: Parquet metadata, CSV rows after the header, JSON Lines non-blank lines."""
+    if output_format == "parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    if output_format == "csv":
+        options = pacsv.ConvertOptions(column_types={"id": pa.string()}, include_columns=["id"])
+        return pacsv.read_csv(path, convert_options=options).num_rows
+    with open(path, "rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
 class ShardWriter:
     """Commits shards, errors and the manifest of one job (see the module docstring).
 
@@ -109,30 +163,28 @@ class ShardWriter:
         output_format: ``"parquet"``, ``"csv"`` or ``"jsonl"``.
         job: the job's identity (JSON-serializable): a resumed job must have the same.
         manifest: the manifest returned by :func:`prepare_output` to resume, or None for a new job.
+        parameters: how this run runs (the manifest's ``parameters``, replaced at this run's next commit).
 
     Raises:
-        JobArgumentError: the manifest is of another job (the message lists what differs).
+        JobArgumentError: the manifest is of another job (the message lists what differs), of another schema
+            version, or of a Ray job.
     """
 
-    def __init__(self, directory: Path, output_format: str, job: dict, manifest: dict | None = None):
+    def __init__(self, directory: Path, output_format: str, job: dict, manifest: dict | None = None,
+                 parameters: dict | None = None):
         self.directory = Path(directory)
         self.output_format = output_format
         self.suffix = SUFFIXES[output_format]
-        job = json.loads(json.dumps(job))  # as it reads back from the manifest
         if manifest is None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self.manifest = {"version": _VERSION, "job": job, "complete": False, "next_row": 0, "errors_bytes": 0,
-                             "shards": [], "totals": {"rows": 0, "written": 0, "failed": 0, "exit_layer_sum": 0}}
+            self.manifest = new_manifest("local", job, parameters or {})
             (self.directory / ERRORS).write_bytes(b"")
             self._write_manifest()
             return
-        if manifest.get("version") != _VERSION or manifest.get("job") != job:
-            old = manifest.get("job", {})
-            differ = sorted(key for key in set(old) | set(job) if old.get(key) != job.get(key))
-            raise JobArgumentError(f"--resume: {self.directory} holds the output of another job (it differs in: "
-                                   f"{', '.join(differ) or 'version'}); start over with --overwrite or choose a new "
-                                   f"--output")
+        check_resumable(self.directory, manifest, job)
         self.manifest = manifest
+        if parameters is not None:
+            self.manifest["parameters"] = dict(parameters)
         self._discard_uncommitted()
 
     @property
@@ -167,9 +219,8 @@ class ShardWriter:
                 handle.flush()
                 os.fsync(handle.fileno())
                 errors_bytes = handle.tell()
-        self.manifest["shards"].append({"file": name, "first_row": first_row, "rows": num_rows,
-                                        "written": table.num_rows, "failed": len(errors),
-                                        "exit_layer_sum": exit_layer_sum})
+        self.manifest["shards"].append(shard_record(name, table.num_rows, first_row=first_row, rows=num_rows,
+                                                    failed=len(errors), exit_layer_sum=exit_layer_sum))
         totals = self.manifest["totals"]
         totals["rows"] += num_rows
         totals["written"] += table.num_rows
@@ -186,9 +237,7 @@ class ShardWriter:
         return self.manifest
 
     def _write_manifest(self) -> None:
-        self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        text = json.dumps(self.manifest, indent=1).encode()
-        atomic_write(self.directory / MANIFEST, lambda handle: handle.write(text))
+        write_manifest(self.directory, self.manifest)
 
     def _discard_uncommitted(self) -> None:
         """Delete what a killed job left beyond its last commit; cut the errors file to its committed length."""
@@ -199,6 +248,29 @@ class ShardWriter:
         with open(self.directory / ERRORS, "ab") as handle:
             handle.truncate(self.manifest["errors_bytes"])
             os.fsync(handle.fileno())
+
+
+def check_resumable(directory: Path, manifest: dict, job: dict) -> None:
+    """Refuse to resume ``manifest`` (read from ``directory``) with a job whose identity is ``job``.
+
+    Raises:
+        JobArgumentError: another schema version, a Ray job's output, or another job (the message lists the
+            identity keys that differ).
+    """
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        found = manifest.get("schema_version", manifest.get("version"))
+        raise JobArgumentError(f"--resume: {directory / MANIFEST} has schema version {found}, this costeff_fast "
+                               f"resumes version {SCHEMA_VERSION}; start over with --overwrite or choose a new "
+                               f"--output")
+    if manifest.get("engine") != "local":
+        raise JobArgumentError(f"--resume: {directory} holds the output of an --engine {manifest.get('engine')} "
+                               f"job, which cannot be resumed; start over with --overwrite or choose a new --output")
+    job = json.loads(json.dumps(job))  # as it reads back from the manifest
+    old = manifest.get("job") or {}
+    if old != job:
+        differ = sorted(key for key in set(old) | set(job) if old.get(key) != job.get(key))
+        raise JobArgumentError(f"--resume: {directory} holds the output of another job (it differs in: "
+                               f"{', '.join(differ)}); start over with --overwrite or choose a new --output")
 
 
 def _fsync_directory(directory: Path) -> None:

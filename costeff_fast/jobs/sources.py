@@ -39,6 +39,10 @@ class JobArgumentError(ValueError):
     """A refused batch-job argument or input; the message names the argument and the fix (one line)."""
 
 
+class JobPathError(JobArgumentError, FileNotFoundError):
+    """A batch-job path (model, input) that does not exist: a :class:`JobArgumentError` and a ``FileNotFoundError``."""
+
+
 @dataclass(frozen=True)
 class InputFiles:
     """The files of one input, in row order.
@@ -84,12 +88,13 @@ def find_input_files(path: str | os.PathLike, argument: str = "--input") -> Inpu
     """The files of ``path`` (a file, or a directory of files of one format) in row order.
 
     Raises:
-        JobArgumentError: ``path`` does not exist, has an unknown suffix, or is a directory with no input files
+        JobPathError: ``path`` does not exist.
+        JobArgumentError: ``path`` has an unknown suffix, or is a directory with no input files
             or with files of two formats.
     """
     path = Path(path).resolve()
     if not path.exists():
-        raise JobArgumentError(f"{argument} {path}: no such file or directory")
+        raise JobPathError(f"{argument} {path}: no such file or directory; pass an existing file or directory")
     if path.is_file():
         if path.suffix.lower() not in FORMATS:
             raise JobArgumentError(f"{argument} {path}: unknown format {path.suffix!r}; "
