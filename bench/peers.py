@@ -29,7 +29,7 @@ import torch
 import workloads as wl
 
 import costeff_fast
-from costeff_fast.inference import CostEffInferenceModel
+from costeff_fast import CostEffEngineForSequenceClassification
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -164,7 +164,7 @@ def build_peers(teacher, reference, tokenizer, tau, texts: list[str], threads: i
                 lambda rows, m=session: ort_logits(m, wl.hf_batches(rows, len(rows))[0]).argmax(-1))
     log("building COST-EFF int8 (quantize='int8')"
         + (" and ORT running the exported COST-EFF model" if have_ort else ""))
-    int8 = CostEffInferenceModel(reference, tokenizer, quantize="int8", num_threads=None)
+    int8 = CostEffEngineForSequenceClassification.from_model(reference, tokenizer, quantize="int8", num_threads=None)
     for name, threshold in (("costeff_int8_no_exit", 0.0), ("costeff_int8_early_exit", tau)):
         contenders[name] = wl.engine_contender(int8, texts, batch_size, threshold)
         predictors[name] = lambda rows, t=threshold: int8.predict(rows, entropy_threshold=t)

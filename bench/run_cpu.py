@@ -54,7 +54,7 @@ import workloads as wl  # noqa: E402
 import costeff_fast  # noqa: E402
 from costeff_fast import CostEffForSequenceClassification, exit_entropy, native  # noqa: E402
 from costeff_fast import threads as threads_module  # noqa: E402
-from costeff_fast.inference import CostEffInferenceModel  # noqa: E402
+from costeff_fast import CostEffEngineForSequenceClassification  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -312,7 +312,7 @@ def main(argv=None) -> dict:
     log("timing the 8x COST-EFF shape (full depth) vs HF BERT-base on 128-token rows, batch 32")
     long_texts = list(wl.full_length_texts(args.bert_rows))
     torch.manual_seed(0)
-    eight_x = CostEffInferenceModel(CostEffForSequenceClassification(wl.costeff_8x_config()).eval(), wl.tokenizer(),
+    eight_x = CostEffEngineForSequenceClassification.from_model(CostEffForSequenceClassification(wl.costeff_8x_config()).eval(), wl.tokenizer(),
                                      num_threads=None)
     groups["costeff_8x_vs_bert_base_128"] = time_group({
         "costeff_8x_full_depth": wl.engine_contender(eight_x, long_texts, 32, 0.0),
@@ -354,7 +354,7 @@ def main(argv=None) -> dict:
 
     if not args.no_busy_core:
         log("timing a busy core: HF teacher and COST-EFF at each thread count, idle and with a spinning process")
-        auto = CostEffInferenceModel(reference, costeff.tokenizer, entropy_threshold=tau)  # num_threads="auto"
+        auto = CostEffEngineForSequenceClassification.from_model(reference, costeff.tokenizer, entropy_threshold=tau)  # num_threads="auto"
         auto.thread_policy = threads_module.AutoThreads(default_threads)  # ceiling: torch's default, as from_pretrained
         defaults = {"hf_teacher": rt["hf_teacher"], "costeff_early_exit": wl.engine_contender(auto, texts, 64, tau)}
         results["busy_core"] = busy_core({k: rt[k] for k in ("hf_teacher", "costeff_early_exit")}, defaults,

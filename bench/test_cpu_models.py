@@ -18,7 +18,7 @@ import workloads as wl
 
 import costeff_fast
 from costeff_fast import CostEffForSequenceClassification
-from costeff_fast.inference import CostEffInferenceModel
+from costeff_fast import CostEffEngineForSequenceClassification
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,7 @@ def contenders():
     tau, _ = wl.early_exit_threshold(costeff, reference, texts[:64], trained=costeff_dir is not None)
     bert = wl.random_bert_base()
     torch.manual_seed(0)
-    eight_x = CostEffInferenceModel(CostEffForSequenceClassification(wl.costeff_8x_config()).eval(), wl.tokenizer(),
+    eight_x = CostEffEngineForSequenceClassification.from_model(CostEffForSequenceClassification(wl.costeff_8x_config()).eval(), wl.tokenizer(),
                                      num_threads=None)
     groups = {
         "rt batch 64": wl.teacher_group(teacher, full_width, costeff, tau, texts[:64]),

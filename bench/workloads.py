@@ -312,7 +312,7 @@ def hf_contender(model, texts: list[str], batch_size: int, pad_to_max: bool = Fa
 
 
 def engine_batches(texts: list[str], batch_size: int) -> list[dict]:
-    """Tokenized, unpadded batches (lists of ids) for :meth:`CostEffInferenceModel.generate_logits`."""
+    """Tokenized, unpadded batches (lists of ids) for :meth:`CostEffEngineForSequenceClassification.generate_logits`."""
     return [dict(tokenizer()(chunk, truncation=True, max_length=MAX_LENGTH)) for chunk in chunks(texts, batch_size)]
 
 
@@ -451,17 +451,17 @@ def load_models(costeff_dir=None, teacher_dir=None):
     for the COST-EFF model (shape-only).
     """
     import costeff_fast
-    from costeff_fast.inference import CostEffInferenceModel
+    from costeff_fast import CostEffEngineForSequenceClassification
 
     teacher = hf_teacher(teacher_dir)
     # num_threads=None: the benchmark sets torch's thread count itself (the default "auto" would pick its own)
-    full_width = CostEffInferenceModel(from_bert(teacher).eval(), tokenizer(), num_threads=None)
+    full_width = CostEffEngineForSequenceClassification.from_model(from_bert(teacher).eval(), tokenizer(), num_threads=None)
     if costeff_dir:
         costeff = costeff_fast.from_pretrained(costeff_dir, num_threads=None)
         reference = CostEffForSequenceClassification.from_pretrained(costeff_dir).eval()
     else:
         reference = from_bert(teacher).eval()
-        costeff = CostEffInferenceModel(reference, tokenizer(), num_threads=None)
+        costeff = CostEffEngineForSequenceClassification.from_model(reference, tokenizer(), num_threads=None)
     return teacher, full_width, costeff, reference
 
 

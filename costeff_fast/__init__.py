@@ -1,16 +1,16 @@
 """costeff_fast: slenderized multi-exit BERT classifiers (COST-EFF) with batch-level early exit.
 
-``import costeff_fast`` registers the ``costeff`` model type with the Hugging Face Auto classes, so a
-checkpoint loads with ``AutoConfig``, ``AutoModel`` (the reference model) and ``AutoModelForSequenceClassification``
-and ``pipeline`` (:class:`CostEffEngineForSequenceClassification`: the packed early-exit engine in eval mode, the
-reference forward in training mode).
+``import costeff_fast`` registers the ``costeff`` model type with the Hugging Face Auto classes: ``AutoConfig``,
+``AutoModel`` (the trainable reference model, :class:`CostEffForSequenceClassification`) and
+``AutoModelForSequenceClassification`` and ``pipeline`` (:class:`CostEffEngineForSequenceClassification`, the packed
+early-exit engine, which :func:`from_pretrained` and :func:`optimize` return as well).
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
+from . import data
 from .config import CostEffConfig
-from .hf_model import CostEffEngineForSequenceClassification
-from .inference import CostEffInferenceModel, from_pretrained
+from .inference import CostEffEngineForSequenceClassification, from_pretrained
 from .modeling import CostEffClassifierOutput, CostEffForSequenceClassification
 from .optimize import optimize
 from .reference import exit_entropy
@@ -26,7 +26,7 @@ __all__ = [
     "CostEffConfig",
     "CostEffEngineForSequenceClassification",
     "CostEffForSequenceClassification",
-    "CostEffInferenceModel",
+    "data",
     "exit_entropy",
     "from_pretrained",
     "optimize",

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from .config import CostEffConfig
+from .config import FORMAT_VERSION, CostEffConfig
 from .modeling import CostEffForSequenceClassification
 
 WEIGHTS_NAME = "model.safetensors"
@@ -44,8 +44,9 @@ def load_config(directory: str | Path) -> CostEffConfig:
 
     Raises:
         FileNotFoundError: no ``config.json``.
-        CheckpointError: not JSON, not an object, another ``model_type``, or a field the config refuses (the
-            message names the file and repeats the config's reason).
+        CheckpointError: not JSON, not an object, another ``model_type``, a ``format_version`` newer than this
+            library reads (the fix: upgrade costeff_fast; a config without the field is version 1), or a field the
+            config refuses (the message names the file and repeats the config's reason).
     """
     path = Path(directory) / "config.json"
     if not path.is_file():
@@ -62,6 +63,10 @@ def load_config(directory: str | Path) -> CostEffConfig:
             f"{path}: model_type {model_type!r} is not a COST-EFF model; convert it with "
             "costeff_fast.convert.from_encoder_classifier or compress it with `costeff-fast compress`"
         )
+    found = values.get("format_version", 1)
+    if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {found} is newer than this costeff_fast reads (format_version "
+                              f"{FORMAT_VERSION}); upgrade it: pip install --upgrade costeff_fast")
     try:
         return CostEffConfig.from_dict(values)
     except (ValueError, TypeError, KeyError, IndexError) as error:
@@ -137,13 +142,19 @@ def load_tokenizer(directory: str | Path, config: CostEffConfig):
     return tokenizer
 
 
-def load_model(directory: str | Path) -> CostEffForSequenceClassification:
+def load_model(directory: str | Path, config: CostEffConfig | None = None) -> CostEffForSequenceClassification:
     """The reference model of a checkpoint, loaded strictly, in eval mode (fp32 weights on the CPU).
+
+    Args:
+        directory: the checkpoint directory.
+        config: a config to use instead of ``directory/config.json`` (e.g. one the Auto classes read and the
+            caller changed); the weights must still match it exactly.
 
     Raises:
         FileNotFoundError, CheckpointError: see :func:`load_config` and :func:`load_weights`.
     """
-    config = load_config(directory)
+    if config is None:
+        config = load_config(directory)
     model = CostEffForSequenceClassification(config)
     load_weights(directory, model)
     return model.eval()

@@ -3,9 +3,9 @@ processes leave free (``num_threads="auto"``, the default of :func:`costeff_fast
 
 Why: torch's intra-op pool (OpenMP) splits every GEMM and kernel into one slice per thread and waits for the
 slowest. When another process keeps one of the cores busy, the slice on that core waits for its time share and
-the whole call slows to it: on 2 cores with one spinning process, 2 threads ran the COST-EFF engine 8-30 % slower
-than 1 thread (``python bench/bench_threads.py``). On an idle machine 2 threads are about 1.7x faster than 1. So
-the count is chosen from the load, not fixed.
+the whole call slows to it: on 2 cores with one spinning process, 2 threads ran the COST-EFF engine 9 % slower than
+1 thread, while on the idle machine they ran it 1.6x faster (the busy-core measurement of ``python
+bench/run_cpu.py``, ``busy_core`` in ``bench/results/cpu.json``). So the count is chosen from the load, not fixed.
 
 How: the kernel's per-CPU counters (``/proc/stat``, Linux ``proc(5)``) give the busy time of the CPUs this
 process may run on (the union of its threads' ``sched_getaffinity``: OpenMP's ``OMP_PROC_BIND`` pins each
@@ -127,6 +127,14 @@ class AutoThreads:
             self._threads = max(1, min(self.max_threads, free))
             self._sample, self._decided_at = current, now
             return self._threads
+
+
+def check_num_threads(num_threads) -> None:
+    """Refuse a ``num_threads`` that is not ``"auto"``, None or a positive int (ValueError, one line)."""
+    if num_threads is None or num_threads == "auto":
+        return
+    if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
+        raise ValueError(f"num_threads must be 'auto', None or a positive int, got {num_threads!r}")
 
 
 @contextlib.contextmanager

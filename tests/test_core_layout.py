@@ -23,10 +23,10 @@ FLOORS = {
     "batch": 0, "packing": 0, "config": 0, "threads": 0, "native": 0, "kernels": 0,
     "reference": 1,
     "modeling": 2, "checkpoint": 2,
-    "convert": 3, "backends": 3,
+    "convert": 3, "backends": 3, "inputs": 3,
     "engine": 4,
     "inference": 5, "flops": 5, "data": 5,
-    "optimize": 6, "hf_model": 6, "export": 6,
+    "optimize": 6, "export": 6,
     "jobs": 6, "integrations": 6,
     "cli": 7, "commands": 7, "__init__": 7,
 }
@@ -134,7 +134,7 @@ def test_checkpoint_threshold_is_used_by_every_entry_point():
     """generate_logits, the stream and the reference model resolve None the same way."""
     batch = random_batch(7, batch=12, vocab=97)
     model = make_tiny_model(entropy_threshold=1e9)  # every row is confident at exit 1
-    engine = costeff_fast.CostEffInferenceModel(model, None, backend="torch")
+    engine = costeff_fast.CostEffEngineForSequenceClassification.from_model(model, None, backend="torch")
     assert engine.generate_logits(batch, return_exit_layers=True)[1].tolist() == [1] * 12
     ids = [row[: int(n)].tolist() for row, n in zip(batch["input_ids"], batch["attention_mask"].sum(1))]
     engine.tokenizer = lambda texts, *args, **kwargs: {"input_ids": [ids[int(t)] for t in texts]}
@@ -143,7 +143,7 @@ def test_checkpoint_threshold_is_used_by_every_entry_point():
     assert {layer for _, _, layer in streamed} == {1}
     assert model.early_exit_reference(**batch)[1].tolist() == [1] * 12
     assert model(**batch).exit_layer.tolist() == [1] * 12
-    overridden = costeff_fast.CostEffInferenceModel(model, None, backend="torch", entropy_threshold=0.0)
+    overridden = costeff_fast.CostEffEngineForSequenceClassification.from_model(model, None, backend="torch", entropy_threshold=0.0)
     assert overridden.generate_logits(batch, return_exit_layers=True)[1].tolist() == [4] * 12
     assert overridden.entropy_threshold == [0.0] * 4 and model.config.entropy_threshold == 1e9
 

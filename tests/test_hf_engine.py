@@ -17,7 +17,7 @@ import costeff_fast
 from costeff_fast import CostEffEngineForSequenceClassification
 from costeff_fast.convert import from_encoder_classifier
 from costeff_fast.data import load_task
-from costeff_fast.hf_model import TokenTruncation
+from costeff_fast.inputs import TokenTruncation
 
 #: tolerance of the engine's logits against another batch composition (docs/design.md, Correctness contract)
 ATOL = 1e-4
@@ -160,37 +160,34 @@ def test_token_truncation_equals_the_tokenizers_own(minilm_dir, rows, template, 
                 assert kinds == expected["token_type_ids"]
 
 
-def test_training_forward_is_the_reference_forward(tiny_model):
-    engine_model = CostEffEngineForSequenceClassification(tiny_model.config)
-    engine_model.load_state_dict(tiny_model.state_dict())
+def test_train_mode_changes_nothing_and_reference_only_arguments_are_refused(tiny_model):
+    """The engine model answers the same in train and eval mode (no dropout, no switch to the padded forward),
+    and arguments only the reference forward computes name that model instead of being half-honoured."""
+    engine_model = CostEffEngineForSequenceClassification.from_model(tiny_model, backend="torch")
     batch = random_batch(3, batch=6, vocab=97)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    for model in (tiny_model, engine_model):
-        model.train()
-    outputs = []
-    for model in (tiny_model, engine_model):
-        torch.manual_seed(7)  # same dropout masks
-        outputs.append(model(**batch, labels=labels, gradient_equilibrium=True))
-    ours, theirs = outputs[1], outputs[0]
-    torch.testing.assert_close(ours.loss, theirs.loss, atol=0, rtol=0)
-    for a, b in zip(ours.exit_logits, theirs.exit_logits):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
-    ours.loss.backward()
-    assert engine_model.layers[0].query.weight.grad is not None
     engine_model.eval()
-    tiny_model.eval()
-    with torch.no_grad():
-        full = engine_model(**batch, output_exit_logits=True)
-        reference = tiny_model(**batch)
-    assert full.exit_logits is not None
-    torch.testing.assert_close(full.logits, reference.logits, atol=0, rtol=0)
-    assert torch.equal(full.exit_layer, reference.exit_layer)
+    evaluated = engine_model(**batch, labels=labels)
+    engine_model.train()
+    trained = engine_model(**batch, labels=labels)
+    assert torch.equal(trained.logits, evaluated.logits) and torch.equal(trained.exit_layer, evaluated.exit_layer)
+    logits, exit_layer, _ = tiny_model.early_exit_reference(**batch)
+    torch.testing.assert_close(evaluated.logits, logits, atol=ATOL, rtol=0)
+    assert torch.equal(evaluated.exit_layer, exit_layer)
+    # the loss is the cross-entropy of the answering exits, computed here independently
+    expected = -torch.log_softmax(logits, dim=-1)[torch.arange(6), labels].mean()
+    torch.testing.assert_close(evaluated.loss, expected, atol=ATOL, rtol=0)
+    for argument in ("output_hidden_states", "output_exit_logits", "gradient_equilibrium"):
+        with pytest.raises(ValueError, match=f"{argument}: not supported.*CostEffForSequenceClassification"):
+            engine_model(**batch, **{argument: True})
+    with pytest.raises(ValueError, match="labels must be"):
+        engine_model(**batch, labels=torch.tensor([0, 1, 3, 0, 1, 2]))
 
 
 def test_engine_follows_weight_changes_and_refuses_what_it_cannot_do(tiny_model):
     model = CostEffEngineForSequenceClassification(tiny_model.config).eval()
     model.load_state_dict(tiny_model.state_dict())
-    model.engine_backend = "torch"
+    model.configure_engine(backend="torch")
     batch = random_batch(4, batch=5, vocab=97)
     with torch.no_grad():
         before = model(**batch, entropy_threshold=0.0).logits

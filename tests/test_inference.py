@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_tiny_model, random_batch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, pipeline
 
 import costeff_fast
-from costeff_fast import CostEffForSequenceClassification
+from costeff_fast import CostEffEngineForSequenceClassification, CostEffForSequenceClassification
 from costeff_fast.convert import from_bert
 from costeff_fast.data import load_task
-from costeff_fast.inference import CostEffInferenceModel
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +85,7 @@ def test_from_pretrained_errors(tmp_path, minilm_dir):
 
 def test_config_threshold_is_the_default_and_call_overrides_it(tmp_path):
     model = make_tiny_model(entropy_threshold=100.0)
-    engine = CostEffInferenceModel(model, None, backend="torch")
+    engine = CostEffEngineForSequenceClassification.from_model(model, None, backend="torch")
     batch = random_batch(0, batch=5, vocab=97)
     assert engine.generate_logits(batch, return_exit_layers=True)[1].tolist() == [1] * 5
     assert engine.generate_logits(batch, entropy_threshold=0.0, return_exit_layers=True)[1].tolist() == [4] * 5
@@ -111,7 +110,7 @@ def test_config_threshold_is_the_default_and_call_overrides_it(tmp_path):
     ],
 )
 def test_bad_batches_raise_clear_errors(tiny_model, minilm_checkpoint, batch, error, match):
-    engine = costeff_fast.from_pretrained(minilm_checkpoint, backend="torch") if isinstance(batch, (str, list, tuple)) else CostEffInferenceModel(tiny_model, None, backend="torch")
+    engine = costeff_fast.from_pretrained(minilm_checkpoint, backend="torch") if isinstance(batch, (str, list, tuple)) else CostEffEngineForSequenceClassification.from_model(tiny_model, None, backend="torch")
     with pytest.raises(error, match=match):
         engine.generate_logits(batch)
 
@@ -119,7 +118,7 @@ def test_bad_batches_raise_clear_errors(tiny_model, minilm_checkpoint, batch, er
 @pytest.mark.parametrize("tau, error", [(-1.0, ValueError), ([0.1, 0.2], ValueError), (float("nan"), ValueError), ("x", TypeError)])
 def test_bad_thresholds_raise(tiny_model, tau, error):
     with pytest.raises(error, match="entropy_threshold"):
-        CostEffInferenceModel(tiny_model, None, backend="torch").generate_logits(random_batch(0, 2, 97), entropy_threshold=tau)
+        CostEffEngineForSequenceClassification.from_model(tiny_model, None, backend="torch").generate_logits(random_batch(0, 2, 97), entropy_threshold=tau)
 
 
 @pytest.mark.parametrize("batch", [
@@ -130,13 +129,13 @@ def test_bad_thresholds_raise(tiny_model, tau, error):
     {"input_ids": [[1, 5, 2]], "token_type_ids": [[0, 0.0, 0]]},
 ])
 def test_float_and_bool_token_ids_are_refused_not_rounded(batch):
-    model = costeff_fast.CostEffInferenceModel(make_tiny_model(), None, backend="torch")
+    model = costeff_fast.CostEffEngineForSequenceClassification.from_model(make_tiny_model(), None, backend="torch")
     with pytest.raises(TypeError, match="never rounded or cast"):
         model.generate_logits(batch)
 
 
 def test_a_bool_attention_mask_is_a_mask():
-    model = costeff_fast.CostEffInferenceModel(make_tiny_model(), None, backend="torch")
+    model = costeff_fast.CostEffEngineForSequenceClassification.from_model(make_tiny_model(), None, backend="torch")
     ids = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
     expected = model.generate_logits({"input_ids": ids, "attention_mask": mask})
@@ -145,7 +144,7 @@ def test_a_bool_attention_mask_is_a_mask():
 
 def test_lone_surrogate_text_is_named(minilm_dir):
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
-    model = costeff_fast.CostEffInferenceModel(make_tiny_model(vocab_size=30522), tokenizer, backend="torch")
+    model = costeff_fast.CostEffEngineForSequenceClassification.from_model(make_tiny_model(vocab_size=30522), tokenizer, backend="torch")
     with pytest.raises(ValueError, match=r"batch item 1 is not valid Unicode \(a lone surrogate '\\udc80' at "
                                          r"character 3\)"):
         model.generate_logits(["fine", "bad\udc80text"])
@@ -156,8 +155,8 @@ def test_lone_surrogate_text_is_named(minilm_dir):
 @pytest.mark.parametrize("budget", [1, 7, 40, 10_000])
 def test_a_call_over_the_token_budget_is_split_with_the_same_results(budget):
     batch = random_batch(3, batch=37, vocab=97, max_len=20)
-    whole = CostEffInferenceModel(make_tiny_model(), None, backend="torch", entropy_threshold=0.9)
-    split = CostEffInferenceModel(make_tiny_model(), None, backend="torch", entropy_threshold=0.9,
+    whole = CostEffEngineForSequenceClassification.from_model(make_tiny_model(), None, backend="torch", entropy_threshold=0.9)
+    split = CostEffEngineForSequenceClassification.from_model(make_tiny_model(), None, backend="torch", entropy_threshold=0.9,
                                   max_batch_tokens=budget)
     logits, layers = whole.generate_logits(batch, return_exit_layers=True)
     split_logits, split_layers = split.generate_logits(batch, return_exit_layers=True)
@@ -174,4 +173,80 @@ def test_token_chunks_cover_every_row_once_within_the_budget():
     assert all(stop - start == int(lengths[a:b].sum()) for a, b, start, stop in chunks)
     assert chunks[-1][3] == int(lengths.sum()) and _token_chunks(torch.tensor([], dtype=torch.long), 10) == [(0, 0, 0, 0)]
     with pytest.raises(ValueError, match="max_batch_tokens must be a positive int"):
-        CostEffInferenceModel(make_tiny_model(), None, backend="torch", max_batch_tokens=0)
+        CostEffEngineForSequenceClassification.from_model(make_tiny_model(), None, backend="torch", max_batch_tokens=0)
+
+
+def test_every_front_door_returns_the_one_engine_model(minilm_checkpoint, rt_texts):
+    loaded = [
+        costeff_fast.from_pretrained(minilm_checkpoint, backend="torch"),
+        AutoModelForSequenceClassification.from_pretrained(minilm_checkpoint),
+        pipeline("text-classification", model=str(minilm_checkpoint)).model,
+    ]
+    for model in loaded:
+        assert type(model) is CostEffEngineForSequenceClassification and isinstance(model, PreTrainedModel)
+        assert model.tokenizer is not None
+    expected = loaded[0].predict(rt_texts[:16]).tolist()
+    assert all(model.predict(rt_texts[:16]).tolist() == expected for model in loaded[1:])
+
+
+def test_save_pretrained_round_trip_is_bit_identical(minilm_checkpoint, rt_texts, tmp_path):
+    reference = CostEffForSequenceClassification.from_pretrained(minilm_checkpoint).eval()
+    with torch.no_grad():
+        encoded = AutoTokenizer.from_pretrained(minilm_checkpoint)(
+            rt_texts, padding=True, truncation=True, return_tensors="pt")
+        entropies = costeff_fast.exit_entropy(torch.stack(reference(**encoded).exit_logits, dim=1))
+    tau = entropies.median(dim=0).values.tolist()  # rows leave at several exits
+    model = costeff_fast.from_pretrained(minilm_checkpoint, entropy_threshold=tau, backend="torch", num_threads=1)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "model.safetensors").is_file()
+    again = costeff_fast.from_pretrained(tmp_path, backend="torch", num_threads=1)
+    assert again.entropy_threshold == model.entropy_threshold == tau  # the instance's threshold is saved
+    state, state_again = model.state_dict(), again.state_dict()
+    assert state.keys() == state_again.keys()
+    assert all(torch.equal(state[name], state_again[name]) for name in state)
+    logits, layers = model.generate_logits(rt_texts, return_exit_layers=True)
+    logits_again, layers_again = again.generate_logits(rt_texts, return_exit_layers=True)
+    assert torch.equal(logits, logits_again) and torch.equal(layers, layers_again)
+    assert len(set(layers.tolist())) >= 2  # the threshold made rows leave at different exits
+
+
+def test_an_int_thread_count_applies_to_the_models_calls_only(monkeypatch):
+    import costeff_fast.inference as inference
+
+    seen = []
+    real = inference.run_early_exit
+
+    def recording(*args):
+        seen.append(torch.get_num_threads())
+        return real(*args)
+
+    monkeypatch.setattr(inference, "run_early_exit", recording)
+    before = torch.get_num_threads()
+    target = 1 if before > 1 else 2
+    model = CostEffEngineForSequenceClassification.from_model(make_tiny_model(), backend="torch", num_threads=target)
+    assert torch.get_num_threads() == before  # building the model changes nothing process-wide
+    model.generate_logits(random_batch(0, batch=5, vocab=97))
+    assert seen == [target] and torch.get_num_threads() == before
+
+
+def test_a_large_call_is_tokenized_and_run_a_chunk_of_rows_at_a_time(minilm_checkpoint, rt_texts, monkeypatch):
+    import costeff_fast.inputs as inputs
+
+    model = costeff_fast.from_pretrained(minilm_checkpoint, entropy_threshold=0.2, backend="torch", num_threads=1)
+    whole, whole_layers = model.generate_logits(rt_texts, return_exit_layers=True)
+    calls = []
+    tokenizer_call = type(model.tokenizer).__call__
+
+    def counting(self, texts, *args, **kwargs):
+        calls.append(len(texts))
+        return tokenizer_call(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(inputs, "ROWS_PER_CHUNK", 10)
+    monkeypatch.setattr(type(model.tokenizer), "__call__", counting)
+    logits, layers = model.generate_logits(rt_texts, return_exit_layers=True)
+    assert calls == [10, 10, 10, 10, 8]  # 48 rows, never more than one chunk's token lists at once
+    assert torch.equal(layers, whole_layers)
+    torch.testing.assert_close(logits, whole, atol=1e-5, rtol=0)
+    encoded = model.tokenizer(rt_texts, padding=True, truncation=True, return_tensors="pt")
+    tensor_logits = model.generate_logits(dict(encoded))  # a tokenized mapping is sliced the same way
+    torch.testing.assert_close(tensor_logits, whole, atol=1e-5, rtol=0)

@@ -12,7 +12,7 @@ from conftest import make_tiny_model, random_batch
 from transformers import BertConfig, BertForSequenceClassification
 
 import costeff_fast
-from costeff_fast.inference import CostEffInferenceModel
+from costeff_fast import CostEffEngineForSequenceClassification
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "docs" / "input-validation.md"
@@ -43,8 +43,8 @@ def test_every_row_names_an_existing_test(row_id, reference):
     assert name in names, f"{row_id}: {reference} does not exist"
 
 
-def engine(**overrides) -> CostEffInferenceModel:
-    return CostEffInferenceModel(make_tiny_model(**overrides), None, backend="torch")
+def engine(**overrides) -> CostEffEngineForSequenceClassification:
+    return CostEffEngineForSequenceClassification.from_model(make_tiny_model(**overrides), None, backend="torch")
 
 
 def test_texts_need_a_tokenizer():

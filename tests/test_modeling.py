@@ -7,6 +7,7 @@ import torch
 from conftest import make_tiny_model, random_batch
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
@@ -14,7 +15,7 @@ from transformers import (
     BertModel,
 )
 
-from costeff_fast import CostEffConfig, CostEffForSequenceClassification
+from costeff_fast import CostEffConfig, CostEffEngineForSequenceClassification, CostEffForSequenceClassification
 from costeff_fast.convert import from_bert
 from costeff_fast.modeling import gradient_rescale
 
@@ -82,13 +83,19 @@ def test_save_load_round_trip_with_auto_classes(tmp_path):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     assert AutoConfig.from_pretrained(tmp_path).num_attention_heads == [2, 1, 3, 2]
-    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
-    assert isinstance(loaded, CostEffForSequenceClassification)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()  # the trainable reference model
+    assert type(loaded) is CostEffForSequenceClassification
     assert loaded.config.intermediate_size == [16, 40, 7, 24] and loaded.config.embedding_rank == 12
     batch = random_batch(1, batch=4, vocab=97)
     with torch.no_grad():
-        for a, b in zip(model(**batch).exit_logits, loaded(**batch, output_exit_logits=True).exit_logits):
+        for a, b in zip(model(**batch).exit_logits, loaded(**batch).exit_logits):
             torch.testing.assert_close(a, b, atol=0, rtol=0)
+    engine = AutoModelForSequenceClassification.from_pretrained(tmp_path)  # the engine, same files
+    assert isinstance(engine, CostEffEngineForSequenceClassification)
+    logits, exit_layer, _ = model.early_exit_reference(**batch)
+    out = engine(**batch)
+    assert torch.equal(out.exit_layer, exit_layer)
+    torch.testing.assert_close(out.logits, logits, atol=1e-4, rtol=0)
 
 
 def test_eval_forward_uses_threshold_and_training_forward_does_not(tiny_model):

@@ -57,7 +57,7 @@ def checkpoint(tmp_path_factory, minilm_dir, texts):
     with torch.no_grad():  # spread the exits' entropies apart
         for exit_head in model.exits:
             exit_head.classifier.weight.mul_(30.0)
-    engine = costeff_fast.CostEffInferenceModel(model, tokenizer, backend="torch")
+    engine = costeff_fast.CostEffEngineForSequenceClassification.from_model(model, tokenizer, backend="torch")
     _, entropies = median_thresholds(model, engine, texts)
     middle = entropies.sort(dim=0).values[len(texts) // 2 - 1: len(texts) // 2 + 1]
     model.config.entropy_threshold = middle.mean(dim=0).tolist()

@@ -29,7 +29,7 @@ from transformers import (
 from conftest import AVAILABLE_BACKENDS
 
 import costeff_fast
-from costeff_fast import CostEffForSequenceClassification, CostEffInferenceModel
+from costeff_fast import CostEffForSequenceClassification, CostEffEngineForSequenceClassification
 from costeff_fast.convert import SUPPORTED_TEACHERS, from_bert, from_encoder_classifier
 
 VOCAB = 100
@@ -198,7 +198,7 @@ def test_engine_equals_source(family, backend):
     if backend == "native":
         torch.testing.assert_close(costeff_fast.optimize(teacher)(**batch).logits, expected, atol=1e-5, rtol=0)
     converted = from_encoder_classifier(teacher)
-    engine = CostEffInferenceModel(converted, tokenizer=None, backend=backend)
+    engine = CostEffEngineForSequenceClassification.from_model(converted, tokenizer=None, backend=backend)
     logits = engine.generate_logits(batch, entropy_threshold=0.0)
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
 

@@ -12,7 +12,7 @@ import torch
 
 import costeff_fast
 from costeff_fast import threads as threads_module
-from costeff_fast.inference import CostEffInferenceModel
+from costeff_fast import CostEffEngineForSequenceClassification
 from costeff_fast.threads import AutoThreads, torch_threads
 from conftest import make_tiny_model
 
@@ -160,9 +160,9 @@ def test_engine_calls_restore_torch_threads_and_match(minilm_dir):
     previous = torch.get_num_threads()
     texts = ["a short one", "another sentence that is longer than the first", "x"] * 5
     target = 1 if previous != 1 else 2  # a count different from torch's, so setting and restoring are both seen
-    fixed = CostEffInferenceModel(model, tokenizer, backend="torch", num_threads=target)
-    auto = CostEffInferenceModel(model, tokenizer, backend="torch")
-    left = CostEffInferenceModel(model, tokenizer, backend="torch", num_threads=None)
+    fixed = CostEffEngineForSequenceClassification.from_model(model, tokenizer, backend="torch", num_threads=target)
+    auto = CostEffEngineForSequenceClassification.from_model(model, tokenizer, backend="torch")
+    left = CostEffEngineForSequenceClassification.from_model(model, tokenizer, backend="torch", num_threads=None)
     assert auto.thread_policy is not None and left.thread_policy is None
     seen = []
     original = fixed.backend.layer
@@ -193,4 +193,4 @@ def test_bad_num_threads_is_refused(tmp_path, bad):
     with pytest.raises(ValueError, match="num_threads must be 'auto', None or a positive int"):
         costeff_fast.from_pretrained(tmp_path, num_threads=bad)
     with pytest.raises(ValueError, match="num_threads must be 'auto', None or a positive int"):
-        CostEffInferenceModel(make_tiny_model(), None, num_threads=bad)
+        CostEffEngineForSequenceClassification.from_model(make_tiny_model(), None, num_threads=bad)

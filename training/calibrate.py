@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from costeff_fast import CostEffForSequenceClassification, CostEffInferenceModel, exit_entropy
+from costeff_fast import CostEffForSequenceClassification, CostEffEngineForSequenceClassification, exit_entropy
 from costeff_fast.flops import exit_flops, layer_flops, model_flops
 
 from .prediction import engine_predict, exit_logits, minibatches, predict
@@ -45,7 +45,7 @@ def quantile_thresholds(model: CostEffForSequenceClassification, tokenizer, batc
 
 
 @torch.inference_mode()
-def threshold_sweep(model: CostEffInferenceModel, batch: list, labels: torch.Tensor, thresholds: list[float],
+def threshold_sweep(model: CostEffEngineForSequenceClassification, batch: list, labels: torch.Tensor, thresholds: list[float],
                     *, batch_size: int = 64) -> list[dict]:
     """Accuracy, mean exit layer, executed FLOPs and throughput per threshold, with the batch engine.
 

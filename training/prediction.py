@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 import torch
 from torch import nn
 
-from costeff_fast import CostEffInferenceModel, CostEffForSequenceClassification
+from costeff_fast import CostEffEngineForSequenceClassification, CostEffForSequenceClassification
 
 from .data import model_inputs, tokenize_chunk
 from .trainer import Device, forward_context, forward_inputs, place_model, resolve_autocast
@@ -78,7 +78,7 @@ def hf_predict(model: nn.Module, tokenizer, inputs: list, batch_size: int, max_l
         return predict(forward, minibatches(inputs, batch_size))
 
 
-def engine_predict(model: CostEffInferenceModel, inputs: list, batch_size: int,
+def engine_predict(model: CostEffEngineForSequenceClassification, inputs: list, batch_size: int,
                    entropy_threshold) -> tuple[torch.Tensor, torch.Tensor]:
     """The packed engine's ``generate_logits`` batch by batch with early exit at ``entropy_threshold`` (nats,
     one float or one per layer); logits ``[N, C]`` fp32 and 1-based exit layers ``[N]`` int64, on the CPU

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import resolve_entropy_threshold
-from ..inference import CostEffInferenceModel, from_pretrained
+from ..inference import CostEffEngineForSequenceClassification, from_pretrained
 from .shards import ERRORS, ShardWriter, prepare_output
 from .sources import JobArgumentError, count_rows, read_chunks
 from .spec import DEFAULT_SHARD_ROWS, PredictJob
@@ -46,7 +46,7 @@ from .spec import DEFAULT_SHARD_ROWS, PredictJob
 logger = logging.getLogger(__name__)
 
 
-def label_names(model: CostEffInferenceModel) -> list[str]:
+def label_names(model: CostEffEngineForSequenceClassification) -> list[str]:
     """The model's label names in label-id order (``config.id2label``, ``LABEL_<i>`` when unnamed).
 
     Raises:
@@ -83,7 +83,7 @@ def text_problem(value, column: str) -> str | None:
 
 
 def predict_rows(
-    model: CostEffInferenceModel,
+    model: CostEffEngineForSequenceClassification,
     texts: Sequence,
     ids: Sequence,
     *,
@@ -97,9 +97,9 @@ def predict_rows(
 ) -> pa.Table:
     """Classify rows with early exit; one output row per input row, in input order.
 
-    The rows that can be classified run through :meth:`~costeff_fast.inference.CostEffInferenceModel.
+    The rows that can be classified run through :meth:`~costeff_fast.inference.CostEffEngineForSequenceClassification.
     generate_logits_stream` (one queue per layer, ``batch_size`` rows per layer call, tokenized and truncated as
-    :meth:`~costeff_fast.inference.CostEffInferenceModel.generate_logits` does) at the model's threshold.
+    :meth:`~costeff_fast.inference.CostEffEngineForSequenceClassification.generate_logits` does) at the model's threshold.
 
     Args:
         model: the loaded checkpoint.
@@ -246,7 +246,7 @@ def model_identity(model_dir: str | os.PathLike) -> dict:
                          "sha256": _sha256(p)} for p in weights]}
 
 
-def job_identity(job: PredictJob, model: CostEffInferenceModel) -> dict:
+def job_identity(job: PredictJob, model: CostEffEngineForSequenceClassification) -> dict:
     """What a resumed job must share with the job it continues (the manifest's ``job``): the input files (path,
     size, mtime), the model (:func:`model_identity`), its resolved threshold and labels, the columns, the output
     format and ``shard_rows`` (None for the Ray engine, which does not shard by rows). The backend, batch size and
@@ -261,7 +261,7 @@ def job_identity(job: PredictJob, model: CostEffInferenceModel) -> dict:
     }
 
 
-def summarize(job: PredictJob, manifest: dict, model: CostEffInferenceModel, *, rows_this_run: int,
+def summarize(job: PredictJob, manifest: dict, model: CostEffEngineForSequenceClassification, *, rows_this_run: int,
               started: float) -> PredictSummary:
     """The :class:`PredictSummary` of a job from its manifest's totals and shards."""
     totals = manifest["totals"]
