@@ -6,6 +6,28 @@ from typing import Sequence
 
 from transformers import PretrainedConfig
 
+FORMAT_VERSION = 1
+"""The checkpoint format this library writes and the newest it reads (``format_version`` in ``config.json``).
+
+Raised when a checkpoint's layout changes so that an older costeff_fast would misread it; a ``config.json``
+without the field (written before it existed) is version 1.
+"""
+
+
+def check_format_version(format_version) -> int:
+    """``format_version`` of a config: an int from 1 to :data:`FORMAT_VERSION`.
+
+    Raises:
+        ValueError: a newer version (the message names it, the supported one and the fix: upgrade costeff_fast),
+            or a value that is not an integer >= 1.
+    """
+    if not isinstance(format_version, int) or isinstance(format_version, bool) or format_version < 1:
+        raise ValueError(f"format_version must be an integer >= 1, got {format_version!r}")
+    if format_version > FORMAT_VERSION:
+        raise ValueError(f"format_version {format_version} is newer than this costeff_fast reads (format_version "
+                         f"{FORMAT_VERSION}); upgrade it: pip install --upgrade costeff_fast")
+    return format_version
+
 
 def _per_layer(name: str, value, num_layers: int, *, minimum: int) -> list[int]:
     """Broadcast an int to one value per layer, or check a per-layer list."""
@@ -104,12 +126,15 @@ class CostEffConfig(PretrainedConfig):
         entropy_threshold: the calibrated early-exit threshold in nats (float or one per layer), used when a
             call passes none; None (not calibrated) means 0.0, every row runs to the last layer
             (:func:`resolve_entropy_threshold`).
+        format_version: the checkpoint format (:data:`FORMAT_VERSION`, written into ``config.json``); a config
+            without it is version 1, and a newer one than this library reads is refused.
 
     Raises:
         ValueError / TypeError: a size or width that is not an integer >= 1 (``vocab_size``, ``hidden_size``,
             ``num_hidden_layers``, ``attention_head_size``, ``max_position_embeddings``, ``type_vocab_size``, every
             per-layer width), a per-layer list of the wrong length, a ``layer_norm_eps`` that is not positive and
-            finite, a bad threshold.
+            finite, a bad threshold, a ``format_version`` newer than :data:`FORMAT_VERSION` (checked first: a newer
+            format's other fields may mean something else).
     """
 
     model_type = "costeff"
@@ -136,8 +161,10 @@ class CostEffConfig(PretrainedConfig):
         exit_pooling: str = "cls",
         exit_pooler_activation: str = "tanh",
         entropy_threshold: float | list[float] | None = None,
+        format_version: int = FORMAT_VERSION,
         **kwargs,
     ):
+        self.format_version = check_format_version(format_version)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         for name, value in (("vocab_size", vocab_size), ("hidden_size", hidden_size),
                             ("num_hidden_layers", num_hidden_layers), ("attention_head_size", attention_head_size),
