@@ -2,17 +2,29 @@
 
 The C++ sources of the native CPU kernels (top-level ``csrc/``) ship inside the package as the data package
 ``costeff_fast.csrc``, so a non-editable install (wheel, sdist) can still build the kernels at first use.
+
+The version has one source, ``__version__`` in ``costeff_fast/__init__.py`` (read here as text: importing the
+package needs torch); ``costeff-fast --version`` prints the same. Every third-party module the package imports is
+a requirement below or in an extra (tests/test_packaging.py checks it).
 """
+
+import re
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
+HERE = Path(__file__).resolve().parent
+VERSION = re.search(r'^__version__ = "([^"]+)"$', (HERE / "costeff_fast" / "__init__.py").read_text(encoding="utf-8"),
+                    re.MULTILINE).group(1)
+
 setup(
     name="costeff_fast",
-    version="0.1.0",
+    version=VERSION,
     description="Slenderized multi-exit BERT classifiers (COST-EFF) with batch-level early exit on CPU and GPU",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=["costeff_fast", "costeff_fast.*"]) + ["costeff_fast.training", "costeff_fast.csrc"],
     package_dir={"costeff_fast.training": "training", "costeff_fast.csrc": "csrc"},
@@ -24,6 +36,8 @@ setup(
         "safetensors>=0.4.3",
         "datasets>=2.20,<6",
         "numpy>=1.24",
+        "pyarrow>=15",  # costeff-fast predict's readers and shards (costeff_fast.jobs)
+        "pandas>=1.5",  # costeff_fast.data: user files for compress and calibrate
         "tqdm>=4.66",
         "matplotlib>=3.7",
     ],

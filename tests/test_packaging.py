@@ -1,4 +1,5 @@
-"""Packaging: the wheel and sdist carry the native kernel sources, and a non-editable install builds and uses them.
+"""Packaging: the wheel and sdist carry the native kernel sources, and a non-editable install builds and uses them;
+one version, the license, every third-party import declared in setup.py, and the checkpoint format version.
 
 The wheel is built from a copy of the repository (without VCS, virtual environments, build outputs and
 checkpoints) so that a stale ``build/`` of the working tree cannot leak into it and nothing is written into the
@@ -8,8 +9,11 @@ dependency), and CI then needs no download for it.
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +25,8 @@ import pytest
 
 import costeff_fast
 from costeff_fast import native
+from costeff_fast.checkpoint import CheckpointError, load_config
+from costeff_fast.config import FORMAT_VERSION, CostEffConfig
 
 REPO = Path(__file__).resolve().parent.parent
 CSRC_FILES = sorted(p.name for p in (REPO / "csrc").iterdir() if p.suffix in {".cpp", ".h"})
@@ -83,7 +89,7 @@ def test_sdist_carries_csrc(source_tree, tmp_path):
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     assert {f"csrc/{name}" for name in CSRC_FILES} <= names
-    assert {"setup.py", "README.md", "training/__init__.py", "costeff_fast/native.py"} <= names
+    assert {"setup.py", "README.md", "LICENSE", "training/__init__.py", "costeff_fast/native.py"} <= names
 
 
 def test_checkout_uses_its_own_csrc():
@@ -150,3 +156,144 @@ def test_installed_wheel_builds_and_uses_its_own_native_sources(wheel, tmp_path)
     (ninja,) = extensions.glob("*/build.ninja")
     assert str(installed_csrc.resolve() / native.UNITY_SOURCE) in ninja.read_text()
     assert str(REPO / "csrc") not in ninja.read_text()
+
+
+# one version, the license ------------------------------------------------------------------------------------------
+
+
+def test_wheel_carries_the_package_version_and_the_license(wheel):
+    """setup.py reads ``costeff_fast.__version__`` (the one source ``costeff-fast --version`` prints)."""
+    assert wheel.name.startswith(f"costeff_fast-{costeff_fast.__version__}-"), wheel.name
+    archive = zipfile.ZipFile(wheel)
+    (license_file,) = [name for name in archive.namelist() if ".dist-info/" in name and name.endswith("/LICENSE")]
+    assert archive.read(license_file).decode() == (REPO / "LICENSE").read_text()
+    metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    assert f"\nVersion: {costeff_fast.__version__}\n" in metadata and "Apache-2.0" in metadata
+
+
+def test_license_is_the_apache_2_license_setup_py_declares():
+    text = (REPO / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text and "END OF TERMS AND CONDITIONS" in text
+    assert re.search(r'^\s*license="Apache-2.0",$', (REPO / "setup.py").read_text(), re.MULTILINE)
+    assert not re.search(r"version=\"\d", (REPO / "setup.py").read_text()), "a second copy of the version"
+
+
+# every third-party import is declared ------------------------------------------------------------------------------
+
+#: import name -> distribution, where they differ (checked with the installed metadata too, when it is there)
+DISTRIBUTIONS = {"yaml": "pyyaml", "sklearn": "scikit-learn", "PIL": "pillow", "cv2": "opencv-python",
+                 "google": "protobuf", "attr": "attrs", "dateutil": "python-dateutil"}
+SOURCES = (REPO / "costeff_fast", REPO / "training")  # training/ installs as costeff_fast.training
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared_distributions(setup_py: Path = REPO / "setup.py") -> set[str]:
+    """Every distribution setup.py requires, in install_requires or any extra (normalized names)."""
+    call = next(node for node in ast.walk(ast.parse(setup_py.read_text()))
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup")
+    keywords = {keyword.arg: keyword.value for keyword in call.keywords}
+    requirements = list(ast.literal_eval(keywords["install_requires"]))
+    for extra in ast.literal_eval(keywords["extras_require"]).values():
+        requirements += extra
+    return {_normalize(re.match(r"[A-Za-z0-9._-]+", requirement).group()) for requirement in requirements}
+
+
+def third_party_imports(roots=SOURCES) -> dict[str, list[str]]:
+    """Top-level module -> ``file:line`` of each absolute import outside the standard library and costeff_fast, in
+    every module under ``roots`` (imports inside functions and ``try`` blocks included)."""
+    found: dict[str, list[str]] = {}
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in sys.stdlib_module_names and top != "costeff_fast":
+                        found.setdefault(top, []).append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    return found
+
+
+def undeclared(imports: dict[str, list[str]], declared: set[str]) -> dict[str, list[str]]:
+    """The imports whose distribution (by :data:`DISTRIBUTIONS`, the installed metadata, or its own name) setup.py
+    does not declare."""
+    installed = importlib.metadata.packages_distributions()
+    missing = {}
+    for module, places in imports.items():
+        candidates = {module, DISTRIBUTIONS.get(module, module), *installed.get(module, [])}
+        if not {_normalize(name) for name in candidates} & declared:
+            missing[module] = places
+    return missing
+
+
+def test_every_third_party_import_is_declared_in_setup_py():
+    imports = third_party_imports()
+    assert {"torch", "transformers", "safetensors", "tokenizers", "numpy", "pyarrow", "datasets"} <= set(imports)
+    assert not undeclared(imports, declared_distributions()), "imported but not in setup.py's install_requires or extras"
+
+
+def test_the_import_check_catches_an_undeclared_import(tmp_path):
+    package = tmp_path / "costeff_fast"
+    (package / "sub").mkdir(parents=True)
+    (package / "ok.py").write_text("import os\nimport torch.nn\nfrom . import sub\nfrom costeff_fast import config\n")
+    (package / "sub" / "late.py").write_text("def f():\n    try:\n        import foo_undeclared\n    except ImportError:\n"
+                                             "        from bar_undeclared.baz import q\n    import yaml\n")
+    imports = third_party_imports([package])
+    assert set(imports) == {"torch", "foo_undeclared", "bar_undeclared", "yaml"}
+    assert imports["foo_undeclared"] == ["costeff_fast/sub/late.py:3"]
+    declared = declared_distributions()
+    assert set(undeclared(imports, declared)) == {"foo_undeclared", "bar_undeclared", "yaml"}
+    assert set(undeclared(imports, declared | {"pyyaml"})) == {"foo_undeclared", "bar_undeclared"}  # yaml: pyyaml
+
+
+# the checkpoint format version -------------------------------------------------------------------------------------
+
+
+def _write_config(directory: Path, **changes) -> Path:
+    config = CostEffConfig(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, attention_head_size=8,
+                           intermediate_size=32, vocab_size=50).to_dict()
+    config.update(changes)
+    config = {key: value for key, value in config.items() if value is not _DROP}
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+_DROP = object()
+
+
+def test_save_pretrained_writes_the_format_version(tmp_path):
+    from conftest import make_tiny_model
+
+    make_tiny_model().save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["format_version"] == FORMAT_VERSION == 1
+    assert load_config(tmp_path).format_version == FORMAT_VERSION
+
+
+def test_a_config_without_format_version_loads_as_version_1(tmp_path):
+    directory = _write_config(tmp_path / "old", format_version=_DROP)
+    assert "format_version" not in json.loads((directory / "config.json").read_text())
+    assert load_config(directory).format_version == 1
+
+
+def test_a_newer_format_version_is_refused_naming_the_file_the_versions_and_the_fix(tmp_path):
+    directory = _write_config(tmp_path / "new", format_version=FORMAT_VERSION + 1, hidden_size="changed meaning")
+    with pytest.raises(CheckpointError) as refused:
+        load_config(directory)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(str(directory / "config.json"))
+    assert f"format_version {FORMAT_VERSION + 1}" in message and f"format_version {FORMAT_VERSION})" in message
+    assert "upgrade" in message and "pip install --upgrade costeff_fast" in message
+    with pytest.raises(ValueError, match="newer than this costeff_fast reads"):  # the Auto classes' way in too
+        CostEffConfig(format_version=FORMAT_VERSION + 1)
+    for bad in ("1", 0, True, 1.5):
+        with pytest.raises(CheckpointError, match="format_version must be an integer >= 1"):
+            load_config(_write_config(tmp_path / f"bad{bad!r}", format_version=bad))
