@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import positive_int, refuse
+from .common import add_num_threads, positive_int, refuse, set_num_threads
 
 NAME = "calibrate"
 HELP = "choose a COST-EFF checkpoint's entropy threshold on your labelled rows"
@@ -42,14 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="where the model runs: auto (a CUDA GPU when there is one, else the CPU; default), "
                              "cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of a refused argument")
+    add_num_threads(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     # The training stack (datasets, matplotlib) loads only for the commands that need it.
     from costeff_fast.training.recalibrate import CalibrateArgumentError, calibrate_checkpoint
 
+    set_num_threads(args.num_threads)
     try:
         report = calibrate_checkpoint(
             args.model, args.validation_file, text_column=args.text_column, text_pair_column=args.text_pair_column,
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
             teacher_dir=args.teacher, thresholds=args.thresholds, report_dir=args.report_dir,
             batch_size=args.batch_size, seed=args.seed, device=args.device)
     except CalibrateArgumentError as error:
-        refuse(error, args.verbose)
+        refuse(error)
     print(format_calibration(report))
 
 

@@ -7,7 +7,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .common import fraction, non_negative_float, positive_float, positive_int, refuse
+from .common import (add_num_threads, add_out, fraction, non_negative_float, positive_float, positive_int, refuse,
+                     set_num_threads)
 
 NAME = "compress"
 HELP = "run the COST-EFF pipeline and write a calibrated checkpoint"
@@ -93,24 +94,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--teacher adds -teacher<hash>). Run the same command again after a crash or kill to "
                              "resume: finished stages are reused, a stage cut short continues from its last progress "
                              "save (every 10 minutes and every evaluation)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output checkpoint directory: new, empty, or a previous COST-EFF output (config.json "
-                             "with model_type costeff plus report.json), which is replaced; any other existing "
-                             "directory is refused unless --overwrite. Written to a temporary sibling and renamed "
-                             "into place at the end, so a failed run leaves the old --out as it was")
+    add_out(parser, help="output checkpoint directory: new, empty, or a previous COST-EFF output (config.json "
+                         "with model_type costeff plus report.json), which is replaced; any other existing "
+                         "directory is refused unless --overwrite. Written to a temporary sibling and renamed "
+                         "into place at the end, so a failed run leaves the old --out as it was")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out even if it holds other files (they are deleted at the end)")
     parser.add_argument("--device", default="auto",
                         help="where the stages train and calibration runs: auto (a CUDA GPU when there is one, else "
                              "the CPU; default), cpu, cuda or cuda:N; on CUDA the forwards run under bf16 autocast "
                              "with fp32 losses")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show the traceback of a refused argument (refusals otherwise print one line "
-                             "and exit with status 2)")
+    add_num_threads(parser)
     parser.epilog = ("Every argument is checked before the first training step (teacher config, widths against "
-                     "the teacher, --out, --work-dir, the data and its labels); a refused argument prints one 'error: <message>' line and "
-                     "exits with status 2 (-v adds the traceback).")
+                     "the teacher, --out, --work-dir, the data and its labels); a refused argument prints one "
+                     "'costeff-fast: error: <message>' line and exits with status 2 (-v adds the traceback).")
 
 
 def compress_data(args: argparse.Namespace, error_type: type[ValueError]):
@@ -138,6 +135,7 @@ def run(args: argparse.Namespace) -> None:
     from costeff_fast.training.stage_cache import StageMismatchError
     from costeff_fast.training.validate import CompressArgumentError
 
+    set_num_threads(args.num_threads)
     settings = pipeline.CompressionSettings(heads=args.heads, ffn=args.ffn, embedding_rank=args.embedding_rank,
                                             allocation=args.allocation, calibrate_exits=not args.final_exit_importance)
     overrides = {"max_length": args.max_length, "train_rows": args.train_rows, "eval_rows": args.eval_rows,
@@ -150,12 +148,12 @@ def run(args: argparse.Namespace) -> None:
     budget = replace(pipeline.BUDGETS[args.budget], **{k: v for k, v in overrides.items() if v is not None})
     try:
         data = compress_data(args, CompressArgumentError)
-        report = pipeline.compress(args.task, args.out, data=data, text_column=args.text_column,
+        report = pipeline.compress(args.task, args.output, data=data, text_column=args.text_column,
                                    text_pair_column=args.text_pair_column, label_column=args.label_column,
                                    teacher_dir=args.teacher, settings=settings, budget=budget, work_dir=args.work_dir,
                                    max_drop=args.max_drop, exit_pooling=args.exit_pooling, seed=args.seed,
                                    overwrite=args.overwrite, device=args.device)
     except (CompressArgumentError, StageMismatchError) as error:
-        refuse(error, args.verbose)
+        refuse(error)
     print(json.dumps({k: report[k] for k in ("parameters", "flops_per_row", "accuracy", "targets")}, indent=2))
-    print(f"checkpoint, report.json and report.png in {args.out}")
+    print(f"checkpoint, report.json and report.png in {args.output}")

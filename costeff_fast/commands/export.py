@@ -7,7 +7,7 @@ from pathlib import Path
 
 from costeff_fast.export import TOLERANCE, export_onnx
 
-from .common import configure_logging, refuse
+from .common import add_out, refuse
 
 NAME = "export"
 HELP = "write a COST-EFF checkpoint as an ONNX graph (one output per exit) for ONNX Runtime"
@@ -31,22 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "(-v adds the traceback).")
     parser.add_argument("--model", type=Path, required=True, help="a COST-EFF checkpoint directory")
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="output format (default onnx, the only one)")
-    parser.add_argument("--output", type=Path, required=True,
-                        help="the .onnx file to write (its directory is created; weights over 2 GB go to "
-                             "OUTPUT.data next to it)")
+    add_out(parser, metavar="FILE", help="the .onnx file to write (its directory is created; weights over 2 GB go "
+                                         "to FILE.data next to it)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset version (default: the exporter's)")
     parser.add_argument("--no-check", action="store_true",
                         help="do not run the graph in onnxruntime against the reference forward")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log each step, the exporter's own warnings, and the traceback of a refusal")
 
 
 def run(args: argparse.Namespace) -> None:
-    configure_logging(args.verbose)
     try:
         result = export_onnx(args.model, args.output, opset=args.opset, check=not args.no_check)
     except (ModuleNotFoundError, FileNotFoundError, ValueError) as error:
-        refuse(error, args.verbose)
+        refuse(error)
     outputs = result.outputs
     print(f"wrote {result.path}: outputs {outputs[0]} ... {outputs[-2]} and {outputs[-1]}"
           + (f" (weights in {result.external_data})" if result.external_data else ""))

@@ -14,7 +14,7 @@ from costeff_fast.config import resolve_entropy_threshold
 from costeff_fast.flops import exit_flops, layer_flops, model_flops, parameter_counts
 from costeff_fast.modeling import CostEffForSequenceClassification
 
-from .common import configure_logging, positive_int, refuse
+from .common import positive_int, refuse
 
 NAME = "info"
 HELP = "print a COST-EFF checkpoint's widths per layer, parameters, FLOPs, threshold and labels"
@@ -39,8 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="row length in tokens the FLOPs are counted at (default 128, the paper's padded length, "
                              "or the checkpoint's max length when that is shorter)")
     parser.add_argument("--json", action="store_true", help="print the same facts as one JSON object")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log what is read, and the traceback of a refusal")
 
 
 def checkpoint_info(directory: str | Path, seq_len: int | None = None) -> dict:
@@ -64,7 +62,7 @@ def checkpoint_info(directory: str | Path, seq_len: int | None = None) -> dict:
         CheckpointError: not a COST-EFF checkpoint, or a config or tokenizer that cannot be loaded.
     """
     config = load_config(directory)
-    logger.info("read %s", Path(directory) / "config.json")
+    logger.debug("read %s", Path(directory) / "config.json")
     tokenizer = load_tokenizer(directory, config)
     limits = {"max_position_embeddings": config.max_position_embeddings}
     if tokenizer is not None and tokenizer.model_max_length:
@@ -146,9 +144,8 @@ def format_info(info: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    configure_logging(args.verbose)
     try:
         info = checkpoint_info(args.model, seq_len=args.seq_len)
     except (FileNotFoundError, ValueError) as error:
-        refuse(error, args.verbose)
+        refuse(error)
     print(json.dumps(info, indent=2) if args.json else format_info(info))

@@ -3,7 +3,7 @@ directory of shards: id, label, one probability column per label, exit layer, in
 
 The input is streamed (memory stays bounded by a shard whatever its size). Shards are committed atomically with
 a manifest, so --resume continues a job stopped at any point (a crash, kill -9) with no row lost or written
-twice. A row that cannot be processed (text missing, null, not a string or empty) goes to OUTPUT/_errors.jsonl
+twice. A row that cannot be processed (text missing, null, not a string or empty) goes to OUT/_errors.jsonl
 with its id and the reason; the job goes on and exits with status 1 when any row failed. --engine ray runs the
 same per-batch step on a Ray cluster (pip install costeff_fast[ray]).
 """
@@ -11,13 +11,12 @@ same per-batch step on a Ray cluster (pip install costeff_fast[ray]).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from costeff_fast.integrations import ray as ray_integration
 from costeff_fast.jobs import DEFAULT_SHARD_ROWS, JobArgumentError, PredictJob, run_local
 
-from .common import positive_int, refuse
+from .common import RowsFailed, add_num_threads, add_out, positive_int, refuse
 
 NAME = "predict"
 HELP = "classify a CSV, JSON Lines or Parquet file into resumable shards (early exit; local or Ray)"
@@ -37,9 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", type=Path, required=True,
                         help="a .csv, .jsonl/.json (JSON Lines) or .parquet file, or a directory of files of one "
                              "format (read recursively in sorted path order)")
-    parser.add_argument("--output", type=Path, required=True,
-                        help="output directory: part-NNNNNN files, _errors.jsonl, _manifest.json; must be new or "
-                             "empty unless --resume or --overwrite")
+    add_out(parser, help="output directory: part-NNNNNN files, _errors.jsonl, _manifest.json; must be new or empty "
+                         "unless --resume or --overwrite")
     parser.add_argument("--text-column", default="text", help="column holding the text (default text)")
     parser.add_argument("--text-pair-column", default=None,
                         help="column holding the second text of a pair (default: none)")
@@ -53,19 +51,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["auto", "torch", "native", "triton"], default="auto",
                         help="engine backend (default auto: triton on CUDA, native on the CPU when its kernels "
                              "build, else torch)")
-    parser.add_argument("--num-threads", type=positive_int, default=None,
-                        help="torch CPU threads (per Ray worker with --engine ray; default: as many as other "
-                             "processes leave cores free, re-read at most once a second, or 1 per Ray worker)")
+    add_num_threads(parser, help="torch CPU threads (per Ray worker with --engine ray; default: as many as other "
+                                 "processes leave cores free, re-read at most once a second, or 1 per Ray worker)")
     parser.add_argument("--output-format", choices=["parquet", "csv", "jsonl"], default=None,
                         help="format of the output files (default: the input's)")
     parser.add_argument("--shard-rows", type=positive_int, default=DEFAULT_SHARD_ROWS,
                         help=f"input rows per shard, the most work a crash can lose (default {DEFAULT_SHARD_ROWS:,})")
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
-                       help="continue the job in --output after its last committed shard (a missing or empty "
-                            "--output starts it); the input, model, columns, threshold, output format and "
+                       help="continue the job in --out after its last committed shard (a missing or empty "
+                            "--out starts it); the input, model, columns, threshold, output format and "
                             "--shard-rows must be unchanged")
-    again.add_argument("--overwrite", action="store_true", help="delete a previous job's files in --output first")
+    again.add_argument("--overwrite", action="store_true", help="delete a previous job's files in --out first")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (default: a tqdm bar with rows/s on a terminal)")
     ray_group = parser.add_argument_group("Ray", "run on a Ray cluster through ray.data (pip install "
@@ -77,11 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="Ray actors, each holding one copy of the model (default 1)")
     ray_group.add_argument("--address", default=None,
                            help="a running Ray cluster: 'auto' on one of its nodes, or host:port of its head (default: "
-                                "start a local Ray); --input, --output and --model must be readable there")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of a refused argument")
+                                "start a local Ray); --input, --out and --model must be readable there")
     parser.epilog = ("Exit status: 0 when every row was written, 1 when some rows failed (see _errors.jsonl; every "
                      "other row was written), 2 when an argument was refused (one 'error:' line, before any row "
-                     "is classified).")
+                     "is classified); see costeff-fast --help for every status.")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -100,6 +96,5 @@ def run(args: argparse.Namespace) -> None:
         refuse(error, args.verbose)
     print(summary.format())
     if summary.failed:
-        print(f"costeff-fast: {summary.failed:,} of {summary.rows:,} rows failed; their ids and reasons are in "
-              f"{summary.output / '_errors.jsonl'}", file=sys.stderr)
-        sys.exit(1)
+        raise RowsFailed(f"{summary.failed:,} of {summary.rows:,} rows failed; their ids and reasons are in "
+                         f"{summary.output / '_errors.jsonl'}")
