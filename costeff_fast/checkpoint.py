@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from .config import FORMAT_VERSION, CostEffConfig
+from .config import CostEffConfig, check_format_version
 from .modeling import CostEffForSequenceClassification
 
 WEIGHTS_NAME = "model.safetensors"
@@ -63,11 +63,8 @@ def load_config(directory: str | Path) -> CostEffConfig:
             f"{path}: model_type {model_type!r} is not a COST-EFF model; convert it with "
             "costeff_fast.convert.from_encoder_classifier or compress it with `costeff-fast compress`"
         )
-    found = values.get("format_version", 1)
-    if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {found} is newer than this costeff_fast reads (format_version "
-                              f"{FORMAT_VERSION}); upgrade it: pip install --upgrade costeff_fast")
     try:
+        check_format_version(values.get("format_version", 1))  # first: a newer format's fields may mean other things
         return CostEffConfig.from_dict(values)
     except (ValueError, TypeError, KeyError, IndexError) as error:
         raise CheckpointError(f"{path}: {error}") from error

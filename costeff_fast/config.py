@@ -25,7 +25,8 @@ def check_format_version(format_version) -> int:
         raise ValueError(f"format_version must be an integer >= 1, got {format_version!r}")
     if format_version > FORMAT_VERSION:
         raise ValueError(f"format_version {format_version} is newer than this costeff_fast reads (format_version "
-                         f"{FORMAT_VERSION}); upgrade it: pip install --upgrade costeff_fast")
+                         f"{FORMAT_VERSION}); upgrade costeff_fast (pip install --upgrade costeff_fast, or pip "
+                         "install . in a newer checkout)")
     return format_version
 
 

@@ -291,7 +291,7 @@ def test_a_newer_format_version_is_refused_naming_the_file_the_versions_and_the_
     message = str(refused.value)
     assert "\n" not in message and message.startswith(str(directory / "config.json"))
     assert f"format_version {FORMAT_VERSION + 1}" in message and f"format_version {FORMAT_VERSION})" in message
-    assert "upgrade" in message and "pip install --upgrade costeff_fast" in message
+    assert "upgrade costeff_fast" in message and "pip install --upgrade costeff_fast" in message
     with pytest.raises(ValueError, match="newer than this costeff_fast reads"):  # the Auto classes' way in too
         CostEffConfig(format_version=FORMAT_VERSION + 1)
     for bad in ("1", 0, True, 1.5):
