@@ -74,7 +74,7 @@ def from_encoder_classifier(
       ``out_proj`` becomes the last exit with ``exit_pooler_activation="gelu"``.
 
     Every converted model runs on the packed engine (:func:`costeff_fast.optimize`,
-    :class:`~costeff_fast.inference.CostEffInferenceModel`), DistilBERT's ReLU head and ELECTRA's GELU head
+    :class:`~costeff_fast.inference.CostEffEngineForSequenceClassification`), DistilBERT's ReLU head and ELECTRA's GELU head
     included (the Triton backend computes those one head in torch; its exit kernel computes tanh only).
 
     Args:

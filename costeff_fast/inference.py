@@ -87,6 +87,8 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
         tokenizer: the checkpoint's fast tokenizer, or None (then only tokenized inputs are accepted, and a
             tokenized row longer than ``max_position_embeddings`` is refused instead of truncated).
         backend: the :class:`~costeff_fast.backends.base.Backend` running the layers (packing it if needed).
+        thread_policy: the :class:`~costeff_fast.threads.AutoThreads` of ``num_threads="auto"`` (used on the CPU),
+            else None (set it to None to run at torch's current count).
         max_length: the longest row in tokens, special tokens included (:func:`costeff_fast.inputs.max_length`).
         entropy_threshold: this model's default threshold, one float per layer (nats), from
             ``config.entropy_threshold``.
@@ -99,7 +101,7 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
                                "max_batch_tokens": DEFAULT_MAX_BATCH_TOKENS}
         self._backend: Backend | None = None
         self._backend_key = None
-        self._thread_policy: AutoThreads | None = None
+        self.thread_policy: AutoThreads | None = AutoThreads()
         self._inputs: InputEncoder | None = None
 
     # ----------------------------------------------------------------------------------------------- building
@@ -209,7 +211,9 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
                 options[name] = value
         device = None if self.device.type == "cpu" else self.device
         check_engine_options(options["backend"], options["quantize"], options["num_threads"],
-                              options["max_batch_tokens"], device)
+                             options["max_batch_tokens"], device)
+        if num_threads is not _KEEP:
+            self.thread_policy = AutoThreads() if options["num_threads"] == "auto" else None
         self.engine_options = options
 
     @property
@@ -223,16 +227,16 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
             with torch.no_grad():
                 self._backend = build_backend(self, options["backend"], device, quantize=options["quantize"])
             self._backend_key = key
-            on_cpu = self._backend.device.type == "cpu"
-            self._thread_policy = AutoThreads() if on_cpu and options["num_threads"] == "auto" else None
         return self._backend
 
     def _call_threads(self) -> int | None:
         """The torch thread count for a call starting now (None: leave torch's setting)."""
-        if self._thread_policy is not None:
-            return self._thread_policy.threads()
+        if self.backend.device.type != "cpu":
+            return None
+        if self.thread_policy is not None:
+            return self.thread_policy.threads()
         threads = self.engine_options["num_threads"]
-        return threads if isinstance(threads, int) and self.backend.device.type == "cpu" else None
+        return threads if isinstance(threads, int) else None
 
     @property
     def inputs(self) -> InputEncoder:
@@ -240,6 +244,11 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
         if self._inputs is None or self._inputs.tokenizer is not self.tokenizer or self._inputs.config is not self.config:
             self._inputs = InputEncoder(self.config, self.tokenizer)
         return self._inputs
+
+    def encode(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(input_ids [T], token_type_ids [T], lengths [B])`` int64: the batch checked, truncated and packed as
+        :meth:`generate_logits` runs it (:meth:`costeff_fast.inputs.InputEncoder.encode`, same errors)."""
+        return self.inputs.encode(batch)
 
     @property
     def max_length(self) -> int:

@@ -34,7 +34,7 @@ from costeff_fast import exit_entropy, reference
 from costeff_fast.backends import NativeBackend, TorchBackend, build_backend, check_quantize_target
 from costeff_fast.batch import PackedBatch
 from costeff_fast.convert import from_encoder_classifier
-from costeff_fast.inference import CostEffInferenceModel
+from costeff_fast import CostEffEngineForSequenceClassification
 from costeff_fast.packing import INT8_WEIGHT_MAX, Int8Weight, PackedWeights, quantize_int8
 
 INT8_BACKENDS = [name for name in AVAILABLE_BACKENDS if name in ("torch", "native")]
@@ -206,7 +206,7 @@ def test_native_int8_layer_matches_the_int8_reference_layer(exit_pooling):
 def test_int8_engine_against_fp32_on_tiny_models(backend, seed):
     model = engine_model(seed, exit_pooling="mean" if seed % 2 else "cls")
     batch = random_batch(seed, batch=24, vocab=97, pairs=bool(seed % 2))
-    engine = CostEffInferenceModel(model, None, backend=backend, quantize="int8")
+    engine = CostEffEngineForSequenceClassification.from_model(model, None, backend=backend, quantize="int8")
     assert engine.backend.name == backend and engine.backend.quantize == "int8"
     logits = engine.generate_logits(batch, entropy_threshold=0.0)
     with torch.no_grad():
@@ -221,7 +221,7 @@ def test_int8_engine_against_the_dequantized_models_per_row_reference(backend, s
     within the activation rounding, except rows whose entropy lies within TIE of a threshold."""
     model = exit_model(seed)
     batch = random_batch(10 + seed, batch=64, vocab=97)
-    engine = CostEffInferenceModel(model, None, backend=backend, quantize="int8")
+    engine = CostEffEngineForSequenceClassification.from_model(model, None, backend=backend, quantize="int8")
     plain = dequantized_model(model, engine.backend.weights)
     with torch.no_grad():
         entropies = exit_entropy(torch.stack(plain(**batch).exit_logits, dim=1))
@@ -249,7 +249,7 @@ def exit_entropies(engine, batch) -> torch.Tensor:
 def test_int8_rows_exit_when_their_own_int8_entropy_is_below_the_threshold(backend, seed):
     model = exit_model(seed, exit_pooling="mean")
     batch = random_batch(20 + seed, batch=64, vocab=97)
-    engine = CostEffInferenceModel(model, None, backend=backend, quantize="int8")
+    engine = CostEffEngineForSequenceClassification.from_model(model, None, backend=backend, quantize="int8")
     entropies = exit_entropies(engine, batch)
     tau = entropies.median(dim=0).values.tolist()
     _, layers = engine.generate_logits(batch, entropy_threshold=tau, return_exit_layers=True)
@@ -263,7 +263,7 @@ def test_a_rows_int8_logits_alone_and_in_a_batch(backend):
     """One activation scale per GEMM call: a row's logits move with its batch, within the activation rounding."""
     model = engine_model(5)
     batch = random_batch(5, batch=16, vocab=97)
-    engine = CostEffInferenceModel(model, None, backend=backend, quantize="int8")
+    engine = CostEffEngineForSequenceClassification.from_model(model, None, backend=backend, quantize="int8")
     together = engine.generate_logits(batch, entropy_threshold=0.0)
     ids = [row[: int(n)].tolist() for row, n in zip(batch["input_ids"], batch["attention_mask"].sum(1))]
     alone = torch.cat([engine.generate_logits({"input_ids": [row]}, entropy_threshold=0.0) for row in ids])
@@ -274,7 +274,7 @@ def test_int8_stream_gives_every_row(backend):
     model = engine_model(6)
     batch = random_batch(6, batch=20, vocab=97)
     ids = [row[: int(n)].tolist() for row, n in zip(batch["input_ids"], batch["attention_mask"].sum(1))]
-    engine = CostEffInferenceModel(model, None, backend=backend, quantize="int8")
+    engine = CostEffEngineForSequenceClassification.from_model(model, None, backend=backend, quantize="int8")
     expected = engine.generate_logits({"input_ids": ids}, entropy_threshold=0.0)
     engine.tokenizer = lambda texts, *args, **kwargs: {"input_ids": [ids[int(t)] for t in texts]}
     streamed = sorted(engine.generate_logits_stream([str(i) for i in range(20)], batch_size=6, entropy_threshold=0.0),
@@ -310,7 +310,7 @@ def test_auto_with_int8_on_a_gpu_machine_runs_on_the_cpu(tiny_model, monkeypatch
 def test_quantize_values_other_than_none_and_int8_are_refused_in_one_line(tiny_model, tmp_path, value):
     for call in (
         lambda: build_backend(tiny_model, "torch", quantize=value),
-        lambda: CostEffInferenceModel(tiny_model, None, quantize=value),
+        lambda: CostEffEngineForSequenceClassification.from_model(tiny_model, None, quantize=value),
         lambda: PackedWeights.from_model(tiny_model, quantize=value),
     ):
         with pytest.raises(ValueError, match="^quantize must be None or 'int8', got ") as error:
@@ -386,8 +386,8 @@ def test_converted_minilm_int8_against_fp32(minilm_classifier, minilm_tokenizer,
     cosine above 0.99. Its head is untrained (logits about 0.03): logits within 0.01 (measured 0.006).
     """
     converted = from_encoder_classifier(minilm_classifier).eval()
-    fp32 = CostEffInferenceModel(converted, minilm_tokenizer, backend=backend)
-    int8 = CostEffInferenceModel(converted, minilm_tokenizer, backend=backend, quantize="int8")
+    fp32 = CostEffEngineForSequenceClassification.from_model(converted, minilm_tokenizer, backend=backend)
+    int8 = CostEffEngineForSequenceClassification.from_model(converted, minilm_tokenizer, backend=backend, quantize="int8")
     input_ids, token_type_ids, lengths = fp32.encode(SENTENCES)
     batch = PackedBatch.from_lengths(lengths, "cpu")
     hidden32 = fp32.backend.embed(input_ids, token_type_ids, batch)
@@ -407,7 +407,7 @@ def test_optimize_int8_against_the_hf_model(minilm_classifier, minilm_tokenizer)
     with torch.no_grad():
         expected = minilm_classifier(**inputs).logits
     optimized = costeff_fast.optimize(minilm_classifier, quantize="int8")
-    assert optimized.engine.backend.quantize == "int8"
+    assert optimized.backend.quantize == "int8"
     torch.testing.assert_close(optimized(**inputs).logits, expected, atol=0.01, rtol=0)
     with pytest.raises(ValueError, match="^quantize must be None or 'int8'"):
         costeff_fast.optimize(minilm_classifier, quantize="int4")
