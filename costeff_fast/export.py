@@ -174,7 +174,7 @@ def export_onnx(model: CostEffForSequenceClassification | str | os.PathLike, out
         model = load_model(model)
     output = Path(output)
     if output.is_dir():
-        raise ValueError(f"--output {output} is a directory; pass the .onnx file to write")
+        raise ValueError(f"--out {output} is a directory; pass the .onnx file to write")
     output.parent.mkdir(parents=True, exist_ok=True)
     source = model
     model = CostEffForSequenceClassification(source.config)

@@ -167,7 +167,7 @@ def run_ray(job: PredictJob) -> PredictSummary:
                      **({} if job.address else {"include_dashboard": False}))
         except (ConnectionError, RuntimeError) as error:
             raise JobArgumentError(f"--address {job.address}: cannot connect to the Ray cluster ({error})") from error
-    if not logger.isEnabledFor(logging.INFO):  # ray.data logs every execution plan at INFO
+    if not logger.isEnabledFor(logging.DEBUG):  # ray.data logs every execution plan at INFO: shown with -v only
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,7 @@ def job_files(directory: Path) -> list[Path]:
         p.name.startswith(("part-", ".part-", f".{MANIFEST}", f".{ERRORS}")) or p.name in (MANIFEST, ERRORS)))
 
 
-def prepare_output(directory: Path, *, resume: bool, overwrite: bool, argument: str = "--output") -> dict | None:
+def prepare_output(directory: Path, *, resume: bool, overwrite: bool, argument: str = "--out") -> dict | None:
     """Check an output directory before a job starts; return its manifest when the job resumes, else None.
 
     A new or empty directory is used as it is. A directory with a manifest is resumed with ``resume``, emptied of
@@ -261,16 +261,16 @@ def check_resumable(directory: Path, manifest: dict, job: dict) -> None:
         found = manifest.get("schema_version", manifest.get("version"))
         raise JobArgumentError(f"--resume: {directory / MANIFEST} has schema version {found}, this costeff_fast "
                                f"resumes version {SCHEMA_VERSION}; start over with --overwrite or choose a new "
-                               f"--output")
+                               f"--out")
     if manifest.get("engine") != "local":
         raise JobArgumentError(f"--resume: {directory} holds the output of an --engine {manifest.get('engine')} "
-                               f"job, which cannot be resumed; start over with --overwrite or choose a new --output")
+                               f"job, which cannot be resumed; start over with --overwrite or choose a new --out")
     job = json.loads(json.dumps(job))  # as it reads back from the manifest
     old = manifest.get("job") or {}
     if old != job:
         differ = sorted(key for key in set(old) | set(job) if old.get(key) != job.get(key))
         raise JobArgumentError(f"--resume: {directory} holds the output of another job (it differs in: "
-                               f"{', '.join(differ)}); start over with --overwrite or choose a new --output")
+                               f"{', '.join(differ)}); start over with --overwrite or choose a new --out")
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -40,7 +40,7 @@ class PredictJob:
         model: a COST-EFF checkpoint directory with its tokenizer (``--model``); stored resolved.
         input: a ``.csv``, ``.jsonl``/``.json`` (JSON Lines) or ``.parquet`` file, or a directory of files of one
             format (``--input``; :func:`~costeff_fast.jobs.sources.find_input_files`); stored resolved.
-        output: the output directory (``--output``): new, empty, or a job's output with ``resume`` /
+        output: the output directory (``--out``): new, empty, or a job's output with ``resume`` /
             ``overwrite``; stored resolved.
         text_column, text_pair_column: the text and optional second-text columns.
         id_column: a column copied to the output's ``id``; None numbers the rows from 0.
@@ -135,7 +135,7 @@ class PredictJob:
             raise JobArgumentError(f"--resume {self.resume!r} / --overwrite {self.overwrite!r}: must be True or "
                                    f"False")
         if self.resume and self.overwrite:
-            raise JobArgumentError("--resume and --overwrite: pass one (--resume continues the job in --output, "
+            raise JobArgumentError("--resume and --overwrite: pass one (--resume continues the job in --out, "
                                    "--overwrite deletes it first)")
         if self.engine == "ray":
             if self.resume:
