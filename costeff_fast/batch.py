@@ -66,12 +66,6 @@ class PackedBatch:
         keep_host = keep.cpu()
         return PackedBatch.from_lengths(self.lengths[keep_host], self.device, self.row_ids[keep.to(self.device)])
 
-    def with_row_ids(self, row_ids: torch.Tensor) -> "PackedBatch":
-        """The same layout with other ``row_ids [B]`` (e.g. positions in a per-call output buffer)."""
-        if len(row_ids) != self.num_rows:
-            raise ValueError(f"row_ids must have {self.num_rows} entries, got {len(row_ids)}")
-        return PackedBatch(cu_seqlens=self.cu_seqlens, lengths=self.lengths, row_ids=row_ids)
-
     @classmethod
     def concat(cls, batches: list["PackedBatch"]) -> "PackedBatch":
         """The rows of ``batches`` one after the other (their hidden buffers concatenate in the same order)."""

@@ -1,13 +1,18 @@
 """Batch-level early exit with compaction on packed, padding-free tokens (docs/design.md, Engine).
 
-The loop knows nothing of how a layer is computed: a :class:`~costeff_fast.backends.base.Backend` runs its
-four operations. Per layer l (1-based):
+The loop knows nothing of how a layer is computed: a :class:`~costeff_fast.backends.base.Backend` runs pure
+operations (tensors in, tensors out), and every rule of early exit lives here, once. Per layer l (1-based,
+threshold ``tau_l`` in nats) on the ``B`` active rows' ``T`` real tokens:
 
-1. ``hidden, features = backend.layer(l - 1, hidden, batch)`` on the ``T`` real tokens of the active rows;
-2. ``logits, exits = backend.exit(...)``: the exit head, entropy (nats) and ``exits = entropy < tau_l``
-   (every row at the last layer);
-3. ``backend.retire(...)`` writes the exited rows' logits and ``l`` to the outputs at their ``row_ids`` and
-   compacts the survivors' token spans into a new packed buffer; the loop stops when no row is left.
+1. ``hidden, features = backend.layer(l - 1, hidden, batch)``;
+2. which rows answer here: at the last layer every row, without a decision; on an earlier layer with
+   ``tau_l <= 0`` none, and the exit head is not run at all; otherwise ``logits, entropy =
+   backend.exit_logits(...)`` and ``exits = entropy < tau_l`` (:meth:`~costeff_fast.backends.base.Backend.
+   exit_decision` when the backend's head gives no entropy), copied to the host: the layer's one
+   device-to-host wait;
+3. the answering rows' logits ``[k, C]`` fp32 and ``l`` go to the outputs at their ``row_ids``
+   (:func:`costeff_fast.reference.scatter_exits`) and ``backend.compact`` packs the survivors' token spans
+   into a new buffer (only when some, not all, rows left); the loop stops when no row is left.
 
 :func:`run_early_exit` runs one batch this way; :func:`stream_early_exit` runs an unbounded stream with one
 queue per layer, so every layer keeps running batches of about the same size as rows leave.
@@ -19,21 +24,59 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
+from . import reference
 from .backends.base import Backend
 from .batch import PackedBatch
 
 
 def _layer_and_exit(
     backend: Backend, index: int, hidden: torch.Tensor, batch: PackedBatch, entropy_threshold: Sequence[float]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Layer ``index`` (0-based) and its exit: new ``hidden [T, H]``, ``logits [B, C]`` fp32 and the host exit
-    mask ``[B]`` bool (entropy < tau; all True at the last layer, which always answers)."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Layer ``index`` (0-based) and its exit decision (steps 1-2 of the module docstring).
+
+    Returns:
+        ``hidden [T, H]``, ``logits [B, C]`` fp32 on the device and ``exits [B]`` bool on the host (all True
+        at the last layer), or ``(hidden, None, None)`` when no row answers here.
+    """
     hidden, features = backend.layer(index, hidden, batch)
-    if index == backend.num_layers - 1:
-        logits, _ = backend.exit(index, hidden, batch, features, 0.0)
+    last = index == backend.num_layers - 1
+    tau = entropy_threshold[index]
+    if not last and tau <= 0:
+        return hidden, None, None
+    logits, entropy = backend.exit_logits(index, hidden, batch, features)
+    if last:
         return hidden, logits, torch.ones(batch.num_rows, dtype=torch.bool)
-    logits, exits = backend.exit(index, hidden, batch, features, entropy_threshold[index])
-    return hidden, logits, exits
+    exits = _to_host(entropy < tau if entropy is not None else backend.exit_decision(logits, tau))
+    return (hidden, logits, exits) if exits.any() else (hidden, None, None)
+
+
+def _to_host(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` on the host; from a CUDA device through pinned memory, one blocking copy."""
+    if mask.device.type == "cpu":
+        return mask
+    host = torch.empty(mask.shape, dtype=mask.dtype, pin_memory=mask.device.type == "cuda")
+    host.copy_(mask)
+    return host
+
+
+def _answering(exits: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``[k]`` int64 positions, on ``device``, of the rows where the host mask ``exits [B]`` is True (indexing
+    with positions sized on the host, unlike a device mask, never waits for the device)."""
+    return exits.nonzero().squeeze(1).to(device, non_blocking=True)
+
+
+def _survivors(
+    backend: Backend, hidden: torch.Tensor, batch: PackedBatch, exits: torch.Tensor
+) -> tuple[torch.Tensor, PackedBatch]:
+    """The rows where the host mask ``exits [B]`` is False: ``(hidden, batch)`` itself when none left, an empty
+    batch when all did, else ``backend.compact``."""
+    keep = ~exits
+    survivors = int(keep.sum())
+    if survivors == batch.num_rows:
+        return hidden, batch
+    if survivors == 0:
+        return hidden[:0], PackedBatch.from_lengths(batch.lengths[:0], batch.device, batch.row_ids[:0])
+    return backend.compact(hidden, batch, keep)
 
 
 def run_early_exit(
@@ -51,7 +94,8 @@ def run_early_exit(
         token_type_ids: ``[T]`` int64 segment ids.
         lengths: ``[B]`` int64 tokens per row (each >= 1), summing to T.
         entropy_threshold: one threshold per layer in nats, as
-            :func:`~costeff_fast.config.resolve_entropy_threshold` returns it (0.0: no exit at that layer).
+            :func:`~costeff_fast.config.resolve_entropy_threshold` returns it (<= 0: no row exits at that
+            layer, whose exit head is then skipped; the last layer answers for every row whatever its value).
 
     Returns:
         ``logits [B, num_labels]`` fp32 in input order and ``exit_layer [B]`` int64 (1-based).
@@ -67,7 +111,10 @@ def run_early_exit(
     hidden = backend.embed(input_ids.to(device), token_type_ids.to(device), batch)
     for index in range(num_layers):
         hidden, logits, exits = _layer_and_exit(backend, index, hidden, batch, entropy_threshold)
-        hidden, batch = backend.retire(hidden, batch, logits, exits, logits_out, exit_layer, index + 1)
+        if exits is None:
+            continue
+        reference.scatter_exits(logits_out, exit_layer, logits, _answering(exits, device), batch.row_ids, index + 1)
+        hidden, batch = _survivors(backend, hidden, batch, exits)
         if batch.num_rows == 0:
             break
     return logits_out, exit_layer
@@ -131,7 +178,7 @@ def stream_early_exit(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device, num_layers, num_labels = backend.device, backend.num_layers, backend.num_labels
+    device, num_layers = backend.device, backend.num_layers
     queues = [_RowQueue() for _ in range(num_layers)]
     chunks = iter(chunks)
     exhausted, next_row = False, 0
@@ -154,14 +201,9 @@ def stream_early_exit(
                 return
         hidden, batch = queues[index].pop(batch_size)
         hidden, logits, exits = _layer_and_exit(backend, index, hidden, batch, entropy_threshold)
-        num_exited = int(exits.sum())
-        if num_exited:  # retire as run_early_exit does, into per-call outputs indexed by position in the call
-            logits_out = logits.new_empty(batch.num_rows, num_labels)
-            exit_layer = torch.empty(batch.num_rows, dtype=torch.long, device=logits.device)
-            local = batch.with_row_ids(torch.arange(batch.num_rows, device=device))
-            hidden, kept = backend.retire(hidden, local, logits, exits, logits_out, exit_layer, index + 1)
-            exited = exits.to(device)
-            yield batch.row_ids[exited].cpu(), logits_out[exited].cpu(), index + 1
-            batch = kept.with_row_ids(batch.row_ids[kept.row_ids])
+        if exits is not None:
+            answering = _answering(exits, device)
+            yield batch.row_ids[answering].cpu(), logits[answering].cpu(), index + 1
+            hidden, batch = _survivors(backend, hidden, batch, exits)
         if batch.num_rows:
             queues[index + 1].push(hidden, batch)

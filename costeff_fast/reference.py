@@ -346,7 +346,11 @@ def scatter_exits(
     row_ids: torch.Tensor,
     layer: int,
 ) -> None:
-    """In place: ``logits_out[row_ids[exits]] = logits[exits]`` and ``exit_layer[row_ids[exits]] = layer``."""
+    """In place: ``logits_out[row_ids[exits]] = logits[exits]`` and ``exit_layer[row_ids[exits]] = layer``.
+
+    ``exits`` selects the exited rows of ``logits [B, C]``: a ``[B]`` bool mask, or ``[k]`` int64 positions (what
+    the engine passes: sized on the host, so indexing with them never waits for the device).
+    """
     rows = row_ids[exits]
     logits_out[rows] = logits[exits].to(logits_out.dtype)
     exit_layer[rows] = layer

@@ -6,7 +6,11 @@ import pytest
 import torch
 from conftest import AVAILABLE_BACKENDS, make_tiny_model, random_batch
 
+import costeff_fast.engine as engine_module
 from costeff_fast import exit_entropy
+from costeff_fast.backends import TorchBackend
+from costeff_fast.engine import run_early_exit, stream_early_exit
+from costeff_fast.packing import PackedWeights
 from costeff_fast.inference import CostEffInferenceModel
 
 TIE = 1e-5
@@ -118,3 +122,81 @@ def test_empty_batch_gives_empty_outputs(tiny_model):
     assert logits.shape == (0, 3) and logits.dtype == torch.float32
     assert layers.shape == (0,) and layers.dtype == torch.long
     assert engine.predict({"input_ids": torch.zeros(0, 5, dtype=torch.long)}).shape == (0,)
+
+
+class RecordingBackend(TorchBackend):
+    """The torch backend, recording which operations the engine asks for; with ``fused_entropy=False`` its exit
+    head returns no entropy, as the native one, so the engine must ask :meth:`exit_decision`."""
+
+    def __init__(self, weights, fused_entropy: bool = True):
+        super().__init__(weights)
+        self.fused_entropy = fused_entropy
+        self.calls = []
+
+    def layer(self, index, hidden, batch):
+        self.calls.append(("layer", index))
+        return super().layer(index, hidden, batch)
+
+    def exit_logits(self, index, hidden, batch, features):
+        self.calls.append(("exit_logits", index))
+        logits, entropy = super().exit_logits(index, hidden, batch, features)
+        return logits, (entropy if self.fused_entropy else None)
+
+    def exit_decision(self, logits, entropy_threshold):
+        self.calls.append(("exit_decision", self.calls[-1][1]))
+        return super().exit_decision(logits, entropy_threshold)
+
+    def compact(self, hidden, batch, keep):
+        assert keep.device.type == "cpu" and 0 < int(keep.sum()) < batch.num_rows
+        self.calls.append(("compact", self.calls[-1][1]))
+        return super().compact(hidden, batch, keep)
+
+    def count(self, op: str, index: int) -> int:
+        return self.calls.count((op, index))
+
+
+def _run(backend, batch, tau, loop):
+    """``(logits, exit_layer)`` of ``run_early_exit`` or of ``stream_early_exit`` (chunks and batches of 4)."""
+    real = batch["attention_mask"].bool()
+    ids, types, lengths = batch["input_ids"][real], batch["token_type_ids"][real], batch["attention_mask"].sum(1)
+    if loop == "run":
+        return run_early_exit(backend, ids, types, lengths, tau)
+    cu = [0, *torch.cumsum(lengths, 0).tolist()]
+    chunks = [(ids[cu[s]:cu[min(s + 4, len(lengths))]], types[cu[s]:cu[min(s + 4, len(lengths))]], lengths[s:s + 4])
+              for s in range(0, len(lengths), 4)]
+    logits, layers = torch.zeros(len(lengths), backend.num_labels), torch.zeros(len(lengths), dtype=torch.long)
+    for rows, row_logits, layer in stream_early_exit(backend, chunks, 4, tau):
+        logits[rows], layers[rows] = row_logits, layer
+    return logits, layers
+
+
+@pytest.mark.parametrize("loop", ["run", "stream"])
+@pytest.mark.parametrize("fused_entropy", [True, False])
+@pytest.mark.parametrize("zeros", [(0, 2), (0, 1, 2), (1,)])
+def test_the_engine_applies_the_threshold_rule_once(monkeypatch, loop, fused_entropy, zeros):
+    """No exit head on a non-final layer with tau <= 0; elsewhere one head, one decision (entropy < tau, by the
+    engine, or the backend's :meth:`exit_decision`) and one host copy of the mask per layer call; the last
+    layer answers for every row without a decision. Outputs equal the plain torch backend's."""
+    model = engine_model(weight_std=0.15)
+    batch = random_batch(7, batch=19, vocab=97)
+    tau = reference_entropies(model, batch).median(dim=0).values.tolist()
+    for index in zeros:
+        tau[index] = 0.0 if index % 2 else -1.0  # <= 0: nobody can exit there
+    weights = PackedWeights.from_model(model)
+    expected_logits, expected_layers = _run(TorchBackend(weights), batch, tau, loop)
+    host_copies = []
+    to_host = engine_module._to_host
+    monkeypatch.setattr(engine_module, "_to_host", lambda mask: host_copies.append(len(mask)) or to_host(mask))
+    recording = RecordingBackend(weights, fused_entropy)
+    logits, layers = _run(recording, batch, tau, loop)
+    assert torch.equal(logits, expected_logits) and torch.equal(layers, expected_layers)
+    last = recording.num_layers - 1
+    assert len(set(layers.tolist())) >= (2 if len(zeros) < last else 1)
+    for index in range(recording.num_layers):
+        calls = recording.count("layer", index)
+        can_exit = index == last or tau[index] > 0
+        assert recording.count("exit_logits", index) == (calls if can_exit else 0)
+        decides = index != last and tau[index] > 0
+        assert recording.count("exit_decision", index) == (calls if decides and not fused_entropy else 0)
+    assert len(host_copies) == sum(recording.count("layer", i) for i in range(last) if tau[i] > 0)
+    assert (layers[:, None] != torch.tensor([i + 1 for i in zeros])).all(), "no row leaves where tau <= 0"

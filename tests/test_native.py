@@ -138,26 +138,49 @@ def test_exit_decision_matches_reference(labels):
 
 
 @pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
-def test_retire_matches_reference(backends, lengths):
-    """Outputs written and survivors compacted exactly as the reference's scatter + count + compact."""
+def test_backend_ops_match_the_torch_backend(backends, lengths):
+    """The native backend's exit head, exit decision and compaction against the torch (reference) backend's."""
     fast, plain = backends
+    rows = len(lengths)
+    batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu", row_ids=torch.arange(rows) * 2 + 1)
+    hidden = torch.randn(batch.num_tokens, 32, generator=torch.Generator().manual_seed(rows))
+    for index in range(fast.num_layers):
+        features = reference.segment_mean(hidden, batch.cu_seqlens) if index % 2 else None
+        (logits, entropy), (ref_logits, ref_entropy) = (b.exit_logits(index, hidden, batch, features)
+                                                        for b in (fast, plain))
+        torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+        assert logits.shape == (rows, 3) and logits.dtype == torch.float32 and entropy is None
+        tau = float(ref_entropy.median())
+        ok = (ref_entropy - tau).abs() > TIE
+        exits = fast.exit_decision(logits, tau)
+        assert exits.dtype == torch.bool and torch.equal(exits[ok], plain.exit_decision(logits, tau)[ok])
+    for keep in (torch.arange(rows) % 2 == 1, torch.arange(rows) == rows - 1, torch.arange(rows) > 0):
+        if not 0 < int(keep.sum()) < rows:
+            continue  # the engine compacts only when some, not all, rows leave
+        (kept, kb), (kept_ref, kb_ref) = (b.compact(hidden, batch, keep) for b in (fast, plain))
+        assert torch.equal(kept, kept_ref) and kb.num_rows == kb_ref.num_rows == int(keep.sum())
+        assert torch.equal(kb.cu_seqlens, kb_ref.cu_seqlens) and torch.equal(kb.row_ids, kb_ref.row_ids)
+        assert torch.equal(kb.lengths, kb_ref.lengths) and kb.lengths.device.type == "cpu"
+
+
+@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
+def test_retire_kernel_matches_reference(lengths):
+    """``native.retire`` (scatter + compaction in one call) against :func:`costeff_fast.reference.retire`."""
     rows = len(lengths)
     batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu", row_ids=torch.arange(rows) * 2 + 1)
     hidden, logits = torch.randn(batch.num_tokens, 32), torch.randn(rows, 3)
     for exits in (torch.arange(rows) % 2 == 1, torch.ones(rows, dtype=torch.bool),
                   torch.zeros(rows, dtype=torch.bool)):
-        results = []
-        for backend in (fast, plain):
-            logits_out, exit_layer = torch.zeros(2 * rows + 1, 3), torch.zeros(2 * rows + 1, dtype=torch.long)
-            kept, kept_batch = backend.retire(hidden, batch, logits, exits, logits_out, exit_layer, 4)
-            results.append((logits_out, exit_layer, kept, kept_batch))
-        (lo, el, kept, kb), (lo_ref, el_ref, kept_ref, kb_ref) = results
-        assert torch.equal(lo, lo_ref) and torch.equal(el, el_ref) and torch.equal(kept, kept_ref)
-        assert kb.num_rows == kb_ref.num_rows == int((~exits).sum())
-        assert torch.equal(kb.cu_seqlens, kb_ref.cu_seqlens) and torch.equal(kb.row_ids, kb_ref.row_ids)
-        assert torch.equal(kb.lengths, kb_ref.lengths)
-        if not exits.any():  # nobody exits: the batch (and its cached layout) is kept as is
-            assert kb is batch and kept is hidden
+        outputs = [(torch.zeros(2 * rows + 1, 3), torch.zeros(2 * rows + 1, dtype=torch.long)) for _ in range(2)]
+        kept, cu_seqlens, kept_lengths, row_ids = native.retire(
+            hidden, batch.cu_seqlens, batch.row_ids, logits, exits, *outputs[0], 4
+        )
+        kept_ref, kb_ref = reference.retire(hidden, batch, logits, exits, *outputs[1], 4)
+        assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+        assert torch.equal(kept, kept_ref)
+        if exits.any():  # nobody exits: the kernel returns empty lengths and the caller keeps its batch
+            assert torch.equal(cu_seqlens, kb_ref.cu_seqlens) and torch.equal(row_ids, kb_ref.row_ids)
+            assert torch.equal(kept_lengths, kb_ref.lengths)
     with pytest.raises(RuntimeError, match="outside the"):
         native.retire(hidden, batch.cu_seqlens, batch.row_ids, logits, torch.ones(rows, dtype=torch.bool),
                       torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), 1)

@@ -90,25 +90,30 @@ def test_inference_model_runs_on_triton():
     torch.testing.assert_close(logits, ref_logits, atol=5e-2 if CUDA else 1e-4, rtol=0)
 
 
-def test_exit_mask_is_returned_on_the_host_and_retire_matches_reference():
+def test_exit_logits_and_compact_match_reference():
     model = _model(4)
     batch = random_batch(4, batch=9, vocab=97)
     backend = TritonBackend.from_model(model, dtype=torch.float32)
     input_ids, token_type_ids, lengths = _packed(batch)
     packed = PackedBatch.from_lengths(lengths, backend.device, row_ids=torch.arange(9, device=DEVICE) * 2)
     hidden, features = backend.layer(0, backend.embed(input_ids.to(DEVICE), token_type_ids.to(DEVICE), packed), packed)
-    _, entropy, _ = costeff_fast.kernels.exit_head(hidden, packed.cls_index, backend.weights.exits[0].classifier_weight,
-                                                   backend.weights.exits[0].classifier_bias)
-    logits, exits = backend.exit(0, hidden, packed, features, float(entropy.median()))
-    assert exits.device.type == "cpu" and 0 < int(exits.sum()) < 9
-    outputs = [(torch.zeros(18, 3, device=DEVICE), torch.zeros(18, dtype=torch.long, device=DEVICE)) for _ in range(2)]
-    new_hidden, new_batch = backend.retire(hidden, packed, logits, exits, *outputs[0], 1)
-    ref_hidden, ref_batch = reference.retire(hidden, packed, logits, exits.to(DEVICE), *outputs[1], 1)
-    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+    assert features is None
+    logits, entropy = backend.exit_logits(0, hidden, packed, features)
+    head = backend.weights.exits[0]
+    ref_logits, ref_entropy, _ = reference.exit_head(hidden, packed.cls_index, head.classifier_weight,
+                                                     head.classifier_bias, head.pooler_weight, head.pooler_bias)
+    assert logits.shape == (9, 3) and logits.dtype == entropy.dtype == torch.float32
+    torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(entropy, ref_entropy, atol=1e-4, rtol=0)
+    keep = (entropy >= entropy.median()).cpu()  # on the host, as the engine passes it
+    assert 0 < int(keep.sum()) < 9
+    new_hidden, new_batch = backend.compact(hidden, packed, keep)
+    ref_hidden, ref_cu_seqlens, ref_row_ids = reference.compact_tokens(
+        hidden, packed.cu_seqlens, packed.row_ids, keep.to(DEVICE)
+    )
     assert torch.equal(new_hidden, ref_hidden)
-    assert torch.equal(new_batch.cu_seqlens, ref_batch.cu_seqlens)
-    assert torch.equal(new_batch.row_ids, ref_batch.row_ids)
-    assert new_batch.lengths.device.type == "cpu" and torch.equal(new_batch.lengths, ref_batch.lengths)
+    assert torch.equal(new_batch.cu_seqlens, ref_cu_seqlens) and torch.equal(new_batch.row_ids, ref_row_ids)
+    assert new_batch.lengths.device.type == "cpu" and torch.equal(new_batch.lengths, lengths[keep])
 
 
 def test_backend_names():

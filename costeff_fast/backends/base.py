@@ -1,16 +1,20 @@
-"""The backend interface the engine drives: four operations on packed tokens, one signature each.
+"""The backend interface the engine drives: pure operations on packed tokens, tensors in and tensors out.
 
-A backend holds :class:`~costeff_fast.packing.PackedWeights` on its device and runs, on packed tokens
-``hidden [T, H]`` laid out by a :class:`~costeff_fast.batch.PackedBatch`:
+A backend holds :class:`~costeff_fast.packing.PackedWeights` on its device and runs, on the packed tokens
+``hidden [T, H]`` (the weights' storage dtype) of the ``B`` rows a :class:`~costeff_fast.batch.PackedBatch`
+lays out:
 
-1. :meth:`Backend.embed` -- token ids to ``hidden``;
-2. :meth:`Backend.layer` -- one encoder layer, plus the exit's input when the layer gets it for free;
-3. :meth:`Backend.exit` -- one exit: logits on the device and the exit mask on the host (the layer's one
-   device-to-host wait);
-4. :meth:`Backend.retire` -- write the exited rows' outputs and compact the survivors.
+1. :meth:`Backend.embed` -- token ids ``[T]`` to ``hidden [T, H]``;
+2. :meth:`Backend.layer` -- one encoder layer, ``hidden -> (hidden, features)``;
+3. :meth:`Backend.exit_logits` -- one exit head, ``-> (logits [B, C] fp32, entropy [B] fp32 or None)``;
+4. :meth:`Backend.exit_decision` -- ``entropy(logits) < tau``, for backends whose exit head gives no entropy;
+5. :meth:`Backend.compact` -- keep the token spans of some rows, ``-> (hidden [T', H], batch)``.
 
-Both engine loops (:mod:`costeff_fast.engine`) call exactly these, the same way. Every implementation is
-checked against :mod:`costeff_fast.reference`, which the ``torch`` backend runs as it is.
+No operation knows about thresholds, layers that cannot exit, the last layer, outputs or syncs: that policy
+lives once, in :mod:`costeff_fast.engine`. A backend's fused fast path hides behind one of these signatures
+(the native layer returns its rows' token means as ``features``; the Triton exit head returns the entropy from
+the same kernel). Every implementation is checked against :mod:`costeff_fast.reference`, which the ``torch``
+backend runs as it is.
 """
 
 from __future__ import annotations
@@ -25,16 +29,20 @@ from ..packing import PackedWeights
 
 
 class Backend(ABC):
-    """One way to run the engine's four operations (see the module docstring).
+    """One way to run the engine's operations (see the module docstring).
+
+    ``features``, what :meth:`layer` returns beside ``hidden`` and :meth:`exit_logits` takes back: the ``[B, H]``
+    vectors exit ``index`` reads (each row's token mean for a mean-pooling exit) when the layer computed them in
+    its own pass, else None (the exit head then reads ``hidden``). Same meaning in every backend.
 
     Args:
-        weights: packed weights, already on ``device`` in the backend's storage dtype.
+        weights: packed weights, already on ``device`` in the backend's storage dtype (int8 GEMM weights, when
+            ``weights.quantize == "int8"``, are checked at packing time: :meth:`PackedWeights.from_model`).
         device: where the weights live and the work runs.
 
     Attributes:
         name: the backend's name in ``from_pretrained(..., backend=name)``.
         num_layers, num_labels: L and C of the packed model.
-        quantize: ``weights.quantize``: None, or ``"int8"`` when the layers' GEMMs run in int8 (CPU only).
     """
 
     name: str = "abstract"
@@ -42,68 +50,58 @@ class Backend(ABC):
     def __init__(self, weights: PackedWeights, device: torch.device | str):
         self.weights = weights
         self.device = torch.device(device)
-        self.quantize = weights.quantize
-        if self.quantize is not None and self.device.type != "cpu":
-            raise ValueError(f"quantize={self.quantize!r} runs on the CPU (torch's int8 GEMMs), got device {self.device}")
         self.num_layers = len(weights.layers)
         self.num_labels = weights.exits[0].classifier_weight.shape[1]
 
+    @property
+    def quantize(self) -> str | None:
+        """The weights' :attr:`~costeff_fast.packing.PackedWeights.quantize`: None, or ``"int8"``."""
+        return self.weights.quantize
+
     @abstractmethod
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        """Word + position + token-type embeddings, then LayerNorm: ``[T]`` int64 ids -> ``hidden [T, H]``."""
+        """Word + position + token-type embeddings, then LayerNorm: ``[T]`` int64 ids on the device ->
+        ``hidden [T, H]`` in the storage dtype."""
 
     @abstractmethod
     def layer(
         self, index: int, hidden: torch.Tensor, batch: PackedBatch
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Encoder layer ``index`` (0-based): ``hidden [T, H]`` -> ``(hidden [T, H], features)``.
-
-        ``features`` is what exit ``index`` reads (``[B, H]``) when the backend computes it in the layer's own
-        pass (the native tiled layer's row means), else None.
-        """
+        """Encoder layer ``index`` (0-based): ``hidden [T, H]`` -> ``(hidden [T, H], features [B, H] or None)``
+        (``features``: see the class docstring)."""
 
     @abstractmethod
-    def exit(
-        self,
-        index: int,
-        hidden: torch.Tensor,
-        batch: PackedBatch,
-        features: torch.Tensor | None,
-        entropy_threshold: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exit ``index``: ``logits [B, C]`` fp32 on the device and the exit mask ``[B]`` bool **on the host**.
+    def exit_logits(
+        self, index: int, hidden: torch.Tensor, batch: PackedBatch, features: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Exit head ``index`` on the rows of ``batch``: ``(logits [B, C] fp32, entropy [B] fp32 or None)`` on the
+        device.
 
-        A row exits when its softmax entropy (nats) is strictly below ``entropy_threshold``; at ``<= 0`` no
-        row can, and the mask is all False without a device wait. ``features`` as :meth:`layer` returned it.
+        ``entropy`` is the softmax entropy of ``logits`` in nats (:func:`costeff_fast.reference.exit_entropy`)
+        when the head computes it anyway, else None (the engine then asks :meth:`exit_decision`).
+        ``features`` as :meth:`layer` returned it.
         """
 
-    @abstractmethod
-    def retire(
-        self,
-        hidden: torch.Tensor,
-        batch: PackedBatch,
-        logits: torch.Tensor,
-        exits: torch.Tensor,
-        logits_out: torch.Tensor,
-        exit_layer: torch.Tensor,
-        layer: int,
-    ) -> tuple[torch.Tensor, PackedBatch]:
-        """After exit ``layer`` (1-based): write ``logits[exits]`` and ``layer`` into ``logits_out [N, C]`` and
-        ``exit_layer [N]`` at the exited rows' ``batch.row_ids``, and keep only the survivors.
+    def exit_decision(self, logits: torch.Tensor, entropy_threshold: float) -> torch.Tensor:
+        """``[B]`` bool on the device: the softmax entropy (nats) of ``logits [B, C]`` fp32 is strictly below
+        ``entropy_threshold`` (:func:`costeff_fast.reference.exit_decision`; a backend may fuse it)."""
+        return reference.exit_decision(logits, entropy_threshold)
 
-        Returns:
-            ``(hidden [T', H], batch)`` of the survivors: the inputs themselves when no row exited,
-            ``batch.num_rows == 0`` when none is left (:func:`costeff_fast.reference.retire`).
+    @abstractmethod
+    def compact(self, hidden: torch.Tensor, batch: PackedBatch, keep: torch.Tensor) -> tuple[torch.Tensor, PackedBatch]:
+        """The rows where ``keep [B]`` (bool, **on the host**) is True, in order:
+        ``(hidden [T', H], batch)`` with the new batch's ``row_ids`` those of the kept rows
+        (:func:`costeff_fast.reference.compact_tokens`). The engine calls it with ``0 < keep.sum() < B``.
         """
 
     def exit_source(
         self, index: int, hidden: torch.Tensor, batch: PackedBatch, features: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """What exit ``index`` reads as ``(source, rows)``: it reads ``source[rows]`` (``[B, H]``).
+        """What exit ``index`` reads as ``(source, rows)``: the ``[B, H]`` vectors ``source[rows]``, for exit
+        kernels that gather their rows themselves (:func:`costeff_fast.reference.exit_head`).
 
-        [CLS] pooling reads ``hidden`` at ``batch.cls_index`` (no copy); mean pooling reads the row means
-        (``features`` when the layer gave them, else :func:`costeff_fast.reference.exit_features`) at
-        ``arange(B)``.
+        [CLS] pooling reads ``hidden`` at ``batch.cls_index`` (no copy); mean pooling reads ``features`` (else
+        :func:`costeff_fast.reference.exit_features`) at ``arange(B)``.
         """
         pooling = self.weights.exits[index].pooling
         if features is None and pooling == "cls":
@@ -111,8 +109,3 @@ class Backend(ABC):
         if features is None:
             features = reference.exit_features(hidden, batch, pooling)
         return features, torch.arange(batch.num_rows, device=features.device)
-
-
-def no_exits(batch: PackedBatch) -> torch.Tensor:
-    """The all-False host exit mask ``[B]`` of a layer where no row can exit."""
-    return torch.zeros(batch.num_rows, dtype=torch.bool)

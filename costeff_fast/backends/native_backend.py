@@ -2,13 +2,13 @@
 
 One native call per operation: embedding + LayerNorm in one pass; the whole encoder layer tile by tile
 (GEMMs, varlen attention with the QKV bias fused, bias + residual + LayerNorm), returning the rows' token
-means on the way for mean-pooling exits; the exit decision in one pass over the logits; the exit bookkeeping
-(output scatter + survivor count + span-copy compaction) in one call. The exit classifier itself is a
-``torch.addmm`` (:func:`costeff_fast.reference.exit_logits`).
+means on the way (as ``features``) for mean-pooling exits; the exit decision (entropy below the threshold) in
+one pass over the logits; the compaction as span copies. The exit classifier itself is a ``torch.addmm``
+(:func:`costeff_fast.reference.exit_logits`).
 
 Weights packed with ``quantize="int8"``: each layer's four GEMMs run in int8 through torch's fbgemm kernels
 (:func:`costeff_fast.reference.linear_int8`) around the native varlen attention (QKV bias fused), bias +
-residual + LayerNorm and span-mean kernels; embedding, exits and bookkeeping are as in fp32. The int8 layer
+residual + LayerNorm and span-mean kernels; embedding, exits and compaction are as in fp32. The int8 layer
 runs on the whole packed batch (one activation scale per GEMM call), not tile by tile.
 """
 
@@ -18,7 +18,7 @@ import torch
 
 from .. import native, reference
 from ..batch import PackedBatch
-from .base import Backend, no_exits
+from .base import Backend
 
 
 class NativeBackend(Backend):
@@ -57,7 +57,7 @@ class NativeBackend(Backend):
         )
 
     def layer(self, index: int, hidden: torch.Tensor, batch: PackedBatch):
-        if self.quantize == "int8":
+        if self.weights.quantize == "int8":
             return self._layer_int8(index, hidden, batch)
         return native.encoder_layer(
             hidden, batch.cu_seqlens, batch.max_seqlen, self.weights.layers[index], self.weights.layer_norm_eps,
@@ -84,7 +84,9 @@ class NativeBackend(Backend):
         means = native.segment_mean(out, batch.cu_seqlens) if self.weights.exits[index].pooling == "mean" else None
         return out, means
 
-    def exit(self, index, hidden, batch, features, entropy_threshold: float):
+    def exit_logits(self, index, hidden, batch, features):
+        """Logits from ``torch.addmm`` (:func:`costeff_fast.reference.exit_logits`); no entropy: the engine asks
+        :meth:`exit_decision`, one native pass over the logits."""
         head = self.weights.exits[index]
         if features is None:
             features = reference.exit_features(hidden, batch, head.pooling)
@@ -92,14 +94,11 @@ class NativeBackend(Backend):
             features, head.classifier_weight, head.classifier_bias, head.pooler_weight, head.pooler_bias,
             pooler_activation=head.pooler_activation,
         )
-        if entropy_threshold <= 0:
-            return logits, no_exits(batch)
-        return logits, native.exit_decision(logits, entropy_threshold)
+        return logits, None
 
-    def retire(self, hidden, batch, logits, exits, logits_out, exit_layer, layer: int):
-        out, cu_seqlens, lengths, row_ids = native.retire(
-            hidden, batch.cu_seqlens, batch.row_ids, logits, exits, logits_out, exit_layer, layer
-        )
-        if len(row_ids) == batch.num_rows:  # no row exited: keep the batch and its cached layout
-            return hidden, batch
-        return out, PackedBatch(cu_seqlens=cu_seqlens, lengths=lengths, row_ids=row_ids)
+    def exit_decision(self, logits, entropy_threshold: float):
+        return native.exit_decision(logits, entropy_threshold)
+
+    def compact(self, hidden, batch, keep):
+        new_hidden, cu_seqlens, row_ids = native.compact_tokens(hidden, batch.cu_seqlens, batch.row_ids, keep)
+        return new_hidden, PackedBatch(cu_seqlens=cu_seqlens, lengths=batch.lengths[keep], row_ids=row_ids)

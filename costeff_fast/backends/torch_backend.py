@@ -14,7 +14,7 @@ import torch
 
 from .. import reference
 from ..batch import PackedBatch
-from .base import Backend, no_exits
+from .base import Backend
 
 
 class TorchBackend(Backend):
@@ -24,9 +24,6 @@ class TorchBackend(Backend):
         weights: packed weights on ``device`` (any float dtype; fp32 on the CPU when packed with
             ``quantize="int8"``).
         device: any torch device (the CPU for int8 weights).
-
-    Raises:
-        ValueError: int8 weights on a device other than the CPU.
     """
 
     name = "torch"
@@ -34,7 +31,7 @@ class TorchBackend(Backend):
     def __init__(self, weights, device: torch.device | str = "cpu"):
         super().__init__(weights, device)
         self.dtype = weights.word_embeddings.dtype
-        self._encoder_layer = reference.encoder_layer_int8 if self.quantize == "int8" else reference.encoder_layer
+        self._encoder_layer = reference.encoder_layer_int8 if weights.quantize == "int8" else reference.encoder_layer
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         w = self.weights
@@ -49,15 +46,17 @@ class TorchBackend(Backend):
         out = self._encoder_layer(hidden, batch.cu_seqlens, batch.max_seqlen, layer, self.weights.layer_norm_eps)
         return out.to(self.dtype), None
 
-    def exit(self, index, hidden, batch, features, entropy_threshold: float):
+    def exit_logits(self, index, hidden, batch, features):
         head = self.weights.exits[index]
         source, rows = self.exit_source(index, hidden, batch, features)
-        tau = entropy_threshold if entropy_threshold > 0 else None
-        logits, _, exits = reference.exit_head(
-            source, rows, head.classifier_weight, head.classifier_bias, head.pooler_weight, head.pooler_bias, tau,
+        logits, entropy, _ = reference.exit_head(
+            source, rows, head.classifier_weight, head.classifier_bias, head.pooler_weight, head.pooler_bias, None,
             head.pooler_activation,
         )
-        return logits, (exits.cpu() if tau is not None else no_exits(batch))
+        return logits, entropy
 
-    def retire(self, hidden, batch, logits, exits, logits_out, exit_layer, layer: int):
-        return reference.retire(hidden, batch, logits, exits, logits_out, exit_layer, layer)
+    def compact(self, hidden, batch, keep):
+        new_hidden, cu_seqlens, row_ids = reference.compact_tokens(
+            hidden, batch.cu_seqlens, batch.row_ids, keep.to(batch.device)
+        )
+        return new_hidden, PackedBatch(cu_seqlens=cu_seqlens, lengths=batch.lengths[keep], row_ids=row_ids)

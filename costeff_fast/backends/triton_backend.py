@@ -2,8 +2,8 @@
 
 A layer is five launches on packed tokens (no padding anywhere): QKV GEMM + bias, varlen attention,
 ``W_O`` GEMM + bias + residual + LayerNorm, ``W_1`` GEMM + bias + GELU, ``W_2`` GEMM + bias + residual +
-LayerNorm; the exit head is one more, retiring three (scatter, compaction plan, span copy). The embedding
-is the reference's torch gather. Storage is fp16 (or bf16) on CUDA with fp32 accumulation; under the Triton
+LayerNorm; the exit head is one more (logits and entropy), the compaction two (plan, span copy). The
+embedding is the reference's torch gather. Storage is fp16 (or bf16) on CUDA with fp32 accumulation; under the Triton
 interpreter (``TRITON_INTERPRET=1``) the same kernels run on the CPU in fp32 (docs/design.md, Backends).
 """
 
@@ -19,7 +19,7 @@ from ..kernels.attention import HEAD_SIZES
 from ..kernels.ffn import MAX_LAYERNORM_WIDTH
 from ..kernels.utils import FLOAT_DTYPES, interpreting
 from ..packing import PackedWeights
-from .base import Backend, no_exits
+from .base import Backend
 
 
 def _check_device(device: torch.device) -> None:
@@ -35,10 +35,9 @@ def _check_device(device: torch.device) -> None:
 class TritonBackend(Backend):
     """Runs the engine's steps with the kernels of :mod:`costeff_fast.kernels`.
 
-    Synchronization: :meth:`exit` returns the exit mask **on the host**. Copying it there is the layer's one
-    device-to-host wait; :meth:`retire` counts the survivors on that copy, sends it back asynchronously and
-    sizes the new batch from it and the row lengths the :class:`~costeff_fast.batch.PackedBatch` keeps on
-    the CPU, without waiting again.
+    Synchronization: no operation waits for the device. :meth:`compact` takes the engine's host copy of the
+    keep mask, sends it back asynchronously and sizes the new batch from it and the row lengths the
+    :class:`~costeff_fast.batch.PackedBatch` keeps on the CPU.
 
     Args:
         weights: packed weights on ``device`` in one float dtype (fp16/bf16 on CUDA, fp32 for the
@@ -113,39 +112,22 @@ class TritonBackend(Backend):
         )
         return out, None
 
-    def exit(self, index, hidden, batch, features, entropy_threshold: float):
-        """Logits ``[B, C]`` fp32 on the device (one kernel) and the exit mask on the host (one wait)."""
+    def exit_logits(self, index, hidden, batch, features):
+        """Logits ``[B, C]`` fp32 and entropy ``[B]`` fp32 (nats) on the device, in one kernel."""
         head = self.weights.exits[index]
         source, rows = self.exit_source(index, hidden, batch, features)
-        tau = entropy_threshold if entropy_threshold > 0 else None
-        args = (source, rows, head.classifier_weight, head.classifier_bias, head.pooler_weight, head.pooler_bias, tau)
+        args = (source, rows, head.classifier_weight, head.classifier_bias, head.pooler_weight, head.pooler_bias)
         if head.pooler_activation == "tanh":
-            logits, _, exits = kernels.exit_head(*args)
+            logits, entropy, _ = kernels.exit_head(*args)
         else:  # the kernel computes tanh only: a converted DistilBERT/ELECTRA head (the last exit) runs in torch
-            logits, _, exits = reference.exit_head(*args, head.pooler_activation)
-        if tau is None:  # nobody can exit: no copy, no wait
-            return logits, no_exits(batch)
-        if exits.device.type == "cpu":
-            return logits, exits
-        host = torch.empty(batch.num_rows, dtype=torch.bool, pin_memory=True)
-        host.copy_(exits)  # blocking: the layer's one device-to-host wait
-        return logits, host
+            logits, entropy, _ = reference.exit_head(*args, None, head.pooler_activation)
+        return logits, entropy
 
-    def retire(self, hidden, batch, logits, exits, logits_out, exit_layer, layer: int):
-        """Scatter and compaction kernels; ``exits`` on the host (as :meth:`exit` returns it) costs no wait."""
-        exits_host = exits.cpu()
-        keep_host = ~exits_host
-        survivors = int(keep_host.sum())
-        if survivors == batch.num_rows:
-            return hidden, batch
-        kernels.scatter_exits(
-            logits_out, exit_layer, logits, exits_host.to(self.device, non_blocking=True), batch.row_ids, layer
-        )
-        if survivors == 0:
-            return hidden[:0], batch.keep(keep_host)
-        lengths = batch.lengths[keep_host]
+    def compact(self, hidden, batch, keep):
+        """Plan and span-copy kernels, sized on the host from ``keep`` and ``batch.lengths`` (no wait)."""
+        lengths = batch.lengths[keep]
         new_hidden, cu_seqlens, row_ids = kernels.compact_tokens(
-            hidden, batch.cu_seqlens, batch.row_ids, keep_host.to(self.device, non_blocking=True),
-            num_rows=survivors, num_tokens=int(lengths.sum()), max_seqlen=int(lengths.max()),
+            hidden, batch.cu_seqlens, batch.row_ids, keep.to(self.device, non_blocking=True),
+            num_rows=len(lengths), num_tokens=int(lengths.sum()), max_seqlen=int(lengths.max()),
         )
         return new_hidden, PackedBatch(cu_seqlens=cu_seqlens, lengths=lengths, row_ids=row_ids)
