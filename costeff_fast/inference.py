@@ -39,7 +39,7 @@ ENGINE_OPTIONS = ("entropy_threshold", "backend", "num_threads", "device", "max_
 _HUB_ONLY = frozenset({
     "cache_dir", "force_download", "proxies", "resume_download", "local_files_only", "token", "revision",
     "subfolder", "trust_remote_code", "_from_auto", "_from_pipeline", "_commit_hash", "code_revision",
-    "use_safetensors", "low_cpu_mem_usage", "attn_implementation",
+    "use_safetensors", "low_cpu_mem_usage", "attn_implementation", "adapter_kwargs",
 })
 
 _KEEP = object()
@@ -62,6 +62,9 @@ def _token_chunks(lengths: torch.Tensor, max_tokens: int) -> list[tuple[int, int
 def check_engine_options(backend, quantize, num_threads, max_batch_tokens, device=None) -> None:
     """Refuse, in one line and before anything is loaded, options the engine cannot run (ValueError/RuntimeError)."""
     select_backend(backend, device)
+    if backend == "native" and device is not None and torch.device(device).type != "cpu":
+        raise ValueError(f"backend='native' runs on the CPU, got device {device}; use backend='torch' or 'triton', "
+                         "or keep the model on the CPU")
     check_quantize_target(quantize, backend, device)
     check_num_threads(num_threads)
     if not isinstance(max_batch_tokens, int) or isinstance(max_batch_tokens, bool) or max_batch_tokens < 1:
@@ -81,7 +84,8 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
 
     Build it with :func:`from_pretrained`, :meth:`from_model` or :func:`costeff_fast.optimize`. The packed copy of
     the weights (about their size again) is made when the model is built and remade at the next call after a
-    parameter changed (moved, loaded or edited in place) or :meth:`configure_engine` changed an option.
+    parameter changed (moved, loaded or edited in place) or :meth:`configure_engine` changed ``backend`` or
+    ``quantize``. The engine runs where the weights are (int8: on the CPU, outputs moved to the weights' device).
 
     Attributes:
         tokenizer: the checkpoint's fast tokenizer, or None (then only tokenized inputs are accepted, and a
@@ -125,8 +129,11 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
         check_engine_options(backend, quantize, num_threads, max_batch_tokens, device)
         config = copy.deepcopy(model.config)
         if entropy_threshold is not None:
-            resolve_entropy_threshold(entropy_threshold, config)  # validate before storing it
             config.entropy_threshold = entropy_threshold
+        resolve_entropy_threshold(None, config)  # validate before packing (also one the Auto classes set)
+        if device is None and quantize is None and torch.cuda.is_available() \
+                and select_backend(backend, None)[0] == "triton":
+            device = "cuda"  # the engine runs where the weights are: triton's are on the GPU
         with torch.device("meta"):  # no random initialisation: every tensor is assigned from the model
             engine = cls(config)
         engine.load_state_dict(model.state_dict(), strict=True, assign=True)
@@ -169,6 +176,8 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
         config = kwargs.pop("config", None)
         dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
         device_map = kwargs.pop("device_map", None)
+        if isinstance(device_map, int) and not isinstance(device_map, bool):
+            device_map = f"cuda:{device_map}"
         if device_map is not None:
             if not isinstance(device_map, (str, torch.device)) or str(device_map) == "auto":
                 raise ValueError(f"device_map={device_map!r}: a COST-EFF model runs on one device; pass "
@@ -202,14 +211,15 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
             max_batch_tokens: real tokens per engine call (int >= 1).
 
         Raises:
-            ValueError / RuntimeError: as :func:`from_pretrained`, before anything changes.
+            ValueError / RuntimeError: as :func:`from_pretrained` (``"native"`` on weights outside the CPU
+                included), before anything changes.
         """
         options = dict(self.engine_options)
         for name, value in (("backend", backend), ("quantize", quantize), ("num_threads", num_threads),
                             ("max_batch_tokens", max_batch_tokens)):
             if value is not _KEEP:
                 options[name] = value
-        device = None if self.device.type == "cpu" else self.device
+        device = "cpu" if options["quantize"] is not None else self.device
         check_engine_options(options["backend"], options["quantize"], options["num_threads"],
                              options["max_batch_tokens"], device)
         if num_threads is not _KEEP:
@@ -223,7 +233,7 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
         key = (options["backend"], options["quantize"], str(self.device),
                tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters()))
         if self._backend is None or key != self._backend_key:
-            device = None if self.device.type == "cpu" else self.device
+            device = "cpu" if options["quantize"] is not None else self.device  # int8 GEMMs are the CPU's
             with torch.no_grad():
                 self._backend = build_backend(self, options["backend"], device, quantize=options["quantize"])
             self._backend_key = key
@@ -259,8 +269,11 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
         return resolve_entropy_threshold(None, self.config)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """``PreTrainedModel.save_pretrained`` (config and ``model.safetensors``), plus the tokenizer's files when
-        the model has one, so the directory loads back with :func:`from_pretrained` bit-identical."""
+        """``PreTrainedModel.save_pretrained`` (config, with this model's ``entropy_threshold``, and
+        ``model.safetensors``), plus the tokenizer's files when the model has one: the directory loads back with
+        :func:`from_pretrained` to bit-identical weights and outputs. Engine options (``backend``, ``quantize``,
+        ``num_threads``, ``max_batch_tokens``) are not saved; pass them again when loading (the weights stay fp32
+        with ``quantize="int8"``)."""
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(save_directory)
@@ -384,7 +397,8 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
             attention_mask: ``[B, S]``, ones then zeros in each row (default all ones).
             token_type_ids: ``[B, S]`` segment ids (default zeros).
             labels: ``[B]`` integer class ids: the output's ``loss`` is their mean cross-entropy against the
-                answering exits' logits (no gradient: fine-tune the reference model instead).
+                answering exits' logits, for evaluation. It has no gradient: in training mode with gradients
+                enabled (a fine-tuning loop) labels are refused; fine-tune the reference model instead.
             return_dict: False returns a tuple (``(loss, logits, exit_layer)``, loss only when labels are given).
             entropy_threshold: nats, a float or one per layer; None: this model's default.
             **kwargs: ``use_cache`` and arguments left at None/False are accepted for signature compatibility.
@@ -416,6 +430,10 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
         # outside inference mode: ordinary tensors the caller may use in autograd code
         logits, exit_layer = logits.clone().to(self.device), exit_layer.clone().to(self.device)
         loss = None
+        if labels is not None and self.training and torch.is_grad_enabled():
+            raise ValueError("labels in training mode: the engine computes no gradient; fine-tune the reference "
+                             "model (costeff_fast.CostEffForSequenceClassification, AutoModel.from_pretrained(dir)) "
+                             "on the same weights, or call model.eval() / torch.no_grad() to evaluate the loss")
         if labels is not None:
             if not isinstance(labels, torch.Tensor) or labels.dtype not in INTEGER_DTYPES:
                 raise TypeError(f"labels must be an integer tensor of class ids, got {getattr(labels, 'dtype', labels)}")
@@ -451,8 +469,9 @@ def from_pretrained(
             (:mod:`costeff_fast.threads`); an int fixes it; None leaves torch's setting. A different count changes
             the fp32 summation order, so with ``"auto"`` two calls on the same rows agree to rounding (about 1e-7),
             not bit for bit; pass an int where bitwise repeatability matters.
-        device: torch device for the weights (None: the CPU, and the backend's default for the packed copy: CUDA
-            with fp16 storage for ``"triton"``, else the CPU).
+        device: torch device of the weights; the engine runs where they are (``.to(device)`` later moves both).
+            None: CUDA when ``backend`` resolves to ``"triton"`` on a machine with a GPU (fp16 storage in the
+            packed copy), else the CPU. With ``quantize="int8"`` the engine runs on the CPU whatever the device.
         max_batch_tokens: real tokens per engine call (default :data:`DEFAULT_MAX_BATCH_TOKENS`); larger calls run
             in consecutive chunks of rows, bounding activation memory (``[tokens, hidden]`` and
             ``[tokens, intermediate]`` buffers) whatever the batch size.

@@ -24,6 +24,9 @@ from tokenizers.models import WordLevel
 from .config import CostEffConfig
 from .modeling import INTEGER_DTYPES, check_right_padded
 
+#: the fields of a tokenized mapping the engine reads
+TOKENIZED_FIELDS = ("input_ids", "attention_mask", "token_type_ids")
+
 #: rows tokenized and packed at a time by :meth:`InputEncoder.chunks`: bounds the memory of the token lists
 #: (Python ints) of a large call to one chunk's, whatever the number of rows
 ROWS_PER_CHUNK = 2048
@@ -220,7 +223,7 @@ class InputEncoder:
         kind = _batch_kind(batch)
         total = num_rows(batch)
         if kind == "tokenized":
-            for name in ("attention_mask", "token_type_ids"):
+            for name in TOKENIZED_FIELDS[1:]:
                 if batch.get(name) is not None and len(batch[name]) != total:
                     raise ValueError(f"{name} has {len(batch[name])} rows but input_ids has {total}; pass it with the "
                                      "same lengths as input_ids")
@@ -228,10 +231,11 @@ class InputEncoder:
             yield self.encode(batch)
             return
         for start in range(0, total, rows):
-            if kind == "tokenized":
-                piece = {name: value[start: start + rows] for name, value in batch.items() if value is not None}
+            if kind == "tokenized":  # the fields encode reads; any other key of the mapping is ignored, as there
+                piece = {name: batch[name][start: start + rows] for name in TOKENIZED_FIELDS
+                         if batch.get(name) is not None}
             else:
-                piece = batch[start: start + rows]
+                piece = list(batch[start: start + rows])  # a tuple slice of two strings would read as a bare pair
             yield self.encode(piece)
 
     def encode(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -287,7 +291,7 @@ class InputEncoder:
     def _encode_tokenized(self, batch: Mapping):
         ids = _as_id_rows("input_ids", batch["input_ids"])
         optional = {}
-        for name in ("attention_mask", "token_type_ids"):
+        for name in TOKENIZED_FIELDS[1:]:
             if batch.get(name) is not None:
                 optional[name] = _as_id_rows(name, batch[name])
         if isinstance(ids, torch.Tensor):

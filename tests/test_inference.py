@@ -250,3 +250,45 @@ def test_a_large_call_is_tokenized_and_run_a_chunk_of_rows_at_a_time(minilm_chec
     encoded = model.tokenizer(rt_texts, padding=True, truncation=True, return_tensors="pt")
     tensor_logits = model.generate_logits(dict(encoded))  # a tokenized mapping is sliced the same way
     torch.testing.assert_close(tensor_logits, whole, atol=1e-5, rtol=0)
+
+
+def test_chunk_edges_keep_tuples_and_extra_mapping_keys_harmless(monkeypatch):
+    import costeff_fast.inputs as inputs
+
+    model = CostEffEngineForSequenceClassification.from_model(make_tiny_model(), backend="torch", num_threads=1)
+    batch = random_batch(5, batch=5, vocab=97)
+    whole = model.generate_logits(batch)
+    monkeypatch.setattr(inputs, "ROWS_PER_CHUNK", 2)
+    chunked = model.generate_logits({**batch, "length": 5})  # a key encode does not read, as the tokenizer may add
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+    lists = [row[: int(n)] for row, n in zip(batch["input_ids"].tolist(), batch["attention_mask"].sum(1))]
+    ids_tuple = model.generate_logits({"input_ids": tuple(lists)})  # the last piece holds one row, still a batch
+    torch.testing.assert_close(ids_tuple, whole, atol=1e-5, rtol=0)
+
+
+def test_thread_count_changes_apply_and_training_with_labels_is_refused(monkeypatch):
+    import costeff_fast.inference as inference
+
+    seen = []
+    real = inference.run_early_exit
+    monkeypatch.setattr(inference, "run_early_exit", lambda *args: seen.append(torch.get_num_threads()) or real(*args))
+    model = CostEffEngineForSequenceClassification.from_model(make_tiny_model(), backend="torch", num_threads=1)
+    batch = random_batch(6, batch=3, vocab=97)
+    model.generate_logits(batch)
+    model.configure_engine(num_threads=None)  # leave torch's count: the call runs at whatever it is
+    with costeff_fast.threads.torch_threads(2):
+        model.generate_logits(batch)
+    assert seen == [1, 2]
+    model.train()
+    with pytest.raises(ValueError, match="labels in training mode: the engine computes no gradient"):
+        model(**batch, labels=torch.tensor([0, 1, 2]))
+    with torch.no_grad():
+        assert model(**batch, labels=torch.tensor([0, 1, 2])).loss is not None
+
+
+def test_a_threshold_the_auto_class_sets_is_checked_at_load(tmp_path):
+    make_tiny_model(2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="entropy_threshold"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path, entropy_threshold=-1.0)
+    with pytest.raises(ValueError, match="not supported when loading a COST-EFF checkpoint"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
