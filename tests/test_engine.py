@@ -11,7 +11,7 @@ from costeff_fast import exit_entropy
 from costeff_fast.backends import TorchBackend
 from costeff_fast.engine import run_early_exit, stream_early_exit
 from costeff_fast.packing import PackedWeights
-from costeff_fast.inference import CostEffInferenceModel
+from costeff_fast import CostEffEngineForSequenceClassification
 
 TIE = 1e-5
 #: the Triton interpreter takes ~0.1 s per kernel call: it runs the first seed of each seeded test
@@ -32,7 +32,7 @@ def engine_model(seed: int = 0, **overrides):
 
 def assert_matches_reference(model, batch, tau, backend="torch"):
     """Engine == per-sample reference: same exit layer, logits within 1e-4, except entropy ties."""
-    engine = CostEffInferenceModel(model, tokenizer=None, backend=backend)
+    engine = CostEffEngineForSequenceClassification.from_model(model, tokenizer=None, backend=backend)
     assert engine.backend.name == backend
     logits, layers = engine.generate_logits(batch, entropy_threshold=tau, return_exit_layers=True)
     ref_logits, ref_layers, _ = model.early_exit_reference(**batch, entropy_threshold=tau)
@@ -90,7 +90,7 @@ def test_no_row_exits_early(backend):
 def test_engine_equals_full_forward_without_early_exit(backend):
     model = engine_model()
     batch = random_batch(3, batch=12, vocab=97, pairs=True)
-    logits = CostEffInferenceModel(model, None, backend=backend).generate_logits(batch, entropy_threshold=0.0)
+    logits = CostEffEngineForSequenceClassification.from_model(model, None, backend=backend).generate_logits(batch, entropy_threshold=0.0)
     with torch.no_grad():
         expected = model(**batch).exit_logits[-1]
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
@@ -98,7 +98,7 @@ def test_engine_equals_full_forward_without_early_exit(backend):
 
 def test_output_order_is_input_order(tiny_model):
     batch = random_batch(4, batch=10, vocab=97)
-    engine = CostEffInferenceModel(tiny_model, None, backend="torch")
+    engine = CostEffEngineForSequenceClassification.from_model(tiny_model, None, backend="torch")
     tau = reference_entropies(tiny_model, batch).median(dim=0).values.tolist()
     logits, layers = engine.generate_logits(batch, entropy_threshold=tau, return_exit_layers=True)
     order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
@@ -112,12 +112,12 @@ def test_unpadded_lists_equal_padded_tensors(tiny_model):
     batch = random_batch(5, batch=6, vocab=97, pairs=True)
     lengths = batch["attention_mask"].sum(1).tolist()
     as_lists = {k: [row[:n].tolist() for row, n in zip(v, lengths)] for k, v in batch.items() if k != "attention_mask"}
-    engine = CostEffInferenceModel(tiny_model, None, backend="torch")
+    engine = CostEffEngineForSequenceClassification.from_model(tiny_model, None, backend="torch")
     torch.testing.assert_close(engine.generate_logits(as_lists), engine.generate_logits(batch), atol=0, rtol=0)
 
 
 def test_empty_batch_gives_empty_outputs(tiny_model):
-    engine = CostEffInferenceModel(tiny_model, None, backend="torch")
+    engine = CostEffEngineForSequenceClassification.from_model(tiny_model, None, backend="torch")
     logits, layers = engine.generate_logits([], return_exit_layers=True)
     assert logits.shape == (0, 3) and logits.dtype == torch.float32
     assert layers.shape == (0,) and layers.dtype == torch.long

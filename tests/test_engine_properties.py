@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from costeff_fast import CostEffConfig, CostEffForSequenceClassification, exit_entropy
-from costeff_fast.inference import CostEffInferenceModel
+from costeff_fast import CostEffEngineForSequenceClassification
 
 TIE = 1e-5
 VOCAB = 61
@@ -124,7 +124,7 @@ def check_case(backend: str, data) -> None:
     all_logits = every_exit(model, batch)
     entropies = exit_entropy(all_logits)
     tau = thresholds(data.draw, entropies, model.config.num_hidden_layers)
-    engine = CostEffInferenceModel(model, tokenizer=None, backend=backend)
+    engine = CostEffEngineForSequenceClassification.from_model(model, tokenizer=None, backend=backend)
     logits, layers = engine.generate_logits(batch, entropy_threshold=tau, return_exit_layers=True)
     rows = batch["input_ids"].shape[0]
     assert logits.shape == (rows, model.config.num_labels) and layers.shape == (rows,)
@@ -183,7 +183,7 @@ def test_extreme_exit_logits_still_exit(backend):
             head.classifier.weight.zero_()
             head.classifier.bias.copy_(torch.tensor([3e38, -3e38, 0.0]))
     batch = random_batch(5, batch=9, vocab=97)
-    engine = CostEffInferenceModel(model, tokenizer=None, backend=backend)
+    engine = CostEffEngineForSequenceClassification.from_model(model, tokenizer=None, backend=backend)
     logits, layers = engine.generate_logits(batch, entropy_threshold=0.5, return_exit_layers=True)
     assert bool(torch.isfinite(logits).all()) and layers.tolist() == [1] * 9
 
@@ -192,10 +192,10 @@ def test_extreme_exit_logits_still_exit(backend):
 def test_same_inputs_threads_and_backend_give_identical_results(backend):
     model = make_tiny_model(attention_head_size=16, weight_std=0.15)
     batch = random_batch(11, batch=40, vocab=97, max_len=30, pairs=True)
-    engine = CostEffInferenceModel(model, tokenizer=None, backend=backend)
+    engine = CostEffEngineForSequenceClassification.from_model(model, tokenizer=None, backend=backend)
     tau = exit_entropy(every_exit(model, batch)).median(dim=0).values.tolist()  # about half leave at each exit
     first = engine.generate_logits(batch, entropy_threshold=tau, return_exit_layers=True)
-    again = CostEffInferenceModel(model, tokenizer=None, backend=backend).generate_logits(
+    again = CostEffEngineForSequenceClassification.from_model(model, tokenizer=None, backend=backend).generate_logits(
         batch, entropy_threshold=tau, return_exit_layers=True)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert len(set(first[1].tolist())) >= 2  # mixed exits, so compaction is part of what repeats

@@ -14,7 +14,7 @@ from costeff_fast import exit_entropy, native, reference
 from costeff_fast.backends import NativeBackend, TorchBackend
 from costeff_fast.batch import PackedBatch
 from costeff_fast.engine import run_early_exit
-from costeff_fast.inference import CostEffInferenceModel
+from costeff_fast import CostEffEngineForSequenceClassification
 from costeff_fast.packing import PackedWeights
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="native kernels could not be built here")
@@ -202,7 +202,7 @@ def test_engine_native_backend_equals_torch_backend(seed, pooling):
     entropies = reference_entropies(model, batch)
     tau = entropies.median(dim=0).values.tolist()
     ok = ~((entropies[:, :-1] - torch.tensor(tau[:-1])).abs() < TIE).any(dim=1)
-    engine = CostEffInferenceModel(model, None)
+    engine = CostEffEngineForSequenceClassification.from_model(model, None)
     assert engine.backend.name == "native", "auto must pick the native backend on the CPU when it is built"
     inputs = engine.encode(batch)
     weights = engine.backend.weights

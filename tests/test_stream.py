@@ -11,7 +11,7 @@ from test_engine import TIE, reference_entropies
 from transformers import AutoTokenizer
 
 from costeff_fast.data import load_task
-from costeff_fast.inference import CostEffInferenceModel
+from costeff_fast import CostEffEngineForSequenceClassification
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def model(tokenizer):
 
 @pytest.fixture(scope="module")
 def engine(model, tokenizer):
-    return CostEffInferenceModel(model, tokenizer)
+    return CostEffEngineForSequenceClassification.from_model(model, tokenizer)
 
 
 def median_thresholds(model, engine, items):
@@ -75,7 +75,7 @@ def test_stream_retires_rows_like_the_batch_engine_on_every_backend(tokenizer, t
     """Both loops retire exited rows through the same backend operation: equal results on each backend."""
     model = make_tiny_model(4, weight_std=0.15, vocab_size=tokenizer.vocab_size, max_position_embeddings=48,
                             attention_head_size=16)
-    engine = CostEffInferenceModel(model, tokenizer, backend=backend)
+    engine = CostEffEngineForSequenceClassification.from_model(model, tokenizer, backend=backend)
     items = texts[:20]
     tau, entropies = median_thresholds(model, engine, items)
     expected, expected_layers = engine.generate_logits(items, entropy_threshold=tau, return_exit_layers=True)

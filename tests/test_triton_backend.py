@@ -27,7 +27,7 @@ from costeff_fast.backends import build_backend, select_backend  # noqa: E402
 from costeff_fast.backends.triton_backend import TritonBackend  # noqa: E402
 from costeff_fast.batch import PackedBatch  # noqa: E402
 from costeff_fast.engine import run_early_exit  # noqa: E402
-from costeff_fast.inference import CostEffInferenceModel  # noqa: E402
+from costeff_fast import CostEffEngineForSequenceClassification  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -81,7 +81,7 @@ def test_engine_without_threshold_equals_full_forward():
 def test_inference_model_runs_on_triton():
     model = _model(3)
     batch = random_batch(3, batch=5, vocab=97)
-    engine = CostEffInferenceModel(model, tokenizer=None, backend="triton")
+    engine = CostEffEngineForSequenceClassification.from_model(model, tokenizer=None, backend="triton")
     assert engine.backend.name == "triton"
     expected_dtype = torch.float16 if CUDA else torch.float32
     assert engine.backend.weights.word_embeddings.dtype == expected_dtype
