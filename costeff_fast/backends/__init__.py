@@ -55,6 +55,11 @@ def select_backend(backend: str = "auto", device=None) -> tuple[str, str]:
 def check_quantize_target(quantize, backend: str = "auto", device=None) -> None:
     """Refuse, in one line, a ``quantize`` value :func:`build_backend` cannot run.
 
+    The one check of where int8 weights run, before anything is loaded or packed; past it, ``quantize`` is a
+    property of the packed weights (:attr:`~costeff_fast.packing.PackedWeights.quantize`, whose
+    :meth:`~costeff_fast.packing.PackedWeights.from_model` packs int8 only in fp32 on the CPU), which the
+    backends read without checking again.
+
     Raises:
         ValueError: ``quantize`` not None or ``"int8"``; ``"int8"`` with ``backend="triton"`` or a device other
             than the CPU (the int8 GEMMs are torch's fbgemm/oneDNN CPU kernels).
