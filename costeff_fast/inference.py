@@ -63,8 +63,8 @@ def check_engine_options(backend, quantize, num_threads, max_batch_tokens, devic
     """Refuse, in one line and before anything is loaded, options the engine cannot run (ValueError/RuntimeError)."""
     select_backend(backend, device)
     if backend == "native" and device is not None and torch.device(device).type != "cpu":
-        raise ValueError(f"backend='native' runs on the CPU, got device {device}; use backend='torch' or 'triton', "
-                         "or keep the model on the CPU")
+        raise ValueError(f"backend='native' runs on the CPU (C++ kernels), got device {device}; use "
+                         "backend='torch' or 'triton', or keep the model on the CPU")
     check_quantize_target(quantize, backend, device)
     check_num_threads(num_threads)
     if not isinstance(max_batch_tokens, int) or isinstance(max_batch_tokens, bool) or max_batch_tokens < 1:
