@@ -61,11 +61,6 @@ class PackedBatch:
         """``[B]`` int64 index of each row's first ([CLS]) token in the packed buffer."""
         return self.cu_seqlens[:-1]
 
-    def keep(self, keep: torch.Tensor) -> "PackedBatch":
-        """The batch of the rows where ``keep [B]`` (bool, any device) is True, in the same order."""
-        keep_host = keep.cpu()
-        return PackedBatch.from_lengths(self.lengths[keep_host], self.device, self.row_ids[keep.to(self.device)])
-
     @classmethod
     def concat(cls, batches: list["PackedBatch"]) -> "PackedBatch":
         """The rows of ``batches`` one after the other (their hidden buffers concatenate in the same order)."""

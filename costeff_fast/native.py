@@ -14,10 +14,9 @@ and is tested against it.
 Only kernels that beat their torch counterpart by >= 1.2x on their own operation are kept (measured by
 ``bench/run_cpu.py`` and ``bench/test_cpu_kernels.py``, figures in ``bench/results/cpu.json``): varlen
 attention, bias + residual + LayerNorm, embedding + LayerNorm, compaction, span mean, the exit decision
-(entropy below the threshold), the exit bookkeeping (output scatter + compaction) and the tiled encoder layer
-built from them (which also returns its rows' token means for mean-pooling exits, so the native backend
-calls only the layer, the exit decision, the bookkeeping and the embedding; the others are its parts and
-are tested and timed alone). A fused bias + GELU
+(entropy below the threshold) and the tiled encoder layer built from them (which also returns its rows' token
+means for mean-pooling exits, so the native backend calls only the embedding, the layer, the exit decision and
+the compaction; the others are its parts and are tested and timed alone). A fused bias + GELU
 did not (about 1.0x against ``addmm`` + in-place ``gelu_``) and was removed.
 """
 
@@ -241,35 +240,6 @@ def exit_decision(logits: torch.Tensor, entropy_threshold: float) -> torch.Tenso
         RuntimeError: ``logits`` is not a contiguous 2-D fp32 CPU tensor with at least one label.
     """
     return torch.ops.costeff_native.exit_decision(logits, float(entropy_threshold))
-
-
-def retire(
-    hidden: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    row_ids: torch.Tensor,
-    logits: torch.Tensor,
-    exits: torch.Tensor,
-    logits_out: torch.Tensor,
-    exit_layer: torch.Tensor,
-    layer: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One layer's exit bookkeeping in one call, :func:`costeff_fast.reference.retire` on raw tensors.
-
-    Writes ``logits[exits]`` into ``logits_out [N, C]`` and ``layer`` into ``exit_layer [N]`` at the exited
-    rows' ``row_ids``, and copies the surviving rows' token spans into a new packed buffer.
-
-    Args:
-        hidden: ``[T, H]`` fp32 contiguous CPU. cu_seqlens: ``[B + 1]`` int64. row_ids: ``[B]`` int64.
-        logits: ``[B, C]`` fp32. exits: ``[B]`` bool. logits_out, exit_layer: the caller's outputs (in place).
-        layer: 1-based layer number written for the exited rows.
-
-    Returns:
-        The survivors' ``(hidden [T', H], cu_seqlens [B' + 1], lengths [B'], row_ids [B'])``.
-
-    Raises:
-        RuntimeError: wrong dtype, device, layout or shapes, or a row id outside ``logits_out``.
-    """
-    return torch.ops.costeff_native.retire(hidden, cu_seqlens, row_ids, logits, exits, logits_out, exit_layer, layer)
 
 
 def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:

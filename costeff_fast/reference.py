@@ -2,7 +2,7 @@
 
 The arithmetic runs in fp32 (inputs of any float dtype are upcast; fp32 inputs are used as they are) and
 returns fp32, except where a function only selects or copies (:func:`exit_features` of [CLS],
-:func:`compact_tokens`, :func:`retire` keep the input's dtype) or is the trainable model's (:func:`exit_logits`
+:func:`compact_tokens` keep the input's dtype) or is the trainable model's (:func:`exit_logits`
 runs in its inputs' dtype). The fast counterparts in :mod:`costeff_fast.native` (C++ CPU kernels) and
 :mod:`costeff_fast.kernels` (Triton) take the reference's arguments in the same order, any extra argument
 after them (e.g. the host-side sizes the Triton compaction needs to avoid a device wait), and the tests call
@@ -19,7 +19,7 @@ Operations (COST-EFF, Shen et al., EMNLP 2022, arXiv 2210.15523, Sec. 3; BERT's 
   :func:`linear_int8` and :func:`linear_residual_layernorm_int8`, composed by :func:`encoder_layer_int8`;
 * exit: :func:`exit_features`, :func:`exit_logits`, :func:`exit_entropy`, :func:`exit_decision`, fused as
   :func:`exit_head`; :func:`first_exit` for a padded full-depth forward;
-* bookkeeping after an exit: :func:`scatter_exits`, :func:`compact_tokens`, both as :func:`retire`.
+* bookkeeping after an exit: :func:`scatter_exits` (run by the engine for every backend), :func:`compact_tokens`.
 """
 
 from __future__ import annotations
@@ -369,36 +369,3 @@ def compact_tokens(
     new_cu_seqlens = torch.zeros(int(keep.sum()) + 1, dtype=cu_seqlens.dtype, device=cu_seqlens.device)
     torch.cumsum(lengths[keep], 0, out=new_cu_seqlens[1:])
     return hidden[torch.repeat_interleave(keep, lengths)], new_cu_seqlens, row_ids[keep]
-
-
-def retire(
-    hidden: torch.Tensor,
-    batch: PackedBatch,
-    logits: torch.Tensor,
-    exits: torch.Tensor,
-    logits_out: torch.Tensor,
-    exit_layer: torch.Tensor,
-    layer: int,
-) -> tuple[torch.Tensor, PackedBatch]:
-    """After exit ``layer`` (1-based): write the exited rows' outputs, then keep only the survivors.
-
-    Args:
-        hidden: ``[T, H]`` packed tokens of ``batch``.
-        logits: ``[B, C]`` fp32 of this exit. exits: ``[B]`` bool (host or device).
-        logits_out: ``[N, C]`` fp32 and exit_layer ``[N]`` int64: the caller's outputs, indexed by
-            ``batch.row_ids`` (written in place).
-
-    Returns:
-        ``(hidden [T', H], batch)`` of the survivors: the inputs themselves when no row exited;
-        ``batch.num_rows == 0`` when none is left.
-    """
-    exits = exits.to(logits.device)
-    scatter_exits(logits_out, exit_layer, logits, exits, batch.row_ids, layer)
-    keep = ~exits
-    survivors = int(keep.sum())
-    if survivors == batch.num_rows:
-        return hidden, batch
-    if survivors == 0:
-        return hidden[:0], batch.keep(keep)
-    new_hidden, cu_seqlens, row_ids = compact_tokens(hidden, batch.cu_seqlens, batch.row_ids, keep)
-    return new_hidden, PackedBatch(cu_seqlens=cu_seqlens, lengths=batch.lengths[keep.cpu()], row_ids=row_ids)

@@ -9,12 +9,13 @@
 #include <vector>
 
 #include "checks.h"
-#include "kernels.h"
 
 namespace costeff_native {
 
-void copy_spans(const float* src, const int64_t* cu, const int64_t* kept, const int64_t* dst_cu, int64_t count,
-                int64_t h, float* dst) {
+// Copy the token spans of rows kept[0 .. count) of src (row r: tokens cu[r] .. cu[r + 1] - 1) one after the
+// other into dst, span i starting at token dst_cu[i]; spans are split over threads with at::parallel_for.
+static void copy_spans(const float* src, const int64_t* cu, const int64_t* kept, const int64_t* dst_cu,
+                       int64_t count, int64_t h, float* dst) {
   at::parallel_for(0, count, 4, [=](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t r = kept[i];

@@ -18,9 +18,4 @@ void bias_residual_layernorm_rows(const float* x, const float* bias, const float
 // out[r] = mean of x's tokens cu[r] .. cu[r + 1] - 1 for rows r in [r0, r1) (x [T, h], out [B, h]).
 void mean_rows(const float* x, const int64_t* cu, int64_t r0, int64_t r1, int64_t h, float* out);
 
-// Copy the token spans of rows kept[0 .. count) of src (row r: tokens cu[r] .. cu[r + 1] - 1) one after the
-// other into dst, span i starting at token dst_cu[i]; spans are split over threads with at::parallel_for.
-void copy_spans(const float* src, const int64_t* cu, const int64_t* kept, const int64_t* dst_cu, int64_t count,
-                int64_t h, float* dst);
-
 }  // namespace costeff_native

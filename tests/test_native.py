@@ -164,29 +164,6 @@ def test_backend_ops_match_the_torch_backend(backends, lengths):
 
 
 @pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
-def test_retire_kernel_matches_reference(lengths):
-    """``native.retire`` (scatter + compaction in one call) against :func:`costeff_fast.reference.retire`."""
-    rows = len(lengths)
-    batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu", row_ids=torch.arange(rows) * 2 + 1)
-    hidden, logits = torch.randn(batch.num_tokens, 32), torch.randn(rows, 3)
-    for exits in (torch.arange(rows) % 2 == 1, torch.ones(rows, dtype=torch.bool),
-                  torch.zeros(rows, dtype=torch.bool)):
-        outputs = [(torch.zeros(2 * rows + 1, 3), torch.zeros(2 * rows + 1, dtype=torch.long)) for _ in range(2)]
-        kept, cu_seqlens, kept_lengths, row_ids = native.retire(
-            hidden, batch.cu_seqlens, batch.row_ids, logits, exits, *outputs[0], 4
-        )
-        kept_ref, kb_ref = reference.retire(hidden, batch, logits, exits, *outputs[1], 4)
-        assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
-        assert torch.equal(kept, kept_ref)
-        if exits.any():  # nobody exits: the kernel returns empty lengths and the caller keeps its batch
-            assert torch.equal(cu_seqlens, kb_ref.cu_seqlens) and torch.equal(row_ids, kb_ref.row_ids)
-            assert torch.equal(kept_lengths, kb_ref.lengths)
-    with pytest.raises(RuntimeError, match="outside the"):
-        native.retire(hidden, batch.cu_seqlens, batch.row_ids, logits, torch.ones(rows, dtype=torch.bool),
-                      torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), 1)
-
-
-@pytest.mark.parametrize("lengths", LENGTHS.values(), ids=LENGTHS.keys())
 def test_segment_mean_matches_reference(lengths):
     batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu")
     hidden = torch.randn(batch.num_tokens, 40, generator=torch.Generator().manual_seed(len(lengths)))
