@@ -169,7 +169,7 @@ DRY_PLAN = Plan(
     dtypes=("float32",),
     tolerance={"float32": 1e-4},
     pytest_runs=(("tests/test_kernel_compaction.py", "tests/test_triton_backend.py", "-k",
-                  "scatter_exits or (compact_tokens and lengths1) or engine_without_threshold"),),
+                  "(compact_tokens and lengths1) or engine_without_threshold"),),
     engine_models=(EngineModel("tiny-d16", TINY_FIELDS, rows=20, max_len=24, pairs=True),),
     batch_sizes=(3,),
     full_length=16,

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 pytest.importorskip("triton")
 
 from costeff_fast import reference  # noqa: E402
-from costeff_fast.kernels.compaction import compact_tokens, scatter_exits  # noqa: E402
+from costeff_fast.kernels.compaction import compact_tokens  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -56,25 +56,9 @@ def test_compact_tokens_matches_reference(index_dtype, dtype, lengths, keep):
         assert torch.equal(got, want)  # a copy: exact
 
 
-def test_scatter_exits_matches_reference():
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(20, 3, generator=generator).to(DEVICE)
-    exits = (torch.rand(20, generator=generator) < 0.5).to(DEVICE)
-    row_ids = torch.randperm(40, generator=generator)[:20].to(DEVICE)
-    outputs = [torch.zeros(40, 3, device=DEVICE), torch.zeros(40, dtype=torch.long, device=DEVICE)]
-    expected = [t.clone() for t in outputs]
-    scatter_exits(*outputs, logits, exits, row_ids, 7)
-    reference.scatter_exits(*expected, logits, exits, row_ids, 7)
-    assert 0 < int(exits.sum()) < 20
-    assert torch.equal(outputs[0], expected[0]) and torch.equal(outputs[1], expected[1])
-
-
 def test_bad_inputs_raise():
     (hidden, cu_seqlens, row_ids, keep), sizes = _batch([3, 4], [True, False])
     with pytest.raises(ValueError, match="keep must be a \\[2\\] bool"):
         compact_tokens(hidden, cu_seqlens, row_ids, keep.int(), **sizes)
     with pytest.raises(ValueError, match="bad kept sizes"):
         compact_tokens(hidden, cu_seqlens, row_ids, keep, num_rows=3, num_tokens=3, max_seqlen=3)
-    with pytest.raises(ValueError, match="exit_layer"):
-        scatter_exits(torch.zeros(2, 3, device=DEVICE), torch.zeros(2, device=DEVICE), torch.zeros(2, 3, device=DEVICE),
-                      keep, row_ids, 1)

@@ -8,8 +8,8 @@ import to run them on the CPU through the Triton interpreter (tiny fp32 shapes, 
 """
 
 from .attention import varlen_attention
-from .compaction import compact_tokens, scatter_exits
+from .compaction import compact_tokens
 from .exit_head import exit_head
 from .ffn import linear, linear_residual_layernorm
 
-__all__ = ["compact_tokens", "exit_head", "linear", "linear_residual_layernorm", "scatter_exits", "varlen_attention"]
+__all__ = ["compact_tokens", "exit_head", "linear", "linear_residual_layernorm", "varlen_attention"]

@@ -1,17 +1,13 @@
-"""Batch compaction after an exit: scatter the exited rows' answers, gather the survivors' token spans.
+"""Batch compaction after an exit: gather the survivors' token spans into a new packed batch.
 
-Two steps of the engine loop (docs/design.md, Engine, steps 3 and 4) on the device:
+:func:`compact_tokens` is the ``triton`` backend's ``compact`` (docs/design.md, Engine, step 3): a one-program
+kernel runs prefix sums over the keep mask and the kept row lengths (new slot of each row, new ``cu_seqlens``,
+new ``row_ids``), then a copy kernel moves each survivor's token span to its new place.
 
-* :func:`scatter_exits` writes the logits and the 1-based exit layer of every exited row into the
-  caller-ordered outputs at ``row_ids``;
-* :func:`compact_tokens` turns the survivors into a new packed batch: a one-program kernel runs prefix
-  sums over the keep mask and the kept row lengths (new slot of each row, new ``cu_seqlens``, new
-  ``row_ids``), then a copy kernel moves each survivor's token span to its new place.
-
-Synchronization: none of these launchers reads device memory on the host. The sizes of the compacted
-batch (rows, tokens, longest row) must be passed in; the triton backend derives them from its host copy
-of the exit mask and the row lengths it keeps on the CPU, so a layer costs exactly one device-to-host
-wait: the copy of the exit mask (which also gives the engine its survivor count).
+Synchronization: the launcher reads no device memory on the host. The sizes of the compacted batch (rows,
+tokens, longest row) must be passed in; the triton backend derives them from the engine's host copy of the
+exit mask and the row lengths it keeps on the CPU, so a layer costs exactly one device-to-host wait: the
+engine's copy of the exit mask.
 """
 
 from __future__ import annotations
@@ -21,19 +17,6 @@ import triton
 import triton.language as tl
 
 from .utils import check_matrix, interpreting, prefix_sum, reduce_sum
-
-
-@triton.jit
-def _scatter_exits_kernel(logits_ptr, exits_ptr, row_ids_ptr, logits_out_ptr, exit_layer_ptr, B, C, layer,
-                          BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
-    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    rc = tl.arange(0, BLOCK_C)
-    exited = (rb < B) & (tl.load(exits_ptr + rb, mask=rb < B, other=0) != 0)
-    dest = tl.load(row_ids_ptr + rb, mask=exited, other=0).to(tl.int64)
-    mask = exited[:, None] & (rc < C)[None, :]
-    values = tl.load(logits_ptr + rb.to(tl.int64)[:, None] * C + rc[None, :], mask=mask)
-    tl.store(logits_out_ptr + dest[:, None] * C + rc[None, :], values, mask=mask)
-    tl.store(exit_layer_ptr + dest, tl.full([BLOCK_B], 0, tl.int64) + layer, mask=exited)
 
 
 @triton.jit
@@ -88,47 +71,6 @@ def _check_mask(name: str, mask: torch.Tensor, size: int, device: torch.device) 
     if mask.dtype != torch.bool or mask.shape != (size,) or mask.device != device:
         raise ValueError(f"{name} must be a [{size}] bool tensor on {device}, got {mask.dtype} "
                          f"{tuple(mask.shape)} on {mask.device}")
-
-
-def scatter_exits(
-    logits_out: torch.Tensor,
-    exit_layer: torch.Tensor,
-    logits: torch.Tensor,
-    exits: torch.Tensor,
-    row_ids: torch.Tensor,
-    layer: int,
-) -> None:
-    """In place: ``logits_out[row_ids[i]] = logits[i]`` and ``exit_layer[row_ids[i]] = layer`` where ``exits[i]``.
-
-    Args:
-        logits_out: ``[N, C]`` fp32 contiguous outputs in the caller's row order.
-        exit_layer: ``[N]`` int64 outputs (1-based exit layer).
-        logits: ``[B, C]`` fp32 contiguous logits of the active rows.
-        exits: ``[B]`` bool on the device.
-        row_ids: ``[B]`` int32/int64 positions of the active rows in the outputs (distinct).
-        layer: the 1-based layer written for the exited rows.
-
-    Raises:
-        ValueError: shapes, dtypes or devices that do not match.
-    """
-    B, C = logits.shape
-    for name, tensor in (("logits", logits), ("logits_out", logits_out)):
-        if (tensor.dtype != torch.float32 or not tensor.is_contiguous() or tensor.dim() != 2 or tensor.shape[1] != C
-                or tensor.device != logits.device):
-            raise ValueError(f"{name} must be a contiguous fp32 [*, {C}] tensor on {logits.device}, got {tensor.dtype} "
-                             f"{tuple(tensor.shape)} on {tensor.device}")
-    if (exit_layer.dtype != torch.int64 or exit_layer.shape != (logits_out.shape[0],) or not exit_layer.is_contiguous()
-            or exit_layer.device != logits.device):
-        raise ValueError(f"exit_layer must be a contiguous int64 [{logits_out.shape[0]}] tensor on {logits.device}")
-    _check_mask("exits", exits, B, logits.device)
-    _check_index("row_ids", row_ids, B, logits.device)
-    if B == 0:
-        return
-    block_b = max(16, min(64 if interpreting() else 128, triton.next_power_of_2(B)))
-    _scatter_exits_kernel[(triton.cdiv(B, block_b),)](
-        logits, exits, row_ids, logits_out, exit_layer, B, C, int(layer),
-        BLOCK_B=block_b, BLOCK_C=triton.next_power_of_2(C), num_warps=4,
-    )
 
 
 def compact_tokens(
