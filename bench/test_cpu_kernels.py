@@ -18,7 +18,7 @@ CANDIDATES = {shape: kernel_candidates(shape) for shape in KERNEL_SHAPES} if nat
 
 @pytest.mark.parametrize("path", ["torch", "native"])
 @pytest.mark.parametrize("candidate", ["attention", "residual_layernorm", "linear_residual_layernorm", "embedding",
-                                       "segment_mean", "compaction", "exit_decision", "retire",
+                                       "segment_mean", "compaction", "exit_decision", "compact",
                                        "encoder_layer"])
 @pytest.mark.parametrize("shape", list(KERNEL_SHAPES))
 def test_kernel(benchmark, shape, candidate, path):

@@ -135,9 +135,10 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
         output), ``linear_residual_layernorm`` (the same with the GEMM), ``embedding`` (three gathers, two
         adds and ``layer_norm`` vs the one-pass kernel), ``segment_mean`` (scatter-add over tokens vs span
         sums, for mean-pooling exits), ``compaction`` (boolean-mask gather vs span copy, half of the rows kept),
-        ``exit_decision`` (``exit_entropy(logits) < tau`` vs one pass over the logits), ``retire`` (output
-        scatter + survivor count + compaction vs one call, half of the rows exiting) and ``encoder_layer``
-        (the reference layer vs the tiled native layer).
+        ``exit_decision`` (``exit_entropy(logits) < tau`` vs one pass over the logits), ``compact`` (the
+        backends' ``compact``, what the engine calls when some rows exit: the compaction plus the new batch's
+        ``cu_seqlens``, lengths and row ids, half of the rows kept) and ``encoder_layer`` (the reference layer
+        vs the tiled native layer).
 
     Raises:
         RuntimeError: the native kernels are not available.
@@ -158,7 +159,6 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
     token_type_ids = torch.zeros(tokens, dtype=torch.long)
     norm = (w.attention_norm_weight, w.attention_norm_bias)
     logits = torch.randn(batch.num_rows, 2, generator=g)
-    logits_out, exit_layer = torch.zeros(batch.num_rows, 2), torch.zeros(batch.num_rows, dtype=torch.long)
     ln_args = (context, w.attention_output_weight, w.attention_output_bias, hidden, *norm)
     return {
         "attention": (
@@ -189,10 +189,7 @@ def kernel_candidates(shape: str, num_rows: int = 64) -> dict[str, tuple[Callabl
         "exit_decision": (
             lambda: reference.exit_decision(logits, 0.5), lambda: native.exit_decision(logits, 0.5)
         ),
-        "retire": (
-            lambda: plain.retire(hidden, batch, logits, ~keep, logits_out, exit_layer, 1)[0],
-            lambda: fast.retire(hidden, batch, logits, ~keep, logits_out, exit_layer, 1)[0],
-        ),
+        "compact": (lambda: plain.compact(hidden, batch, keep)[0], lambda: fast.compact(hidden, batch, keep)[0]),
         "encoder_layer": (lambda: plain.layer(0, hidden, batch), lambda: fast.layer(0, hidden, batch)),
     }
 
