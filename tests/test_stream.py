@@ -71,8 +71,9 @@ def test_stream_equals_batch_engine(model, engine, texts, batch_size, pairs):
 
 
 @pytest.mark.parametrize("backend", AVAILABLE_BACKENDS)
-def test_stream_retires_rows_like_the_batch_engine_on_every_backend(tokenizer, texts, backend):
-    """Both loops retire exited rows through the same backend operation: equal results on each backend."""
+def test_stream_answers_rows_like_the_batch_engine_on_every_backend(tokenizer, texts, backend):
+    """Both loops decide exits with the same engine code and compact through the same backend operation: equal
+    results on each backend."""
     model = make_tiny_model(4, weight_std=0.15, vocab_size=tokenizer.vocab_size, max_position_embeddings=48,
                             attention_head_size=16)
     engine = CostEffEngineForSequenceClassification.from_model(model, tokenizer, backend=backend)
