@@ -4,11 +4,15 @@
 ``AutoModel`` (the trainable reference model, :class:`CostEffForSequenceClassification`) and
 ``AutoModelForSequenceClassification`` and ``pipeline`` (:class:`CostEffEngineForSequenceClassification`, the packed
 early-exit engine, which :func:`from_pretrained` and :func:`optimize` return as well).
+
+``costeff_fast.data`` (the built-in tasks and user data, on ``datasets`` and ``pandas``) is imported on first
+access, so inference alone never imports ``datasets`` (PEP 562 module ``__getattr__``).
 """
+
+import importlib
 
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-from . import data
 from .config import CostEffConfig
 from .inference import CostEffEngineForSequenceClassification, from_pretrained
 from .modeling import CostEffClassifierOutput, CostEffForSequenceClassification
@@ -20,6 +24,14 @@ AutoModel.register(CostEffConfig, CostEffForSequenceClassification, exist_ok=Tru
 AutoModelForSequenceClassification.register(CostEffConfig, CostEffEngineForSequenceClassification, exist_ok=True)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``costeff_fast.data`` on first access (see the module docstring)."""
+    if name == "data":
+        return importlib.import_module(f"{__name__}.data")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CostEffClassifierOutput",

@@ -297,3 +297,12 @@ def test_a_newer_format_version_is_refused_naming_the_file_the_versions_and_the_
     for bad in ("1", 0, True, 1.5):
         with pytest.raises(CheckpointError, match="format_version must be an integer >= 1"):
             load_config(_write_config(tmp_path / f"bad{bad!r}", format_version=bad))
+
+
+def test_import_costeff_fast_leaves_datasets_out_until_data_is_used():
+    """Inference alone (the GPU machine has no ``datasets``) never imports it; ``costeff_fast.data`` still works
+    right after ``import costeff_fast``."""
+    code = ("import sys, costeff_fast; assert 'datasets' not in sys.modules, 'imported'; "
+            "costeff_fast.data.load_user_data; assert 'datasets' in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
