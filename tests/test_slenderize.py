@@ -272,6 +272,159 @@ def test_exit_calibration_changes_the_importance():
     assert not torch.allclose(blind_mse.neurons[0], calibrated_mse.neurons[0])
 
 
+# Importance against a hand-differentiated linear model: |w| * sum_b |dL_b/dw| with dL_b/dw worked out below by
+# the chain rule (no autograd, no losses.py), summed over the head's W_O columns and the neuron's W_1 row, bias
+# and W_2 column.
+
+LIN_HIDDEN, LIN_HEADS, LIN_HEAD_SIZE, LIN_FFN, LIN_LAYERS = 4, 2, 2, 3, 2
+LIN_FEATURES = torch.tensor([[1.0, -0.5, 0.25, 2.0], [-1.5, 0.5, 1.0, 0.0], [0.5, 2.0, -1.0, 1.0],
+                             [0.0, -1.0, 0.5, -2.0]])
+
+
+class LinearLayer(torch.nn.Module):
+    def __init__(self, w_o, w_1, b_1, w_2):
+        super().__init__()
+        self.num_heads = LIN_HEADS
+        self.attention_output = torch.nn.Linear(LIN_HIDDEN, LIN_HIDDEN, bias=False)
+        self.intermediate = torch.nn.Linear(LIN_HIDDEN, LIN_FFN)
+        self.output = torch.nn.Linear(LIN_FFN, LIN_HIDDEN, bias=False)
+        with torch.no_grad():
+            self.attention_output.weight.copy_(w_o)
+            self.intermediate.weight.copy_(w_1)
+            self.intermediate.bias.copy_(b_1)
+            self.output.weight.copy_(w_2)
+
+
+class LinearExits(torch.nn.Module):
+    """What compute_importance reads of a COST-EFF model (``config``, ``layers[l]`` with ``attention_output``,
+    ``intermediate``, ``output`` and ``num_heads``) around a linear network: ``x_0 = features[input_ids[:, 0]]``,
+    per layer ``a = x W_O^T``, ``u = a W_1^T + b_1``, ``x_l = u W_2^T``; exit ``l``'s logits are ``x_l`` (4 classes
+    = hidden size 4); the hidden states are ``x_0 .. x_L`` as ``[B, 1, H]``."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.config = type("Config", (), dict(hidden_size=LIN_HIDDEN, num_hidden_layers=LIN_LAYERS,
+                                              num_labels=LIN_HIDDEN, attention_head_size=LIN_HEAD_SIZE))()
+        self.layers = torch.nn.ModuleList(LinearLayer(*w) for w in weights)
+        self.register_buffer("features", LIN_FEATURES.clone())
+
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
+        x = self.features[input_ids[:, 0]]
+        states = [x]
+        for layer in self.layers:
+            x = layer.output(layer.intermediate(layer.attention_output(x)))
+            states.append(x)
+        hidden = tuple(s[:, None, :] for s in states) if output_hidden_states else None
+        return type("Out", (), dict(exit_logits=tuple(states[1:]), hidden_states=hidden))()
+
+
+def linear_weights(seed: int) -> list[tuple[torch.Tensor, ...]]:
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(*shape):  # scaled so the logits stay O(1) and no softmax saturates
+        return 0.5 * torch.randn(*shape, generator=g)
+
+    return [(draw(LIN_HIDDEN, LIN_HIDDEN), draw(LIN_FFN, LIN_HIDDEN), draw(LIN_FFN), draw(LIN_HIDDEN, LIN_FFN))
+            for _ in range(LIN_LAYERS)]
+
+
+def log_softmax_rows(z: torch.Tensor) -> torch.Tensor:
+    shifted = z - z.max(dim=-1, keepdim=True).values
+    return shifted - torch.log(torch.exp(shifted).sum(dim=-1, keepdim=True))
+
+
+def softmax_rows(z: torch.Tensor) -> torch.Tensor:
+    return torch.exp(log_softmax_rows(z))
+
+
+def importance_by_hand(weights, ta_weights, batches, *, kd_weight, temperature, hidden_weight, all_exits):
+    """Heads, neurons and mean loss of compute_importance for LinearExits, by the chain rule.
+
+    Per batch of B rows with student exit logits z_l = x_l and TA exits t_l (= the TA's states x^TA_l):
+      L_b = sum_l [kd T^2 mean_rows CE(softmax(t_l/T), z_l/T) + (1 - kd) mean_rows CE(z_l, y)]  (l: exits in play)
+            + hw * sum_l mean_{rows, features} (x_l - x^TA_l)^2                               (l = 1..L)
+      dL_b/dz_l = kd T (softmax(z_l/T) - softmax(t_l/T)) / B + (1 - kd) (softmax(z_l) - onehot(y)) / B
+                  + hw * 2 (x_l - x^TA_l) / (B H)
+    then back through x_l = u W_2^T, u = a W_1^T + b_1, a = x_{l-1} W_O^T (x_{l-1} also feeds exit l - 1).
+    """
+    def forward(ws, x):
+        trace = []
+        for w_o, w_1, b_1, w_2 in ws:
+            a = x @ w_o.T
+            u = a @ w_1.T + b_1
+            trace.append((x, a, u))
+            x = u @ w_2.T
+            trace[-1] += (x,)
+        return trace
+
+    kd, T, hw = kd_weight, temperature, hidden_weight
+    accumulated = [[torch.zeros_like(w) for w in layer] for layer in weights]
+    losses = []
+    for batch in batches:
+        x0, y = LIN_FEATURES[batch["input_ids"][:, 0]], batch["labels"]
+        rows = len(y)
+        onehot = torch.zeros(rows, LIN_HIDDEN)
+        onehot[torch.arange(rows), y] = 1.0
+        student, ta = forward(weights, x0), forward(ta_weights, x0)
+        loss, grads_out = 0.0, []
+        for index, ((_, _, _, z), (_, _, _, target)) in enumerate(zip(student, ta)):
+            grad = hw * 2 * (z - target) / z.numel()
+            loss += hw * float(((z - target) ** 2).mean())
+            if all_exits or index == LIN_LAYERS - 1:
+                q_t, log_q_s = softmax_rows(target / T), log_softmax_rows(z / T)
+                loss += kd * T**2 * float(-(q_t * log_q_s).sum(-1).mean())
+                loss += (1 - kd) * float(-(onehot * log_softmax_rows(z)).sum(-1).mean())
+                grad = grad + kd * T * (softmax_rows(z / T) - q_t) / rows + (1 - kd) * (softmax_rows(z) - onehot) / rows
+            grads_out.append(grad)
+        losses.append(loss)
+        carried = torch.zeros(rows, LIN_HIDDEN)
+        for index in reversed(range(LIN_LAYERS)):
+            (w_o, w_1, _, w_2), (x_in, a, u, _) = weights[index], student[index]
+            g = grads_out[index] + carried  # dL/dx_l: its own exit and MSE, plus what layer l + 1 sends back
+            d_u = g @ w_2
+            d_a = d_u @ w_1
+            carried = d_a @ w_o
+            for acc, d in zip(accumulated[index], (d_a.T @ x_in, d_u.T @ a, d_u.sum(0), g.T @ u)):
+                acc += d.abs()  # |dL_b/dw| per batch, then summed
+    heads, neurons = [], []
+    for (w_o, w_1, b_1, w_2), (g_o, g_1, g_b, g_2) in zip(weights, accumulated):
+        columns = (w_o.abs() * g_o).sum(0)  # [H * d]: one score per W_O input column
+        heads.append(columns.view(LIN_HEADS, LIN_HEAD_SIZE).sum(1))  # head h owns columns h*d .. (h+1)*d - 1
+        neurons.append((w_1.abs() * g_1).sum(1) + b_1.abs() * g_b + (w_2.abs() * g_2).sum(0))
+    return heads, neurons, sum(losses) / len(losses)
+
+
+def linear_batches() -> list[dict]:
+    # Batches 1 and 2 hold the same rows with other labels: the CE gradients change sign between them, so summing
+    # |dL_b/dw| differs from |sum_b dL_b/dw|. Batch 3 is smaller (B = 2), so the 1/B of the means matters.
+    ids = torch.tensor([[0], [1], [2]])
+    return [dict(input_ids=ids, labels=torch.tensor([0, 3, 1])), dict(input_ids=ids, labels=torch.tensor([2, 1, 3])),
+            dict(input_ids=torch.tensor([[3], [1]]), labels=torch.tensor([1, 0]))]
+
+
+@pytest.mark.parametrize("kd_weight, temperature, hidden_weight, calibrate_exits", [
+    (0.9, 2.0, 0.5, True),  # the paper's mix, tempered, with the hidden MSE, against every exit
+    (0.9, 2.0, 0.5, False),  # the ablation: the last exit's KD + CE only (the MSE stays)
+    (0.0, 1.0, 0.0, True),  # hard labels only
+    (1.0, 3.0, 0.0, True),  # distillation only
+    (0.3, 1.0, 2.0, False),
+])
+def test_importance_of_a_linear_model_by_hand(kd_weight, temperature, hidden_weight, calibrate_exits):
+    weights, ta_weights = linear_weights(0), linear_weights(1)
+    student, ta = LinearExits(weights), LinearExits(ta_weights)
+    kw = dict(kd_weight=kd_weight, temperature=temperature, hidden_weight=hidden_weight)
+    importance = compute_importance(student, ta, linear_batches(), calibrate_exits=calibrate_exits, **kw)
+    heads, neurons, loss = importance_by_hand(weights, ta_weights, linear_batches(), all_exits=calibrate_exits, **kw)
+    assert [h.shape for h in importance.heads] == [(LIN_HEADS,)] * LIN_LAYERS
+    assert [n.shape for n in importance.neurons] == [(LIN_FFN,)] * LIN_LAYERS
+    for actual, expected in zip(importance.heads + importance.neurons, heads + neurons):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6)
+    assert importance.num_batches == 3 and importance.loss == pytest.approx(loss, rel=1e-5)
+    # The two criteria differ on this model, so the comparison above tells every exit from the last one.
+    other, _, _ = importance_by_hand(weights, ta_weights, linear_batches(), all_exits=not calibrate_exits, **kw)
+    assert not torch.allclose(other[0], heads[0], rtol=1e-2)
+
+
 def test_importance_rejects_empty_batches_and_mismatched_ta():
     student = tiny_model(0)
     with pytest.raises(ValueError, match="at least one batch"):
