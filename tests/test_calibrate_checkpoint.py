@@ -136,10 +136,14 @@ def test_calibrate_writes_the_threshold_into_config_only(model_dir, reviews, tmp
     assert costeff_fast.from_pretrained(model_dir).entropy_threshold == [tau] * 3
     # The goal holds against the full-depth reference, and the chosen row is the cheapest that meets it.
     assert report["reference"] == "full_depth" and report["rows"] == 200
-    if report["single"]["constraint_met"]:
-        assert report["single"]["accuracy"] >= report["full_depth"]["accuracy"] - 0.02 - 1e-12
-        cheaper = [r for r in report["sweep"] if r["gflops"] < report["single"]["gflops"]]
-        assert all(r["accuracy"] < report["full_depth"]["accuracy"] - 0.02 for r in cheaper)
+    # The goal can always be met here: the sweep starts at threshold 0 (full depth), whose accuracy is the
+    # reference itself, so the chosen row must meet it and be the cheapest that does.
+    full_depth = report["full_depth"]["accuracy"]
+    assert report["sweep"][0]["entropy_threshold"] == 0.0 and report["sweep"][0]["accuracy"] == full_depth
+    assert report["single"]["constraint_met"] is True
+    assert report["single"]["accuracy"] >= full_depth - 0.02 - 1e-12
+    cheaper = [r for r in report["sweep"] if r["gflops"] < report["single"]["gflops"]]
+    assert all(r["accuracy"] < full_depth - 0.02 for r in cheaper)
     held = report["held_out_comparison"]["held_out"]
     assert len(held) == 2 and sum(h["rows"] for h in held) == 200
 
@@ -149,8 +153,14 @@ def test_calibrate_per_layer_and_target_speedup(model_dir, reviews):
                                   target_speedup=1.5, thresholds="per-layer", report_dir=model_dir / "r")
     written = json.loads((model_dir / "config.json").read_text())["entropy_threshold"]
     assert written == report["per_layer"]["entropy_threshold"] and len(written) == 3
-    if report["single"]["constraint_met"]:
-        assert report["single"]["speedup_flops"] >= 1.5 - 1e-9
+    # The fixture's exits are confident (heads drawn with std 2), so the sweep's largest threshold stops most rows
+    # at layer 1 of 3: some sweep row is 1.5x cheaper than full depth, and the goal must be met.
+    full_gflops = report["full_depth"]["gflops_per_row"] * report["rows"]
+    admissible = [r for r in report["sweep"] if r["gflops"] <= full_gflops / 1.5 * (1 + 1e-9)]
+    assert admissible, [full_gflops / r["gflops"] for r in report["sweep"]]
+    assert report["single"]["constraint_met"] is True
+    assert report["single"]["speedup_flops"] >= 1.5 - 1e-9
+    assert report["single"]["accuracy"] == max(r["accuracy"] for r in admissible)  # the most accurate of those
     model = costeff_fast.from_pretrained(model_dir)
     assert model.entropy_threshold == pytest.approx(written)
     texts = pd.read_csv(reviews)["review"].tolist()

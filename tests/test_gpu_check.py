@@ -84,24 +84,66 @@ def test_engine_sections_match_the_per_row_reference(dry_run):
     assert checkpoint["cases"][0]["predictions_equal_fraction"] == 1.0
 
 
-def test_throughput_and_kernel_figures_are_sane(dry_run):
+def test_throughput_and_kernel_figures_are_sane(dry_run, monkeypatch):
     sections = dry_run[2]["sections"]
     throughput = sections["throughput"]
     assert throughput["complete"] and set(throughput["row_sets"]) == {"real", "16"}
     names = {row["contender"] for row in throughput["results"]}
     assert names == set(throughput["contenders"]) and {"hf_bert_sdpa", "triton_checkpoint_early_exit"} <= names
+    rows = {(row["rows"], row["batch"], row["contender"]): row for row in throughput["results"]}
+    assert len(rows) == len(throughput["results"])  # one row per (row set, batch, contender)
     for row in throughput["results"]:
-        assert row["ms_per_batch"] > 0 and row["sentences_per_s"] > 0 and row["gflop"] > 0 and row["tokens"] > 0
+        assert row["ms_per_batch"] > 0 and row["gflop"] > 0 and row["tokens"] > 0
         assert math.isclose(row["sentences_per_s"], row["batch"] / row["ms_per_batch"] * 1e3)
+        assert math.isclose(row["tflop_per_s"], row["gflop"] / row["ms_per_batch"])
         assert 1.0 <= row["mean_exit_layer"]
     no_exit = [row for row in throughput["results"] if row["contender"].endswith("_no_exit")]
     assert all(row["mean_exit_layer"] == int(row["mean_exit_layer"]) for row in no_exit)
-    early = [e for effects in throughput["early_exit_effect"].values() for e in effects]
-    assert early and all(e["speedup_of_early_exit"] > 0 for e in early)
+    # Each early-exit effect is its no-exit twin's time over its own, on the same rows and batch (recomputed here
+    # from the two timings); stopping early never runs more layers nor more FLOPs than the full-depth twin.
+    expected = {}
+    for (row_set, batch, name), row in rows.items():
+        if name.endswith("_early_exit"):
+            base = rows[(row_set, batch, name.replace("_early_exit", "_no_exit"))]
+            assert row["mean_exit_layer"] <= base["mean_exit_layer"] and row["gflop"] <= base["gflop"]
+            if row["mean_exit_layer"] < base["mean_exit_layer"]:
+                assert row["gflop"] < base["gflop"]
+            expected.setdefault(name.removesuffix("_early_exit"), []).append(
+                (row_set, batch, row["mean_exit_layer"], base["ms_per_batch"] / row["ms_per_batch"]))
+    effects = {name: [(e["rows"], e["batch"], e["mean_exit_layer"], e["speedup_of_early_exit"]) for e in found]
+               for name, found in throughput["early_exit_effect"].items()}
+    assert expected and effects.keys() == expected.keys()
+    for name in expected:
+        assert [e[:3] for e in effects[name]] == [e[:3] for e in expected[name]]
+        assert all(math.isclose(a[3], b[3]) for a, b in zip(effects[name], expected[name]))
     kernels = sections["kernels"]
     assert {row["op"] for row in kernels["rows"]} == KERNEL_OPS
-    assert all(row["us"] > 0 and row["roofline_us"] > 0 for row in kernels["rows"])
+    for row in kernels["rows"]:
+        assert row["us"] > 0 and math.isclose(row["fraction_of_roofline"], row["roofline_us"] / row["us"])
+    # The layer row sums its five kernels, per size: measured times and roofline times alike.
     assert len(kernels["layers"]) == 2
+    for layer in kernels["layers"]:
+        ops = [r for r in kernels["rows"] if r["size"] == layer["size"] and not r["op"].startswith("layer")]
+        assert len(ops) == 5
+        assert math.isclose(layer["sum_of_ops_us"], sum(r["us"] for r in ops))
+        assert math.isclose(layer["roofline_us"], sum(r["roofline_us"] for r in ops))
+    # Roofline of two kernels by hand for the dry run's tiny layer (hidden 32, 2 heads x 16 = A 32, fp32: 4 bytes
+    # a value) on 4 rows of 16 tokens (T = 64), at the recorded peaks. Both are far below the ridge point, so
+    # memory-bound: time = bytes / bandwidth.
+    #   QKV GEMM: FLOPs 2 T 32 (3 A) = 393216; values T 32 + 32 (3 A) + T (3 A) = 2048 + 3072 + 6144 = 11264
+    #   attention: FLOPs 4 (4 x 16^2) A = 131072; values T (3 A) + T A = 6144 + 2048 = 8192
+    monkeypatch.syspath_prepend(str(BENCH))
+    from bench_gpu import PEAKS
+
+    flops_peak, bandwidth = PEAKS[kernels["peaks"]]
+    by_op = {r["op"]: r for r in kernels["rows"] if r["size"] == "4x16"}
+    for op, flops, values in (("QKV GEMM + bias", 393216, 11264), ("varlen attention", 131072, 8192)):
+        row = by_op[op]
+        assert row["tokens"] == 64 and row["rows"] == 4 and row["bound"] == "memory"
+        assert flops / flops_peak < 4 * values / bandwidth
+        assert math.isclose(row["roofline_us"], 1e6 * 4 * values / bandwidth)
+        assert math.isclose(row["achieved_gb_per_s"], 4 * values / 1e6 * 1e3 / row["us"])
+        assert math.isclose(row["achieved_tflop_per_s"], flops / 1e9 * 1e3 / row["us"])
 
 
 def test_payload_script_on_a_tiny_checkpoint(tmp_path, minilm_dir, monkeypatch):

@@ -76,15 +76,24 @@ def test_compress_end_to_end_on_rt_rows(tiny_teacher, tmp_path):
     assert (out / "report.png").stat().st_size > 10_000
     assert report["parameters"]["ratio_encoder"] < 0.5
     assert len(report["accuracy"]["costeff_exits"]) == 3
-    chosen = report["calibration"]["chosen"]
-    if chosen["constraint_met"]:
-        assert chosen["accuracy"] >= report["accuracy"]["teacher"] - 0.01 - 1e-12
-    # The paper's operating point: no sweep row that keeps 96.5 % of the teacher is cheaper.
+    chosen, sweep = report["calibration"]["chosen"], report["calibration"]["sweep"]
+    teacher = report["accuracy"]["teacher"]
+    # Whether a row keeps the teacher's accuracy within 1 point depends on training; both outcomes are checked.
+    within = [r for r in sweep if r["accuracy"] >= teacher - 0.01 - 1e-12]
+    assert chosen["constraint_met"] is bool(within)
+    if within:  # the cheapest row that keeps the accuracy
+        assert chosen["accuracy"] >= teacher - 0.01 - 1e-12 and chosen["gflops"] == min(r["gflops"] for r in within)
+    else:  # none does: the most accurate row
+        assert chosen["accuracy"] == max(r["accuracy"] for r in sweep)
+    assert chosen["entropy_threshold"] in [r["entropy_threshold"] for r in sweep]
+    # The paper's operating point: no sweep row that keeps 96.5 % of the teacher is cheaper (None when none keeps it).
     point = report["targets"]["cheapest_threshold_retaining_96.5_percent"]
-    keeps = [r for r in report["calibration"]["sweep"] if r["accuracy"] >= 0.965 * report["accuracy"]["teacher"]]
-    assert (point is None) == (not keeps)
-    if point is not None:
-        assert point["gflops"] == min(r["gflops"] for r in keeps) and 0 < point["flops_ratio_real_lengths"]
+    keeps = [r for r in sweep if r["accuracy"] >= 0.965 * teacher]
+    if keeps:
+        assert point is not None and point["gflops"] == min(r["gflops"] for r in keeps)
+        assert 0 < point["flops_ratio_real_lengths"]
+    else:
+        assert point is None
     # The calibrated checkpoint serves with its stored threshold and reproduces the reported accuracy.
     model = costeff_fast.from_pretrained(out)
     assert model.entropy_threshold == [chosen["entropy_threshold"]] * 3

@@ -39,14 +39,16 @@ def test_run_stage_builds_once_saves_and_records(tmp_path):
 
 
 def test_a_failed_build_leaves_no_record(tmp_path):
-    def build():
-        raise RuntimeError("interrupted")
+    error = RuntimeError("interrupted")
 
-    try:
+    def build():
+        raise error
+
+    with pytest.raises(RuntimeError, match=r"^interrupted$") as caught:
         run_stage(tmp_path, build, tokenizer=Saved("tokenizer.json"), seed=0)
-    except RuntimeError:
-        pass
+    assert caught.type is RuntimeError and caught.value is error  # the build's own error, neither wrapped nor swallowed
     assert not (tmp_path / RECORD).exists()
+    assert not (tmp_path / "model.bin").exists() and not (tmp_path / "tokenizer.json").exists()
     record = run_stage(tmp_path, lambda: (Saved("model.bin"), {}), tokenizer=Saved("tokenizer.json"), seed=0)
     assert set(record) == {"seconds"}
 
