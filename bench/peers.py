@@ -144,7 +144,7 @@ def build_peers(teacher, reference, tokenizer, tau, texts: list[str], threads: i
     contenders, predictors = {}, {}
 
     def hf_like(name, model, packed):
-        contenders[name] = wl.hf_contender(model, texts, batch_size, packed=packed)
+        contenders[name] = wl.hf_contender(model, texts, batch_size, packed=packed, config=teacher.config)
         predictors[name] = lambda rows, m=model: m(**wl.hf_batches(rows, len(rows))[0]).logits.argmax(-1)
 
     have_ort = onnxruntime_available()

@@ -306,7 +306,7 @@ def main(argv=None) -> dict:
     }
     groups["bert_base_batch32"] = time_group({
         "hf_bert_base_sdpa": wl.hf_contender(bert, bert_texts, 32),
-        "optimize_bert_base": wl.hf_contender(fast_bert, bert_texts, 32, packed=True),
+        "optimize_bert_base": wl.hf_contender(fast_bert, bert_texts, 32, packed=True, config=bert.config),
     }, args.repeats, peak_before)
 
     log("timing the 8x COST-EFF shape (full depth) vs HF BERT-base on 128-token rows, batch 32")

@@ -40,7 +40,8 @@ def contenders():
         "rt batch 64": wl.teacher_group(teacher, full_width, costeff, tau, texts[:64]),
         "BERT-base real-length batch 32": {
             "hf_bert_base_sdpa": wl.hf_contender(bert, texts[:32], 32),
-            "optimize_bert_base": wl.hf_contender(costeff_fast.optimize(bert), texts[:32], 32, packed=True),
+            "optimize_bert_base": wl.hf_contender(costeff_fast.optimize(bert), texts[:32], 32, packed=True,
+                                                  config=bert.config),
         },
         "8x full depth vs BERT-base 128 padded, batch 32": {
             "costeff_8x_full_depth": wl.engine_contender(eight_x, list(wl.full_length_texts(32)), 32, 0.0),

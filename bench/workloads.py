@@ -289,11 +289,15 @@ def hf_batches(texts: list[str], batch_size: int, pad_to_max: bool = False) -> l
     ]
 
 
-def hf_contender(model, texts: list[str], batch_size: int, pad_to_max: bool = False, packed: bool = False) -> Contender:
+def hf_contender(model, texts: list[str], batch_size: int, pad_to_max: bool = False, packed: bool = False,
+                 config=None) -> Contender:
     """An HF-style classifier in inference mode on padded tokenized batches (tokenization not timed).
 
     ``packed``: the model skips padding (``costeff_fast.optimize``), so FLOPs count real tokens only.
+    ``config``: the BERT config the FLOPs are counted on (default ``model.config``; for ``optimize(m)`` pass
+    ``m.config``: the optimized model's own config is a ``CostEffConfig`` of the same shapes).
     """
+    config = model.config if config is None else config
     batches = hf_batches(texts, batch_size, pad_to_max)
 
     @torch.inference_mode()
@@ -304,8 +308,8 @@ def hf_contender(model, texts: list[str], batch_size: int, pad_to_max: bool = Fa
         executed = torch.cat([b["attention_mask"].sum(dim=1) for b in batches])
     else:
         executed = torch.cat([torch.full((len(b["input_ids"]),), b["input_ids"].shape[1]) for b in batches])
-    return Contender(run, len(texts), bert_flops(model.config, executed) / 1e9,
-                     bert_flops(model.config, torch.full_like(executed, MAX_LENGTH)) / 1e9)
+    return Contender(run, len(texts), bert_flops(config, executed) / 1e9,
+                     bert_flops(config, torch.full_like(executed, MAX_LENGTH)) / 1e9)
 
 
 def engine_batches(texts: list[str], batch_size: int) -> list[dict]:

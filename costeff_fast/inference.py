@@ -44,6 +44,16 @@ _HUB_ONLY = frozenset({
 
 _KEEP = object()
 
+#: parameter registrations seen in this process (any module): a model re-lists its parameters only when this moved
+_REGISTRATIONS = [0]
+
+
+def _count_registration(module, name, parameter) -> None:
+    _REGISTRATIONS[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+
 
 def _token_chunks(lengths: torch.Tensor, max_tokens: int) -> list[tuple[int, int, int, int]]:
     """Consecutive row chunks of at most ``max_tokens`` real tokens each (a longer row alone): ``(first row, last
@@ -105,6 +115,7 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
                                "max_batch_tokens": DEFAULT_MAX_BATCH_TOKENS}
         self._backend: Backend | None = None
         self._backend_key = None
+        self._parameter_list: tuple[list[torch.nn.Parameter], int] | None = None
         self.thread_policy: AutoThreads | None = AutoThreads()
         self._inputs: InputEncoder | None = None
 
@@ -230,8 +241,11 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
     def backend(self) -> Backend:
         """The packed backend, re-packed when the weights, their device or the engine options changed."""
         options = self.engine_options
-        key = (options["backend"], options["quantize"], str(self.device),
-               tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters()))
+        if self._parameter_list is None or self._parameter_list[1] != _REGISTRATIONS[0]:
+            self._parameter_list = (list(self.parameters()), _REGISTRATIONS[0])  # walk the modules only when needed
+        parameters = self._parameter_list[0]
+        key = (options["backend"], options["quantize"],
+               [(p.data_ptr(), p._version, p.dtype, p.device) for p in parameters])
         if self._backend is None or key != self._backend_key:
             device = "cpu" if options["quantize"] is not None else self.device  # int8 GEMMs are the CPU's
             with torch.no_grad():
@@ -239,9 +253,9 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
             self._backend_key = key
         return self._backend
 
-    def _call_threads(self) -> int | None:
-        """The torch thread count for a call starting now (None: leave torch's setting)."""
-        if self.backend.device.type != "cpu":
+    def _call_threads(self, backend: Backend) -> int | None:
+        """The torch thread count for a call starting now on ``backend`` (None: leave torch's setting)."""
+        if backend.device.type != "cpu":
             return None
         if self.thread_policy is not None:
             return self.thread_policy.threads()
@@ -316,7 +330,7 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
         offset, max_tokens = 0, self.engine_options["max_batch_tokens"]
         for input_ids, token_type_ids, lengths in self.inputs.chunks(batch):
             for first, last, start, stop in _token_chunks(lengths, max_tokens):
-                with torch_threads(self._call_threads()):  # per chunk, so a long call follows the load
+                with torch_threads(self._call_threads(backend)):  # per chunk, so a long call follows the load
                     chunk_logits, chunk_exits = run_early_exit(
                         backend, input_ids[start:stop], token_type_ids[start:stop], lengths[first:last], tau)
                 logits[offset + first: offset + last] = chunk_logits.cpu()
@@ -365,7 +379,7 @@ class CostEffEngineForSequenceClassification(CostEffForSequenceClassification):
         def rows() -> Iterator[tuple[int, torch.Tensor, int]]:
             steps = stream_early_exit(backend, chunks, batch_size, tau)
             while True:  # the thread count is set around each step, so code between yields keeps its own
-                with torch.inference_mode(), torch_threads(self._call_threads()):
+                with torch.inference_mode(), torch_threads(self._call_threads(backend)):
                     step = next(steps, None)
                 if step is None:
                     return

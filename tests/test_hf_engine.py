@@ -169,7 +169,7 @@ def test_train_mode_changes_nothing_and_reference_only_arguments_are_refused(tin
     engine_model.eval()
     evaluated = engine_model(**batch, labels=labels)
     engine_model.train()
-    trained = engine_model(**batch, labels=labels)
+    trained = engine_model(**batch)
     assert torch.equal(trained.logits, evaluated.logits) and torch.equal(trained.exit_layer, evaluated.exit_layer)
     logits, exit_layer, _ = tiny_model.early_exit_reference(**batch)
     torch.testing.assert_close(evaluated.logits, logits, atol=ATOL, rtol=0)
@@ -180,6 +180,7 @@ def test_train_mode_changes_nothing_and_reference_only_arguments_are_refused(tin
     for argument in ("output_hidden_states", "output_exit_logits", "gradient_equilibrium"):
         with pytest.raises(ValueError, match=f"{argument}: not supported.*CostEffForSequenceClassification"):
             engine_model(**batch, **{argument: True})
+    engine_model.eval()
     with pytest.raises(ValueError, match="labels must be"):
         engine_model(**batch, labels=torch.tensor([0, 1, 3, 0, 1, 2]))
 
@@ -195,6 +196,11 @@ def test_engine_follows_weight_changes_and_refuses_what_it_cannot_do(tiny_model)
         model.exits[-1].classifier.bias.add_(1.0)  # an in-place edit re-packs the engine
         after = model(**batch, entropy_threshold=0.0).logits
     torch.testing.assert_close(after, before + 1.0, atol=ATOL, rtol=0)
+    other = make_tiny_model(9)  # new parameter objects (assign=True) are seen too, not only in-place edits
+    model.load_state_dict(other.state_dict(), assign=True)
+    with torch.no_grad():
+        replaced = model(**batch, entropy_threshold=0.0).logits
+        torch.testing.assert_close(replaced, other(**batch, entropy_threshold=0.0).logits, atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="inputs_embeds: not supported"):
         model(**batch, inputs_embeds=torch.zeros(5, 3, 32))
     with pytest.raises(ValueError, match="no tokenizer"):
