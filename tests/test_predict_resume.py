@@ -38,16 +38,16 @@ def _interrupted(monkeypatch, after_manifests: int):
 
 def _input(tmp_path, kind: str, rows: list):
     """``rows`` (None: a row that fails) as one CSV file, one JSON Lines file, or a directory of three JSON Lines
-    files whose sizes do not divide the shard size (so shards straddle file edges)."""
-    if kind == "csv":
-        return write_input(tmp_path / "rows.csv", {"text": rows})
-    if kind == "jsonl":
-        return write_input(tmp_path / "rows.jsonl", {"text": rows})
+    files whose sizes do not divide the shard size (so shards straddle file edges). A second column keeps a CSV
+    line with an empty text a row (a one-column CSV would make it a blank line, which is no row)."""
+    columns = {"n": list(range(len(rows))), "text": rows}
+    if kind in ("csv", "jsonl"):
+        return write_input(tmp_path / f"rows.{kind}", columns)
     directory = tmp_path / "rows"
     directory.mkdir()
     edges = [0, 23, 41, len(rows)]
     for index, (start, stop) in enumerate(zip(edges, edges[1:])):
-        write_input(directory / f"part-{index}.jsonl", {"text": rows[start:stop]})
+        write_input(directory / f"part-{index}.jsonl", {name: values[start:stop] for name, values in columns.items()})
     return directory
 
 
