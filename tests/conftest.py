@@ -86,3 +86,63 @@ def auto_threads_at_the_ceiling(request, monkeypatch):
     policy itself."""
     if request.module.__name__.rpartition(".")[2] != "test_threads":
         monkeypatch.setattr(threads_module.AutoThreads, "threads", lambda self: self.max_threads)
+
+
+# A small real model trained inside the test session (tests/test_trained_model.py, tests/test_int8.py): what
+# `make demo` runs (costeff_fast.training.demo.run_demo: compress with the packaged MiniLM fine-tuned as the
+# teacher, the `--task-default` path, then early-exit inference next to HF on rt's validation split), on a budget
+# small enough for about two minutes on 2 CPU cores. Widths are compress's defaults (2 heads, FFN 160, embedding
+# rank 128, mean-pooled exits).
+
+#: the fields changed from the ``demo`` preset: 512 training rows (16 steps of 32 per epoch), 256 validation rows for
+#: checkpoint choice and calibration (the other rt validation rows stay held out), 64 tokens, 2 pruning events. The
+#: teacher needs 2 epochs at 2e-4: 1 epoch at 1e-4 left it at the majority class (0.578); 2 at 2e-4 reach about 0.77
+TRAINED_RT_BUDGET = dict(
+    train_rows=512, eval_rows=256, max_length=64,
+    teacher_epochs=2, teacher_lr=2e-4,
+    ta_hidden_epochs=0, ta_prediction_epochs=1, ta_lr=1e-4,
+    num_events=2, importance_batches=2, distill_steps=4,
+    recovery_hidden_epochs=0, recovery_prediction_epochs=2, recovery_lr=1e-4,
+)
+
+
+class TrainedRt:
+    """What :func:`trained_rt` built: ``work_dir`` (run_demo's), ``model_dir`` (the checkpoint), ``results``
+    (run_demo's return value), ``report`` (compress's ``report.json``), ``budget``, ``seconds`` (wall time), and rt's
+    validation split as run_demo and compress read it: ``texts`` / ``labels`` (all rows, in order), ``eval_index``
+    (the rows compress used: the split shuffled with the seed, the first ``eval_rows``) and ``held_out_index``
+    (every other row)."""
+
+    def __init__(self, work_dir, budget, results, seconds):
+        import json
+
+        from costeff_fast.data import load_task
+
+        self.work_dir, self.model_dir, self.budget = work_dir, work_dir / "model", budget
+        self.results, self.seconds = results, seconds
+        self.report = json.loads((self.model_dir / "report.json").read_text())
+        validation = load_task("rt", seed=0)["validation"]
+        self.texts, self.labels = list(validation["text"]), torch.tensor(list(validation["label"]))
+        # cap_rows' draw (Dataset.shuffle(seed).select(range(eval_rows))), as row indices of the whole split
+        order = torch.tensor(validation.add_column("row", list(range(len(validation)))).shuffle(seed=0)["row"])
+        self.eval_index, self.held_out_index = order[:budget.eval_rows], order[budget.eval_rows:]
+
+
+@pytest.fixture(scope="session")
+def trained_rt(tmp_path_factory):
+    """run_demo on :data:`TRAINED_RT_BUDGET` (registered as the preset ``"ci"`` while it runs, since run_demo takes a
+    preset name), seed 0, once per session."""
+    import time
+
+    from costeff_fast.training.budget import BUDGETS, budget_with
+    from costeff_fast.training.demo import run_demo
+
+    budget = budget_with("demo", name="ci", **TRAINED_RT_BUDGET)
+    work_dir = tmp_path_factory.mktemp("trained_rt")
+    started = time.perf_counter()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(BUDGETS, "ci", budget)
+        # the engine's thread count at its ceiling, as every test here runs it (see auto_threads_at_the_ceiling)
+        patch.setattr(threads_module.AutoThreads, "threads", lambda self: self.max_threads)
+        results = run_demo(work_dir, budget="ci", seed=0)
+    return TrainedRt(work_dir, budget, results, time.perf_counter() - started)
