@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 
 import torch
@@ -76,6 +77,16 @@ def minilm_dir():
     from costeff_fast.training.data import packaged_minilm_dir
 
     return packaged_minilm_dir()
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """The CLI's ``main`` sets the costeff_fast logger's level (process-wide, from --log-level/-q/-v); put it back
+    after every test so one command's level never hides another test's log records."""
+    package = logging.getLogger("costeff_fast")
+    level = package.level
+    yield
+    package.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

@@ -40,15 +40,6 @@ MINIMAL = {
 ALIASES = {"--output": "--out", "--threads": "--num-threads"}
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main sets the costeff_fast logger's level (process-wide); put it back for the other tests."""
-    package = logging.getLogger("costeff_fast")
-    level = package.level
-    yield
-    package.setLevel(level)
-
-
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
     parser = cli.build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -16,15 +16,6 @@ from costeff_fast.commands import COMMANDS
 from costeff_fast.flops import exit_flops, layer_flops, model_flops, parameter_counts
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """The commands set the costeff_fast logger's level (process-wide); put it back for the other tests."""
-    package = logging.getLogger("costeff_fast")
-    level = package.level
-    yield
-    package.setLevel(level)
-
-
 @pytest.fixture
 def checkpoint(tmp_path):
     model = make_tiny_model(1, num_labels=3, entropy_threshold=[0.5, 0.25, 0.125, 0.0],
