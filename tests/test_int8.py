@@ -439,10 +439,11 @@ def check_few_disagree(fp32: torch.Tensor, int8: torch.Tensor, rate: float) -> N
 
 
 def check_trained(directory: Path, texts: list[str], labels: torch.Tensor) -> None:
-    """int8 no worse than fp32 beyond chance (:func:`check_no_worse`) at threshold 0 and the calibrated one; logits
-    at threshold 0 close: mean |difference| under 6 % of the mean |logit| (measured 3.0 % on rt, 1.6 % on trec),
-    the largest under a quarter of the largest logit (measured 8 % and 13 %), the same label for at least 98 % of
-    rows (98.9, 99.1)."""
+    """int8 against fp32 on a trained checkpoint: logits at threshold 0 close (mean |difference| under 6 % of the
+    mean |logit|, the largest under a quarter of the largest logit: measured 3.0 % / 8 % on rt's run of record,
+    1.6 % / 13 % on trec's, 4.1 % / 7.7 % on the session-trained model); labels differing on at most 2 % of rows in
+    expectation (:func:`check_few_disagree`); int8 no worse than fp32 beyond chance (:func:`check_no_worse`) at
+    threshold 0 and at the checkpoint's calibrated threshold."""
     fp32 = costeff_fast.from_pretrained(directory)
     int8 = costeff_fast.from_pretrained(directory, quantize="int8")
     logits32 = batched(lambda rows: fp32.generate_logits(rows, entropy_threshold=0.0), texts)
@@ -450,49 +451,40 @@ def check_trained(directory: Path, texts: list[str], labels: torch.Tensor) -> No
     difference = (logits8 - logits32).abs()
     assert difference.mean() < 0.06 * logits32.abs().mean()
     assert difference.max() < 0.25 * logits32.abs().max()
-    assert (logits8.argmax(1) == logits32.argmax(1)).float().mean() >= 0.98
-    for tau in (0.0, None):  # None: the checkpoint's calibrated threshold
-        check_no_worse(*(batched(lambda rows: engine.predict(rows, entropy_threshold=tau), texts)
-                         for engine in (fp32, int8)), labels)
+    check_few_disagree(logits32.argmax(1), logits8.argmax(1), rate=0.02)
+    check_no_worse(logits32.argmax(1), logits8.argmax(1), labels)
+    check_no_worse(*(batched(engine.predict, texts) for engine in (fp32, int8)), labels)
 
 
-@pytest.mark.skipif(not (RT_CHECKPOINT / "config.json").is_file(), reason=f"no trained rt checkpoint at {RT_CHECKPOINT}")
-def test_trained_rt_checkpoint_int8_against_fp32(one_thread):
+def _rt_rows():
     from costeff_fast.data import load_task
 
     data = load_task("rt")["validation"]
-    check_trained(RT_CHECKPOINT, list(data["text"]), torch.tensor(data["label"]))
+    return list(data["text"]), torch.tensor(data["label"])
 
 
-@pytest.mark.skipif(not (TREC_CHECKPOINT / "config.json").is_file() or not TREC_VALIDATION.is_file(),
-                    reason=f"no trained trec checkpoint at {TREC_CHECKPOINT}")
-def test_trained_trec_checkpoint_int8_against_fp32(one_thread):
+def _trec_rows():
     label2id = json.loads((TREC_CHECKPOINT / "config.json").read_text())["label2id"]
     with TREC_VALIDATION.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    check_trained(TREC_CHECKPOINT, [row["question"] for row in rows],
-                  torch.tensor([label2id[row["question_type"]] for row in rows]))
+    return [row["question"] for row in rows], torch.tensor([label2id[row["question_type"]] for row in rows])
 
 
-def test_session_trained_rt_model_int8_against_fp32(trained_rt):
-    """The model trained in this session (conftest.py's ``trained_rt``; runs everywhere, unlike the two above) on all
-    1,276 rt validation rows: logits at threshold 0 as close as the documented contract for trained checkpoints
-    (mean |difference| under 6 % of the mean |logit|, the largest under a quarter of the largest logit); labels
-    differing on at most 2 % of rows in expectation (the same contract's 98 %: N p + 3 sqrt(N p (1 - p)), 40 of
-    1,276 rows); int8 no worse than fp32 beyond chance (:func:`check_no_worse`) at threshold 0 and at the stored
-    calibrated threshold."""
-    texts, labels = trained_rt.texts, trained_rt.labels
-    fp32 = costeff_fast.from_pretrained(trained_rt.model_dir)
-    int8 = costeff_fast.from_pretrained(trained_rt.model_dir, quantize="int8")
-    logits32 = batched(lambda rows: fp32.generate_logits(rows, entropy_threshold=0.0), texts)
-    logits8 = batched(lambda rows: int8.generate_logits(rows, entropy_threshold=0.0), texts)
-    difference = (logits8 - logits32).abs()
-    print(f"\nint8: mean |diff| {difference.mean() / logits32.abs().mean():.3f} of mean |logit|, max "
-          f"{difference.max() / logits32.abs().max():.3f} of max; labels differ on "
-          f"{(logits8.argmax(1) != logits32.argmax(1)).sum().item()} of {len(texts)} rows")
-    assert difference.mean() < 0.06 * logits32.abs().mean()
-    assert difference.max() < 0.25 * logits32.abs().max()
-    check_few_disagree(logits32.argmax(1), logits8.argmax(1), rate=0.02)
-    check_no_worse(logits32.argmax(1), logits8.argmax(1), labels)
-    calibrated = [batched(lambda rows: engine.predict(rows), texts) for engine in (fp32, int8)]
-    check_no_worse(*calibrated, labels)
+#: runs of record checked on demand: collected only where the checkpoint is there (COSTEFF_TEST_RT_CHECKPOINT,
+#: COSTEFF_TEST_TREC_CHECKPOINT), so CI, which has none, skips nothing; the session-trained model runs everywhere
+LOCAL_CHECKPOINTS = [name for name, present in (
+    ("rt", (RT_CHECKPOINT / "config.json").is_file()),
+    ("trec", (TREC_CHECKPOINT / "config.json").is_file() and TREC_VALIDATION.is_file())) if present]
+
+
+@pytest.mark.parametrize("name", ["session"] + LOCAL_CHECKPOINTS)
+def test_trained_checkpoint_int8_against_fp32(name, request, one_thread):
+    """:func:`check_trained` on the model trained in this session (conftest.py's ``trained_rt``, all 1,276 rt
+    validation rows) and on the runs of record present here."""
+    if name == "session":
+        trained = request.getfixturevalue("trained_rt")
+        check_trained(trained.model_dir, trained.texts, trained.labels)
+    elif name == "rt":
+        check_trained(RT_CHECKPOINT, *_rt_rows())
+    else:
+        check_trained(TREC_CHECKPOINT, *_trec_rows())
