@@ -221,7 +221,7 @@ class InputEncoder:
         mappings the row counts of every field, are checked before the first piece."""
         rows = ROWS_PER_CHUNK if rows is None else rows
         kind = _batch_kind(batch)
-        total = num_rows(batch)
+        total = len(batch["input_ids"]) if kind == "tokenized" else len(batch)
         if kind == "tokenized":
             for name in TOKENIZED_FIELDS[1:]:
                 if batch.get(name) is not None and len(batch[name]) != total:

@@ -7,7 +7,7 @@ import transformers
 from torch import nn
 
 from .convert import SUPPORTED_TEACHERS, from_encoder_classifier
-from .inference import CostEffEngineForSequenceClassification, check_engine_options
+from .inference import DEFAULT_MAX_BATCH_TOKENS, CostEffEngineForSequenceClassification, check_engine_options
 
 #: the ``transformers`` classifiers :func:`optimize` accepts (every classifier the conversion reproduces)
 OPTIMIZABLE_CLASSIFIERS = tuple(name for name in SUPPORTED_TEACHERS if name.endswith("ForSequenceClassification"))
@@ -52,7 +52,7 @@ def optimize(model: nn.Module, tokenizer=None, quantize: str | None = None,
         raise TypeError(
             f"optimize expects one of {', '.join(OPTIMIZABLE_CLASSIFIERS)} (transformers), got {type(model).__name__}"
         )
-    check_engine_options("auto", quantize, num_threads, 1, "cpu")
+    check_engine_options("auto", quantize, num_threads, DEFAULT_MAX_BATCH_TOKENS, "cpu")  # before converting
     converted = from_encoder_classifier(model).float().cpu().eval()
     return CostEffEngineForSequenceClassification.from_model(converted, tokenizer, device="cpu", quantize=quantize,
                                                              num_threads=num_threads)
