@@ -13,6 +13,7 @@ import importlib
 
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
+from .audit import AgreementAudit
 from .config import CostEffConfig
 from .inference import CostEffEngineForSequenceClassification, from_pretrained
 from .modeling import CostEffClassifierOutput, CostEffForSequenceClassification
@@ -34,6 +35,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "AgreementAudit",
     "CostEffClassifierOutput",
     "CostEffConfig",
     "CostEffEngineForSequenceClassification",
