@@ -65,7 +65,10 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     p, n, z2 = successes / trials, trials, z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the bounds are exactly 0 and 1 at the ends (p(1-p) = 0 there); rounding must not leave them a hair inside
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return low, high
 
 
 def _splitmix64(values: np.ndarray) -> np.ndarray:

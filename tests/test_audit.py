@@ -29,9 +29,9 @@ def test_wilson_interval_closed_forms():
     # all agree: the lower bound is n / (n + z^2); none agree: the upper bound is z^2 / (n + z^2)
     for n in (1, 10, 250):
         low, high = wilson_interval(n, n)
-        assert high == pytest.approx(1.0, abs=1e-15) and low == pytest.approx(n / (n + Z95**2), rel=1e-12)
+        assert high == 1.0 and low == pytest.approx(n / (n + Z95**2), rel=1e-12)
         low, high = wilson_interval(0, n)
-        assert low == pytest.approx(0.0, abs=1e-15) and high == pytest.approx(Z95**2 / (n + Z95**2), rel=1e-12)
+        assert low == 0.0 and high == pytest.approx(Z95**2 / (n + Z95**2), rel=1e-12)
     # half agree: symmetric about 1/2 with half-width z sqrt(n/4 + z^2/4) / (n + z^2)
     low, high = wilson_interval(50, 100)
     half = Z95 * math.sqrt(100 / 4 + Z95**2 / 4) / (100 + Z95**2)
