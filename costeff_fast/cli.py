@@ -24,6 +24,7 @@ import traceback
 from costeff_fast import __version__
 from costeff_fast.commands import COMMANDS
 from costeff_fast.commands.common import Refused, RowsFailed, common_options, configure_logging
+from costeff_fast.jobs import JobOutputError
 
 
 class ExitCode(enum.IntEnum):
@@ -37,6 +38,10 @@ class ExitCode(enum.IntEnum):
     """Bad usage or a refused input (argparse's errors and the library's refusals), before any work was written."""
     SOFTWARE = 70
     """An unexpected error (``EX_SOFTWARE`` of sysexits.h): a bug; the traceback is printed."""
+    IO_ERROR = 74
+    """The output could not be written: the disk is full or a quota exceeded (``EX_IOERR`` of sysexits.h;
+    ``predict``: :class:`~costeff_fast.jobs.JobOutputError`, its last commit intact: free space, then rerun with
+    ``--resume``)."""
     SIGNAL = 128
     """Plus the signal number: stopped by a signal (130 for SIGINT / Ctrl-C, 143 for SIGTERM)."""
 
@@ -51,6 +56,8 @@ exit status (every command):
   {ExitCode.ROWS_FAILED:<7}  the job ran to the end but some rows failed (predict: OUT/_errors.jsonl)
   {ExitCode.USAGE:<7}  bad usage or refused input: one 'costeff-fast: error: ...' line (-v adds the traceback)
   {ExitCode.SOFTWARE:<7}  unexpected error (a bug): the traceback, then one 'costeff-fast: internal error' line
+  {ExitCode.IO_ERROR:<7}  the output could not be written (disk full or quota): one 'costeff-fast: error: ...'
+           line; predict: free space, then rerun with --resume
   {f"{ExitCode.SIGNAL:d}+N":<7}  stopped by signal N: 130 for SIGINT (Ctrl-C), 143 for SIGTERM
 
 logging: costeff_fast's notes (such as the backend each model runs on) go to stderr at --log-level info by
@@ -128,6 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     except RowsFailed as failed:
         print(f"costeff-fast: {_one_line(failed)}", file=sys.stderr)
         raise SystemExit(int(ExitCode.ROWS_FAILED)) from None
+    except JobOutputError as error:
+        if args.verbose:
+            traceback.print_exception(error)
+        print(f"costeff-fast: error: {_one_line(error)}", file=sys.stderr)
+        raise SystemExit(int(ExitCode.IO_ERROR)) from None
     except REFUSALS as error:
         if args.verbose:
             traceback.print_exception(error.__cause__ if isinstance(error, Refused) and error.__cause__ else error)

@@ -37,7 +37,7 @@ MANIFEST_KEYS = {"schema_version", "engine", "job", "parameters", "complete", "n
                  "totals", "updated"}
 JOB_KEYS = {"input", "model", "entropy_threshold", "labels", "text_column", "text_pair_column", "id_column",
             "output_format", "shard_rows"}
-SHARD_KEYS = {"file", "first_row", "rows", "written", "failed", "exit_layer_sum"}
+SHARD_KEYS = {"file", "first_row", "rows", "written", "failed", "exit_layer_sum", "bytes", "sha256", "errors_bytes"}
 REPO = Path(__file__).resolve().parents[1]
 
 
