@@ -24,7 +24,7 @@ import traceback
 from costeff_fast import __version__
 from costeff_fast.commands import COMMANDS
 from costeff_fast.commands.common import Refused, RowsFailed, common_options, configure_logging
-from costeff_fast.jobs import JobOutputError
+from costeff_fast.jobs import AgreementBelowMinimum, JobOutputError
 
 
 class ExitCode(enum.IntEnum):
@@ -36,6 +36,9 @@ class ExitCode(enum.IntEnum):
     """The job ran to the end but some rows failed (``predict``: their ids and reasons in ``OUT/_errors.jsonl``)."""
     USAGE = 2
     """Bad usage or a refused input (argparse's errors and the library's refusals), before any work was written."""
+    AGREEMENT_BELOW_MINIMUM = 3
+    """``predict --min-agreement A``: the job ran to the end (its output is complete) but its agreement audit puts
+    the early exits' agreement below A (:class:`~costeff_fast.jobs.AgreementBelowMinimum`)."""
     SOFTWARE = 70
     """An unexpected error (``EX_SOFTWARE`` of sysexits.h): a bug; the traceback is printed."""
     IO_ERROR = 74
@@ -55,6 +58,8 @@ exit status (every command):
   {ExitCode.OK:<7}  done
   {ExitCode.ROWS_FAILED:<7}  the job ran to the end but some rows failed (predict: OUT/_errors.jsonl)
   {ExitCode.USAGE:<7}  bad usage or refused input: one 'costeff-fast: error: ...' line (-v adds the traceback)
+  {ExitCode.AGREEMENT_BELOW_MINIMUM:<7}  predict --min-agreement A: the job is complete, but the audit's agreement lies
+           below A (one line: the agreement and its interval)
   {ExitCode.SOFTWARE:<7}  unexpected error (a bug): the traceback, then one 'costeff-fast: internal error' line
   {ExitCode.IO_ERROR:<7}  the output could not be written (disk full or quota): one 'costeff-fast: error: ...'
            line; predict: free space, then rerun with --resume
@@ -135,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     except RowsFailed as failed:
         print(f"costeff-fast: {_one_line(failed)}", file=sys.stderr)
         raise SystemExit(int(ExitCode.ROWS_FAILED)) from None
+    except AgreementBelowMinimum as low:
+        print(f"costeff-fast: {_one_line(low)}", file=sys.stderr)
+        raise SystemExit(int(ExitCode.AGREEMENT_BELOW_MINIMUM)) from None
     except JobOutputError as error:
         if args.verbose:
             traceback.print_exception(error)

@@ -207,6 +207,9 @@ class InputEncoder:
 
     Attributes:
         max_length: :func:`max_length` of the config and tokenizer.
+        truncated_rows: rows this encoder has truncated so far (int, a running count: texts whose tokens passed
+            ``max_length``, counted with a fast tokenizer, and re-truncated tokenized rows); a caller that wants
+            a batch's count takes the difference around its call, as the predict job does.
     """
 
     def __init__(self, config: CostEffConfig, tokenizer=None):
@@ -214,6 +217,7 @@ class InputEncoder:
         self.tokenizer = tokenizer
         self.max_length = max_length(config, tokenizer)
         self._truncation: TokenTruncation | None = None
+        self.truncated_rows = 0
 
     def chunks(self, batch, rows: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """:meth:`encode` of consecutive pieces of at most ``rows`` rows (default :data:`ROWS_PER_CHUNK`), in order:
@@ -281,6 +285,8 @@ class InputEncoder:
                 _check_text(item, f"batch item {index}")
             texts, pairs = list(batch), None
         encoded = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, padding=False)
+        if encoded.encodings is not None:  # a fast tokenizer keeps what truncation cut off
+            self.truncated_rows += sum(1 for encoding in encoded.encodings if encoding.overflowing)
         return self._encode_tokenized(encoded)
 
     def _truncator(self) -> TokenTruncation:
@@ -331,6 +337,7 @@ class InputEncoder:
             rows, kinds = list(rows), None if row_types is None else list(row_types)
             for index, row in enumerate(rows):
                 if len(row) > self.max_length:
+                    self.truncated_rows += 1
                     rows[index], new_types = truncate(row, None if kinds is None else kinds[index])
                     if kinds is not None:
                         kinds[index] = new_types

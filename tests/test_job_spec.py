@@ -39,7 +39,7 @@ def test_a_job_is_normalized_and_frozen(paths, monkeypatch):
     assert job.columns == ("text", "pair", "key") and job.id_type == pa.string()
     assert job.shard_rows == DEFAULT_SHARD_ROWS and job.engine == "local" and job.local_threads == "auto"
     assert job.parameters() == {"batch_size": 64, "backend": "auto", "num_threads": "auto", "num_workers": None,
-                                "address": None}
+                                "address": None, "device": None}
     with pytest.raises(dataclasses.FrozenInstanceError):
         job.batch_size = 8
     assert hash(job) == hash(dataclasses.replace(job)) and job == dataclasses.replace(job)
@@ -47,7 +47,7 @@ def test_a_job_is_normalized_and_frozen(paths, monkeypatch):
     assert plain.id_type == pa.int64() and plain.columns == ("text",)
     ray = build(paths, engine="ray", num_workers=3, address="auto", output_format="parquet")
     assert ray.worker_threads == 1 and ray.parameters() == {"batch_size": 64, "backend": "auto", "num_threads": 1,
-                                                            "num_workers": 3, "address": "auto"}
+                                                            "num_workers": 3, "address": "auto", "device": None}
 
 
 REFUSED = [  # (fields, error type, the start of the one-line message, a word of its fix)

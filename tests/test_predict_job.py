@@ -34,10 +34,11 @@ from costeff_fast.jobs.shards import ERRORS, MANIFEST
 LABELS = ["negative", "neutral", "positive"]
 #: the keys of every _manifest.json (both engines), of its job identity and of each shard
 MANIFEST_KEYS = {"schema_version", "engine", "job", "parameters", "complete", "next_row", "errors_bytes", "shards",
-                 "totals", "updated"}
+                 "totals", "updated", "summary", "audit"}
 JOB_KEYS = {"input", "model", "entropy_threshold", "labels", "text_column", "text_pair_column", "id_column",
-            "output_format", "shard_rows"}
-SHARD_KEYS = {"file", "first_row", "rows", "written", "failed", "exit_layer_sum", "bytes", "sha256", "errors_bytes"}
+            "output_format", "shard_rows", "keep_columns", "output_logits", "output_entropy", "audit"}
+SHARD_KEYS = {"file", "first_row", "rows", "written", "failed", "exit_layer_sum", "bytes", "sha256", "errors_bytes",
+              "exit_layers", "truncated", "seconds", "audit"}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -287,7 +288,8 @@ def test_a_crash_between_shard_and_manifest_resumes_to_the_same_files(tmp_path, 
 
 
 def assert_same_output(a: Path, b: Path) -> None:
-    """Same files with the same bytes, and manifests equal but for their time stamps."""
+    """Same files with the same bytes, and manifests equal but for their time stamps and timings (seconds and
+    rows/s of the shards, the summary and the audit)."""
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir())
     for name in names:
@@ -296,6 +298,11 @@ def assert_same_output(a: Path, b: Path) -> None:
     manifests = [json.loads((d / MANIFEST).read_text()) for d in (a, b)]
     for manifest in manifests:
         manifest.pop("updated")
+        timed = [*manifest["shards"], manifest["summary"], *([manifest["audit"]] if manifest["audit"] else []),
+                 *(shard["audit"] for shard in manifest["shards"] if shard.get("audit"))]
+        for entry in timed:
+            entry.pop("seconds", None)
+            entry.pop("rows_per_second", None)
     assert manifests[0] == manifests[1]
 
 
@@ -350,7 +357,7 @@ def check_manifest(directory: Path) -> dict:
     assert set(manifest) == MANIFEST_KEYS and set(manifest["job"]) == JOB_KEYS
     assert manifest["schema_version"] == SCHEMA_VERSION and manifest["complete"]
     assert set(manifest["job"]["model"]) == {"path", "config_sha256", "weights"}
-    assert set(manifest["parameters"]) == {"batch_size", "backend", "num_threads", "num_workers", "address"}
+    assert set(manifest["parameters"]) == {"batch_size", "backend", "num_threads", "num_workers", "address", "device"}
     shards = manifest["shards"]
     assert all(set(shard) == SHARD_KEYS for shard in shards)
     assert [shard["file"] for shard in shards] == sorted(p.name for p in directory.glob("part-*"))
@@ -358,6 +365,11 @@ def check_manifest(directory: Path) -> dict:
     assert manifest["totals"]["rows"] == manifest["totals"]["written"] + manifest["totals"]["failed"]
     assert manifest["next_row"] == manifest["totals"]["rows"]
     assert manifest["errors_bytes"] == (directory / ERRORS).stat().st_size
+    summary = manifest["summary"]  # the job's summary is the sum of its shards'
+    assert sum(summary["exit_layer_histogram"]) == manifest["totals"]["written"]
+    layer_sum = sum((i + 1) * n for i, n in enumerate(summary["exit_layer_histogram"]))
+    assert layer_sum == manifest["totals"]["exit_layer_sum"]
+    assert summary["seconds"] > 0 and summary["backend"] in ("torch", "native") and summary["device"] == "cpu"
     return manifest
 
 
@@ -375,7 +387,7 @@ def test_the_manifest_names_the_model_by_content_and_resume_refuses_other_manife
         "model.safetensors": hashlib.sha256((Path(checkpoint) / "model.safetensors").read_bytes()).hexdigest()}
     assert model["config_sha256"] == hashlib.sha256((Path(checkpoint) / "config.json").read_bytes()).hexdigest()
     assert manifest["parameters"] == {"batch_size": 8, "backend": "auto", "num_threads": "auto", "num_workers": None,
-                                      "address": None}
+                                      "address": None, "device": None}
     assert [(s["first_row"], s["rows"], s["written"], s["failed"]) for s in manifest["shards"]] == [
         (0, 4, 4, 0), (4, 2, 1, 1)]
     assert manifest["job"]["shard_rows"] == 4 and manifest["job"]["labels"] == LABELS

@@ -118,7 +118,7 @@ def test_predict_engine_ray_equals_the_local_engine(ray_cluster, tmp_path, check
     assert ray["job"] == {**local["job"], "shard_rows": None}
     assert ray["totals"] == local["totals"]
     assert ray["parameters"] == {"batch_size": 16, "backend": "auto", "num_threads": 1, "num_workers": 2,
-                                 "address": None}
+                                 "address": None, "device": None}
     assert all(s["first_row"] is s["rows"] is s["failed"] is s["exit_layer_sum"] is None for s in ray["shards"])
 
 

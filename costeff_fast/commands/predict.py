@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from costeff_fast.audit import SUGGESTED_RATE
 from costeff_fast.integrations import ray as ray_integration
-from costeff_fast.jobs import DEFAULT_SHARD_ROWS, JobArgumentError, PredictJob, run_local
+from costeff_fast.jobs import DEFAULT_SHARD_ROWS, AgreementBelowMinimum, JobArgumentError, PredictJob, run_local
 
 from .common import RowsFailed, add_num_threads, add_out, positive_int, refuse
 
@@ -29,6 +30,22 @@ def entropy_threshold(text: str) -> float | list[float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a float or comma-separated floats (nats), got {text!r}") from None
     return values[0] if len(values) == 1 else values
+
+
+def column_list(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated column names."""
+    names = tuple(part.strip() for part in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"must be comma-separated column names, got {text!r}")
+    return names
+
+
+def fraction_of_rows(text: str) -> float:
+    """An argparse type: a float in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +80,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "--out starts it); the input, model, columns, threshold, output format and "
                             "--shard-rows must be unchanged")
     again.add_argument("--overwrite", action="store_true", help="delete a previous job's files in --out first")
+    output = parser.add_argument_group("output columns")
+    output.add_argument("--keep-columns", type=column_list, default=(), metavar="COL[,COL...]",
+                        help="input columns copied to the output after exit_layer (comma-separated)")
+    output.add_argument("--logits", dest="output_logits", action="store_true",
+                        help="add one logit_<label> column per label (the answering exit's logits)")
+    output.add_argument("--entropy", dest="output_entropy", action="store_true",
+                        help="add an entropy column: the answering exit's entropy in nats (what the threshold "
+                             "compares)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: the backend's: CUDA for triton, else the CPU); with "
+                             "--engine ray a CUDA device gives each worker one GPU")
+    audit = parser.add_argument_group(
+        "agreement audit", "run a seeded sample of the rows again at full depth (and through the teacher) and "
+                           "report how often the early-exit label agrees, with a Wilson 95% interval, in "
+                           "OUT/_manifest.json and `costeff-fast info OUT`")
+    audit.add_argument("--audit-rate", type=fraction_of_rows, default=0.0, metavar="R",
+                       help=f"fraction of rows audited (default 0: off; {SUGGESTED_RATE} audits 1 row in "
+                            f"{round(1 / SUGGESTED_RATE)} for about 2-3%% more work)")
+    audit.add_argument("--audit-seed", type=int, default=0, help="which rows the audit samples (default 0)")
+    audit.add_argument("--audit-teacher", type=Path, default=None, metavar="DIR",
+                       help="also run the audited rows through this Hugging Face classifier (the teacher the "
+                            "model was compressed from)")
+    audit.add_argument("--min-agreement", type=fraction_of_rows, default=None, metavar="A",
+                       help="end with status 3 when an audited agreement's 95%% interval lies wholly "
+                            "below A (e.g. 0.97)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (default: a tqdm bar with rows/s on a terminal)")
     ray_group = parser.add_argument_group("Ray", "run on a Ray cluster through ray.data (pip install "
@@ -77,7 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "start a local Ray); --input, --out and --model must be readable there")
     parser.epilog = ("Exit status: 0 when every row was written, 1 when some rows failed (see _errors.jsonl; every "
                      "other row was written), 2 when an argument was refused (one 'error:' line, before any row "
-                     "is classified); see costeff-fast --help for every status.")
+                     "is classified), 3 when --min-agreement is not met (the output is complete); see "
+                     "costeff-fast --help for every status.")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -90,10 +133,16 @@ def run(args: argparse.Namespace) -> None:
             entropy_threshold=args.entropy_threshold, backend=args.backend, num_threads=args.num_threads,
             output_format=args.output_format, shard_rows=args.shard_rows, resume=args.resume,
             overwrite=args.overwrite, progress=False if args.no_progress else None, engine=args.engine,
-            num_workers=args.num_workers, address=args.address)
+            num_workers=args.num_workers, address=args.address, device=args.device,
+            keep_columns=args.keep_columns, output_logits=args.output_logits, output_entropy=args.output_entropy,
+            audit_rate=args.audit_rate, audit_seed=args.audit_seed, audit_teacher=args.audit_teacher,
+            min_agreement=args.min_agreement)
         summary = ray_integration.run_ray(job) if job.engine == "ray" else run_local(job)
     except (JobArgumentError, ray_integration.RayNotInstalledError) as error:
         refuse(error, args.verbose)
+    except AgreementBelowMinimum as low:  # the job is complete: its summary first, then exit status 3
+        print(low.summary.format())
+        raise
     print(summary.format())
     if summary.failed:
         raise RowsFailed(f"{summary.failed:,} of {summary.rows:,} rows failed; their ids and reasons are in "

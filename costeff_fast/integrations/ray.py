@@ -28,6 +28,7 @@ import logging
 import os
 import sys
 import time
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,9 +37,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ..jobs.predict import (PredictSummary, job_identity, label_names, load_job_model, load_model, predict_rows,
-                            summarize)
-from ..jobs.shards import (ERRORS, SUFFIXES, count_output_rows, new_manifest, prepare_output, shard_record,
+from ..audit import AgreementAudit
+from ..jobs.predict import (AgreementBelowMinimum, BatchStats, PredictSummary, check_keep_columns, job_identity,
+                            job_summary, label_names, load_job_model, load_model, predict_rows, run_description,
+                            shard_stats, summarize)
+from ..jobs.shards import (ERRORS, JobLock, SUFFIXES, count_output_rows, new_manifest, prepare_output, shard_record,
                            write_manifest)
 from ..jobs.sources import JobArgumentError
 from ..jobs.spec import PredictJob
@@ -47,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 #: the id column added to an input without --id-column: the 0-based row number
 ROW_NUMBER_COLUMN = "__costeff_row__"
+#: the column in which :class:`CostEffPredictor` (``stats=True``) returns each batch's counts to :func:`run_ray`
+STATS_COLUMN = "__costeff_stats__"
 
 
 class RayNotInstalledError(ImportError):
@@ -83,6 +88,14 @@ class CostEffPredictor:
         num_threads: torch CPU threads of this actor (default 1: give each actor ``num_cpus`` to match).
         id_type: the Arrow type of ``id``; ``pa.string()`` writes non-string ids as text (as ``predict`` does for
             CSV and JSON Lines inputs); None keeps what the batch holds.
+        device: where this actor runs the model (as for :func:`~costeff_fast.inference.from_pretrained`).
+        keep_columns, output_logits, output_entropy: extra output columns, as ``costeff-fast predict``'s.
+        audit_rate, audit_seed, audit_teacher: an agreement audit (:class:`~costeff_fast.audit.AgreementAudit`)
+            of each batch's sampled rows. The sample is drawn on ``row_column``'s values (0-based row numbers)
+            when given, else on the ids: integer ids >= 0 as they are, other ids by the CRC-32 of their text.
+        stats: append the column :data:`STATS_COLUMN`: on each batch's first row, the batch's counts as JSON
+            (:func:`~costeff_fast.jobs.predict.shard_stats`), null on the others; :func:`run_ray` sums them into
+            the manifest's summary and audit.
 
     Calling it on a batch returns the same kind of batch (a ``pyarrow.Table``, a ``pandas.DataFrame`` or a dict
     of numpy arrays) with the columns of ``predict`` (``id``, ``label``, ``prob_<label>`` per label,
@@ -96,21 +109,39 @@ class CostEffPredictor:
 
     def __init__(self, model_dir: str | os.PathLike, *, id_column: str, text_column: str = "text",
                  text_pair_column: str | None = None, batch_size: int = 64, entropy_threshold=None,
-                 backend: str = "auto", num_threads: int | None = 1, id_type: pa.DataType | None = None):
+                 backend: str = "auto", num_threads: int | None = 1, id_type: pa.DataType | None = None,
+                 device: str | None = None, keep_columns: tuple[str, ...] = (), output_logits: bool = False,
+                 output_entropy: bool = False, audit_rate: float = 0.0, audit_seed: int = 0,
+                 audit_teacher: str | None = None, row_column: str | None = None, stats: bool = False):
         self.model = load_model(model_dir, entropy_threshold=entropy_threshold, backend=backend,
-                                num_threads=num_threads)
+                                num_threads=num_threads, device=device)
         self.labels = label_names(self.model)
+        check_keep_columns(self.labels, keep_columns, output_logits=output_logits, output_entropy=output_entropy)
         self.id_column, self.text_column, self.text_pair_column = id_column, text_column, text_pair_column
         self.batch_size, self.id_type = batch_size, id_type
+        self.keep_columns, self.output_logits, self.output_entropy = tuple(keep_columns), output_logits, output_entropy
+        self.audit = AgreementAudit(self.model, audit_rate, audit_seed, audit_teacher) if audit_rate else None
+        self.row_column, self.stats = row_column, stats
 
     def __call__(self, batch):
         """Classify one batch; see the class docstring."""
         names = [self.id_column, self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
+        names += list(self.keep_columns) + ([self.row_column] if self.row_column else [])
         columns = {name: _column(batch, name) for name in dict.fromkeys(names)}
+        stats = BatchStats()
         table = predict_rows(
             self.model, columns[self.text_column], columns[self.id_column],
             pairs=columns[self.text_pair_column] if self.text_pair_column else None, id_type=self.id_type,
-            batch_size=self.batch_size, text_column=self.text_column, text_pair_column=self.text_pair_column)
+            batch_size=self.batch_size, text_column=self.text_column, text_pair_column=self.text_pair_column,
+            keep={name: columns[name] for name in self.keep_columns}, output_logits=self.output_logits,
+            output_entropy=self.output_entropy, audit=self.audit,
+            row_numbers=_sample_keys(columns[self.row_column or self.id_column]) if self.audit else None,
+            stats=stats)
+        if self.stats:
+            counts = shard_stats(table.filter(pc.is_null(table["error"])), stats, self.model.config.num_hidden_layers)
+            counts["rows"] = table.num_rows
+            values = [json.dumps(counts)] + [None] * (table.num_rows - 1)
+            table = table.append_column(STATS_COLUMN, pa.array(values[:table.num_rows], type=pa.string()))
         if isinstance(batch, pa.Table):
             return table
         if isinstance(batch, Mapping):
@@ -158,51 +189,71 @@ def run_ray(job: PredictJob) -> PredictSummary:
     # The model and its flags are checked before --overwrite deletes anything: a refused run leaves the output.
     model = load_job_model(job, num_threads=job.num_threads)
     manifest = new_manifest("ray", job_identity(job, model), job.parameters())
-    prepare_output(output_dir, resume=False, overwrite=job.overwrite)
+    with JobLock(output_dir):  # no second job writes to this output until this one ends
+        prepare_output(output_dir, resume=False, overwrite=job.overwrite)
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        try:
-            ray.init(address=job.address, log_to_driver=False, logging_level=logging.WARNING,
-                     **({} if job.address else {"include_dashboard": False}))
-        except (ConnectionError, RuntimeError) as error:
-            raise JobArgumentError(f"--address {job.address}: cannot connect to the Ray cluster ({error})") from error
-    if not logger.isEnabledFor(logging.DEBUG):  # ray.data logs every execution plan at INFO: shown with -v only
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_manifest(output_dir, manifest)
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True
-        context.enable_progress_bars = sys.stderr.isatty() if job.progress is None else job.progress
-        dataset = _read(ray, job.files, list(job.columns))
-        id_column = job.id_column
-        if id_column is None:
-            dataset, id_column = _with_row_numbers(ray, dataset, ROW_NUMBER_COLUMN), ROW_NUMBER_COLUMN
-        threads = job.worker_threads
-        predictions = dataset.map_batches(
-            CostEffPredictor,
-            fn_constructor_kwargs=dict(model_dir=str(job.model), id_column=id_column, text_column=job.text_column,
-                                       text_pair_column=job.text_pair_column, batch_size=job.batch_size,
-                                       entropy_threshold=job.entropy_threshold, backend=job.backend,
-                                       num_threads=threads, id_type=job.id_type),
-            batch_size=32 * job.batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=job.num_workers), num_cpus=threads,
-        ).materialize()
-        written = predictions.filter(expr=ray.data.expressions.col("error").is_null()).drop_columns(["error"])
-        _write(ray, written, output_dir, job.output_format)
-        num_written, num_failed, layer_sum = _write_errors(predictions, output_dir / ERRORS)
-    finally:
+        started_ray = not ray.is_initialized()
         if started_ray:
-            ray.shutdown()
-    data_files = sorted(p.name for p in output_dir.iterdir() if p.name.startswith("part-"))
-    manifest["shards"] = [shard_record(name, count_output_rows(output_dir / name, job.output_format))
-                          for name in data_files]
-    rows = num_written + num_failed
-    manifest.update(complete=True, next_row=rows, errors_bytes=(output_dir / ERRORS).stat().st_size,
-                    totals={"rows": rows, "written": num_written, "failed": num_failed, "exit_layer_sum": layer_sum})
-    write_manifest(output_dir, manifest)
-    return summarize(job, manifest, model, rows_this_run=rows, started=started)
+            try:
+                ray.init(address=job.address, log_to_driver=False, logging_level=logging.WARNING,
+                         **({} if job.address else {"include_dashboard": False}))
+            except (ConnectionError, RuntimeError) as error:
+                raise JobArgumentError(f"--address {job.address}: cannot connect to the Ray cluster "
+                                       f"({error})") from error
+        if not logger.isEnabledFor(logging.DEBUG):  # ray.data logs every execution plan at INFO: shown with -v only
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            write_manifest(output_dir, manifest)
+            context = ray.data.DataContext.get_current()
+            context.execution_options.preserve_order = True
+            context.enable_progress_bars = sys.stderr.isatty() if job.progress is None else job.progress
+            dataset = _read(ray, job.files, list(job.columns))
+            id_column = job.id_column
+            if id_column is None:
+                dataset, id_column = _with_row_numbers(ray, dataset, ROW_NUMBER_COLUMN), ROW_NUMBER_COLUMN
+            threads = job.worker_threads
+            gpus = 1 if job.device is not None and job.device.startswith("cuda") else 0
+            predictions = dataset.map_batches(
+                CostEffPredictor,
+                fn_constructor_kwargs=dict(model_dir=str(job.model), id_column=id_column, text_column=job.text_column,
+                                           text_pair_column=job.text_pair_column, batch_size=job.batch_size,
+                                           entropy_threshold=job.entropy_threshold, backend=job.backend,
+                                           num_threads=threads, id_type=job.id_type, device=job.device,
+                                           keep_columns=job.keep_columns, output_logits=job.output_logits,
+                                           output_entropy=job.output_entropy, audit_rate=job.audit_rate,
+                                           audit_seed=job.audit_seed,
+                                           audit_teacher=str(job.audit_teacher) if job.audit_teacher else None,
+                                           row_column=ROW_NUMBER_COLUMN if job.id_column is None else None,
+                                           stats=True),
+                batch_size=32 * job.batch_size, batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=job.num_workers), num_cpus=threads,
+                **({"num_gpus": gpus} if gpus else {}),
+            ).materialize()
+            written = predictions.filter(expr=ray.data.expressions.col("error").is_null()).drop_columns(
+                ["error", STATS_COLUMN])
+            _write(ray, written, output_dir, job.output_format)
+            num_written, num_failed, layer_sum, batches = _write_errors(predictions, output_dir / ERRORS)
+        finally:
+            if started_ray:
+                ray.shutdown()
+        data_files = sorted(p.name for p in output_dir.iterdir() if p.name.startswith("part-"))
+        manifest["shards"] = [shard_record(name, count_output_rows(output_dir / name, job.output_format))
+                              for name in data_files]
+        rows = num_written + num_failed
+        num_layers = model.config.num_hidden_layers
+        summary, audit = job_summary(batches, num_layers=num_layers, run=run_description(model, job), audit=job.audit())
+        # the actors ran side by side: the job's speed is its rows over its wall time, not over the actors' summed time
+        summary.update(seconds=time.perf_counter() - started, rows_per_second=rows / (time.perf_counter() - started))
+        manifest.update(complete=True, next_row=rows, errors_bytes=(output_dir / ERRORS).stat().st_size,
+                        totals={"rows": rows, "written": num_written, "failed": num_failed,
+                                "exit_layer_sum": layer_sum},
+                        summary=summary, audit=audit)
+        write_manifest(output_dir, manifest)
+    summary = summarize(job, manifest, model, rows_this_run=rows, started=started)
+    if job.min_agreement is not None and summary.shortfalls:
+        raise AgreementBelowMinimum(summary, job.min_agreement)
+    return summary
 
 
 def run_ray_predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, output_dir: str | os.PathLike,
@@ -237,6 +288,17 @@ def _column(batch, name: str) -> list:
         raise KeyError(f"the batch has no column {name!r} (columns: {', '.join(map(str, batch.columns))})")
     series = batch[name]
     return series.astype(object).where(series.notna(), None).tolist()
+
+
+def _sample_keys(values: list) -> np.ndarray:
+    """The audit's sample keys of a batch: integer values >= 0 as they are, others the CRC-32 of their text."""
+    keys = np.empty(len(values), dtype=np.int64)
+    for index, value in enumerate(values):
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0:
+            keys[index] = int(value)
+        else:
+            keys[index] = zlib.crc32(str(value).encode())
+    return keys
 
 
 def _read(ray, files, columns: list[str]):
@@ -287,18 +349,22 @@ def _write(ray, dataset, directory: Path, output_format: str) -> None:
         dataset.write_json(str(directory), filename_provider=names, double_precision=15, force_ascii=False)
 
 
-def _write_errors(predictions, path: Path) -> tuple[int, int, int]:
+def _write_errors(predictions, path: Path) -> tuple[int, int, int, list[dict]]:
     """Write the failed rows of ``predictions`` to ``path`` as ``{"id", "reason"}`` lines; return the numbers of
-    written and failed rows and the sum of the written rows' exit layers."""
+    written and failed rows, the sum of the written rows' exit layers and the batches' counts (the
+    :data:`STATS_COLUMN` entries)."""
     written = failed = layer_sum = 0
+    batches = []
     with open(path, "wb") as handle:
-        for batch in predictions.select_columns(["id", "exit_layer", "error"]).iter_batches(batch_format="pyarrow"):
+        for batch in predictions.select_columns(["id", "exit_layer", "error", STATS_COLUMN]).iter_batches(
+                batch_format="pyarrow"):
             bad = batch.filter(pc.is_valid(batch["error"]))
             handle.write("".join(json.dumps({"id": i, "reason": r}, ensure_ascii=False, default=str) + "\n"
                                  for i, r in zip(bad["id"].to_pylist(), bad["error"].to_pylist())).encode())
             failed += bad.num_rows
             written += batch.num_rows - bad.num_rows
             layer_sum += int(pc.sum(batch["exit_layer"]).as_py() or 0)
+            batches += [json.loads(text) for text in batch[STATS_COLUMN].drop_null().to_pylist()]
         handle.flush()
         os.fsync(handle.fileno())
-    return written, failed, layer_sum
+    return written, failed, layer_sum, batches

@@ -69,6 +69,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -394,6 +395,9 @@ class ShardWriter:
         job: the job's identity (JSON-serializable): a resumed job must have the same.
         manifest: the manifest returned by :func:`prepare_output` to resume, or None for a new job.
         parameters: how this run runs (the manifest's ``parameters``, replaced at this run's next commit).
+        derive: called with the manifest's shard entries before every write of the manifest; the keys of the dict
+            it returns are set at the manifest's top level (the predict job's ``summary`` and ``audit``, summed from
+            the shards' own counts, so that they follow shards dropped at resume).
 
     Raises:
         JobArgumentError: the manifest is of another job (the message lists what differs), of another schema
@@ -402,8 +406,9 @@ class ShardWriter:
     """
 
     def __init__(self, directory: Path, output_format: str, job: dict, manifest: dict | None = None,
-                 parameters: dict | None = None):
+                 parameters: dict | None = None, derive: Callable[[list[dict]], dict] | None = None):
         self.directory = Path(directory)
+        self.derive = derive
         self.output_format = output_format
         self.suffix = SUFFIXES[output_format]
         if manifest is None:
@@ -429,7 +434,8 @@ class ShardWriter:
     def complete(self) -> bool:
         return self.manifest["complete"]
 
-    def commit(self, first_row: int, num_rows: int, table: pa.Table, errors: list[dict], exit_layer_sum: int) -> None:
+    def commit(self, first_row: int, num_rows: int, table: pa.Table, errors: list[dict], exit_layer_sum: int,
+               extra: dict | None = None) -> None:
         """Commit the outputs of input rows ``[first_row, first_row + num_rows)``: all of it or, when it fails,
         nothing (the manifest on disk and :attr:`manifest` stay as they were). SIGINT and SIGTERM wait for the
         end of the commit (:func:`signals_deferred`).
@@ -440,6 +446,7 @@ class ShardWriter:
             table: the written rows, in input order.
             errors: one JSON-serializable dict per failed row (malformed lines included).
             exit_layer_sum: sum of the written rows' exit layers (for the mean in the summary).
+            extra: more keys of the shard's manifest entry (JSON-serializable), such as its counts for ``derive``.
 
         Raises:
             ValueError: ``first_row`` is not :attr:`next_row`.
@@ -449,7 +456,7 @@ class ShardWriter:
         if first_row != self.next_row:
             raise ValueError(f"shard starts at row {first_row}, expected {self.next_row}")
         with signals_deferred():
-            self._commit(first_row, num_rows, table, errors, exit_layer_sum)
+            self._commit(first_row, num_rows, table, errors, exit_layer_sum, extra or {})
 
     def finish(self) -> dict:
         """Mark the job complete in the manifest and return the manifest.
@@ -461,7 +468,8 @@ class ShardWriter:
             self._replace_manifest({**self.manifest, "complete": True})
         return self.manifest
 
-    def _commit(self, first_row: int, num_rows: int, table: pa.Table, errors: list[dict], exit_layer_sum: int):
+    def _commit(self, first_row: int, num_rows: int, table: pa.Table, errors: list[dict], exit_layer_sum: int,
+                extra: dict):
         name = f"part-{len(self.manifest['shards']):06d}{self.suffix}"
         path = self.directory / name
         with disk_full_stops(self.directory, name):
@@ -492,7 +500,7 @@ class ShardWriter:
             "shards": [*self.manifest["shards"], shard_record(
                 name, table.num_rows, first_row=first_row, rows=num_rows, failed=len(errors),
                 exit_layer_sum=exit_layer_sum, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                errors_bytes=errors_bytes)],
+                errors_bytes=errors_bytes) | extra],
             "totals": {"rows": totals["rows"] + num_rows, "written": totals["written"] + table.num_rows,
                        "failed": totals["failed"] + len(errors),
                        "exit_layer_sum": totals["exit_layer_sum"] + exit_layer_sum}})
@@ -508,6 +516,8 @@ class ShardWriter:
             raise
 
     def _write_manifest(self) -> None:
+        if self.derive is not None:
+            self.manifest.update(self.derive(self.manifest["shards"]))
         with disk_full_stops(self.directory, MANIFEST):
             write_manifest(self.directory, self.manifest)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pyarrow as pa
+import torch
 
 from ..backends import BACKENDS
 from ..config import resolve_entropy_threshold
@@ -57,6 +58,21 @@ class PredictJob:
         engine: ``"local"`` or ``"ray"``.
         num_workers: Ray engine: actors, each with one copy of the model (>= 1).
         address: Ray engine: a running cluster (``"auto"`` or the head's ``host:port``); None starts a local Ray.
+        device: where the model runs: None (the backend's default: CUDA for triton, else the CPU), ``"cpu"``,
+            ``"cuda"`` or ``"cuda:N"`` (``--device``); with the Ray engine a CUDA device gives each worker one
+            GPU. Refused when torch sees no such device here (local engine).
+        keep_columns: input columns copied to the output after ``exit_layer``, in this order (``--keep-columns``).
+        output_logits: add one ``logit_<label>`` float32 column per label (``--logits``).
+        output_entropy: add ``entropy`` (float32, nats): the entropy of the answering exit's softmax
+            (``--entropy``).
+        audit_rate: the fraction of rows audited at full depth (``--audit-rate``, in ``[0, 1]``; 0 turns the audit
+            off; :data:`costeff_fast.audit.SUGGESTED_RATE` is a good start).
+        audit_seed: which rows the audit samples (``--audit-seed``, int).
+        audit_teacher: a Hugging Face classifier directory the audited rows also run through (``--audit-teacher``);
+            stored resolved.
+        min_agreement: the least agreement accepted (``--min-agreement``, in ``[0, 1]``): the job ends with
+            :class:`~costeff_fast.jobs.AgreementBelowMinimum` when an audited reference's Wilson interval lies
+            wholly below it. Needs ``audit_rate > 0``.
         files: (derived) the input files, in row order.
         columns: (derived) the input columns to read.
         id_type: (derived) the Arrow type of the output's ``id``.
@@ -85,6 +101,14 @@ class PredictJob:
     engine: str = "local"
     num_workers: int = 1
     address: str | None = None
+    device: str | None = None
+    keep_columns: tuple[str, ...] = ()
+    output_logits: bool = False
+    output_entropy: bool = False
+    audit_rate: float = 0.0
+    audit_seed: int = 0
+    audit_teacher: Path | None = None
+    min_agreement: float | None = None
     files: InputFiles = dataclasses.field(init=False, repr=False, compare=False)
     columns: tuple[str, ...] = dataclasses.field(init=False, repr=False, compare=False)
     id_type: pa.DataType = dataclasses.field(init=False, repr=False, compare=False)
@@ -92,7 +116,14 @@ class PredictJob:
     def __post_init__(self):
         for name in ("model", "input", "output"):
             self._set(name, _path(getattr(self, name), f"--{name}"))
+        if self.audit_teacher is not None:
+            self._set("audit_teacher", _path(self.audit_teacher, "--audit-teacher"))
+        if isinstance(self.keep_columns, str) or not isinstance(self.keep_columns, Sequence):
+            raise JobArgumentError(f"--keep-columns {self.keep_columns!r}: must be a list of column names")
+        self._set("keep_columns", tuple(self.keep_columns))
         self._check_fields()
+        self._check_audit()
+        _check_device(self.device, self.engine)
         _check_checkpoint_dir(self.model)
         self._set("entropy_threshold", _checked_threshold(self.entropy_threshold, self.model))
         files = find_input_files(self.input)
@@ -103,9 +134,49 @@ class PredictJob:
             flags["--text-pair-column"] = self.text_pair_column
         if self.id_column:
             flags["--id-column"] = self.id_column
+        for column in self.keep_columns:
+            flags.setdefault(f"--keep-columns {column}", column)
         id_type = check_columns(files, flags, "--id-column" if self.id_column else None)
         self._set("columns", tuple(dict.fromkeys(flags.values())))
         self._set("id_type", id_type or pa.int64())
+
+    def _check_audit(self) -> None:
+        rate = self.audit_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise JobArgumentError(f"--audit-rate {rate!r}: must be a fraction in [0, 1] (0.01 audits 1 row in 100; "
+                                   f"0 turns the audit off)")
+        if not isinstance(self.audit_seed, int) or isinstance(self.audit_seed, bool):
+            raise JobArgumentError(f"--audit-seed {self.audit_seed!r}: must be an integer")
+        if self.min_agreement is not None:
+            value = self.min_agreement
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise JobArgumentError(f"--min-agreement {value!r}: must be a fraction in [0, 1], e.g. 0.97")
+            if not rate:
+                raise JobArgumentError("--min-agreement: needs the audit on; add --audit-rate (e.g. 0.01)")
+        if self.audit_teacher is not None:
+            if not rate:
+                raise JobArgumentError("--audit-teacher: needs the audit on; add --audit-rate (e.g. 0.01)")
+            if not (self.audit_teacher / "config.json").is_file():
+                raise JobPathError(f"--audit-teacher {self.audit_teacher}: no config.json there; pass the teacher's "
+                                   f"Hugging Face directory (config.json, model.safetensors, tokenizer files)")
+        for name in ("output_logits", "output_entropy"):
+            if not isinstance(getattr(self, name), bool):
+                flag = "--logits" if name == "output_logits" else "--entropy"
+                raise JobArgumentError(f"{flag} {getattr(self, name)!r}: must be True or False")
+        for column in self.keep_columns:
+            if not (isinstance(column, str) and column):
+                raise JobArgumentError(f"--keep-columns {column!r}: must be column names (non-empty strings)")
+        if len(set(self.keep_columns)) != len(self.keep_columns):
+            raise JobArgumentError(f"--keep-columns {','.join(self.keep_columns)}: names a column twice; name each "
+                                   f"once")
+
+    def audit(self) -> dict | None:
+        """The audit's part of the job's identity: ``{rate, seed, teacher}`` (teacher: its resolved path or None),
+        None when the audit is off."""
+        if not self.audit_rate:
+            return None
+        return {"rate": float(self.audit_rate), "seed": self.audit_seed,
+                "teacher": str(self.audit_teacher) if self.audit_teacher is not None else None}
 
     def _set(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
@@ -170,7 +241,8 @@ class PredictJob:
         ray = self.engine == "ray"
         return {"batch_size": self.batch_size, "backend": self.backend,
                 "num_threads": self.worker_threads if ray else self.local_threads,
-                "num_workers": self.num_workers if ray else None, "address": self.address if ray else None}
+                "num_workers": self.num_workers if ray else None, "address": self.address if ray else None,
+                "device": self.device}
 
 
 def _positive_int(value) -> bool:
@@ -182,6 +254,25 @@ def _path(value, flag: str) -> Path:
     if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
         raise JobArgumentError(f"{flag} {value!r}: must be a path (a non-empty str or pathlib.Path)")
     return Path(os.fspath(value)).resolve()
+
+
+def _check_device(device, engine: str) -> None:
+    """Refuse a device torch cannot name, or (local engine) a CUDA device this machine does not have."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device) if isinstance(device, str) else None
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise JobArgumentError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    if parsed.type == "cuda" and engine == "local":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise JobArgumentError(f"--device {device}: torch sees no CUDA device on this machine; drop --device (the "
+                                   f"CPU) or run where a GPU is")
+        if parsed.index is not None and parsed.index >= count:
+            raise JobArgumentError(f"--device {device}: this machine has {count} CUDA device(s), numbered from 0")
 
 
 def _check_checkpoint_dir(path: Path) -> None:
