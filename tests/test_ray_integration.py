@@ -107,7 +107,8 @@ def test_predict_engine_ray_equals_the_local_engine(ray_cluster, tmp_path, check
     keys, the same model identity, job and totals (one schema, one writer)."""
     rows = [t if i % 9 else " " for i, t in enumerate(texts)]
     source = write_input(tmp_path / "rows.csv", {"text": rows})
-    flags = ["--model", checkpoint, "--input", source, "--output-format", "parquet", "--batch-size", 16]
+    flags = ["--model", checkpoint, "--input", source, "--output-format", "parquet", "--batch-size", 16,
+             "--audit-rate", 0.5, "--keep-columns", "text", "--entropy"]
     assert predict(*flags, "--output", tmp_path / "local") == 1
     assert predict(*flags, "--output", tmp_path / "ray", "--engine", "ray", "--num-workers", 2) == 1
     assert_same_rows(read_output(tmp_path / "ray"), read_output(tmp_path / "local"))
@@ -117,6 +118,13 @@ def test_predict_engine_ray_equals_the_local_engine(ray_cluster, tmp_path, check
     assert ray["job"]["model"] == local["job"]["model"] and local["job"]["model"]["weights"][0]["sha256"]
     assert ray["job"] == {**local["job"], "shard_rows": None}
     assert ray["totals"] == local["totals"]
+    # the same sample (drawn on the row numbers), so the same audit counts; the same summary but for timings and
+    # threads (1 per Ray worker, "auto" locally)
+    timings = ("seconds", "rows_per_second", "num_threads")
+    assert {k: v for k, v in ray["audit"].items() if k not in timings} == {
+        k: v for k, v in local["audit"].items() if k not in timings} and local["audit"]["rows"] > 50
+    assert {k: v for k, v in ray["summary"].items() if k not in timings} == {
+        k: v for k, v in local["summary"].items() if k not in timings}
     assert ray["parameters"] == {"batch_size": 16, "backend": "auto", "num_threads": 1, "num_workers": 2,
                                  "address": None, "device": None}
     assert all(s["first_row"] is s["rows"] is s["failed"] is s["exit_layer_sum"] is None for s in ray["shards"])

@@ -238,8 +238,9 @@ def run_ray(job: PredictJob) -> PredictSummary:
             if started_ray:
                 ray.shutdown()
         data_files = sorted(p.name for p in output_dir.iterdir() if p.name.startswith("part-"))
-        manifest["shards"] = [shard_record(name, count_output_rows(output_dir / name, job.output_format))
-                              for name in data_files]
+        manifest["shards"] = [  # the local engine's keys; what Ray does not attribute to a file is null
+            shard_record(name, count_output_rows(output_dir / name, job.output_format))
+            | {"exit_layers": None, "truncated": None, "seconds": None, "audit": None} for name in data_files]
         rows = num_written + num_failed
         num_layers = model.config.num_hidden_layers
         summary, audit = job_summary(batches, num_layers=num_layers, run=run_description(model, job), audit=job.audit())

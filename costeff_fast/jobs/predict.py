@@ -489,7 +489,8 @@ def run_local(job: PredictJob) -> PredictSummary:
                        desc="predict", dynamic_ncols=True, disable=None if job.progress is None else not job.progress)
             with bar:
                 mark = time.perf_counter()
-                for chunk in read_chunks(job.files, list(job.columns), job.shard_rows, start_row):
+                texts = [column for column in (text_column, text_pair_column) if column]  # NUL bytes fail these only
+                for chunk in read_chunks(job.files, list(job.columns), job.shard_rows, start_row, text_columns=texts):
                     numbers = range(chunk.first_row, chunk.first_row + chunk.num_rows)
                     stats = BatchStats()
                     table = predict_rows(
