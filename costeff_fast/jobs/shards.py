@@ -36,18 +36,25 @@ The manifest (:data:`SCHEMA_VERSION` 2), written by :func:`write_manifest` for t
                     (:func:`~costeff_fast.jobs.predict.job_identity`): input {format, files: [{path, size,
                     mtime_ns}]}, model {path, config_sha256, weights: [{file, size, mtime_ns, sha256}]},
                     entropy_threshold (one per layer, resolved), labels, text_column, text_pair_column,
-                    id_column, output_format, shard_rows (null for Ray)
+                    id_column, output_format, shard_rows (null for Ray), keep_columns, output_logits,
+                    output_entropy, audit ({rate, seed, teacher} or null)
     parameters      how the last run ran (:meth:`~costeff_fast.jobs.PredictJob.parameters`): batch_size,
-                    backend, num_threads, num_workers and address (null for the local engine)
+                    backend, num_threads, num_workers and address (null for the local engine), device
     complete        whether every input row is done
     next_row        the first input row not committed
     errors_bytes    the committed length of _errors.jsonl
-    shards          [{file, first_row, rows, written, failed, exit_layer_sum, bytes, sha256, errors_bytes}] in
-                    row order: ``rows`` input rows covered, ``written`` rows in the file, ``failed`` rows in
-                    _errors.jsonl, ``bytes`` and ``sha256`` the file's size and digest, ``errors_bytes`` the
-                    length of _errors.jsonl after this shard's errors; the Ray engine knows ``written`` only (its
-                    failed rows are not attributed to files): the others are null
+    shards          [{file, first_row, rows, written, failed, exit_layer_sum, bytes, sha256, errors_bytes,
+                    exit_layers, truncated, seconds, audit}] in row order: ``rows`` input rows covered,
+                    ``written`` rows in the file, ``failed`` rows in _errors.jsonl, ``bytes`` and ``sha256`` the
+                    file's size and digest, ``errors_bytes`` the length of _errors.jsonl after this shard's
+                    errors; the predict job's counts (:func:`~costeff_fast.jobs.predict.shard_stats`): written
+                    rows per exit layer, truncated rows, seconds, the audit's counts; the Ray engine knows
+                    ``written`` only (its failed rows are not attributed to files): the others are null
     totals          {rows, written, failed, exit_layer_sum}
+    summary         the predict job's summary, summed from its shards (Ray: from its batches) by
+                    :func:`~costeff_fast.jobs.predict.job_summary`: rows_per_second, seconds,
+                    exit_layer_histogram, truncated, backend, num_threads, device
+    audit           the agreement audit (:meth:`costeff_fast.audit.AuditCounts.result`), null when off
     updated         when the manifest was written (local time, ISO 8601)
 
 ``bytes``, ``sha256`` and ``errors_bytes`` of a shard were added within version 2 (readers that do not know them
