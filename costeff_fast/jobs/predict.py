@@ -13,7 +13,14 @@ Output columns, in this order:
 ``label``                 the predicted label name (``config.id2label``), string
 ``prob_<label name>``     one column per label, in label-id order: softmax of the logits, float32
 ``exit_layer``            the 1-based layer whose exit answered, int64
+``logit_<label name>``    with ``output_logits`` (``--logits``): the answering exit's logits, float32
+``entropy``               with ``output_entropy`` (``--entropy``): that exit's entropy in nats, float32
+(kept columns)            ``keep_columns`` (``--keep-columns``): input columns copied as they are read
 ========================  ==============================================================================
+
+With ``audit_rate`` the job also runs the agreement audit (:mod:`costeff_fast.audit`) on a sample of its rows;
+every shard's counts go into the manifest and are summed into its ``summary`` and ``audit``
+(:func:`job_summary`).
 
 A row that cannot be processed (text missing, null, not a string or empty, the same for the pair column, a JSON
 line that is not an object, a malformed CSV line) gets no output row; it goes to the errors file with its id
@@ -146,7 +153,8 @@ def predict_rows(
 
     The rows that can be classified run through :meth:`~costeff_fast.inference.CostEffEngineForSequenceClassification.
     generate_logits_stream` (one queue per layer, ``batch_size`` rows per layer call, tokenized and truncated as
-    :meth:`~costeff_fast.inference.CostEffEngineForSequenceClassification.generate_logits` does) at the model's threshold.
+    :meth:`~costeff_fast.inference.CostEffEngineForSequenceClassification.generate_logits` does) at the model's
+    threshold.
 
     Args:
         model: the loaded checkpoint.
