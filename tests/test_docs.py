@@ -12,9 +12,13 @@ Kinds (:data:`PLACEHOLDER_KINDS`): ``<checkpoint>`` a COST-EFF checkpoint direct
 ``<bert-classifier>`` a fine-tuned-style ``BertForSequenceClassification`` directory with its tokenizer; ``<onnx>``
 ``costeff-fast export`` of that checkpoint; ``<text-file>`` a few lines of text; ``<labelled-csv>`` a CSV file with
 ``question`` and ``label`` columns; ``<parquet-dir>`` a directory of Parquet files with ``review_id`` and ``text``
-columns. Every name must occur in the block. A block that cannot run here (it trains for real, needs the network or
-a GPU) says so in a first-line comment (keep them rare); the test then runs only its imports and checks the keyword
-arguments of its calls to imported functions against their signatures, and skips the rest with that reason:
+columns. Every name must occur in the block. Blocks run with every named training budget
+(``costeff_fast.training.budget.BUDGETS``: ``"quick"``, ``"standard"``, ...) cut to a few optimizer steps
+(:data:`TINY_BUDGET`, keeping each preset's name), so a block that trains, such as README's ``compress(...,
+budget="quick")`` on the ``<bert-classifier>`` stand-in, runs its whole pipeline in seconds. A block that cannot
+run here (it needs the network or a GPU) says so in a first-line comment (keep them rare); the test then runs only
+its imports and checks the keyword arguments of its calls to imported functions against their signatures, and
+skips the rest with that reason:
 
     # untested: trains the teacher for about an hour
 
@@ -55,13 +59,20 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 #: the kinds a ``# placeholders:`` comment may name, and what the test puts at the path
 PLACEHOLDER_KINDS = {
     "checkpoint": "a tiny random COST-EFF checkpoint with the packaged MiniLM tokenizer",
-    "bert-classifier": "a tiny random BertForSequenceClassification with the packaged MiniLM tokenizer",
+    "bert-classifier": "a small random 2-layer BertForSequenceClassification (hidden 128, 4 heads, FFN 256; classes "
+                       "negative and positive) with the packaged MiniLM tokenizer: wide enough for compress's "
+                       "default widths (2 heads, FFN 160, embedding rank 128)",
     "onnx": "the ONNX export of the tiny checkpoint",
     "text-file": "a text file of a few sentences, one per line",
     "labelled-csv": "a CSV file of 40 rows with columns question and label (two string classes)",
     "parquet-dir": "a directory of Parquet files with review_id and text columns",
 }
 SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
+#: what every named budget becomes while a block runs: a few optimizer steps of every stage (the presets keep
+#: their names, so a block's ``budget="quick"`` and its default work directory read as written)
+TINY_BUDGET = dict(train_rows=160, eval_rows=64, max_length=32, teacher_epochs=0.5, ta_hidden_epochs=0,
+                   ta_prediction_epochs=0.5, num_events=1, importance_batches=1, distill_steps=2,
+                   recovery_hidden_epochs=0, recovery_prediction_epochs=0.5)
 SENTENCES = ["a gripping film", "dull and overlong", "the cast is wonderful", "i walked out after an hour",
              "not bad at all", "a mess from start to finish"]
 
@@ -209,9 +220,17 @@ def assets(tmp_path_factory, minilm_dir):
         return directory
 
     def bert_classifier() -> Path:
-        from conftest import save_tiny_bert_teacher
+        import torch
+        from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-        return save_tiny_bert_teacher(root / "bert-classifier", minilm_dir)
+        directory = root / "bert-classifier"
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=256, max_position_embeddings=64, num_labels=2,
+                            id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+        BertForSequenceClassification(config).save_pretrained(directory)
+        AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(directory)
+        return directory
 
     def onnx() -> Path:
         from costeff_fast.export import export_onnx, missing_onnx_packages
@@ -298,6 +317,10 @@ def run_block(block: Block, source: str, placeholders: dict[str, str], assets, w
         _place(assets(kind), workdir / name)
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from costeff_fast.training.budget import BUDGETS, budget_with
+
+    for name in list(BUDGETS):
+        monkeypatch.setitem(BUDGETS, name, budget_with(name, **TINY_BUDGET))
     namespace = {"__name__": "__docs__"}
     with _local_ray(modules):
         exec(compile(source, block.id, "exec"), namespace)  # noqa: S102 (the docs' own code)
