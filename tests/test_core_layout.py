@@ -26,7 +26,7 @@ FLOORS = {
     "convert": 3, "backends": 3, "inputs": 3,
     "engine": 4,
     "inference": 5, "flops": 5, "data": 5,
-    "optimize": 6, "export": 6,
+    "optimize": 6, "export": 6, "audit": 6,
     "jobs": 6, "integrations": 6,
     "cli": 7, "commands": 7, "__init__": 7,
 }
