@@ -285,8 +285,9 @@ class InputEncoder:
                 _check_text(item, f"batch item {index}")
             texts, pairs = list(batch), None
         encoded = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, padding=False)
-        if encoded.encodings is not None:  # a fast tokenizer keeps what truncation cut off
-            self.truncated_rows += sum(1 for encoding in encoded.encodings if encoding.overflowing)
+        encodings = getattr(encoded, "encodings", None)  # a fast tokenizer keeps what truncation cut off
+        if encodings is not None:
+            self.truncated_rows += sum(1 for encoding in encodings if encoding.overflowing)
         return self._encode_tokenized(encoded)
 
     def _truncator(self) -> TokenTruncation:
