@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from test_predict_job import LABELS, check_manifest, checkpoint, predict, read_output, texts, write_input  # noqa: F401
+from test_audit import teacher_dir  # noqa: F401  (fixture)
 from test_predict_resume import _interrupted
 
 import costeff_fast
@@ -151,3 +152,24 @@ def test_info_prints_a_job_and_draws_its_figure(tmp_path, checkpoint, texts, cap
     printed = capsys.readouterr().out
     facts = json.loads(printed[:printed.rindex("}") + 1])
     assert facts["audit"] == manifest["audit"] and (tmp_path / "fig.png").is_file()
+
+
+def test_the_job_audits_against_a_teacher(tmp_path, checkpoint, texts, teacher_dir):  # noqa: F811
+    from costeff_fast.audit import TeacherClassifier
+
+    rows = texts[:60]
+    source = write_input(tmp_path / "rows.csv", {"text": rows})
+    run_predict(checkpoint, source, tmp_path / "out", audit_rate=1.0, audit_teacher=teacher_dir, **OPTIONS)
+    audit = json.loads((tmp_path / "out" / MANIFEST).read_text())["audit"]
+    early = costeff_fast.from_pretrained(checkpoint, backend="torch").predict(rows).numpy()
+    teacher = TeacherClassifier(teacher_dir, LABELS).predict(rows)
+    assert audit["teacher"] == str(teacher_dir.resolve()) and audit["rows"] == 60
+    assert audit["teacher_agreement"]["agreeing"] == int((early == teacher).sum())
+    other = tmp_path / "other"  # a teacher of two classes cannot audit a three-class model
+    other.mkdir()
+    config = json.loads((teacher_dir / "config.json").read_text())
+    config.update(id2label={"0": "no", "1": "yes"}, label2id={"no": 0, "yes": 1})
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(JobArgumentError, match="--audit-teacher"):
+        run_predict(checkpoint, source, tmp_path / "out2", audit_rate=1.0, audit_teacher=other, **OPTIONS)
+    assert not (tmp_path / "out2").exists()
