@@ -304,3 +304,105 @@ def test_hidden_mse_by_hand():
     expected[0, 0] = t([-2 / 3, 0.0])
     torch.testing.assert_close(student[1].grad, expected)
     assert teacher[1].grad is None  # the teacher's states are targets, detached
+
+
+# Gaps found by mutation testing (bench/mutation.py, bench/results/mutation/README.md): each test below fails on a
+# mutant of losses.py that every test above let pass. Expected values are again worked out by hand or in plain torch.
+
+
+def test_hidden_mse_divides_by_real_tokens_times_features_for_any_mask_dtype():
+    # One state (L + 1 = 1 is a valid tuple), B = 1, S = 3 positions != H = 2 features, the last token padding.
+    # Squared errors on the 2 real tokens: [1, 1] and [4, 0] -> 6, over 2 tokens x 2 features = 1.5 (dividing by
+    # the sequence length instead of the feature count would give 6 / (2 x 3) = 1.0).
+    student = (torch.zeros(1, 3, 2),)
+    teacher = (t([[[1.0, -1.0], [2.0, 0.0], [9.0, 9.0]]]),)
+    for mask in (torch.tensor([[1, 1, 0]]), torch.tensor([[True, True, False]]),
+                 torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64)):
+        loss = hidden_mse(student, teacher, mask)
+        assert loss.dtype == torch.float32, mask.dtype  # "Scalar fp32" whatever the mask's dtype
+        close(loss, 1.5)
+    with pytest.raises(ValueError, match="2 student states vs 1 teacher states"):
+        hidden_mse(student * 2, teacher, torch.tensor([[1, 1, 0]]))
+
+
+def test_multi_exit_loss_is_fp32_for_float64_logits():
+    # "any float dtype; the loss is fp32": float64 exits and teacher give the fp32 hand value of
+    # test_multi_exit_loss_weights_each_exit_by_hand.
+    exits = (t(EXIT_1).double(), t(EXIT_2).double())
+    loss = multi_exit_loss(exits, torch.tensor(GOLD), t(TEACHER).double(), kd_weight=0.75)
+    assert loss.dtype == torch.float32
+    close(loss, 0.75 * KD_1 + 0.25 * CE_1 + 0.75 * KD_2 + 0.25 * CE_2)
+
+
+def test_multi_exit_loss_needs_no_teacher_at_kd_weight_0_and_refuses_kd_weights_outside_0_1():
+    exits, labels = (t(EXIT_1), t(EXIT_2)), torch.tensor(GOLD)
+    close(multi_exit_loss(exits, labels, None, kd_weight=0.0), CE_1 + CE_2)  # pure CE: no teacher consulted
+    for kd_weight in (1.5, -0.25):
+        with pytest.raises(ValueError, match=rf"kd_weight must be in \[0, 1\], got {kd_weight}"):
+            multi_exit_loss(exits, labels, t(TEACHER), kd_weight=kd_weight)
+
+
+def test_soft_cross_entropy_defaults_to_t1():
+    close(soft_cross_entropy(t(EXIT_1), t(TEACHER)), KD_1)
+
+
+def test_gradient_equilibrium_is_off_by_default():
+    student, teacher = make_tiny_model(0, num_labels=LABELS), make_tiny_model(1, num_labels=LABELS)
+    batch = labelled_batch()
+    weight = student.layers[0].intermediate.weight
+    grads = {}
+    for name, extra in (("default", {}), ("off", {"gradient_equilibrium": False}),
+                        ("on", {"gradient_equilibrium": True})):
+        grads[name] = torch.autograd.grad(distillation_loss(student, teacher, batch, kd_weight=0.5, **extra), weight)[0]
+    torch.testing.assert_close(grads["default"], grads["off"])
+    assert not torch.allclose(grads["default"], grads["on"])
+
+
+def test_slenderization_defaults_are_the_papers_by_hand():
+    # kd_weight 0.9, T = 1, hidden weight 1, every exit (COST-EFF Sec. 3.3), in plain torch from the two models'
+    # outputs: sum_l [0.9 KD(exit_l, TA exit_l) + 0.1 CE(exit_l, y)] + sum_states masked MSE.
+    student, ta = make_tiny_model(0, num_labels=LABELS), make_tiny_model(1, num_labels=LABELS)
+    batch = labelled_batch(2)
+    with torch.no_grad():
+        s = student(**inputs_of(batch), output_hidden_states=True)
+        a = ta(**inputs_of(batch), output_hidden_states=True)
+        expected = 0.0
+        for s_logits, a_logits in zip(s.exit_logits, a.exit_logits):
+            kd = -(torch.softmax(a_logits, -1) * torch.log_softmax(s_logits, -1)).sum(-1).mean()
+            ce = -torch.log_softmax(s_logits, -1)[torch.arange(4), batch["labels"]].mean()
+            expected += 0.9 * kd + 0.1 * ce
+        mask = batch["attention_mask"].float()[..., None]
+        for s_hidden, a_hidden in zip(s.hidden_states, a.hidden_states):
+            expected += ((s_hidden - a_hidden) ** 2 * mask).sum() / (mask.sum() * s_hidden.shape[-1])
+    torch.testing.assert_close(slenderization_loss(student, ta, batch).detach(), expected)
+
+
+class OnDevice(torch.nn.Module):
+    """A stand-in multi-exit classifier whose parameter lives on ``device`` (here "meta": a device other than the
+    CPU's batches, on a CPU-only machine) and which records the devices of the inputs it is called with."""
+
+    def __init__(self, device, layers: int = 2, hidden: int = 4):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones((), device=device))
+        self.layers, self.hidden, self.seen = layers, hidden, set()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False):
+        self.seen |= {x.device.type for x in (input_ids, attention_mask, token_type_ids) if x is not None}
+        rows, positions = input_ids.shape
+        logits = self.scale * torch.ones(rows, LABELS, device=self.scale.device)
+        states = tuple(self.scale * torch.ones(rows, positions, self.hidden, device=self.scale.device)
+                       for _ in range(self.layers + 1))
+        return type("Output", (), {"logits": logits, "exit_logits": (logits,) * self.layers,
+                                   "hidden_states": states if output_hidden_states else None})
+
+
+def test_the_losses_move_the_batch_and_labels_to_the_models_device():
+    # The CPU batch must reach a model elsewhere on the model's device, labels included (the "meta" device stands
+    # for a GPU: tensors there have shapes and no data, and mixing them with CPU tensors raises).
+    batch = labelled_batch()
+    model = OnDevice("meta")
+    assert classification_loss(model, batch).device.type == "meta"
+    assert model.seen == {"meta"}
+    student, teacher = OnDevice("meta"), OnDevice("meta")
+    assert distillation_loss(student, teacher, batch, kd_weight=0.5).device.type == "meta"
+    assert student.seen == teacher.seen == {"meta"}
