@@ -14,7 +14,7 @@ it slightly conservative). The audit's counting is the job's own (:class:`costef
 labels are computed once.
 
 ``job``: ``--rows`` rows (the rt training texts repeated) in a Parquet file, classified three ways in one process,
-interleaved: ``generate_logits_stream`` alone (the job's engine, nothing read or written), the predict job without
+interleaved ``--repeats`` times (medians reported; the model is loaded anew for each repeat of the stream): ``generate_logits_stream`` alone (the job's engine, nothing read or written), the predict job without
 the audit and with ``--audit-rate`` (default 0.01). Reports rows/s of each, the audit's share of the job's time,
 and the job's peak RSS while its first and its last shard ran (sampled every 0.2 s by a thread reading
 ``/proc/self/status`` and the job's manifest).
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import threading
@@ -59,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=400, help="coverage: samples drawn (default 400)")
     parser.add_argument("--rows", type=int, default=1_000_000, help="job: rows in the job (default 1,000,000)")
     parser.add_argument("--shard-rows", type=int, default=50_000, help="job: rows per shard (default 50,000)")
+    parser.add_argument("--repeats", type=int, default=1, help="job: interleaved repeats, medians (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     return parser.parse_args(argv)
 
@@ -129,48 +131,52 @@ class RssByShard:
 
 
 def job(args) -> dict:
-    model = costeff_fast.from_pretrained(args.model)
     base = list(load_task("rt")["train"]["text"])
     texts = [base[i % len(base)] for i in range(args.rows)]
     rate = args.rate or 0.01
     work = Path(tempfile.mkdtemp(prefix="bench_audit_"))
     source = work / "rows.parquet"
     pq.write_table(pa.table({"text": texts}), source, row_group_size=10_000)
-    result = {"rows": args.rows, "rate": rate, "shard_rows": args.shard_rows}
-
-    started = time.perf_counter()
-    layers = 0
-    for _, _, layer in model.generate_logits_stream(texts, batch_size=64):
-        layers += layer
-    seconds = time.perf_counter() - started
-    result["generate_logits_stream"] = {"seconds": seconds, "rows_per_second": args.rows / seconds,
-                                        "mean_exit_layer": layers / args.rows}
-    print(json.dumps(result), file=sys.stderr)
-    del model
-    for name, audit_rate in (("job", 0.0), ("job_audited", rate)):
-        output = work / name
-        with RssByShard(output) as watch:
-            started = time.perf_counter()
-            summary = run_predict(args.model, source, output, shard_rows=args.shard_rows, progress=False,
-                                  audit_rate=audit_rate)
-            seconds = time.perf_counter() - started
-        manifest = json.loads((output / MANIFEST).read_text())
-        peaks = [watch.peaks[k] for k in sorted(watch.peaks) if k < len(manifest["shards"])]
-        entry = {"seconds": seconds, "rows_per_second": args.rows / seconds,
-                 "mean_exit_layer": summary.mean_exit_layer, "summary": manifest["summary"],
-                 "peak_rss_mib_first_shard": peaks[0] if peaks else None,
-                 "peak_rss_mib_last_shard": peaks[-1] if peaks else None}
-        if manifest.get("audit"):
-            audit = manifest["audit"]
-            entry["audit"] = {"rows": audit["rows"], "full_depth": audit["full_depth"], "seconds": audit["seconds"],
-                              "share_of_job_time": audit["seconds"] / seconds}
-        result[name] = entry
-        print(json.dumps({name: entry}), file=sys.stderr)
-    stream = result["generate_logits_stream"]["rows_per_second"]
-    result["audited_job_vs_stream"] = result["job_audited"]["rows_per_second"] / stream
-    result["audited_job_vs_job"] = result["job_audited"]["rows_per_second"] / result["job"]["rows_per_second"]
-    first, last = result["job_audited"]["peak_rss_mib_first_shard"], result["job_audited"]["peak_rss_mib_last_shard"]
-    result["rss_growth_first_to_last_shard"] = (last - first) / first if first and last else None
+    result = {"rows": args.rows, "rate": rate, "shard_rows": args.shard_rows, "repeats": args.repeats}
+    runs = {"generate_logits_stream": [], "job": [], "job_audited": []}
+    for repeat in range(args.repeats):  # interleaved, so a change of the machine's load hits every contender
+        model = costeff_fast.from_pretrained(args.model)
+        started = time.perf_counter()
+        layers = 0
+        for _, _, layer in model.generate_logits_stream(texts, batch_size=64):
+            layers += layer
+        seconds = time.perf_counter() - started
+        runs["generate_logits_stream"].append({"seconds": seconds, "rows_per_second": args.rows / seconds,
+                                               "mean_exit_layer": layers / args.rows})
+        del model
+        for name, audit_rate in (("job", 0.0), ("job_audited", rate)):
+            output = work / f"{name}-{repeat}"
+            with RssByShard(output) as watch:
+                started = time.perf_counter()
+                summary = run_predict(args.model, source, output, shard_rows=args.shard_rows, progress=False,
+                                      audit_rate=audit_rate)
+                seconds = time.perf_counter() - started
+            manifest = json.loads((output / MANIFEST).read_text())
+            peaks = [watch.peaks[k] for k in sorted(watch.peaks) if k < len(manifest["shards"])]
+            entry = {"seconds": seconds, "rows_per_second": args.rows / seconds,
+                     "mean_exit_layer": summary.mean_exit_layer, "summary": manifest["summary"],
+                     "peak_rss_mib_first_shard": peaks[0] if peaks else None,
+                     "peak_rss_mib_last_shard": peaks[-1] if peaks else None}
+            if manifest.get("audit"):
+                audit = manifest["audit"]
+                entry["audit"] = {"rows": audit["rows"], "full_depth": audit["full_depth"],
+                                  "seconds": audit["seconds"], "share_of_job_time": audit["seconds"] / seconds}
+            runs[name].append(entry)
+        print(json.dumps({name: entries[-1]["rows_per_second"] for name, entries in runs.items()}), file=sys.stderr)
+    result["runs"] = runs
+    median = {name: statistics.median(e["rows_per_second"] for e in entries) for name, entries in runs.items()}
+    result["median_rows_per_second"] = median
+    result["audited_job_vs_stream"] = median["job_audited"] / median["generate_logits_stream"]
+    result["audited_job_vs_job"] = median["job_audited"] / median["job"]
+    result["audit_share_of_job_time"] = statistics.median(e["audit"]["share_of_job_time"] for e in runs["job_audited"])
+    growth = [(e["peak_rss_mib_last_shard"] - e["peak_rss_mib_first_shard"]) / e["peak_rss_mib_first_shard"]
+              for e in runs["job_audited"] if e["peak_rss_mib_first_shard"]]
+    result["rss_growth_first_to_last_shard"] = max(growth) if growth else None
     return result
 
 
