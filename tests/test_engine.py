@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import AVAILABLE_BACKENDS, make_tiny_model, random_batch
@@ -14,8 +16,17 @@ from costeff_fast.packing import PackedWeights
 from costeff_fast import CostEffEngineForSequenceClassification
 
 TIE = 1e-5
-#: the Triton interpreter takes ~0.1 s per kernel call: it runs the first seed of each seeded test
+#: the Triton interpreter takes ~0.1 s per kernel call: it runs the first seed of each seeded test (every seed with
+#: COSTEFF_TEST_ALL_SEEDS=1 in the environment: about 90 s more on 2 cores)
 SLOW = {"triton"} if not torch.cuda.is_available() else set()
+ALL_SEEDS = os.environ.get("COSTEFF_TEST_ALL_SEEDS") == "1"
+
+
+def backend_seeds(count: int) -> list:
+    """``(backend, seed)`` cases: ``count`` seeds per backend, one for a :data:`SLOW` one unless :data:`ALL_SEEDS`
+    (cases not generated, rather than generated and skipped)."""
+    return [pytest.param(name, seed, id=f"{name}-{seed}") for name in AVAILABLE_BACKENDS
+            for seed in range(count if ALL_SEEDS or name not in SLOW else 1)]
 
 
 def reference_entropies(model, batch) -> torch.Tensor:
@@ -51,12 +62,10 @@ def backend(request):
     return request.param
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("backend, seed", backend_seeds(6))
 @pytest.mark.parametrize("pairs", [False, True])
 @pytest.mark.parametrize("exit_pooling", ["cls", "mean"])
 def test_mixed_exits_match_reference(backend, seed, pairs, exit_pooling):
-    if backend in SLOW and seed > 0:
-        pytest.skip("interpreter: first seed only")
     model = engine_model(seed, weight_std=0.15, exit_pooling=exit_pooling)
     batch = random_batch(seed, batch=24, vocab=97, pairs=pairs)
     # Per-layer thresholds at the median entropy of each layer make about half the rows leave at each exit.
@@ -65,10 +74,8 @@ def test_mixed_exits_match_reference(backend, seed, pairs, exit_pooling):
     assert len(set(layers.tolist())) >= 2, "the thresholds should produce mixed exit layers"
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("backend, seed", backend_seeds(3))
 def test_scalar_threshold_matches_reference(backend, seed):
-    if backend in SLOW and seed > 0:
-        pytest.skip("interpreter: first seed only")
     model = engine_model(seed, weight_std=0.15)
     batch = random_batch(100 + seed, batch=17, vocab=97, max_len=33)
     tau = float(reference_entropies(model, batch)[:, :-1].quantile(0.3))
