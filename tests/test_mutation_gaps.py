@@ -142,7 +142,7 @@ def test_run_early_exit_returns_fp32_logits_and_int64_layers_whatever_the_defaul
         assert ((exit_layer >= 1) & (exit_layer <= 4)).all()
 
 
-def test_the_stream_runs_each_layer_on_at_most_batch_size_rows():
+def test_the_stream_runs_each_layer_on_at_most_batch_size_rows_and_yields_only_answers():
     # 18 rows in chunks of 3, batches of 4: the first layer runs as soon as its queue holds 4 rows, on exactly 4
     # (the rest wait), so it sees 4, 4, 4, 4 and, once the input is exhausted, the 2 left; no layer call ever
     # takes more than 4 rows ("on exactly batch_size rows"; a queue holds fewer than 2 * batch_size).
@@ -165,8 +165,11 @@ def test_the_stream_runs_each_layer_on_at_most_batch_size_rows():
     ids, types, lengths = _packed(random_batch(2, batch=18, vocab=97))
     cu = [0, *torch.cumsum(lengths, 0).tolist()]
     chunks = [(ids[cu[s]:cu[s + 3]], types[cu[s]:cu[s + 3]], lengths[s:s + 3]) for s in range(0, 18, 3)]
-    seen = sorted(row for rows, _, _ in stream_early_exit(backend, chunks, 4, [0.9, 0.9, 0.9, 0.0])
-                  for row in rows.tolist())
-    assert seen == list(range(18))
+    # tau 1e-6 at layer 1: its exit head runs and no row is that certain, so nobody answers there (and the stream
+    # yields nothing for those calls: every answer has k >= 1 rows).
+    answers = list(stream_early_exit(backend, chunks, 4, [1e-6, 0.9, 0.9, 0.0]))
+    assert all(len(rows) >= 1 for rows, _, _ in answers)
+    assert 1 not in {layer for _, _, layer in answers}
+    assert sorted(row for rows, _, _ in answers for row in rows.tolist()) == list(range(18))
     assert sorted(n for index, n in backend.rows if index == 0) == [2, 4, 4, 4, 4]
     assert all(n <= 4 for _, n in backend.rows), backend.rows
