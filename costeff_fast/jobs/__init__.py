@@ -14,6 +14,6 @@ from .shards import SCHEMA_VERSION, JobOutputError
 from .sources import JobArgumentError, JobPathError
 from .spec import DEFAULT_SHARD_ROWS, ENGINES, PredictJob
 
-__all__ = ["AgreementBelowMinimum", "DEFAULT_SHARD_ROWS", "ENGINES", "JobArgumentError", "JobOutputError", "JobPathError", "PredictJob",
-           "PredictSummary", "SCHEMA_VERSION", "output_schema", "predict_rows", "run_local", "run_predict",
-           "split_failed"]
+__all__ = ["AgreementBelowMinimum", "DEFAULT_SHARD_ROWS", "ENGINES", "JobArgumentError", "JobOutputError",
+           "JobPathError", "PredictJob", "PredictSummary", "SCHEMA_VERSION", "output_schema", "predict_rows",
+           "run_local", "run_predict", "split_failed"]

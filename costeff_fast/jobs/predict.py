@@ -30,7 +30,6 @@ and the reason.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -48,9 +47,9 @@ from ..audit import AgreementAudit, AuditCounts, agreement_shortfalls
 from ..config import resolve_entropy_threshold
 from ..inference import CostEffEngineForSequenceClassification, from_pretrained
 from ..reference import exit_entropy
-from .shards import ERRORS, JobLock, ShardWriter, prepare_output
+from .shards import ERRORS, JobLock, ShardWriter, file_sha256, prepare_output
 from .sources import JobArgumentError, count_rows, read_chunks
-from .spec import DEFAULT_SHARD_ROWS, PredictJob
+from .spec import PredictJob
 
 logger = logging.getLogger(__name__)
 
@@ -364,9 +363,9 @@ def model_identity(model_dir: str | os.PathLike) -> dict:
     and sha256. A resumed job must find all of it unchanged."""
     model_dir = Path(model_dir).resolve()
     weights = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin"))
-    return {"path": str(model_dir), "config_sha256": _sha256(model_dir / "config.json"),
+    return {"path": str(model_dir), "config_sha256": file_sha256(model_dir / "config.json"),
             "weights": [{"file": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
-                         "sha256": _sha256(p)} for p in weights]}
+                         "sha256": file_sha256(p)} for p in weights]}
 
 
 def job_identity(job: PredictJob, model: CostEffEngineForSequenceClassification) -> dict:
@@ -570,14 +569,6 @@ def run_predict(model_dir: str | os.PathLike, input_path: str | os.PathLike, out
             (:func:`run_local`), before any row is classified (one line naming the flag).
     """
     return run_local(PredictJob(model_dir, input_path, output_dir, **options))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _id_array(ids: Sequence, id_type: pa.DataType | None) -> pa.Array:
