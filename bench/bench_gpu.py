@@ -23,12 +23,14 @@ interleaved (A B C A B C ..., CUDA events, median ms per batch; docs/design.md, 
   calibrated threshold; the random models at a synthetic per-layer median exit entropy (about half of the
   remaining rows leave at every exit: random exits are never confident, so this only exercises the path).
 
-Each row of the results gives ms per batch, sentences/s, the mean exit layer, executed GFLOP
-(``costeff_fast.flops.model_flops``: real tokens, real exit layers; HF counts its padding) with the achieved
-TFLOP/s, and the speed-up over ``hf_bert_sdpa`` (and over ``hf_teacher_shape_sdpa`` for the checkpoint).
+Each row of the results gives ms per batch (CUDA events) with the host's wall time of the same calls,
+sentences/s, the mean exit layer, executed GFLOP (``costeff_fast.flops.model_flops``: real tokens, real exit
+layers; HF counts its padding) with the achieved TFLOP/s, and the speed-up over ``hf_bert_sdpa`` (and over
+``hf_teacher_shape_sdpa`` for the checkpoint).
 
 **Kernels** (:func:`kernel_rows`): the five launches of one layer, the whole ``TritonBackend.layer`` and cuBLAS
-``addmm`` for each GEMM, timed with a flushed L2 and set against :func:`layer_roofline` at the GPU's peaks.
+``addmm`` for each GEMM, timed with a flushed L2 and set against ``roofline.layer_roofline`` at the GPU's peaks
+(``PEAKS``, ``peaks_for`` and ``layer_roofline`` live in ``bench/roofline.py`` with the rest of the prediction).
 """
 
 from __future__ import annotations
@@ -47,64 +49,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# the peaks and the per-kernel roofline live with the rest of the prediction (bench/roofline.py, docs/design.md)
+from roofline import PEAKS, layer_roofline, peaks_for  # noqa: E402,F401
+
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu.json"
 MAX_LENGTH = 128  # tokens per row after truncation, and the length of the full-length row set
 
-#: Dense fp16/bf16 tensor-core FLOP/s and HBM bytes/s (NVIDIA datasheets; SXM boards unless the name says).
-PEAKS = {
-    "H100": (989e12, 3.35e12),
-    "H100 NVL": (835e12, 3.9e12),
-    "H100 PCIe": (756e12, 2.0e12),
-    "H200": (989e12, 4.8e12),
-    "H200 NVL": (835e12, 4.8e12),
-}
-
 #: Kernel shapes (hidden H, heads h, head size d, FFN F) timed against the roofline.
 KERNEL_SHAPES = {"costeff-8x": (768, 2, 64, 256), "bert-base": (768, 12, 64, 3072)}
-
-
-def peaks_for(device_name: str) -> tuple[str, float, float]:
-    """``(key, FLOP/s, bytes/s)`` of the longest :data:`PEAKS` key in ``device_name`` (``H100`` if none matches)."""
-    matches = [key for key in PEAKS if key.lower() in device_name.lower()]
-    key = max(matches, key=len) if matches else "H100"
-    return key, *PEAKS[key]
-
-
-def layer_roofline(lengths: Sequence[int], hidden: int, heads: int, head_size: int, ffn: int,
-                   peaks: tuple[float, float] = PEAKS["H100"], bytes_per_value: int = 2) -> list[dict]:
-    """FLOPs, HBM bytes, arithmetic intensity and roofline time of each kernel of one encoder layer.
-
-    Args:
-        lengths: tokens of each row (attention is per row: ``4 n^2 A`` FLOPs for a row of ``n`` tokens).
-        hidden, heads, head_size, ffn: the layer's shape (``A = heads * head_size``).
-        peaks: ``(FLOP/s, bytes/s)``, e.g. ``PEAKS["H200"]``.
-        bytes_per_value: 2 for fp16/bf16 storage.
-
-    Returns:
-        one dict per kernel: ``op``, ``gflop``, ``mbytes`` (MB), ``flop_per_byte``, ``bound`` and ``us``
-        (``max(FLOPs / peak FLOP/s, bytes / peak bandwidth)``). Bytes count one read of every input and one write
-        of every output (weights included; nothing assumed to stay in L2 between kernels); FLOPs are 2 x
-        multiply-adds.
-    """
-    T, A = sum(lengths), heads * head_size
-    square = sum(n * n for n in lengths)
-    ops = [  # name, FLOPs, values moved
-        ("QKV GEMM + bias", 2 * T * hidden * 3 * A, T * hidden + hidden * 3 * A + T * 3 * A),
-        ("varlen attention", 4 * square * A, T * 3 * A + T * A),
-        ("W_O GEMM + residual + LN", 2 * T * A * hidden, T * A + A * hidden + 2 * T * hidden),
-        ("W_1 GEMM + GELU", 2 * T * hidden * ffn, T * hidden + hidden * ffn + T * ffn),
-        ("W_2 GEMM + residual + LN", 2 * T * ffn * hidden, T * ffn + ffn * hidden + 2 * T * hidden),
-    ]
-    flops_peak, bytes_peak = peaks
-    rows = []
-    for name, flops, values in ops:
-        moved = values * bytes_per_value
-        compute_s, memory_s = flops / flops_peak, moved / bytes_peak
-        rows.append({
-            "op": name, "gflop": flops / 1e9, "mbytes": moved / 1e6, "flop_per_byte": flops / moved,
-            "bound": "compute" if compute_s > memory_s else "memory", "us": 1e6 * max(compute_s, memory_s),
-        })
-    return rows
 
 
 def print_roofline(batch: int = 256, seq: int = 128, gpu: str = "H100") -> None:
@@ -129,14 +81,16 @@ def print_roofline(batch: int = 256, seq: int = 128, gpu: str = "H100") -> None:
 # Timing
 
 
-def median_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-              flush_l2: bool = False) -> dict[str, float]:
-    """Median milliseconds per call of each callable, timed interleaved (A B C A B C ...).
+def median_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                 flush_l2: bool = False) -> dict[str, dict[str, float]]:
+    """Median milliseconds per call of each callable, timed interleaved (A B C A B C ...): ``{"ms": CUDA-event
+    time, "host_ms": host wall time}``.
 
     On CUDA each call sits between two CUDA events on the current stream and the host waits for the second, so
-    a time covers the call's GPU work and any host time inside it (the engine's per-layer waits included).
-    ``flush_l2`` zeroes a 256 MiB buffer before every call (outside the events) so no operand starts in L2.
-    Without CUDA (the dry run under the Triton interpreter) it is wall time.
+    ``ms`` covers the call's GPU work and any host time inside it (the engine's per-layer waits included);
+    ``host_ms`` is the host's wall time from before the first event to after the wait for the second (the whole
+    call as a caller sees it). ``flush_l2`` zeroes a 256 MiB buffer before every call (outside both) so no operand
+    starts in L2. Without CUDA (the dry run under the Triton interpreter) both are wall time.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -144,22 +98,32 @@ def median_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 
     cuda = torch.cuda.is_available()
     flush = torch.empty(64 * 2**20, dtype=torch.int32, device="cuda") if cuda and flush_l2 else None
     times: dict[str, list[float]] = {name: [] for name in fns}
+    host: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             if cuda:
                 if flush is not None:
                     flush.zero_()
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin = time.perf_counter()
                 start.record()
                 fn()
                 end.record()
                 end.synchronize()
+                host[name].append(1e3 * (time.perf_counter() - begin))
                 times[name].append(start.elapsed_time(end))
             else:
                 begin = time.perf_counter()
                 fn()
                 times[name].append(1e3 * (time.perf_counter() - begin))
-    return {name: statistics.median(values) for name, values in times.items()}
+                host[name].append(times[name][-1])
+    return {name: {"ms": statistics.median(times[name]), "host_ms": statistics.median(host[name])} for name in fns}
+
+
+def median_ms(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+              flush_l2: bool = False) -> dict[str, float]:
+    """The CUDA-event medians of :func:`median_times` (wall time without CUDA)."""
+    return {name: t["ms"] for name, t in median_times(fns, repeats, warmup, flush_l2).items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,9 +208,10 @@ class Contender:
     threshold: list[float] | None = None
     baseline: str | None = None
 
-    def prepare(self, rows: Sequence[Sequence[int]], device) -> tuple[Callable[[], object], float, float]:
-        """``(fn, executed GFLOP, mean exit layer)`` of one batch of ``rows`` (token id lists); inputs are on the
-        device before ``fn`` runs."""
+    def prepare(self, rows: Sequence[Sequence[int]], device) -> tuple[Callable[[], object], float, float, list | None]:
+        """``(fn, executed GFLOP, mean exit layer, exit layers)`` of one batch of ``rows`` (token id lists); inputs
+        are on the device before ``fn`` runs. The engine runs once here (for its exit layers, 1-based per row;
+        None for HF)."""
         from costeff_fast.engine import run_early_exit
         from costeff_fast.flops import model_flops
 
@@ -255,7 +220,7 @@ class Contender:
             del batch["token_type_ids"]
             seq = batch["input_ids"].shape[1]
             gflop = model_flops(self.config, [seq] * len(rows), every_exit=False) / 1e9
-            return (lambda: self.model(**batch).logits), gflop, float(self.config.num_hidden_layers)
+            return (lambda: self.model(**batch).logits), gflop, float(self.config.num_hidden_layers), None
         lengths = torch.tensor([len(row) for row in rows])
         ids = torch.tensor([token for row in rows for token in row], device=device)
         types = torch.zeros_like(ids)
@@ -264,7 +229,8 @@ class Contender:
             return run_early_exit(self.model, ids, types, lengths, self.threshold)
 
         exit_layers = run()[1].cpu()
-        return run, model_flops(self.config, lengths, exit_layers) / 1e9, float(exit_layers.float().mean())
+        return (run, model_flops(self.config, lengths, exit_layers) / 1e9, float(exit_layers.float().mean()),
+                exit_layers.tolist())
 
 
 def bert_base_config(vocab_size: int = 30522):
@@ -342,18 +308,22 @@ def build_contenders(device, dtype: torch.dtype, bert_config, costeff_config, ch
 @torch.inference_mode()
 def throughput_grid(contenders: Sequence[Contender], row_sets: dict[str, list[list[int]]],
                     batch_sizes: Sequence[int], device, repeats: int, warmup: int = 2,
-                    deadline: float | None = None, on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
+                    deadline: float | None = None, on_row: Callable[[list[dict]], None] | None = None,
+                    predict: Callable[[Contender, list, list | None], dict] | None = None) -> list[dict]:
     """Time every contender on every row set at every batch size (interleaved, median ms per batch).
 
     Args:
         row_sets: ``{name: rows}``; a batch of ``b`` takes the first ``b`` rows (repeated when fewer).
         deadline: ``time.time()`` after which no new cell starts (the rows so far are returned).
         on_row: called with the results so far after every cell (the GPU check writes its JSON there).
+        predict: ``(contender, batch rows, exit layers or None) -> dict`` merged into the contender's row (the GPU
+            check's roofline prediction, bench/roofline.py).
 
     Returns:
         one dict per (row set, batch, contender): ``rows``, ``batch``, ``tokens`` (real), ``contender``,
-        ``ms_per_batch``, ``sentences_per_s``, ``mean_exit_layer``, ``gflop``, ``tflop_per_s``,
-        ``speedup_vs_hf_bert_sdpa`` and, for a contender with another baseline, ``speedup_vs_<baseline>``.
+        ``ms_per_batch`` (CUDA events), ``host_ms_per_batch`` (host wall time of the same calls),
+        ``sentences_per_s``, ``mean_exit_layer``, ``gflop``, ``tflop_per_s``, ``speedup_vs_hf_bert_sdpa`` and, for
+        a contender with another baseline, ``speedup_vs_<baseline>``.
     """
     results: list[dict] = []
     for set_name, rows in row_sets.items():
@@ -362,18 +332,21 @@ def throughput_grid(contenders: Sequence[Contender], row_sets: dict[str, list[li
                 return results
             batch = cycle(rows, batch_size)
             prepared = {c.name: c.prepare(batch, device) for c in contenders}
-            ms = median_ms({name: fn for name, (fn, _, _) in prepared.items()}, repeats, warmup)
+            timed = median_times({name: prepared[name][0] for name in prepared}, repeats, warmup)
+            ms = {name: t["ms"] for name, t in timed.items()}
             tokens = sum(len(row) for row in batch)
             for contender in contenders:
-                _, gflop, mean_exit = prepared[contender.name]
+                _, gflop, mean_exit, exit_layers = prepared[contender.name]
                 row = {"rows": set_name, "batch": batch_size, "tokens": tokens, "contender": contender.name,
-                       "ms_per_batch": ms[contender.name],
+                       "ms_per_batch": ms[contender.name], "host_ms_per_batch": timed[contender.name]["host_ms"],
                        "sentences_per_s": batch_size / ms[contender.name] * 1e3,
                        "mean_exit_layer": mean_exit, "gflop": gflop,
                        "tflop_per_s": gflop / ms[contender.name],
                        "speedup_vs_hf_bert_sdpa": ms["hf_bert_sdpa"] / ms[contender.name]}
                 if contender.baseline and contender.baseline != "hf_bert_sdpa":
                     row[f"speedup_vs_{contender.baseline}"] = ms[contender.baseline] / ms[contender.name]
+                if predict is not None:
+                    row.update(predict(contender, batch, exit_layers))
                 results.append(row)
             if on_row is not None:
                 on_row(results)
@@ -391,7 +364,9 @@ def kernel_rows(shape_name: str, shape: tuple[int, int, int, int], lengths: Sequ
 
     Returns:
         one dict per kernel and one for the whole layer: ``shape``, ``tokens``, ``rows``, ``op``, ``us``
-        (median, flushed L2), ``roofline_us``, ``fraction_of_roofline`` (roofline / measured), ``bound``,
+        (median CUDA-event time, flushed L2), ``host_us`` (the host's wall time of the same calls, the flush's wait
+        included), ``roofline_us``, ``gflop`` and ``mbytes`` (of the roofline), ``fraction_of_roofline``
+        (roofline / measured), ``bound``,
         ``achieved_gb_per_s``, ``achieved_tflop_per_s`` and, for the GEMMs, ``cublas_addmm_us`` (the GEMM + bias
         alone in cuBLAS). The layer row adds ``sum_of_ops_us``.
     """
@@ -429,20 +404,23 @@ def kernel_rows(shape_name: str, shape: tuple[int, int, int, int], lengths: Sequ
     }
     fns = {**ops, **{f"cublas {name}": fn for name, fn in cublas.items()},
            "layer": lambda: backend.layer(0, hidden, batch)}
-    ms = median_ms(fns, repeats, warmup=2, flush_l2=True)
+    timed = median_times(fns, repeats, warmup=2, flush_l2=True)
+    ms = {name: t["ms"] for name, t in timed.items()}
     roofline = {r["op"]: r for r in layer_roofline(lengths, *shape, peaks=peaks, bytes_per_value=hidden.element_size())}
     common = {"shape": shape_name, "tokens": sum(lengths), "rows": len(lengths)}
     rows = []
     for name in ops:
         r, us = roofline[name], 1e3 * ms[name]
-        rows.append({**common, "op": name, "us": us, "roofline_us": r["us"], "fraction_of_roofline": r["us"] / us,
+        rows.append({**common, "op": name, "us": us, "host_us": 1e3 * timed[name]["host_ms"], "roofline_us": r["us"],
+                     "gflop": r["gflop"], "mbytes": r["mbytes"], "fraction_of_roofline": r["us"] / us,
                      "bound": r["bound"], "achieved_gb_per_s": r["mbytes"] * 1e3 / us,
                      "achieved_tflop_per_s": r["gflop"] * 1e3 / us})
         if f"cublas {name}" in ms:
             rows[-1]["cublas_addmm_us"] = 1e3 * ms[f"cublas {name}"]
     total_roofline = sum(r["us"] for r in roofline.values())
     layer_us = 1e3 * ms["layer"]
-    rows.append({**common, "op": "layer (5 launches)", "us": layer_us, "roofline_us": total_roofline,
+    rows.append({**common, "op": "layer (5 launches)", "us": layer_us, "host_us": 1e3 * timed["layer"]["host_ms"],
+                 "roofline_us": total_roofline,
                  "fraction_of_roofline": total_roofline / layer_us, "sum_of_ops_us": sum(r["us"] for r in rows)})
     return rows
 
