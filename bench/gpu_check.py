@@ -2,34 +2,70 @@
 
 Run through ``bench/gpu_check.sh`` (it sets the environment, the time limit and the log)::
 
-    bash bench/gpu_check.sh RESULTS_DIR             # a CUDA GPU (the H200 machine): under 8 minutes
+    bash bench/gpu_check.sh RESULTS_DIR             # a CUDA GPU (the H100/H200 machine): under 8 minutes
     bash bench/gpu_check.sh RESULTS_DIR --dry-run   # any CPU: tiny sizes through the Triton interpreter
 
 It writes ``RESULTS_DIR/gpu_check.json`` (rewritten after every section, so a run cut short still leaves
-what it found) and the shell script tees everything printed into ``RESULTS_DIR/gpu_check.log``. Sections:
+what it found) and the shell script tees everything printed into ``RESULTS_DIR/gpu_check.log``. Sections, in
+this order (what the first run most needs first; the long pytest last, on what time is left):
 
 1. ``environment``: Python, torch, CUDA, triton, transformers, the GPU (name, capability, memory, the roofline
-   peaks assumed for it), ``nvidia-smi``, the payload's manifest, and that nothing on this path imported
-   ``datasets`` or ``costeff_fast.training`` (neither exists on the GPU machine).
-2. ``pytest``: ``tests/test_kernel_*.py`` and ``tests/test_triton_backend.py``, one pytest per file, compiled
-   and run on the GPU (the files parametrize fp32/fp16/bf16; bf16 runs only there); per file the counts,
-   counts per dtype, failures and every ``max abs err`` line the tests print.
-3. ``engine_random``: ``run_early_exit`` on the triton backend against ``early_exit_reference`` (fp32, CPU,
+   peaks assumed for it), ``nvidia-smi``, the payload's manifest, that nothing on this path imported
+   ``datasets`` or ``costeff_fast.training`` (neither exists on the GPU machine), and ``prediction``: the paper
+   prediction of docs/design.md (``bench/roofline.py``, rt-standard-uniform) for this board on the payload's rows.
+2. ``prewarm``: every Triton launcher compiled at the shapes the timed sections use: each throughput contender
+   once on every row set at every batch size (the rt rows' own lengths), and the kernels section's layers once;
+   its time and the compiled variants per kernel say what a cold cache costs.
+3. ``kernels``: ``bench_gpu.kernel_rows``: each kernel of a layer against its roofline (and cuBLAS), at
+   256 x 128 tokens and at 32 real-length rows, each with its predicted time (``roofline.kernel_us``, the mid
+   case) and, per layer, the fused layer's predicted time; and ``host_costs``: the host's cost of one Triton
+   launch, one torch op, one host-only call and one blocking wait, and the shortest kernel, measured here.
+4. ``engine_random``: ``run_early_exit`` on the triton backend against ``early_exit_reference`` (fp32, CPU,
    one row at a time) on random models with per-layer widths, [CLS] and mean-pooling exits and a pooled exit,
    at thresholds that send rows out at every exit; fp16 and bf16 storage.
-4. ``engine_checkpoint``: the same on the trained checkpoint of the payload (``bench/make_gpu_payload.py``)
+5. ``engine_checkpoint``: the same on the trained checkpoint of the payload (``bench/make_gpu_payload.py``)
    over its rt validation rows at its calibrated threshold, plus accuracy; skipped (and said so) without one.
-5. ``throughput``: ``bench_gpu.throughput_grid``: HF fp16 sdpa against the triton backend (BERT-base, the 8x
-   COST-EFF shape, the checkpoint), batch 32-256, real and 128-token rows, early exit off and on.
-6. ``kernels``: ``bench_gpu.kernel_rows``: each kernel of a layer against its roofline (and cuBLAS), at
-   256 x 128 tokens and at 32 real-length rows (where launch overhead would show).
+6. ``throughput``: ``bench_gpu.throughput_grid``: HF fp16 sdpa against the triton backend (BERT-base, the 8x
+   COST-EFF shape, the checkpoint), batch 32-256, real and 128-token rows, early exit off and on; CUDA-event
+   time and host wall time per batch, and next to them the predicted time (``roofline.engine_prediction`` from
+   each row's real length and exit layer, ``roofline.hf_prediction`` for HF; the mid case, its fast-slow range,
+   and the mid case with the host costs measured in ``kernels``).
+7. ``pytest``: ``tests/test_kernel_*.py`` and ``tests/test_triton_backend.py``, one pytest per file, compiled
+   and run on the GPU (the files parametrize fp32/fp16/bf16; bf16 runs only there); per file the counts,
+   counts per dtype, failures and every ``max abs err`` line the tests print.
 
 Robustness: the script itself only starts *workers* (this file with ``--worker``) and merges what they write.
 A worker runs the sections in order, each in its own try/except, writes the JSON after each, and exits after
 a section that raised, so a broken CUDA context cannot spoil the next section: the next worker starts fresh.
-Each section has a time cap (a worker that overruns it is killed and the section marked), and a global budget
-(440 s; the shell's ``timeout`` is the last guard) skips what no longer fits. The exit status is 0 when no
-section failed or raised (a skipped section says why in the JSON).
+Each section has a time cap (a worker that overruns it by 30 s is killed and the section marked), and a global
+budget skips what no longer fits. The exit status is 0 when no section failed or raised (a skipped section says
+why in the JSON).
+
+Time caps (``CAP_S``), sized for a cold Triton cache (the GPU machine starts bare: nothing compiled, nothing
+cached), so the whole check fits in 8 minutes of one 10-minute device call:
+
+* outer limits: the device call allows 600 s; ``gpu_check.sh`` kills python at 470 s (+10 s to die): 480 s;
+  this script's own budget is 440 s (``BUDGET_S``), and a section's worker is killed 30 s past its cap or
+  10 s past the budget, so the shell's guard is only the last one. That leaves 120 s of the call for the
+  machine's start-up, the transfers and a look at the result.
+* compile cost assumed: about 1.5 s per Triton variant on the machine's 16 cores (LLVM + ptxas of a kernel with
+  ``tl.dot``; ``prewarm`` records the real count and seconds).
+* ``environment`` 40 s: imports (~10 s cold), the payload (~2 s), nvidia-smi, the paper prediction (<1 s).
+* ``prewarm`` 100 s: the contenders built (random BERT-base, its conversion, the 8x model, the teacher shape,
+  thresholds from 64 rows on the CPU: ~15 s), about 35 fp16 variants (linear: GELU x 2 tiles x row-count
+  alignment; LayerNorm GEMM: 2 hidden sizes x alignment; attention: head sizes 32/64; exit head with and
+  without pooler; compaction at 4 batch sizes) x 1.5 s = ~55 s, the 64 first calls and the kernel layers once
+  (~5 s): ~75 s expected.
+* ``kernels`` 40 s: warm now: 3 shapes x 2 sizes x 10 timed callables x 12 calls (~5 s) and the host-cost
+  probes (~2 s): ~10 s expected.
+* ``engine_random`` 90 s: its widths (FFN 7-512, hidden 32-768) and bf16 are new variants: ~40 x 1.5 s = 60 s,
+  plus the CPU reference of 3 models (~10 s): ~70 s expected.
+* ``engine_checkpoint`` 45 s: the reference on 1,276 rows (~10 s), ~10 new bf16 variants (~15 s): ~30 s.
+* ``throughput`` 80 s: warm: 8 contenders x 8 cells x 13 calls (~15 s) plus the predictions: ~20 s expected.
+* ``pytest``: whatever is left of the 440 s, at least 440 - (40 + 100 + 40 + 90 + 45 + 80) = 45 s when every
+  section before it runs to its cap, about 440 - (15 + 75 + 10 + 70 + 30 + 20) = 220 s when they take the
+  expected times; each file gets
+  a timeout that keeps 20 s for every later file, and a file cut short says so.
 """
 
 from __future__ import annotations
@@ -49,10 +85,11 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 JSON_NAME = "gpu_check.json"
-SECTIONS = ("environment", "pytest", "engine_random", "engine_checkpoint", "throughput", "kernels")
+SECTIONS = ("environment", "prewarm", "kernels", "engine_random", "engine_checkpoint", "throughput", "pytest")
 BUDGET_S = {"gpu": 440.0, "dry-run": 300.0}
-CAP_S = {"environment": 60, "pytest": 170, "engine_random": 60, "engine_checkpoint": 80, "throughput": 120,
-         "kernels": 60}
+#: seconds per section (the module docstring gives the arithmetic); pytest, last, takes what is left
+CAP_S = {"environment": 40, "prewarm": 100, "kernels": 40, "engine_random": 90, "engine_checkpoint": 45,
+         "throughput": 80, "pytest": 440}
 FORBIDDEN = ("datasets", "costeff_fast.training")  # absent on the GPU machine
 
 
@@ -375,6 +412,7 @@ class Context:
         self.payload_error: str | None = None
         self._payload = False
         self._tmp = None
+        self._cache: dict = {}
 
     def left(self) -> float:
         """Seconds until the current section's deadline (its cap or the global budget, the earlier)."""
@@ -418,6 +456,84 @@ class Context:
         return {"present": True, "directory": str(payload.directory), **manifest}
 
 
+    def row_sets(self):
+        """``({name: rows}, vocabulary size)`` of the throughput grid (and the prewarm): the payload's rt rows at
+        their own lengths and cut to ``full_length`` tokens, else random ids (said so by the names)."""
+        if "row_sets" not in self._cache:
+            from bench_gpu import MAX_LENGTH, full_rows, real_rows, synthetic_rows
+
+            payload, full = self.payload(), self.plan.full_length
+            if payload is not None:
+                max_length = min(MAX_LENGTH, payload.model.config.max_position_embeddings)
+                self._cache["row_sets"] = ({"real": real_rows(payload.tokenizer, payload.texts, max_length),
+                                            str(full): full_rows(payload.tokenizer, payload.texts, full)},
+                                           payload.model.config.vocab_size)
+            else:
+                self._cache["row_sets"] = ({"synthetic 8-64": synthetic_rows(256, 30522, 8, 64),
+                                            str(full): synthetic_rows(256, 30522, full, full)}, 30522)
+        return self._cache["row_sets"]
+
+    def contenders(self):
+        """``(contenders, threshold notes, dtype)`` of the throughput grid, built once per worker (the prewarm's
+        compiled launchers and the throughput section then time the very same backends)."""
+        if "contenders" not in self._cache:
+            import torch
+
+            from bench_gpu import bert_base_config, build_contenders
+            from costeff_fast import CostEffConfig
+            from workloads import costeff_8x_config
+
+            row_sets, vocab = self.row_sets()
+            if self.plan.tiny:
+                from transformers import BertConfig
+
+                bert = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64, num_labels=2)
+                slim = CostEffConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=1,
+                                     attention_head_size=16, intermediate_size=16, embedding_rank=8,
+                                     max_position_embeddings=64, num_labels=2)
+            else:
+                bert, slim = bert_base_config(vocab), costeff_8x_config()
+                slim.vocab_size = vocab
+            dtype = torch.float32 if self.dry_run else torch.float16
+            payload = self.payload()
+            contenders, thresholds = build_contenders(self.device, dtype, bert, slim,
+                                                      payload.model if payload else None,
+                                                      next(iter(row_sets.values())))
+            self._cache["contenders"] = (contenders, thresholds, dtype)
+        return self._cache["contenders"]
+
+    def kernel_plan(self):
+        """``(shapes, {size: lengths}, peaks key, dtype)`` of the kernels section (and the prewarm)."""
+        import torch
+
+        import bench_gpu
+
+        row_sets, _ = self.row_sets()
+        real_lengths = [len(row) for row in next(iter(row_sets.values()))]
+        if self.plan.tiny:
+            shapes, peaks_key, dtype = {"tiny": (32, 2, 16, 24)}, "H100", torch.float32
+        else:
+            shapes = dict(bench_gpu.KERNEL_SHAPES)
+            peaks_key, dtype = bench_gpu.peaks_for(torch.cuda.get_device_name(self.device))[0], torch.float16
+        payload = self.payload()
+        if payload is not None and not self.plan.tiny:
+            config = payload.model.config
+            shapes["checkpoint"] = (config.hidden_size, config.num_attention_heads[0], config.attention_head_size,
+                                    config.intermediate_size[0])
+        sizes = {size: ([length] * count if length else bench_gpu.cycle(real_lengths, count))
+                 for size, (count, length) in self.plan.kernel_sizes.items()}
+        return shapes, sizes, peaks_key, dtype
+
+    def gpu_key(self) -> str:
+        """The :data:`roofline.PEAKS` board of this GPU (``H100`` in the dry run: figures for format only)."""
+        import torch
+
+        from roofline import peaks_for
+
+        return "H100" if self.dry_run else peaks_for(torch.cuda.get_device_name(self.device))[0]
+
+
 def forbidden_imports() -> list[str]:
     return sorted(m for m in sys.modules if any(m == f or m.startswith(f + ".") for f in FORBIDDEN))
 
@@ -451,6 +567,10 @@ def section_environment(ctx: Context) -> dict:
             info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
         except (OSError, subprocess.TimeoutExpired) as error:
             info["nvidia_smi"] = f"unavailable: {error}"
+    try:  # the prediction is pure arithmetic on tracked files; if it breaks, the measurements still count
+        info["prediction"] = paper_prediction(ctx)
+    except Exception:
+        info["prediction"] = {"error": traceback.format_exc()[-2000:]}
     info["forbidden_imports"] = forbidden_imports()
     if ctx.dry_run:
         info["ok"] = not cuda and info["triton_interpret"] == "1" and not info["forbidden_imports"]
@@ -459,6 +579,101 @@ def section_environment(ctx: Context) -> dict:
         if not cuda:
             info["fatal"] = "no CUDA GPU (torch.cuda.is_available() is False); on a CPU machine use --dry-run"
     return info
+
+
+def paper_prediction(ctx: Context) -> dict:
+    """docs/design.md's prediction (``roofline.prediction``: rt-standard-uniform at its calibrated exits, the mid
+    case and the fast-slow range) for this board on the first row set of the grid (the payload's rt rows)."""
+    import roofline
+
+    row_sets, _ = ctx.row_sets()
+    lengths = [len(row) for row in next(iter(row_sets.values()))]
+    record, key = roofline.run_of_record(), ctx.gpu_key()
+    result = roofline.prediction(lengths, record, gpus=(key,), batches=ctx.plan.batch_sizes,
+                                 full_length=ctx.plan.full_length)
+    cells = {}
+    for name, cell in result["gpus"][key].items():
+        mid = cell["mid"]
+        cells[name] = {
+            "tokens": cell["tokens"], "hf_ms": mid["hf"]["ms"], "per_op_ms": mid["per_op"]["ms"],
+            "fused_ms": mid["fused"]["ms"], "per_op_no_exit_ms": mid["per_op_no_exit"]["ms"],
+            "per_op_vs_hf": mid["per_op_vs_hf"], "fused_vs_hf": mid["fused_vs_hf"],
+            **{f"{ratio}_range": sorted(cell[case][ratio] for case in ("fast", "slow"))
+               for ratio in ("per_op_vs_hf", "fused_vs_hf")},
+            "per_op_layer_us": mid["per_op"]["layer_1"]["with_exit_us"],
+            "per_op_layer_kernels_us": mid["per_op"]["layer_1"]["kernels_gpu_us"],
+            "fused_layer_us": mid["fused"]["layer_1"]["with_exit_us"],
+            "fused_kernel_us": mid["fused"]["layer_1"]["kernels_gpu_us"]}
+    return {"run": record["name"], "board": key, "rows": len(lengths), "case": "mid",
+            "command": "python bench/roofline.py (docs/design.md, GPU prediction)",
+            "per_token": result["per_token"], "cells": cells}
+
+
+def compiled_variants() -> dict:
+    """Compiled (or disk-cached) variants of each Triton kernel of ``costeff_fast.kernels`` in this process
+    (empty under the interpreter, which compiles nothing)."""
+    from triton.runtime.jit import JITFunction
+
+    from costeff_fast.kernels import attention, compaction, exit_head, ffn
+
+    counts = {}
+    for module in (ffn, attention, exit_head, compaction):
+        for name, fn in vars(module).items():
+            if isinstance(fn, JITFunction) and getattr(fn, "device_caches", None):
+                try:
+                    counts[name] = sum(len(cache[0]) for cache in fn.device_caches.values())
+                except (TypeError, IndexError):  # another triton's cache layout: the count is only informative
+                    counts[name] = None
+    return counts
+
+
+def section_prewarm(ctx: Context) -> dict:
+    """Compile every launcher at the shapes the timed sections use, before any timing: each throughput contender
+    once per row set and batch size (a triton contender's ``prepare`` runs the engine; HF runs once), then the
+    kernels section's layers once (``kernel_rows`` with one repeat)."""
+    import torch
+
+    import bench_gpu
+
+    begin = time.time()
+    contenders, _, dtype = ctx.contenders()
+    row_sets, _ = ctx.row_sets()
+    built = time.time() - begin
+    calls, truncated = 0, None
+    for set_name, rows in row_sets.items():
+        for batch_size in ctx.plan.batch_sizes:
+            batch = bench_gpu.cycle(rows, batch_size)
+            for contender in contenders:
+                if ctx.left() < 10:
+                    truncated = "section time cap"
+                    break
+                with torch.inference_mode():
+                    fn = contender.prepare(batch, ctx.device)[0]
+                    if contender.threshold is None:
+                        fn()
+                calls += 1
+            ctx.update(engine_calls=calls, seconds_so_far=round(time.time() - begin, 1))
+    engine_s = time.time() - begin - built
+    shapes, sizes, peaks_key, kernel_dtype = ctx.kernel_plan()
+    layers = 0
+    for size, lengths in sizes.items():
+        for name, shape in shapes.items():
+            if truncated or ctx.left() < 10:
+                truncated = "section time cap"
+                break
+            bench_gpu.kernel_rows(name, shape, lengths, ctx.device, kernel_dtype, bench_gpu.PEAKS[peaks_key], 1)
+            layers += 1
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    variants = compiled_variants()
+    result = {"build_s": round(built, 1), "engine_calls": calls, "engine_s": round(engine_s, 1),
+              "kernel_layers": layers, "kernel_s": round(time.time() - begin - built - engine_s, 1),
+              "compiled_variants": variants, "compiled_total": sum(v or 0 for v in variants.values()),
+              "dtype": str(dtype).removeprefix("torch.")}
+    if truncated:
+        result["truncated"] = truncated
+    expected_calls = len(row_sets) * len(ctx.plan.batch_sizes) * len(contenders)
+    return {**result, "ok": not truncated and calls == expected_calls}
 
 
 def section_pytest(ctx: Context) -> dict:
@@ -563,45 +778,59 @@ def section_engine_checkpoint(ctx: Context) -> dict:
     return {**common, "cases": cases, "ok": all(case["ok"] for case in cases)}
 
 
-def _row_sets(ctx: Context):
-    from bench_gpu import MAX_LENGTH, full_rows, real_rows, synthetic_rows
+def throughput_predictor(ctx: Context, dtype, cells: dict):
+    """The ``predict`` hook of ``throughput_grid``: each contender's predicted ms per batch on the very rows it ran
+    (``roofline.exact_work`` from the rows' lengths and the exit layers the engine returned; HF padded to the
+    longest row): the mid case, the fast-slow range and the mid case with ``kernels.host_costs``. It also keeps
+    each batch's row lengths in ``cells`` (under the row's ``lengths_key``, ``"<rows> rows, <tokens> tokens"``)
+    and the engine's exit layers in the row, so every figure can be recomputed from the JSON."""
+    import roofline
 
-    payload, full = ctx.payload(), ctx.plan.full_length
-    if payload is not None:
-        max_length = min(MAX_LENGTH, payload.model.config.max_position_embeddings)
-        return {"real": real_rows(payload.tokenizer, payload.texts, max_length),
-                str(full): full_rows(payload.tokenizer, payload.texts, full)}, payload.model.config.vocab_size
-    return ({"synthetic 8-64": synthetic_rows(256, 30522, 8, 64), str(full): synthetic_rows(256, 30522, full, full)},
-            30522)
+    key = ctx.gpu_key()
+    value_bytes = dtype.itemsize
+    measured = ctx.results["sections"].get("kernels", {}).get("host_costs")
+    cases = {**roofline.CASES, **({"measured": roofline.measured_case(measured)} if measured else {})}
+
+    def predict(contender, rows, exit_layers) -> dict:
+        lengths = [len(row) for row in rows]
+        times = {}
+        if exit_layers is None:
+            teacher = roofline.Teacher.of(contender.config)
+            for name, case in cases.items():
+                times[name] = roofline.hf_prediction(teacher, lengths, key, case, value_bytes)["ms"]
+        else:
+            layers = roofline.costeff_layers(contender.config)
+            work = roofline.exact_work(lengths, exit_layers, len(layers))
+            for name, case in cases.items():
+                times[name] = roofline.engine_prediction(layers, lengths, work, "per-op", contender.threshold, key,
+                                                         case, value_bytes)["ms"]
+        out = {"predicted_ms_per_batch": times["mid"],
+               "predicted_ms_range": sorted([times["fast"], times["slow"]]),
+               "predicted_ms_measured_host_costs": times.get("measured"),
+               "lengths_key": f"{len(rows)} rows, {sum(lengths)} tokens"}
+        cells[out["lengths_key"]] = lengths
+        if exit_layers is not None:
+            out["exit_layers"] = list(exit_layers)
+        return out
+
+    return predict
 
 
 def section_throughput(ctx: Context) -> dict:
-    import torch
+    from bench_gpu import throughput_grid
 
-    from bench_gpu import bert_base_config, build_contenders, throughput_grid
-    from costeff_fast import CostEffConfig
-    from workloads import costeff_8x_config
-
-    row_sets, vocab = _row_sets(ctx)
-    if ctx.plan.tiny:
-        from transformers import BertConfig
-
-        bert = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, max_position_embeddings=64, num_labels=2)
-        slim = CostEffConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=1,
-                             attention_head_size=16, intermediate_size=16, embedding_rank=8,
-                             max_position_embeddings=64, num_labels=2)
-    else:
-        bert, slim = bert_base_config(vocab), costeff_8x_config()
-        slim.vocab_size = vocab
-    dtype = torch.float32 if ctx.dry_run else torch.float16
-    payload = ctx.payload()
-    contenders, thresholds = build_contenders(ctx.device, dtype, bert, slim, payload.model if payload else None,
-                                              next(iter(row_sets.values())))
+    row_sets, _ = ctx.row_sets()
+    contenders, thresholds, dtype = ctx.contenders()
     ctx.update(dtype=str(dtype).removeprefix("torch."), row_sets={k: len(v) for k, v in row_sets.items()},
-               thresholds=thresholds, contenders=[c.name for c in contenders])
+               thresholds=thresholds, contenders=[c.name for c in contenders], board=ctx.gpu_key(),
+               prediction="bench/roofline.py: per-op engine (today's kernels) and HF, mid case; "
+                          "predicted_ms_measured_host_costs uses kernels.host_costs")
+    cells: dict = {}
     grid = throughput_grid(contenders, row_sets, ctx.plan.batch_sizes, ctx.device, ctx.plan.repeats, ctx.plan.warmup,
-                           deadline=ctx.section_deadline - 15, on_row=lambda rows: ctx.update(results=rows))
+                           deadline=ctx.section_deadline - 15, on_row=lambda rows: ctx.update(results=rows),
+                           predict=throughput_predictor(ctx, dtype, cells))
+    for row in grid:
+        row["measured_over_predicted"] = row["ms_per_batch"] / row["predicted_ms_per_batch"]
     expected = len(row_sets) * len(ctx.plan.batch_sizes) * len(contenders)
     early_exit = {}
     for row in grid:
@@ -612,47 +841,118 @@ def section_throughput(ctx: Context) -> dict:
                 {"rows": row["rows"], "batch": row["batch"], "mean_exit_layer": row["mean_exit_layer"],
                  "speedup_of_early_exit": base["ms_per_batch"] / row["ms_per_batch"]})
     ok = bool(grid) and all(row["ms_per_batch"] > 0 and row["sentences_per_s"] > 0 for row in grid)
-    return {"results": grid, "complete": len(grid) == expected, "early_exit_effect": early_exit, "ok": ok}
+    return {"results": grid, "cells": cells, "complete": len(grid) == expected, "early_exit_effect": early_exit,
+            "ok": ok}
+
+
+def measure_host_costs(device, dtype, calls: int) -> dict:
+    """What the prediction's host costs are, measured: the host's time (us, median of 5 rounds of ``calls`` calls
+    each) of one launch of ``kernels.linear`` on 16 rows, one tiny torch op (``add_``), one host-only call (a
+    view), and, on CUDA, one blocking wait (a 16-byte copy into pinned memory after ``synchronize``) and the
+    shortest kernel back to back (a CUDA graph of ``calls`` ``add_``, by CUDA events)."""
+    import statistics
+
+    import torch
+
+    from costeff_fast import kernels
+
+    cuda = device.type == "cuda"
+    x = torch.randn(16, 64, device=device).to(dtype)
+    w, b = torch.randn(64, 64, device=device).to(dtype), torch.zeros(64, device=device, dtype=dtype)
+    y = torch.zeros(16, device=device)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def per_call(fn, count):
+        rounds = []
+        for _ in range(5):
+            sync()
+            begin = time.perf_counter()
+            for _ in range(count):
+                fn()
+            rounds.append(1e6 * (time.perf_counter() - begin) / count)
+            sync()
+        return statistics.median(rounds)
+
+    with torch.inference_mode():
+        kernels.linear(x, w, b)
+        result = {"triton_launch_us": per_call(lambda: kernels.linear(x, w, b), calls),
+                  "torch_op_us": per_call(lambda: y.add_(1.0), calls),
+                  "host_op_us": per_call(lambda: x[1:], calls), "sync_us": None, "kernel_floor_us": None,
+                  "calls": calls}
+        if cuda:
+            mask = torch.zeros(16, dtype=torch.bool, device=device)
+            pinned = torch.empty(16, dtype=torch.bool, pin_memory=True)
+            waits = []
+            for _ in range(50):
+                torch.cuda.synchronize(device)
+                begin = time.perf_counter()
+                pinned.copy_(mask)
+                waits.append(1e6 * (time.perf_counter() - begin))
+            result["sync_us"] = statistics.median(waits)
+            try:  # a probe, not a check: a failed capture is recorded, the section goes on
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    for _ in range(calls):
+                        y.add_(1.0)
+                graph.replay()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                graph.replay()
+                end.record()
+                end.synchronize()
+                result["kernel_floor_us"] = 1e3 * start.elapsed_time(end) / calls
+            except Exception as error:
+                result["kernel_floor_error"] = f"{type(error).__name__}: {error}"[:500]
+    return result
 
 
 def section_kernels(ctx: Context) -> dict:
-    import torch
-
     import bench_gpu
+    import roofline
 
-    row_sets, _ = _row_sets(ctx)
-    real_lengths = [len(row) for row in next(iter(row_sets.values()))]
-    if ctx.plan.tiny:
-        shapes, peaks_key = {"tiny": (32, 2, 16, 24)}, "H100"
-        dtype = torch.float32
-    else:
-        shapes = dict(bench_gpu.KERNEL_SHAPES)
-        peaks_key, dtype = bench_gpu.peaks_for(torch.cuda.get_device_name(ctx.device))[0], torch.float16
-    payload = ctx.payload()
-    if payload is not None and not ctx.plan.tiny:
-        config = payload.model.config
-        shapes["checkpoint"] = (config.hidden_size, config.num_attention_heads[0], config.attention_head_size,
-                                config.intermediate_size[0])
-    ctx.update(peaks=peaks_key, dtype=str(dtype).removeprefix("torch."),
+    shapes, sizes, peaks_key, dtype = ctx.kernel_plan()
+    mid = roofline.CASES["mid"]
+    ctx.update(peaks=peaks_key, dtype=str(dtype).removeprefix("torch."), prediction_case="mid",
                note="roofline at H100 peaks on a CPU: format check only" if ctx.dry_run else None)
+    host_costs = measure_host_costs(ctx.device, dtype, 5 if ctx.plan.tiny else 200)
+    if ctx.dry_run:
+        host_costs["note"] = "wall times of the Triton interpreter and torch on the CPU: format check only"
+    ctx.update(host_costs=host_costs)
     rows = []
-    for size, (count, length) in ctx.plan.kernel_sizes.items():
-        lengths = [length] * count if length else bench_gpu.cycle(real_lengths, count)
+    for size, lengths in sizes.items():
         for name, shape in shapes.items():
             if ctx.left() < 10:
                 ctx.update(truncated="section time cap")
-                return {"rows": rows, "ok": bool(rows)}
-            rows += [{"size": size, **row} for row in bench_gpu.kernel_rows(
-                name, shape, lengths, ctx.device, dtype, bench_gpu.PEAKS[peaks_key], ctx.plan.repeats)]
+                return {"rows": rows, "host_costs": host_costs, "ok": bool(rows)}
+            found = bench_gpu.kernel_rows(name, shape, lengths, ctx.device, dtype, bench_gpu.PEAKS[peaks_key],
+                                          ctx.plan.repeats)
+            for row in found[:-1]:  # each kernel: the mid case of roofline.kernel_us on its FLOPs and bytes
+                row["predicted_us"] = roofline.kernel_us(1e9 * row["gflop"], 1e6 * row["mbytes"], peaks_key, mid)
+                row["measured_over_predicted"] = row["us"] / row["predicted_us"]
+            layer = found[-1]  # with a flushed L2 the host's launches hide behind the flush: GPU time only
+            layer["predicted_us"] = sum(row["predicted_us"] for row in found[:-1])
+            layer["measured_over_predicted"] = layer["us"] / layer["predicted_us"]
+            hidden, heads, head_size, ffn = shape
+            work = roofline.exact_work(lengths, [1] * len(lengths), 1)[0]
+            layer["predicted_fused_us"] = roofline.fused_layer_us(
+                roofline.Layer(hidden, heads, head_size, ffn), work, peaks_key, mid, False,
+                sum(group[2] for group in work.groups), dtype.itemsize)
+            rows += [{"size": size, **row} for row in found]
             ctx.update(rows=rows)
-    layers = [{key: row.get(key) for key in ("size", "shape", "tokens", "us", "roofline_us", "fraction_of_roofline",
-                                              "sum_of_ops_us")} for row in rows if row["op"].startswith("layer")]
-    return {"rows": rows, "layers": layers, "ok": bool(rows) and all(row["us"] > 0 for row in rows)}
+    keys = ("size", "shape", "tokens", "us", "host_us", "predicted_us", "measured_over_predicted",
+            "predicted_fused_us", "roofline_us", "fraction_of_roofline", "sum_of_ops_us")
+    layers = [{key: row.get(key) for key in keys} for row in rows if row["op"].startswith("layer")]
+    return {"rows": rows, "layers": layers, "host_costs": host_costs,
+            "ok": bool(rows) and all(row["us"] > 0 for row in rows)}
 
 
 SECTION_FUNCTIONS = {
     "environment": section_environment, "pytest": section_pytest, "engine_random": section_engine_random,
     "engine_checkpoint": section_engine_checkpoint, "throughput": section_throughput, "kernels": section_kernels,
+    "prewarm": section_prewarm,
 }
 
 
@@ -720,11 +1020,27 @@ def summarize(results: dict) -> dict:
         grid = sections.get("throughput", {}).get("results", [])
         if grid:
             summary["throughput_largest_batch"] = [
-                {key: row[key] for key in ("rows", "batch", "contender", "sentences_per_s", "speedup_vs_hf_bert_sdpa",
-                                           "mean_exit_layer")}
+                {key: row.get(key) for key in ("rows", "batch", "contender", "sentences_per_s",
+                                               "speedup_vs_hf_bert_sdpa", "mean_exit_layer", "ms_per_batch",
+                                               "host_ms_per_batch", "predicted_ms_per_batch",
+                                               "measured_over_predicted")}
                 for row in grid if row["batch"] == max(r["batch"] for r in grid if r["rows"] == row["rows"])]
+            summary["measured_vs_predicted"] = [
+                {key: row.get(key) for key in ("rows", "batch", "contender", "ms_per_batch", "host_ms_per_batch",
+                                               "predicted_ms_per_batch", "predicted_ms_range",
+                                               "predicted_ms_measured_host_costs", "measured_over_predicted")}
+                for row in grid if row["rows"] == grid[0]["rows"]]
         if "layers" in sections.get("kernels", {}):
             summary["kernel_layers"] = sections["kernels"]["layers"]
+        if "host_costs" in sections.get("kernels", {}):
+            summary["host_costs"] = sections["kernels"]["host_costs"]
+        prewarm = sections.get("prewarm", {})
+        if "compiled_total" in prewarm:
+            summary["prewarm"] = {key: prewarm.get(key) for key in ("seconds", "build_s", "engine_s", "kernel_s",
+                                                                    "compiled_total")}
+        prediction = sections.get("environment", {}).get("prediction", {})
+        if prediction:
+            summary["paper_prediction"] = prediction.get("cells", prediction)
     except Exception as error:  # a summary never hides the sections
         summary["error"] = f"{type(error).__name__}: {error}"
     return summary

@@ -23,7 +23,8 @@ from conftest import make_tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-SECTIONS = ["environment", "pytest", "engine_random", "engine_checkpoint", "throughput", "kernels"]
+# the order of issue 29: what the first run most needs first, the long pytest last (on what time is left)
+SECTIONS = ["environment", "prewarm", "kernels", "engine_random", "engine_checkpoint", "throughput", "pytest"]
 KERNEL_OPS = {"QKV GEMM + bias", "varlen attention", "W_O GEMM + residual + LN", "W_1 GEMM + GELU",
               "W_2 GEMM + residual + LN", "layer (5 launches)"}
 
@@ -51,6 +52,37 @@ def test_dry_run_passes_every_section_in_two_files(dry_run):
     assert 0 < results["elapsed_s"] < results["budget_s"]
     log = (out / "gpu_check.log").read_text()
     assert all(f"section {name}: ok" in log for name in SECTIONS)
+    ran = [log.index(f"section {name}: ok") for name in SECTIONS]
+    assert ran == sorted(ran), "sections ran out of order"
+
+
+def test_caps_fit_eight_minutes_with_pytest_last(monkeypatch):
+    """The caps' arithmetic of gpu_check.py's docstring: every section before pytest at its cap still leaves
+    pytest 45 s of the 440 s budget, and the shell's guard (+10 s to die) ends within 8 minutes."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gpu_check
+
+    assert list(gpu_check.SECTIONS) == SECTIONS and set(gpu_check.CAP_S) == set(SECTIONS)
+    before_pytest = sum(gpu_check.CAP_S[name] for name in SECTIONS[:-1])
+    assert gpu_check.BUDGET_S["gpu"] - before_pytest >= 45
+    limit = int(next(line.split("=")[1] for line in (BENCH / "gpu_check.sh").read_text().splitlines()
+                     if line.startswith("LIMIT=")))
+    assert gpu_check.BUDGET_S["gpu"] + 30 <= limit and limit + 10 <= 8 * 60
+    # the docstring's sum is the constants' sum (whitespace folded: it wraps)
+    caps = " + ".join(str(gpu_check.CAP_S[name]) for name in SECTIONS[:-1])
+    budget = int(gpu_check.BUDGET_S["gpu"])
+    assert f"{budget} - ({caps}) = {budget - before_pytest} s" in " ".join(gpu_check.__doc__.split())
+    for name in SECTIONS[:-1]:
+        assert f"``{name}`` {gpu_check.CAP_S[name]} s" in gpu_check.__doc__, name
+
+
+def test_prewarm_ran_every_contender_at_every_cell_before_the_timing(dry_run):
+    sections = dry_run[2]["sections"]
+    prewarm, throughput = sections["prewarm"], sections["throughput"]
+    cells = len(throughput["row_sets"]) * len({row["batch"] for row in throughput["results"]})
+    assert prewarm["engine_calls"] == cells * len(throughput["contenders"]) and "truncated" not in prewarm
+    assert prewarm["kernel_layers"] == len({(r["size"], r["shape"]) for r in sections["kernels"]["rows"]})
+    assert prewarm["compiled_variants"] == {} and prewarm["compiled_total"] == 0  # the interpreter compiles nothing
 
 
 def test_environment_imports_neither_datasets_nor_training(dry_run):
@@ -93,7 +125,7 @@ def test_throughput_and_kernel_figures_are_sane(dry_run, monkeypatch):
     rows = {(row["rows"], row["batch"], row["contender"]): row for row in throughput["results"]}
     assert len(rows) == len(throughput["results"])  # one row per (row set, batch, contender)
     for row in throughput["results"]:
-        assert row["ms_per_batch"] > 0 and row["gflop"] > 0 and row["tokens"] > 0
+        assert row["ms_per_batch"] > 0 and row["host_ms_per_batch"] > 0 and row["gflop"] > 0 and row["tokens"] > 0
         assert math.isclose(row["sentences_per_s"], row["batch"] / row["ms_per_batch"] * 1e3)
         assert math.isclose(row["tflop_per_s"], row["gflop"] / row["ms_per_batch"])
         assert 1.0 <= row["mean_exit_layer"]
@@ -144,6 +176,72 @@ def test_throughput_and_kernel_figures_are_sane(dry_run, monkeypatch):
         assert math.isclose(row["roofline_us"], 1e6 * 4 * values / bandwidth)
         assert math.isclose(row["achieved_gb_per_s"], 4 * values / 1e6 * 1e3 / row["us"])
         assert math.isclose(row["achieved_tflop_per_s"], flops / 1e9 * 1e3 / row["us"])
+
+
+def test_measurements_sit_next_to_the_roofline_prediction(dry_run, monkeypatch):
+    """Each throughput row carries host wall time and the prediction of bench/roofline.py for the very rows and exit
+    layers it ran; recomputed here from what the JSON records (lengths, exit layers, thresholds, host costs)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import roofline
+    from gpu_check import TINY_FIELDS
+
+    sections = dry_run[2]["sections"]
+    throughput, kernels = sections["throughput"], sections["kernels"]
+    assert throughput["board"] == kernels["peaks"] == "H100"
+    costs = kernels["host_costs"]
+    assert costs["triton_launch_us"] > 0 and costs["torch_op_us"] > 0 and costs["host_op_us"] > 0
+    assert costs["sync_us"] is None and costs["kernel_floor_us"] is None  # CUDA only
+    cases = {**roofline.CASES, "measured": roofline.measured_case(costs)}
+    teachers = {"hf_bert_sdpa": roofline.Teacher(32, 2, 64, 2),  # the dry run's tiny BERT; the checkpoint's shape
+                "hf_teacher_shape_sdpa": roofline.Teacher(32, 2, 128, 4)}
+    checkpoint = roofline.costeff_layers({**TINY_FIELDS, "num_labels": 2, "exit_pooling": "mean"})
+    tau = throughput["thresholds"]["triton_checkpoint"]["nats"]
+    checked = set()
+    for row in throughput["results"]:
+        assert row["host_ms_per_batch"] > 0 and row["ms_per_batch"] > 0
+        assert math.isclose(row["measured_over_predicted"], row["ms_per_batch"] / row["predicted_ms_per_batch"])
+        low, high = row["predicted_ms_range"]
+        assert low < row["predicted_ms_per_batch"] < high
+        lengths = throughput["cells"][row["lengths_key"]]
+        assert len(lengths) == row["batch"] and sum(lengths) == row["tokens"]
+        if row["contender"] in teachers:
+            expect = {name: roofline.hf_prediction(teachers[row["contender"]], lengths, "H100", case, 4)["ms"]
+                      for name, case in cases.items()}
+            assert "exit_layers" not in row
+        elif row["contender"].startswith("triton_checkpoint"):
+            threshold = tau if row["contender"].endswith("early_exit") else [0.0] * len(checkpoint)
+            assert len(row["exit_layers"]) == row["batch"]
+            assert math.isclose(sum(row["exit_layers"]) / row["batch"], row["mean_exit_layer"], rel_tol=1e-6)  # fp32
+            work = roofline.exact_work(lengths, row["exit_layers"], len(checkpoint))
+            expect = {name: roofline.engine_prediction(checkpoint, lengths, work, "per-op", threshold, "H100", case,
+                                                       4)["ms"] for name, case in cases.items()}
+        else:
+            continue
+        checked.add(row["contender"])
+        assert math.isclose(row["predicted_ms_per_batch"], expect["mid"])
+        assert row["predicted_ms_range"] == sorted([expect["fast"], expect["slow"]])
+        assert math.isclose(row["predicted_ms_measured_host_costs"], expect["measured"])
+    assert checked == {"hf_bert_sdpa", "hf_teacher_shape_sdpa", "triton_checkpoint_no_exit",
+                       "triton_checkpoint_early_exit"}
+    # the kernels: each predicted by roofline.kernel_us from its own FLOPs and bytes, the layer as their sum
+    mid = roofline.CASES["mid"]
+    for layer in kernels["layers"]:
+        ops = [r for r in kernels["rows"] if r["size"] == layer["size"] and not r["op"].startswith("layer")]
+        for op in ops:
+            assert math.isclose(op["predicted_us"], roofline.kernel_us(1e9 * op["gflop"], 1e6 * op["mbytes"], "H100",
+                                                                       mid))
+        assert math.isclose(layer["predicted_us"], sum(op["predicted_us"] for op in ops))
+        assert layer["predicted_fused_us"] >= mid.kernel_floor and layer["host_us"] > 0
+    # the paper's prediction for this board on the payload's rows, in the environment section and the summary
+    prediction = sections["environment"]["prediction"]
+    assert prediction["board"] == "H100" and prediction["run"] == "rt-standard-uniform" and prediction["rows"] == 24
+    assert set(prediction["cells"]) == {"real 3", "16 x 256"}
+    for cell in prediction["cells"].values():
+        assert math.isclose(cell["per_op_vs_hf"], cell["hf_ms"] / cell["per_op_ms"])
+        assert cell["per_op_vs_hf_range"][0] <= cell["per_op_vs_hf_range"][1]
+    summary = dry_run[2]["summary"]
+    assert summary["paper_prediction"] == prediction["cells"] and summary["host_costs"] == costs
+    assert len(summary["measured_vs_predicted"]) == len([r for r in throughput["results"] if r["rows"] == "real"])
 
 
 def test_payload_script_on_a_tiny_checkpoint(tmp_path, minilm_dir, monkeypatch):
