@@ -173,3 +173,35 @@ def test_the_stream_runs_each_layer_on_at_most_batch_size_rows_and_yields_only_a
     assert sorted(row for rows, _, _ in answers for row in rows.tolist()) == list(range(18))
     assert sorted(n for index, n in backend.rows if index == 0) == [2, 4, 4, 4, 4]
     assert all(n <= 4 for _, n in backend.rows), backend.rows
+
+
+def test_the_stream_pulls_the_next_chunk_only_when_no_queue_is_full():
+    # Chunks of exactly batch_size rows and no early exit: each chunk fills the first queue to batch_size, so the
+    # first layer runs on it before the next chunk is pulled ("chunks are pulled only when needed"; a queue holds
+    # fewer than 2 * batch_size rows). The k-th call of the first layer comes after exactly k chunks.
+    from conftest import make_tiny_model, random_batch
+
+    from costeff_fast.backends import TorchBackend
+    from costeff_fast.engine import stream_early_exit
+    from costeff_fast.packing import PackedWeights
+
+    pulled, first_layer_calls = [], []
+
+    class Recording(TorchBackend):
+        def layer(self, index, hidden, batch):
+            if index == 0:
+                first_layer_calls.append(len(pulled))
+            return super().layer(index, hidden, batch)
+
+    backend = Recording(PackedWeights.from_model(make_tiny_model(0, attention_head_size=16)))
+    ids, types, lengths = _packed(random_batch(3, batch=16, vocab=97))
+    cu = [0, *torch.cumsum(lengths, 0).tolist()]
+
+    def chunks():
+        for s in range(0, 16, 4):
+            pulled.append(s)
+            yield ids[cu[s]:cu[s + 4]], types[cu[s]:cu[s + 4]], lengths[s:s + 4]
+
+    answers = list(stream_early_exit(backend, chunks(), 4, [0.0, 0.0, 0.0, 0.0]))
+    assert sorted(row for rows, _, _ in answers for row in rows.tolist()) == list(range(16))
+    assert first_layer_calls == [1, 2, 3, 4]
