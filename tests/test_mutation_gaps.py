@@ -205,3 +205,54 @@ def test_the_stream_pulls_the_next_chunk_only_when_no_queue_is_full():
     answers = list(stream_early_exit(backend, chunks(), 4, [0.0, 0.0, 0.0, 0.0]))
     assert sorted(row for rows, _, _ in answers for row in rows.tolist()) == list(range(16))
     assert first_layer_calls == [1, 2, 3, 4]
+
+
+def test_the_stream_refuses_a_batch_size_below_1_naming_it():
+    from costeff_fast.engine import stream_early_exit
+
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        next(stream_early_exit(None, [], 0, [0.0]))
+
+
+def test_a_layer_queue_returns_its_oldest_rows_first():
+    # Three pieces of 3 rows (row ids 0-8): batches of 4 take rows 0-3, then 4-7 (the rest of the split piece goes
+    # back to the front), then 8.
+    from costeff_fast.engine import _RowQueue
+
+    queue = _RowQueue()
+    for first in (0, 3, 6):
+        batch = PackedBatch.from_lengths(torch.tensor([2, 1, 3]), "cpu", torch.arange(first, first + 3))
+        queue.push(torch.arange(first * 10, first * 10 + 6).float()[:, None], batch)
+    popped = []
+    while queue.num_rows:
+        hidden, batch = queue.pop(4)
+        assert hidden.shape[0] == int(batch.lengths.sum())
+        popped.append(batch.row_ids.tolist())
+    assert popped == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+
+
+def test_the_engine_gives_each_exit_head_the_features_its_layer_returned():
+    # Backend contract: exit_logits gets ``features`` "as layer returned it" (a backend whose layer kernel also
+    # pools the exit's features does not pool them twice).
+    from conftest import make_tiny_model, random_batch
+
+    from costeff_fast.backends import TorchBackend
+    from costeff_fast.engine import run_early_exit, stream_early_exit
+    from costeff_fast.packing import PackedWeights
+
+    class PoolingInLayer(TorchBackend):
+        def layer(self, index, hidden, batch):
+            hidden, _ = super().layer(index, hidden, batch)
+            self.features = reference.exit_features(hidden, batch, self.weights.exits[index].pooling)
+            return hidden, self.features
+
+        def exit_logits(self, index, hidden, batch, features):
+            assert features is self.features
+            return super().exit_logits(index, hidden, batch, features)
+
+    backend = PoolingInLayer(PackedWeights.from_model(make_tiny_model(0, attention_head_size=16, exit_pooling="mean")))
+    ids, types, lengths = _packed(random_batch(4, batch=6, vocab=97))
+    tau = [0.9, 0.9, 0.9, 0.0]
+    logits, _ = run_early_exit(backend, ids, types, lengths, tau)
+    assert torch.isfinite(logits).all()
+    assert sum(len(rows) for rows, _, _ in stream_early_exit(backend, [(ids, types, lengths)], 4, tau)) == 6
