@@ -71,12 +71,13 @@ MODULES: dict[str, dict] = {
     "shards": {
         "source": "costeff_fast/jobs/shards.py",
         # the SIGKILL test (a 26 s subprocess run) is left out: it would be most of every surviving mutant's time
-        "tests": ["tests/test_predict_job.py", "tests/test_predict_resume.py", "-k", "not sigkill"],
+        "tests": ["tests/test_predict_job.py", "tests/test_predict_resume.py", "tests/test_predict_faults.py",
+                  "-k", "not sigkill"],
     },
     "predict": {
         "source": "costeff_fast/jobs/predict.py",
-        "tests": ["tests/test_predict_job.py", "tests/test_predict_resume.py", "tests/test_cli.py",
-                  "-k", "predict and not sigkill"],
+        "tests": ["tests/test_predict_job.py", "tests/test_predict_resume.py", "tests/test_predict_faults.py",
+                  "tests/test_cli.py", "-k", "predict and not sigkill"],
     },
 }
 
