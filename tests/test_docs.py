@@ -42,6 +42,7 @@ import contextlib
 import importlib.util
 import inspect
 import io
+import json
 import re
 import shlex
 import shutil
@@ -396,12 +397,40 @@ def _cli():
     return parser, subparsers.choices
 
 
+#: runs ``SCRIPT --help`` for every script named on the command line, in one process (importing torch once, not once
+#: per script: about 4 s each), as ``python SCRIPT --help`` would (the script's folder first on ``sys.path``), and
+#: prints ``{script: [exit status, --help's output]}`` as JSON
+_HELP_DRIVER = """
+import contextlib, io, json, os, runpy, sys
+texts = {}
+for script in sys.argv[1:]:
+    sys.argv, sys.path[0], out = [script, "--help"], os.path.dirname(os.path.abspath(script)), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    texts[script] = [code, out.getvalue()]
+print(json.dumps(texts))
+"""
+
+
 @cache
+def _help_texts() -> dict[str, tuple[int, str]]:
+    """``{script: (exit status, output)}`` of ``python SCRIPT --help`` for every ``bench/`` script the docs run."""
+    scripts = sorted({argv[argv.index(token)] for _, argv, _ in shell_commands() if argv[0] == "python"
+                      for token in argv[1:2] if token.startswith("bench/") and (REPO / token).is_file()})
+    result = subprocess.run([sys.executable, "-c", _HELP_DRIVER, *scripts], capture_output=True, text=True,
+                            cwd=REPO, timeout=300)
+    assert result.returncode == 0, f"the --help driver failed:\n{result.stderr[-2000:]}"
+    return {script: tuple(value) for script, value in json.loads(result.stdout.splitlines()[-1]).items()}
+
+
 def _script_flags(script: str) -> frozenset[str]:
-    result = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
-                            cwd=REPO, timeout=120)
-    assert result.returncode == 0, f"python {script} --help failed:\n{result.stderr[-2000:]}"
-    return frozenset(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", result.stdout))
+    code, text = _help_texts()[script]
+    assert code == 0, f"python {script} --help exited with {code}:\n{text[-2000:]}"
+    return frozenset(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", text))
 
 
 def _flags(argv: list[str]) -> list[str]:
