@@ -194,9 +194,13 @@ class JobLock:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 descriptor = self._acquire()
-                identity = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode() + b"\n"
-                os.ftruncate(descriptor, 0)
-                os.pwrite(descriptor, identity, 0)
+                try:
+                    identity = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode() + b"\n"
+                    os.ftruncate(descriptor, 0)
+                    os.pwrite(descriptor, identity, 0)
+                except BaseException:  # not entered: release the lock (a retry in this process would be refused)
+                    os.close(descriptor)
+                    raise
             except (JobArgumentError, JobOutputError):
                 raise
             except OSError as error:
