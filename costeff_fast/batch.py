@@ -12,6 +12,8 @@ from functools import cached_property
 
 import torch
 
+from . import transfer
+
 
 @dataclass
 class PackedBatch:
@@ -30,13 +32,13 @@ class PackedBatch:
     @classmethod
     def from_lengths(cls, lengths: torch.Tensor, device, row_ids: torch.Tensor | None = None) -> "PackedBatch":
         """Build a batch from ``lengths [B]`` (int64, any device; kept on the host); ``row_ids`` default
-        ``arange(B)``."""
+        ``arange(B)``. ``cu_seqlens`` goes to ``device`` without a wait (:func:`costeff_fast.transfer.to_device`)."""
         lengths = lengths.to(torch.long).cpu()
         cu = torch.zeros(len(lengths) + 1, dtype=torch.long)
         torch.cumsum(lengths, 0, out=cu[1:])
         if row_ids is None:
             row_ids = torch.arange(len(lengths), device=device)
-        return cls(cu_seqlens=cu.to(device), lengths=lengths, row_ids=row_ids)
+        return cls(cu_seqlens=transfer.to_device(cu, device), lengths=lengths, row_ids=row_ids)
 
     @property
     def device(self) -> torch.device:

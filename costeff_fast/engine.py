@@ -8,11 +8,17 @@ threshold ``tau_l`` in nats) on the ``B`` active rows' ``T`` real tokens:
 2. which rows answer here: at the last layer every row, without a decision; on an earlier layer with
    ``tau_l <= 0`` none, and the exit head is not run at all; otherwise ``logits, entropy =
    backend.exit_logits(...)`` and ``exits = entropy < tau_l`` (:meth:`~costeff_fast.backends.base.Backend.
-   exit_decision` when the backend's head gives no entropy), copied to the host: the layer's one
-   device-to-host wait;
+   exit_decision` when the backend's head gives no entropy), copied to the host by
+   :func:`costeff_fast.transfer.to_host`: the layer's one wait for the device;
 3. the answering rows' logits ``[k, C]`` fp32 and ``l`` go to the outputs at their ``row_ids``
    (:func:`costeff_fast.reference.scatter_exits`) and ``backend.compact`` packs the survivors' token spans
    into a new buffer (only when some, not all, rows left); the loop stops when no row is left.
+
+The sync budget (tested in ``tests/test_sync_budget.py``): one host wait on a layer where rows may exit,
+none on a layer where none can (``tau_l <= 0``) and none at the last layer of :func:`run_early_exit`. Everything the
+host sends goes through :func:`costeff_fast.transfer.to_device` (pinned, asynchronous), the survivors' sizes
+come from the host mask and the lengths the batch keeps on the host, and the streaming loop brings the answering
+rows' logits down with the mask, in the same wait.
 
 :func:`run_early_exit` runs one batch this way; :func:`stream_early_exit` runs an unbounded stream with one
 queue per layer, so every layer keeps running batches of about the same size as rows leave.
@@ -24,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
-from . import reference
+from . import reference, transfer
 from .backends.base import Backend
 from .batch import PackedBatch
 
@@ -32,11 +38,12 @@ from .batch import PackedBatch
 def _layer_and_exit(
     backend: Backend, index: int, hidden: torch.Tensor, batch: PackedBatch, entropy_threshold: Sequence[float]
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Layer ``index`` (0-based) and its exit decision (steps 1-2 of the module docstring).
+    """Layer ``index`` (0-based) and its exit decision (steps 1-2 of the module docstring), without waiting.
 
     Returns:
-        ``hidden [T, H]``, ``logits [B, C]`` fp32 on the device and ``exits [B]`` bool on the host (all True
-        at the last layer), or ``(hidden, None, None)`` when no row answers here.
+        ``(hidden [T, H], logits, exits)`` on the device: ``logits`` None when no row can answer here (the exit head
+        did not run); else ``logits [B, C]`` fp32 and ``exits`` the ``[B]`` bool mask of the rows that answer, or
+        None at the last layer, where every row does.
     """
     hidden, features = backend.layer(index, hidden, batch)
     last = index == backend.num_layers - 1
@@ -45,24 +52,14 @@ def _layer_and_exit(
         return hidden, None, None
     logits, entropy = backend.exit_logits(index, hidden, batch, features)
     if last:
-        return hidden, logits, torch.ones(batch.num_rows, dtype=torch.bool)
-    exits = _to_host(entropy < tau if entropy is not None else backend.exit_decision(logits, tau))
-    return (hidden, logits, exits) if exits.any() else (hidden, None, None)
-
-
-def _to_host(mask: torch.Tensor) -> torch.Tensor:
-    """``mask`` on the host; from a CUDA device through pinned memory, one blocking copy."""
-    if mask.device.type == "cpu":
-        return mask
-    host = torch.empty(mask.shape, dtype=mask.dtype, pin_memory=mask.device.type == "cuda")
-    host.copy_(mask)
-    return host
+        return hidden, logits, None
+    return hidden, logits, entropy < tau if entropy is not None else backend.exit_decision(logits, tau)
 
 
 def _answering(exits: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``[k]`` int64 positions, on ``device``, of the rows where the host mask ``exits [B]`` is True (indexing
     with positions sized on the host, unlike a device mask, never waits for the device)."""
-    return exits.nonzero().squeeze(1).to(device, non_blocking=True)
+    return transfer.to_device(exits.nonzero().squeeze(1), device)
 
 
 def _survivors(
@@ -108,10 +105,17 @@ def run_early_exit(
     if num_rows == 0:
         return logits_out, exit_layer
     batch = PackedBatch.from_lengths(lengths, device)
-    hidden = backend.embed(input_ids.to(device), token_type_ids.to(device), batch)
+    hidden = backend.embed(transfer.to_device(input_ids, device), transfer.to_device(token_type_ids, device), batch)
     for index in range(num_layers):
         hidden, logits, exits = _layer_and_exit(backend, index, hidden, batch, entropy_threshold)
-        if exits is None:
+        if logits is None:
+            continue
+        if exits is None:  # the last layer: every row left answers
+            answering = torch.arange(batch.num_rows, device=device)
+            reference.scatter_exits(logits_out, exit_layer, logits, answering, batch.row_ids, index + 1)
+            break
+        (exits,) = transfer.to_host(exits)  # the layer's one wait
+        if not exits.any():
             continue
         reference.scatter_exits(logits_out, exit_layer, logits, _answering(exits, device), batch.row_ids, index + 1)
         hidden, batch = _survivors(backend, hidden, batch, exits)
@@ -193,7 +197,8 @@ def stream_early_exit(
                 row_ids = torch.arange(next_row, next_row + len(lengths), device=device)
                 next_row += len(lengths)
                 batch = PackedBatch.from_lengths(lengths, device, row_ids)
-                queues[0].push(backend.embed(input_ids.to(device), token_type_ids.to(device), batch), batch)
+                input_ids, token_type_ids = (transfer.to_device(ids, device) for ids in (input_ids, token_type_ids))
+                queues[0].push(backend.embed(input_ids, token_type_ids, batch), batch)
             continue
         if index is None:
             index = next((i for i in range(num_layers) if queues[i].num_rows), None)
@@ -201,9 +206,15 @@ def stream_early_exit(
                 return
         hidden, batch = queues[index].pop(batch_size)
         hidden, logits, exits = _layer_and_exit(backend, index, hidden, batch, entropy_threshold)
-        if exits is not None:
-            answering = _answering(exits, device)
-            yield batch.row_ids[answering].cpu(), logits[answering].cpu(), index + 1
-            hidden, batch = _survivors(backend, hidden, batch, exits)
+        if logits is not None and exits is None:  # the last layer: every row answers
+            row_ids, logits = transfer.to_host(batch.row_ids, logits)  # the layer's one wait
+            yield row_ids, logits, index + 1
+            continue
+        if logits is not None:
+            # the mask, and every row's logits and row id with it: the layer's one wait
+            exits, row_ids, logits = transfer.to_host(exits, batch.row_ids, logits)
+            if exits.any():
+                yield row_ids[exits], logits[exits], index + 1
+                hidden, batch = _survivors(backend, hidden, batch, exits)
         if batch.num_rows:
             queues[index + 1].push(hidden, batch)

@@ -188,7 +188,7 @@ def embedding_layernorm(
         norm_weight, norm_bias: ``[H]``. eps: LayerNorm epsilon.
     """
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    starts = torch.repeat_interleave(cu_seqlens[:-1], lengths)
+    starts = torch.repeat_interleave(cu_seqlens[:-1], lengths, output_size=len(input_ids))  # sized: no device wait
     positions = torch.arange(len(input_ids), device=input_ids.device) - starts
     hidden = word[input_ids].float() + position[positions].float() + token_type[token_type_ids].float()
     return F.layer_norm(hidden, hidden.shape[-1:], norm_weight.float(), norm_bias.float(), eps)
@@ -244,7 +244,7 @@ def varlen_attention(
     cu_seqlens = cu_seqlens.to(device=qkv.device, dtype=torch.long)
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
     rows = len(lengths)
-    token_row = torch.repeat_interleave(torch.arange(rows, device=qkv.device), lengths)
+    token_row = torch.repeat_interleave(torch.arange(rows, device=qkv.device), lengths, output_size=qkv.shape[0])
     padded_index = token_row * max_seqlen + torch.arange(qkv.shape[0], device=qkv.device) - cu_seqlens[token_row]
     padded = qkv.new_zeros(rows * max_seqlen, 3 * width, dtype=torch.float32)
     padded.index_copy_(0, padded_index, qkv.float())
@@ -330,7 +330,9 @@ def encoder_layer_int8(
 def segment_mean(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """Mean of each packed row's token vectors: ``hidden [T, H]`` -> ``[B, H]`` fp32."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(hidden.device)
-    token_row = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
+    token_row = torch.repeat_interleave(
+        torch.arange(len(lengths), device=hidden.device), lengths, output_size=hidden.shape[0]
+    )
     sums = hidden.new_zeros(len(lengths), hidden.shape[1], dtype=torch.float32).index_add_(0, token_row, hidden.float())
     return sums / lengths[:, None]
 

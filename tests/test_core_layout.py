@@ -20,7 +20,7 @@ PACKAGE = Path(costeff_fast.__file__).resolve().parent
 
 #: module -> its floor; a module may import costeff_fast modules on its own floor or below only
 FLOORS = {
-    "batch": 0, "packing": 0, "config": 0, "threads": 0, "native": 0, "kernels": 0,
+    "batch": 0, "transfer": 0, "packing": 0, "config": 0, "threads": 0, "native": 0, "kernels": 0,
     "reference": 1,
     "modeling": 2, "checkpoint": 2,
     "convert": 3, "backends": 3, "inputs": 3,

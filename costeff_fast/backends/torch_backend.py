@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import reference
+from .. import reference, transfer
 from ..batch import PackedBatch
 from .base import Backend
 
@@ -57,6 +57,6 @@ class TorchBackend(Backend):
 
     def compact(self, hidden, batch, keep):
         new_hidden, cu_seqlens, row_ids = reference.compact_tokens(
-            hidden, batch.cu_seqlens, batch.row_ids, keep.to(batch.device)
+            hidden, batch.cu_seqlens, batch.row_ids, transfer.to_device(keep, batch.device)
         )
         return new_hidden, PackedBatch(cu_seqlens=cu_seqlens, lengths=batch.lengths[keep], row_ids=row_ids)

@@ -13,7 +13,7 @@ import torch
 
 from torch import nn
 
-from .. import kernels, reference
+from .. import kernels, reference, transfer
 from ..batch import PackedBatch
 from ..kernels.attention import HEAD_SIZES
 from ..kernels.ffn import MAX_LAYERNORM_WIDTH
@@ -127,7 +127,7 @@ class TritonBackend(Backend):
         """Plan and span-copy kernels, sized on the host from ``keep`` and ``batch.lengths`` (no wait)."""
         lengths = batch.lengths[keep]
         new_hidden, cu_seqlens, row_ids = kernels.compact_tokens(
-            hidden, batch.cu_seqlens, batch.row_ids, keep.to(self.device, non_blocking=True),
+            hidden, batch.cu_seqlens, batch.row_ids, transfer.to_device(keep, self.device),
             num_rows=len(lengths), num_tokens=int(lengths.sum()), max_seqlen=int(lengths.max()),
         )
         return new_hidden, PackedBatch(cu_seqlens=cu_seqlens, lengths=lengths, row_ids=row_ids)
