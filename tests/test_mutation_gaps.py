@@ -256,3 +256,22 @@ def test_the_engine_gives_each_exit_head_the_features_its_layer_returned():
     logits, _ = run_early_exit(backend, ids, types, lengths, tau)
     assert torch.isfinite(logits).all()
     assert sum(len(rows) for rows, _, _ in stream_early_exit(backend, [(ids, types, lengths)], 4, tau)) == 6
+
+
+# costeff_fast.reference, continued (the reference-after survivors)
+
+
+def test_first_exit_compares_in_the_entropies_dtype_whatever_the_default_dtype():
+    # 0.7 rounds down in fp32, so an fp32 entropy of fp32(0.7) is strictly below the fp64 0.7 but not below the
+    # threshold in the entropies' fp32. The decision must not follow torch's default dtype.
+    entropies = torch.tensor([[0.7, 0.0]], dtype=torch.float32)
+    assert float(entropies[0, 0]) < 0.7
+    decisions = []
+    default = torch.get_default_dtype()
+    for dtype in (torch.float32, torch.float64):
+        torch.set_default_dtype(dtype)
+        try:
+            decisions.append(reference.first_exit(entropies, [0.7, 0.0]))
+        finally:
+            torch.set_default_dtype(default)
+    assert torch.equal(decisions[0], decisions[1]) and decisions[0].tolist() == [2]
