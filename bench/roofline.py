@@ -360,25 +360,36 @@ def engine_groups(layers: Sequence[Layer], work: Sequence[LayerWork], lengths: S
     """The groups of one ``run_early_exit`` call (``costeff_fast/engine.py``) on the triton backend.
 
     ``path``: ``"per-op"`` (today's code: ``TritonBackend.layer``'s five launches, the exit head reading
-    ``reference.exit_features``, a blocking copy of the exit mask) or ``"fused"`` (the assumed design of issue 29
-    items 1-2: one launch per layer computing the layer, the row means and the exit head's entropy and mask, the
-    mask copied asynchronously into pinned memory and waited for with one event; write-out, compaction and the
-    embedding as today). ``thresholds``: the engine's per-layer threshold (a layer before the last with 0 runs no
-    exit head and never syncs).
+    ``reference.exit_features``, the exit mask brought down by ``transfer.to_host``: an asynchronous copy into
+    pinned memory and one event waited for, the layer's only wait) or ``"fused"`` (the assumed design of issue 29
+    item 2: one launch per layer computing the layer, the row means and the exit head's entropy and mask; the
+    mask's ``transfer.to_host``, write-out, compaction and the embedding as today). ``thresholds``: the engine's
+    per-layer threshold (a layer before the last with 0 runs no exit head and never syncs). Nothing before the
+    first layer waits, nor the last layer: ``transfer.to_device`` sends every host tensor without waiting and
+    every ``repeat_interleave`` gets its ``output_size``. The inputs are on the device already (as the GPU
+    check's and ``bench_gpu``'s are), so their ``to_device`` is a no-op call.
     """
     T, H = sum(lengths), layers[0].hidden
     groups = [
-        # run_early_exit: logits_out and exit_layer zeros (2); PackedBatch.from_lengths: cumsum on the host, the
-        # H2D copy of cu_seqlens, arange(row_ids) (2); host: len, to(long), cpu, zeros, cumsum
-        Group("start", torch=4, host=5, kernels=_tiny(4)),
-        # embedding_layernorm up to repeat_interleave's output size: sub, cumsum, then .item(): a blocking wait
-        Group("embed: row starts", torch=2, host=3, kernels=_tiny(2), sync=True),
-        # the rest: repeat_interleave's fill, arange, sub, three gathers, three casts to fp32, two adds, two
-        # LayerNorm parameter casts, layer_norm, the cast to storage (15 kernels; host: the ids' no-op .to x2)
-        Group("embed", torch=15, host=2, kernels=_tiny(4) + [
+        # run_early_exit: logits_out and exit_layer zeros (2); PackedBatch.from_lengths: arange(row_ids) and
+        # transfer.to_device's non_blocking H2D copy of cu_seqlens (2); host: len, to(long), cpu, zeros, cumsum,
+        # to_device's pin_memory (a pinned buffer and a host copy)
+        Group("start", torch=4, host=6, kernels=_tiny(4)),
+        # TritonBackend.embed -> reference.embedding_layernorm: lengths' sub; repeat_interleave with output_size
+        # (no wait): its cumsum, fill and the index_select of cu_seqlens[:-1]; arange, sub, three gathers, three
+        # casts to fp32, two adds, two LayerNorm parameter casts, layer_norm, the cast to storage (18 kernels;
+        # host: three slices of cu_seqlens, repeat_interleave's empty output, the ids' two no-op to_device)
+        Group("embed", torch=18, host=6, kernels=_tiny(6) + [
             ("gather", 0, 4 * T * H)] * 3 + [("cast", 0, 6 * T * H)] * 3 + [("add", 0, 12 * T * H)] * 2
             + _tiny(2) + [("layer_norm", 0, 8 * T * H), ("cast", 0, 6 * T * H)]),
     ]
+
+    def decision(index: int, torch_calls: int, weight: float) -> Group:
+        # transfer.to_host(exits): a pinned empty, the async copy_ into it, torch.cuda.Event(), record, and the
+        # event's synchronize (the layer's one wait); then run_early_exit's exits.any() and its bool (host)
+        return Group(f"exit {index + 1}: decision", torch=torch_calls, host=5, kernels=_tiny(torch_calls),
+                     sync=True, weight=weight)
+
     for index, (layer, w) in enumerate(zip(layers, work)):
         if w.reach <= 0:
             continue
@@ -392,13 +403,14 @@ def engine_groups(layers: Sequence[Layer], work: Sequence[LayerWork], lengths: S
             # TritonBackend.layer: five launches; host: the engine's loop and batch.max_seqlen (cached)
             groups.append(Group(f"layer {index + 1}", triton=5, host=1, kernels=kernels, weight=w.reach))
             if exits and layer.exit == "mean":
-                # reference.segment_mean: sub, arange, repeat_interleave's cumsum and .item() (a wait)
-                groups.append(Group(f"exit {index + 1}: row means (a)", torch=3, host=2, kernels=_tiny(3),
-                                    sync=True, weight=w.reach))
-                # repeat_interleave's fill, new_zeros, hidden.float(), index_add_, div, .to(storage);
-                # exit_source's arange; exit_head's zeros and its Triton launch (host: two empty outputs)
-                groups.append(Group(f"exit {index + 1}: row means (b) + head", triton=1, torch=8, host=3, kernels=[
-                    ("fill", 0, 8 * w.tokens), ("zeros", 0, 4 * w.rows * H), ("cast", 0, 6 * w.tokens * H),
+                # reference.segment_mean: sub, arange, repeat_interleave with output_size (no wait): its cumsum,
+                # fill and index_select; new_zeros, hidden.float(), index_add_, div; exit_features' .to(storage);
+                # exit_source's arange; exit_head's zeros and its Triton launch (12 torch calls; host: two slices
+                # of cu_seqlens, the no-op .to(device), repeat_interleave's empty output, lengths[:, None], the
+                # exit head's two empty outputs)
+                groups.append(Group(f"exit {index + 1}: row means + head", triton=1, torch=12, host=7, kernels=[
+                    ("sub", 0, 0), ("arange", 0, 0), ("cumsum", 0, 0), ("fill", 0, 8 * w.tokens),
+                    ("index_select", 0, 16 * w.tokens), ("zeros", 0, 4 * w.rows * H), ("cast", 0, 6 * w.tokens * H),
                     ("index_add_", 0, 4 * w.tokens * H + 8 * w.rows * H), ("div", 0, 8 * w.rows * H),
                     ("cast", 0, 6 * w.rows * H), ("arange", 0, 0), ("zeros", 0, 0),
                     ("exit head", 2 * w.rows * H * C, value_bytes * (w.rows * H + H * C))], weight=w.reach))
@@ -409,33 +421,39 @@ def engine_groups(layers: Sequence[Layer], work: Sequence[LayerWork], lengths: S
                     ("zeros", 0, 0), ("exit head", 2 * w.rows * (pooler + H * C),
                                       value_bytes * (w.rows * H + pooler + H * C))], weight=w.reach))
             if exits and not last:
-                # engine: entropy < tau, the blocking copy into pinned memory (host: pinned empty, any, bool)
-                groups.append(Group(f"exit {index + 1}: decision", torch=2, host=3, kernels=_tiny(2), sync=True,
-                                    weight=w.reach))
+                # engine: entropy < tau (a kernel), then the mask's transfer.to_host
+                groups.append(decision(index, 2, w.reach))
         else:
             pad_square = sum(g[2] for g in w.groups) * w.scale
             groups.append(Group(f"layer {index + 1} (fused)", triton=1, host=1, weight=w.reach,
                                 fused_us=fused_layer_us(layer, w, gpu, case, exits, pad_square, value_bytes)))
             if exits and not last:
-                # the mask's async copy into pinned memory; host: record and wait for its event
-                groups.append(Group(f"exit {index + 1}: decision", torch=1, host=2, kernels=_tiny(1), sync=True,
-                                    weight=w.reach))
+                # the mask comes out of the layer's kernel: its transfer.to_host only
+                groups.append(decision(index, 1, w.reach))
         if not exits:
             continue
-        leave = w.reach if last else w.exit_some + w.exit_all
-        # engine._answering: nonzero on the host, H2D; scatter_exits: two gathers, two index_put_ (one fill of the
-        # scalar layer number); host: nonzero, squeeze, a no-op .to, the loop's checks
-        groups.append(Group(f"exit {index + 1}: write-out", torch=6, host=4, kernels=_tiny(6), weight=leave))
-        if w.exit_some > 0 and not last:
-            # TritonBackend.compact: keep's H2D copy, the plan and span-copy launches; host: ~keep, sums, int(),
-            # lengths[keep], max, four empty buffers
+        if last:
+            # run_early_exit at the last layer: every row left answers, no mask: arange(B) on the device, then
+            # scatter_exits: two gathers, two index_put_ (one fill of the scalar layer number); host: the logits'
+            # no-op .to(fp32), the loop's checks; then the loop ends (no _survivors)
+            groups.append(Group(f"exit {index + 1}: write-out", torch=6, host=2, kernels=_tiny(6), weight=w.reach))
+            continue
+        # engine._answering: nonzero on the host and transfer.to_device's H2D copy; scatter_exits: two gathers, two
+        # index_put_ (one fill of the scalar layer number); host: nonzero, squeeze, pin_memory, the logits' no-op
+        # .to(fp32), the loop's checks
+        groups.append(Group(f"exit {index + 1}: write-out", torch=6, host=5, kernels=_tiny(6),
+                            weight=w.exit_some + w.exit_all))
+        if w.exit_some > 0:
+            # TritonBackend.compact: keep's transfer.to_device (H2D), the plan and span-copy launches; host: ~keep,
+            # sums, int(), lengths[keep], max, keep's pin_memory, four empty buffers
             survivors = w.tokens  # the kept tokens: at most the layer's own (an upper bound on the copy)
-            groups.append(Group(f"exit {index + 1}: compaction", triton=2, torch=1, host=10, weight=w.exit_some,
+            groups.append(Group(f"exit {index + 1}: compaction", triton=2, torch=1, host=11, weight=w.exit_some,
                                 kernels=_tiny(2) + [("span copy", 0, 2 * value_bytes * survivors * H)]))
-        all_left = w.reach if last else w.exit_all
-        if all_left > 0:
-            # _survivors with none left: hidden[:0] and an empty PackedBatch (its cu_seqlens H2D copy)
-            groups.append(Group(f"exit {index + 1}: all left", torch=1, host=6, kernels=_tiny(1), weight=all_left))
+        if w.exit_all > 0:
+            # _survivors with none left: hidden[:0] and an empty PackedBatch.from_lengths (its cu_seqlens'
+            # transfer.to_device, an H2D copy); host: ~exits, sum, int(), three [:0] slices, from_lengths' len,
+            # to(long), cpu, zeros, cumsum, pin_memory
+            groups.append(Group(f"exit {index + 1}: all left", torch=1, host=12, kernels=_tiny(1), weight=w.exit_all))
     return groups
 
 

@@ -90,10 +90,15 @@ def _counts(groups):
 
 
 def test_launch_and_wait_counts_per_layer(roofline):
-    """The counts the prediction charges, by hand: per-op, a layer before the last where some rows leave is 8
-    Triton launches (5 layer, exit head, compaction plan and copy) and 20 torch calls (9 for the row means, arange,
-    zeros, the comparison, the mask's copy, 6 for the write-out, keep's copy) with 2 waits (repeat_interleave's
-    size, the mask); fused, 3 launches, 8 torch calls, 1 wait; a layer with threshold 0: its 5 launches only."""
+    """The counts the prediction charges, by hand from costeff_fast (engine, batch, transfer, reference, the triton
+    backend). Per-op, a layer before the last where some rows leave is 8 Triton launches (5 layer, exit head,
+    compaction plan and copy) and 21 torch calls: 12 for the exit (reference.segment_mean's sub, arange,
+    repeat_interleave's cumsum, fill and index_select, new_zeros, float, index_add_, div; exit_features' cast to
+    storage; exit_source's arange; exit_head's zeros), the comparison with tau, the mask's async copy into pinned
+    memory (transfer.to_host), 6 for the write-out (the answering positions' to_device copy, two gathers, two
+    index_put_, the scalar's fill) and keep's to_device copy; with 1 wait: to_host's event (repeat_interleave has
+    its output_size, so no wait for its total). Fused, 3 launches, 8 torch calls (the mask's copy, write-out,
+    keep), 1 wait; a layer with threshold 0: its 5 launches only."""
     layers = [roofline.Layer(384, 2, 32, 160, "mean")] * 3
     lengths = [10, 20, 30, 40]
     work = roofline.exact_work(lengths, [1, 3, 3, 3], 3)  # one row leaves at layer 1, the rest at the end
@@ -103,13 +108,28 @@ def test_launch_and_wait_counts_per_layer(roofline):
         groups = roofline.engine_groups(layers, work, lengths, path, tau, "H100", case)
         return [g for g in groups if g.name.startswith((f"layer {index}", f"exit {index}:"))]
 
-    assert _counts(layer("per-op", [0.5, 0.5, 0.0], 1)) == (8, 20, 2)
+    assert _counts(layer("per-op", [0.5, 0.5, 0.0], 1)) == (8, 21, 1)
     assert _counts(layer("fused", [0.5, 0.5, 0.0], 1)) == (3, 8, 1)
-    assert _counts(layer("per-op", [0.5, 0.5, 0.0], 2)) == (6, 13, 2)  # nobody leaves: no write-out, no compaction
+    # nobody leaves: the exit (12), the comparison and the mask's copy; no write-out, no compaction; still the wait
+    assert _counts(layer("per-op", [0.5, 0.5, 0.0], 2)) == (6, 14, 1)
     assert _counts(layer("per-op", [0.0, 0.0, 0.0], 1)) == (5, 0, 0)
-    assert _counts(layer("per-op", [0.0, 0.0, 0.0], 3)) == (6, 18, 1)  # the last layer: everyone answers, no mask
+    # the last layer: everyone answers, no mask and no wait: the exit (12), then arange(B) on the device and
+    # scatter_exits' five (two gathers, two index_put_, the fill); the loop ends without _survivors
+    assert _counts(layer("per-op", [0.0, 0.0, 0.0], 3)) == (6, 18, 0)
     groups = roofline.engine_groups(layers, work, lengths, "per-op", [0.0] * 3, "H100", case)
-    assert _counts([g for g in groups if not g.name.startswith(("layer", "exit"))]) == (0, 21, 1)  # the embedding
+    # before the first layer, no wait: run_early_exit's two zeros, from_lengths' arange and cu_seqlens' to_device
+    # copy (4); embedding_layernorm's sub, repeat_interleave's cumsum, fill and index_select (output_size given),
+    # arange, sub, three gathers, three casts, two adds, two LayerNorm parameter casts, layer_norm, the cast to
+    # storage (18)
+    assert _counts([g for g in groups if not g.name.startswith(("layer", "exit"))]) == (0, 22, 0)
+    # the whole batch: one wait per layer that may answer before the last (layers 1 and 2), none elsewhere
+    for path in ("per-op", "fused"):
+        assert roofline.engine_prediction(layers, lengths, work, path, [0.5, 0.5, 0.0], "H100", case)["syncs"] == 2
+        assert roofline.engine_prediction(layers, lengths, work, path, [0.0] * 3, "H100", case)["syncs"] == 0
+    # transfer.to_host's host calls, the same on both paths: a pinned empty, Event(), record, then any() and bool
+    decisions = [g for path in ("per-op", "fused") for g in layer(path, [0.5, 0.5, 0.0], 1)
+                 if g.name.endswith("decision")]
+    assert [g.host for g in decisions] == [5, 5]
     hf = roofline.hf_groups(roofline.Teacher(384, 12, 1536, 6), lengths)
     assert [_counts([g]) for g in hf if g.name.startswith("layer")] == [(0, 14, 0)] * 6
     assert _counts(hf) == (0, 22 + 6 * 14 + 3, 1)
