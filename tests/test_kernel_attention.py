@@ -14,7 +14,10 @@ import pytest  # noqa: E402
 pytest.importorskip("triton")
 
 from costeff_fast import reference  # noqa: E402
-from costeff_fast.kernels.attention import varlen_attention  # noqa: E402
+import costeff_fast.kernels.attention as attention_module  # noqa: E402
+from costeff_fast.kernels.attention import (  # noqa: E402
+    HEAD_SIZES, MAX_GRID_Y, attention_config, attention_grid, varlen_attention,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tl.dot is wrong in the interpreter")
@@ -76,3 +79,28 @@ def test_bad_inputs_raise():
         varlen_attention(qkv, cu_seqlens, 4, 1, 16)
     with pytest.raises(ValueError, match="cu_seqlens"):
         varlen_attention(qkv, cu_seqlens.float(), 4, 2, 16)
+
+
+def test_the_grid_keeps_rows_and_heads_on_the_axis_without_the_65535_limit():
+    """12 heads and 100,000 rows: 1.2 million (row, head) programs on x (up to 2^31 - 1); y holds the query blocks.
+    Before, rows x heads went on y and passed CUDA's 65,535 from 5,462 rows of 12 heads on."""
+    assert attention_grid(100_000, 12, 128, 64) == (1_200_000, 2)
+    assert attention_grid(3, 2, 1, 16) == (6, 1)
+    with pytest.raises(ValueError, match="split the rows"):
+        attention_grid(1, 1, 64 * (MAX_GRID_Y + 1), 64)
+
+
+@pytest.mark.parametrize("head_size", HEAD_SIZES)
+@pytest.mark.parametrize("max_seqlen", [1, 16, 17, 32, 33, 128, 512])
+def test_gpu_tiles_fit_the_rows_and_the_warps_fit_the_tiles(monkeypatch, head_size, max_seqlen):
+    """On a GPU (not the interpreter): rows of up to 32 tokens take one query tile no larger than 32 (a 64-row
+    tile on 20-30 token rows is half masked), and no warp idles: a warp's MMA covers 16 query rows, so
+    num_warps * 16 <= BLOCK_M, except for heads of 64 and 128, whose accumulators spill registers with that few
+    warps (bench/gpu_compile.py's report): there twice as many at most."""
+    monkeypatch.setattr(attention_module, "interpreting", lambda: False)
+    block_m, block_n, warps, stages = attention_config(max_seqlen, head_size)
+    if max_seqlen <= 32:
+        assert max_seqlen <= block_m <= 32 and block_n == block_m and stages == 1
+    else:
+        assert block_m == 64
+    assert warps * 16 <= (block_m if head_size <= 32 else 2 * block_m), (block_m, warps)

@@ -23,14 +23,56 @@ from .utils import check_matrix, interpreting, reduce_max, reduce_sum
 HEAD_SIZES = (16, 32, 64, 128)
 
 
+#: CUDA's limit on a launch grid's y (and z) dimension; x takes up to 2^31 - 1
+MAX_GRID_Y = 65_535
+
+
+def attention_config(max_seqlen: int, head_size: int) -> tuple[int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` of the attention launch for rows of at most ``max_seqlen``
+    tokens and heads of ``head_size``.
+
+    Query and key tiles no longer than the rows need (COST-EFF's rows are mostly 20-30 tokens: a 64-row tile
+    would be half masked), and warps matched to the tile (a warp's tensor-core MMA covers 16 query rows). Every
+    choice compiles for sm_80 and sm_90 without register spills: ``bench/gpu_compile.py`` records registers, stack
+    and shared memory per configuration in ``bench/results/gpu-compile.json``. Under the interpreter: 16 x 16
+    tiles, so rows longer than 16 tokens exercise the online-softmax rescaling.
+    """
+    if interpreting():
+        return 16, 16, 4, 1
+    if max_seqlen <= 16:
+        return 16, 16, (1 if head_size <= 64 else 2), 1
+    if max_seqlen <= 32:  # one key block: nothing to pipeline
+        return 32, 32, (2 if head_size <= 32 else 4), 1
+    if head_size <= 32:
+        return 64, 64, 4, 2
+    return 64, 32, (4 if head_size <= 64 else 8), 2
+
+
+def attention_grid(num_rows: int, num_heads: int, max_seqlen: int, block_m: int) -> tuple[int, int]:
+    """The launch grid: ``(num_rows * num_heads, query blocks per row)``.
+
+    (row, head) pairs go on the x axis, which takes 2^31 - 1 programs (with 12 heads, more than 5,461 rows in one
+    call would pass the y axis's 65,535); the query blocks, at most ``ceil(max_seqlen / block_m)``, on y.
+
+    Raises:
+        ValueError: more query blocks than the y axis takes (rows of more than 65,535 x ``block_m`` tokens).
+    """
+    blocks = triton.cdiv(max_seqlen, block_m)
+    if blocks > MAX_GRID_Y:
+        raise ValueError(f"rows of {max_seqlen} tokens need {blocks} query blocks, more than CUDA's grid takes "
+                         f"({MAX_GRID_Y}); split the rows")
+    return num_rows * num_heads, blocks
+
+
 @triton.jit
 def _varlen_attention_kernel(qkv_ptr, cu_seqlens_ptr, out_ptr, stride_qkv, stride_out, num_heads, scale_log2,
                              HEAD_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    row = tl.program_id(1) // num_heads
-    head = tl.program_id(1) % num_heads
+    # grid axis 0: (row, head), up to 2^31 - 1 programs; axis 1 (at most 65,535): query blocks of the row
+    row = tl.program_id(0) // num_heads
+    head = tl.program_id(0) % num_heads
     start = tl.load(cu_seqlens_ptr + row).to(tl.int64)
     length = (tl.load(cu_seqlens_ptr + row + 1) - start).to(tl.int32)
-    first_query = tl.program_id(0) * BLOCK_M
+    first_query = tl.program_id(1) * BLOCK_M
     if first_query >= length:
         return
     width = num_heads * HEAD_SIZE
@@ -108,13 +150,9 @@ def varlen_attention(
     num_rows = cu_seqlens.shape[0] - 1
     if num_rows <= 0 or max_seqlen <= 0:
         return out
-    if interpreting():  # smallest blocks: rows longer than 16 tokens exercise the online-softmax rescaling
-        block_m, block_n, warps, stages = 16, 16, 4, 1
-    else:  # spill-free for sm_80 and sm_90 (ptxas register report of the compiled kernel)
-        block_m, block_n = (64, 64) if head_size <= 64 else (64, 32)
-        warps, stages = 8, 2
+    block_m, block_n, warps, stages = attention_config(max_seqlen, head_size)
     scale = 1.0 / math.sqrt(head_size) if softmax_scale is None else float(softmax_scale)
-    grid = (triton.cdiv(max_seqlen, block_m), num_rows * num_heads)
+    grid = attention_grid(num_rows, num_heads, max_seqlen, block_m)
     _varlen_attention_kernel[grid](
         qkv, cu_seqlens, out, qkv.stride(0), out.stride(0), num_heads, math.log2(math.e) * scale,
         HEAD_SIZE=head_size, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,

@@ -164,8 +164,9 @@ def linear_residual_layernorm(
     block_n = max(16, triton.next_power_of_2(N))
     if interpreting():
         block_m, warps, stages = max(16, min(64, triton.next_power_of_2(M))), 4, 1
-    else:  # a [16, 1024] fp32 accumulator is 64 registers per thread at 8 warps
-        block_m, warps, stages = 16, (4 if block_n <= 256 else 8), 2
+    else:  # a row's whole width in one fp32 tile: 32 rows up to 512 columns, 16 at 1024 (no register spills on
+        # sm_80/sm_90 at either: bench/results/gpu-compile.json)
+        block_m, warps, stages = (32 if block_n <= 512 else 16), (4 if block_n <= 256 else 8), 2
     _linear_residual_layernorm_kernel[(triton.cdiv(M, block_m),)](
         x, weight, bias, residual, norm_weight, norm_bias, out, M, N, K,
         x.stride(0), weight.stride(0), residual.stride(0), out.stride(0), float(eps),
