@@ -87,11 +87,12 @@ def test_demo_returns_and_writes_the_run(trained_rt):
     assert (results["task"], results["budget"]) == ("rt", "ci")
     assert results["train_rows"] == trained_rt.budget.train_rows
     assert results["validation_rows"] == TASKS["rt"].validation_size == len(trained_rt.texts)
-    # compress's defaults: 2 heads, FFN 160, embedding rank 128 per layer of the 6-layer MiniLM; mean-pooled exits
+    # compress's defaults: 2 heads, FFN 160 per layer of the 6-layer MiniLM, the embedding not factorized; mean-pooled
+    # exits
     layers = AutoConfig.from_pretrained(trained_rt.work_dir / "teacher").num_hidden_layers
     assert config["num_hidden_layers"] == layers == 6
     assert config["num_attention_heads"] == [2] * layers and config["intermediate_size"] == [160] * layers
-    assert config["embedding_rank"] == 128 and config["exit_pooling"] == "mean"
+    assert config["embedding_rank"] is None and config["exit_pooling"] == "mean"
     assert not all(config["exit_pooler"])  # some exit reads the token mean
     assert len(results["exit_accuracies"]) == len(results["ta_exit_accuracies"]) == layers
     # the --task-default path: the packaged MiniLM was fine-tuned here as the teacher, with rt's classes

@@ -120,7 +120,7 @@ def format_demo_table(results: dict) -> str:
         f"rt validation: {results['validation_rows']} sentences; trained on {results['train_rows']} "
         f"({results['budget']} budget); batch {results['batch_size']}; {results['threads']} threads",
         f"COST-EFF widths: heads {widths['num_attention_heads']}, FFN {widths['intermediate_size']}, "
-        f"embedding rank {widths['embedding_rank']}; encoder parameters "
+        f"embedding rank {widths['embedding_rank'] or 'full'}; encoder parameters "
         f"{results['parameter_ratio_encoder']:.3f} of the teacher's",
         f"HF teacher: accuracy {results['teacher_accuracy']:.4f}, "
         f"{results['teacher_sentences_per_second']:.1f} sentences/s",

@@ -50,7 +50,10 @@ class CompressionSettings:
 
     heads: int = 2
     ffn: int = 160
-    embedding_rank: int | None = 128
+    #: None: the word embedding stays as the teacher's (full rank); a rank r factorizes it (the paper: 128), which
+    #: saves parameters but no executed FLOPs (the engine folds the factors into one table) and costs accuracy
+    #: (bench/results/README.md, "Where the points go")
+    embedding_rank: int | None = None
     allocation: str = "uniform"
     calibrate_exits: bool = True
 
