@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Where the points go (issue 31 item 0): the same teacher and TA at the demo budget, then students that differ in one
+# thing: narrowed (2 heads, FFN 160) with the word embedding factorized to rank 128 or not, and the TA's own widths
+# (12 heads, FFN 1536: no narrowing) with only the embedding factorized. Teacher and TA are cached per task (rt in
+# work/demo/, the cache `make demo` fills; trec in work/trec-demo/) and shared by the three students. About 15
+# minutes per task on 2 cores.
+# Usage: bench/run_points_ablation.sh [NAME...]   (default: all six; NAME as in bench/results/points-ablation/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COSTEFF=${COSTEFF:-costeff-fast}
+ONLY=" $* "
+run() {  # run NAME TASK [extra compress flags...]
+  local name=$1 task=$2; shift 2
+  if [[ "$ONLY" != "  " && "$ONLY" != *" $name "* ]]; then return; fi
+  local work=work/$task-demo
+  if [[ $task == rt ]]; then work=work/demo; fi
+  $COSTEFF compress --task-default --task "$task" --budget demo --work-dir "$work" \
+    --out "work/ablate/$name" "$@"
+  mkdir -p "bench/results/points-ablation/$name"
+  cp "work/ablate/$name/report.json" "bench/results/points-ablation/$name/"
+}
+for task in rt trec; do
+  run "$task-demo-h2-f160-rfull" "$task" --heads 2 --ffn 160
+  run "$task-demo-h2-f160-r128" "$task" --heads 2 --ffn 160 --embedding-rank 128
+  run "$task-demo-h12-f1536-r128" "$task" --heads 12 --ffn 1536 --embedding-rank 128
+done
