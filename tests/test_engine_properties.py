@@ -6,7 +6,7 @@ exits), batch sizes 0 to 300, row lengths from 1 token to ``max_position_embeddi
 give the reference's exit layer and logits (1e-4) for every row outside the documented tie band: rows whose
 entropy at some layer up to their exit lies within ``TIE`` nats of that layer's threshold may round to either
 side (docs/design.md, Engine). Small batches are checked against ``early_exit_reference`` (each row alone), larger
-ones against the padded full-depth forward. Case counts: torch 240 + native 240 + triton (interpreter, small batches) 30.
+ones against the padded full-depth forward. Case counts: torch 240 + native 240 + triton (interpreter, small batches) 20.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from costeff_fast import CostEffEngineForSequenceClassification
 
 TIE = 1e-5
 VOCAB = 61
-CASES = {"torch": 240, "native": 240, "triton": 30}
+CASES = {"torch": 240, "native": 240, "triton": 20}
 MAX_BATCH = {"torch": 300, "native": 300, "triton": 12}
 PER_ROW_ORACLE_ROWS = 12
 """Batches up to this size are checked against ``early_exit_reference`` (every row alone, padding removed);

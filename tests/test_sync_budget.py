@@ -39,7 +39,6 @@ from conftest import make_tiny_model, random_batch  # noqa: E402
 
 from costeff_fast import exit_entropy, kernels, transfer  # noqa: E402
 from costeff_fast.backends.triton_backend import TritonBackend  # noqa: E402
-from costeff_fast.batch import PackedBatch  # noqa: E402
 from costeff_fast.engine import run_early_exit, stream_early_exit  # noqa: E402
 from costeff_fast.packing import PackedWeights  # noqa: E402
 
@@ -121,26 +120,24 @@ class SyncAudit(TorchFunctionMode):
                 not isinstance(index, OnDevice) and index.dim() > 0 for index in indices)
         return False
 
-    def waits(self) -> list[tuple[str, int, list[str]]]:
-        """``(step, index, [what waited])`` per embed / layer call, in order."""
+    def per_step(self, kind: str) -> list[tuple[str, int | None, list[str]]]:
+        """``(step, index, [events of kind])`` per embed / layer call in order (``("before", None, ...)`` for events
+        of ``kind`` before the first step); ``kind`` is ``"wait"`` or ``"launch"``."""
         steps = []
-        for kind, what in self.events:
-            if kind in ("embed", "layer"):
-                steps.append((kind, what, []))
-            elif kind == "wait" and steps:
+        for event, what in self.events:
+            if event in ("embed", "layer"):
+                steps.append((event, what, []))
+            elif event == kind:
+                if not steps:
+                    steps.append(("before", None, []))
                 steps[-1][2].append(what)
-            elif kind == "wait":
-                steps.append(("before", None, [what]))
         return steps
 
-    def launches(self) -> list[tuple[str, int, list[str]]]:
-        steps = []
-        for kind, what in self.events:
-            if kind in ("embed", "layer"):
-                steps.append((kind, what, []))
-            elif kind == "launch" and steps:
-                steps[-1][2].append(what)
-        return steps
+    def waits(self):
+        return self.per_step("wait")
+
+    def launches(self):
+        return self.per_step("launch")
 
 
 @pytest.fixture
