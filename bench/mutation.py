@@ -72,7 +72,7 @@ MODULES: dict[str, dict] = {
         "source": "costeff_fast/jobs/shards.py",
         # the SIGKILL test (a 26 s subprocess run) is left out: it would be most of every surviving mutant's time
         "tests": ["tests/test_predict_job.py", "tests/test_predict_resume.py", "tests/test_predict_faults.py",
-                  "-k", "not sigkill"],
+                  "tests/test_mutation_gaps_jobs.py", "-k", "not sigkill"],
     },
     "predict": {
         "source": "costeff_fast/jobs/predict.py",
