@@ -208,7 +208,9 @@ def stream_early_exit(
         hidden, logits, exits = _layer_and_exit(backend, index, hidden, batch, entropy_threshold)
         if logits is not None and exits is None:  # the last layer: every row answers
             row_ids, logits = transfer.to_host(batch.row_ids, logits)  # the layer's one wait
-            yield row_ids, logits, index + 1
+            # copies, as the other layers' indexing makes: the caller may keep them, and on a GPU these are pinned
+            # buffers the caching allocator could not reuse while held
+            yield row_ids.clone(), logits.clone(), index + 1
             continue
         if logits is not None:
             # the mask, and every row's logits and row id with it: the layer's one wait

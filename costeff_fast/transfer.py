@@ -26,18 +26,29 @@ def to_device(host: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     device = torch.device(device)
     if device.type != "cuda" or host.device.type == "cuda":
         return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
+    # always a fresh pinned buffer: the copy runs after this returns, so it must not read the caller's memory (a
+    # tensor pinned already would be used as it is by pin_memory() and could be refilled before the copy ran)
+    staging = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+    staging.copy_(host)
+    return staging.to(device, non_blocking=True)
 
 
 def to_host(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Every tensor of ``tensors`` on the host, after one wait for the device (none when all are on the CPU).
 
     Returns:
-        CPU tensors of the same shapes and dtypes, in order (CPU inputs are returned as they are).
+        CPU tensors of the same shapes and dtypes, in order (CPU inputs are returned as they are; from a GPU they
+        are pinned buffers of their own).
+
+    Raises:
+        ValueError: tensors on more than one CUDA device (one event waits for one device's stream).
     """
     if all(tensor.device.type != "cuda" for tensor in tensors):
         return tuple(tensor.cpu() for tensor in tensors)
-    device = next(tensor.device for tensor in tensors if tensor.device.type == "cuda")
+    devices = {tensor.device for tensor in tensors if tensor.device.type == "cuda"}
+    if len(devices) > 1:
+        raise ValueError(f"to_host waits on one device's stream; got tensors on {sorted(map(str, devices))}")
+    (device,) = devices
     copies = []
     for tensor in tensors:
         if tensor.device.type != "cuda":

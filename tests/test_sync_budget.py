@@ -61,7 +61,7 @@ def _mark(value):
 
 #: operations that need a device value on the host
 READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy", "cpu", "nonzero", "argwhere",
-         "masked_select", "unique", "unique_consecutive", "equal", "allclose"}
+         "masked_select", "unique", "unique_consecutive", "equal", "allclose", "bincount"}
 INDEXING = {"__getitem__", "__setitem__", "index_select", "index_put_", "index_put", "index_add_", "index_copy_"}
 
 
@@ -110,6 +110,10 @@ class SyncAudit(TorchFunctionMode):
     def _waits(name, args, kwargs) -> bool:
         if name in READS:
             return True
+        if name == "where" and len(args) + len(kwargs) == 1:  # where(mask): nonzero
+            return True
+        if name == "copy_" and isinstance(args[0], OnDevice) != isinstance(args[1], OnDevice):
+            return not kwargs.get("non_blocking", False)  # a blocking copy between host and device memory
         if name == "repeat_interleave":
             repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
             return isinstance(repeats, torch.Tensor) and kwargs.get("output_size") is None
@@ -256,6 +260,9 @@ def test_the_stream_waits_once_per_layer_call_that_may_answer(audit, exit_poolin
     (lambda x: torch.repeat_interleave(x, x), "repeat_interleave"),
     (lambda x: x.cpu(), "cpu"),
     (lambda x: torch.arange(3).to("cpu") + x[:3], "blocking host-to-device copy"),
+    (lambda x: torch.where(x > 0), "where"),
+    (lambda x: torch.bincount(x), "bincount"),
+    (lambda x: x.copy_(torch.tensor([4, 5, 6, 7])), "copy_"),
 ])
 def test_the_audit_sees_each_kind_of_wait(audit, operation, what):
     x = torch.tensor([1, 0, 2, 3]).as_subclass(OnDevice)
