@@ -14,7 +14,7 @@ the GPU would compile it; ``cuobjdump -res-usage`` (shipped with Triton) reads t
 Usage::
 
     python bench/gpu_compile.py                                  # writes bench/results/gpu-compile.json
-    python bench/gpu_compile.py --quick --out /tmp/compile.json
+    python bench/gpu_compile.py --quick --out work/compile.json
 
 Each record: ``kernel``, ``arch``, ``dtype``, ``shape`` (what was launched), ``constexprs``, ``num_warps``,
 ``num_stages``, ``registers``, ``stack_bytes``, ``shared_bytes``. Limits to hold them against: 255 registers per

@@ -8,7 +8,8 @@ tests once to learn which tests call which function, then runs, for each mutant,
 function (``-x``: the first failure kills it). A mutant the tests still pass "survived".
 
 So that neither the shared working tree nor other sessions' builds are touched, each run works in its own folder
-(``--workdir``/<module>, default ``/tmp/costeff_mutation/<module>``): the sources are exported from a commit (``--ref``, default
+(``--workdir``/<module>, default ``costeff_mutation/<module>`` in the system's temporary folder, outside the checkout so
+that no pytest run there collects the mutated tree's tests): the sources are exported from a commit (``--ref``, default
 ``HEAD``; ``--worktree`` copies the working tree's files instead), ``training/`` goes to ``costeff_fast/training``
 and ``csrc/`` to ``costeff_fast/csrc`` (the layout of an installed wheel, so the copy and not the editable install
 is what the tests import), and the native kernels build into the folder's own ``torch_extensions``. Every process
@@ -41,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import io
 import time
 from pathlib import Path
@@ -283,7 +285,7 @@ def main(argv=None) -> None:
     parser.add_argument("--worktree", action="store_true", help="mutate the working tree's files instead of --ref")
     parser.add_argument("--overlay", action="append", default=[], metavar="FILE",
                         help="take this file (repeatable) from the working tree on top of --ref, e.g. a new test file")
-    parser.add_argument("--workdir", default="/tmp/costeff_mutation")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "costeff_mutation"))
     parser.add_argument("--results", default=str(REPO / "bench" / "results" / "mutation"))
     parser.add_argument("--label", help="write <module>-<label>.json (e.g. before, after) instead of <module>.json")
     parser.add_argument("--max-children", type=int, default=2)
