@@ -81,6 +81,25 @@ def model_flops(config, seq_lens: Sequence[int] | torch.Tensor, exit_layers: Seq
     return total
 
 
+def cumulative_flops(config, seq_lens: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Executed matmul FLOPs of stopping each row at each exit: ``[N, L]`` float64, entry ``[n, l]`` the FLOPs of
+    layers ``1..l+1`` and their exit heads for row ``n`` (of ``seq_lens[n]`` real tokens).
+
+    ``cumulative_flops(config, lens)[n, e - 1]`` equals ``model_flops(config, [lens[n]], [e])``; a sum over rows of
+    entries at their exit layers equals :func:`model_flops` of those rows (float64 holds the integer sums exactly
+    below 2**53, about 9e15 FLOPs).
+    """
+    num_layers = config.num_hidden_layers
+    per_length = {}
+    rows = []
+    for n in (int(n) for n in seq_lens):
+        if n not in per_length:
+            steps = [layer_flops(config, layer, n) + exit_flops(config, layer) for layer in range(num_layers)]
+            per_length[n] = torch.tensor(steps, dtype=torch.float64).cumsum(0)
+        rows.append(per_length[n])
+    return torch.stack(rows) if rows else torch.zeros(0, num_layers, dtype=torch.float64)
+
+
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     """``total`` parameters and ``encoder`` parameters (the transformer layers, without embeddings and heads).
 

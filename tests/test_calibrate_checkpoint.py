@@ -17,8 +17,10 @@ from costeff_fast import CostEffForSequenceClassification, cli
 from costeff_fast.convert import from_encoder_classifier
 from costeff_fast.data import load_task
 from costeff_fast.training import recalibrate
+from costeff_fast.flops import model_flops
 from costeff_fast.training.calibrate import (
     ExitTable,
+    engine_sweep,
     per_layer_thresholds,
     pick_threshold_for_speedup,
     single_threshold_curve,
@@ -144,15 +146,23 @@ def test_calibrate_writes_the_threshold_into_config_only(model_dir, reviews, tmp
     assert report["single"]["accuracy"] >= full_depth - 0.02 - 1e-12
     cheaper = [r for r in report["sweep"] if r["gflops"] < report["single"]["gflops"]]
     assert all(r["accuracy"] < full_depth - 0.02 for r in cheaper)
-    held = report["held_out_comparison"]["held_out"]
-    assert len(held) == 2 and sum(h["rows"] for h in held) == 200
+    # Out of sample: five folds of 40 rows, each scored by a threshold chosen on the other 160.
+    held = report["single"]["out_of_sample"]
+    assert held["rows"] == 200 and held["folds"] == 5 and [f["rows"] for f in held["per_fold"]] == [40] * 5
+    assert held["accuracy"] == pytest.approx(sum(f["accuracy"] for f in held["per_fold"]) / 5)
+    assert held["reference_accuracy"] == full_depth
+    assert report["written"] == {"thresholds": "single", "asked": "single", "why": "a single threshold was asked for",
+                                 "entropy_threshold": tau, "previous_entropy_threshold": None}
 
 
 def test_calibrate_per_layer_and_target_speedup(model_dir, reviews):
     report = calibrate_checkpoint(model_dir, reviews, text_column="review", label_column="verdict",
                                   target_speedup=1.5, thresholds="per-layer", report_dir=model_dir / "r")
     written = json.loads((model_dir / "config.json").read_text())["entropy_threshold"]
-    assert written == report["per_layer"]["entropy_threshold"] and len(written) == 3
+    # per-layer thresholds are written only when they win out of sample (the decision is tested on its own below)
+    wins = report["per_layer"]["out_of_sample"]["beats_single"]
+    assert report["written"]["thresholds"] == ("per-layer" if wins else "single")
+    assert written == (report["per_layer"]["entropy_threshold"] if wins else report["single"]["entropy_threshold"])
     # The fixture's exits are confident (heads drawn with std 2), so the sweep's largest threshold stops most rows
     # at layer 1 of 3: some sweep row is 1.5x cheaper than full depth, and the goal must be met.
     full_gflops = report["full_depth"]["gflops_per_row"] * report["rows"]
@@ -162,10 +172,55 @@ def test_calibrate_per_layer_and_target_speedup(model_dir, reviews):
     assert report["single"]["speedup_flops"] >= 1.5 - 1e-9
     assert report["single"]["accuracy"] == max(r["accuracy"] for r in admissible)  # the most accurate of those
     model = costeff_fast.from_pretrained(model_dir)
-    assert model.entropy_threshold == pytest.approx(written)
+    assert model.entropy_threshold == pytest.approx(written if wins else [written] * 3)
     texts = pd.read_csv(reviews)["review"].tolist()
-    _, layers = engine_predict(model, texts, 64, None)
+    _, layers = engine_predict(model, texts, 64, report["per_layer"]["entropy_threshold"])
     assert layers.double().mean().item() == pytest.approx(report["per_layer"]["mean_exit_layer"])
+    held = report["per_layer"]["out_of_sample"]
+    assert held["rows"] == 200 and len(held["per_fold"]) == 5 and held["goal_met"] is (
+        held["speedup_flops"] >= 1.5 * (1 - 1e-9))
+
+
+@pytest.mark.parametrize("held_out_accuracy", [0.0, 1.0])
+def test_per_layer_thresholds_are_written_only_when_they_win_out_of_sample(model_dir, reviews, monkeypatch,
+                                                                           held_out_accuracy):
+    """The cross-validated per-layer result is replaced by one that loses to every single threshold (accuracy 0)
+    or beats them all (accuracy 1, at the single threshold's FLOPs): only the latter is written."""
+    real = recalibrate._per_layer_cross_validation
+
+    def rigged(*args, **kwargs):
+        return {**real(*args, **kwargs), "accuracy": held_out_accuracy}
+
+    monkeypatch.setattr(recalibrate, "_per_layer_cross_validation", rigged)
+    report = calibrate_checkpoint(model_dir, reviews, text_column="review", label_column="verdict",
+                                  max_drop=0.02, thresholds="per-layer", folds=3)
+    written = json.loads((model_dir / "config.json").read_text())["entropy_threshold"]
+    assert report["per_layer"]["out_of_sample"]["beats_single"] is (held_out_accuracy == 1.0)
+    if held_out_accuracy == 1.0:
+        assert report["written"]["thresholds"] == "per-layer" and written == report["per_layer"]["entropy_threshold"]
+    else:
+        assert report["written"]["thresholds"] == "single" and written == report["single"]["entropy_threshold"]
+        assert "lose out of sample" in report["written"]["why"]
+    assert report["written"]["asked"] == "per-layer" and len(report["per_layer"]["out_of_sample"]["per_fold"]) == 3
+
+
+def test_engine_sweep_keeps_each_rows_outcome(checkpoint, reviews):
+    """Every row's exit layer and FLOPs at each threshold, against the engine run again and :func:`model_flops`."""
+    engine = costeff_fast.from_pretrained(checkpoint)
+    frame = pd.read_csv(reviews).head(70)
+    texts, labels = frame["review"].tolist(), torch.tensor([NAMES.index(v) for v in frame["verdict"]])
+    outcomes = engine_sweep(engine, texts, labels, [0.0, 0.4, [0.5, 0.1, 0.0]], batch_size=32)
+    lengths = engine.encode(texts)[2]
+    for t, tau in enumerate(outcomes.thresholds):
+        logits, layers = engine_predict(engine, texts, 32, tau)
+        assert outcomes.exit_layers[t].tolist() == layers.tolist()
+        assert outcomes.correct[t].tolist() == (logits.argmax(-1) == labels).tolist()
+        for n in (0, 33, 69):
+            assert outcomes.row_flops[t, n].item() == model_flops(engine.config, [int(lengths[n])], [int(layers[n])])
+        row = outcomes.rows()[t]
+        assert row["gflops"] == pytest.approx(model_flops(engine.config, lengths, layers) / 1e9, rel=1e-12)
+    assert outcomes.full_depth_flops.sum().item() == model_flops(engine.config, lengths)
+    assert outcomes.exit_layers[0].eq(3).all()
 
 
 def test_calibrate_refusals(model_dir, reviews, tmp_path):

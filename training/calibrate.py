@@ -7,11 +7,12 @@ entropy is below a threshold; this module chooses the threshold on the dev set.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 from costeff_fast import CostEffForSequenceClassification, CostEffEngineForSequenceClassification, exit_entropy
-from costeff_fast.flops import exit_flops, layer_flops, model_flops
+from costeff_fast.flops import cumulative_flops
 
 from .prediction import engine_predict, exit_logits, minibatches, predict
 
@@ -44,8 +45,83 @@ def quantile_thresholds(model: CostEffForSequenceClassification, tokenizer, batc
     return [0.0] + sorted({float(q) * (1 + 1e-6) + 1e-9 for q in quantiles})
 
 
+@dataclass(frozen=True)
+class SweepOutcomes:
+    """What the batch engine did with every dev row at every threshold setting of a sweep, so that a threshold
+    chosen on some rows can be scored on the others without running the model again (:func:`cross_validate`).
+
+    Attributes:
+        thresholds: the ``T`` settings swept, in nats (a float for every layer, or one per layer).
+        correct: ``[T, N]`` bool, whether the engine's prediction for row ``n`` at setting ``t`` is the gold label.
+        exit_layers: ``[T, N]`` int64, 1-based exit layer of each row at each setting.
+        row_flops: ``[T, N]`` float64 executed matmul FLOPs of each row to its exit (exit heads included, real
+            lengths; :func:`costeff_fast.flops.cumulative_flops`).
+        full_depth_flops: ``[N]`` float64, each row's FLOPs through every layer (the ``target_speedup`` base).
+        seconds: ``T`` engine wall-clock seconds over all ``N`` rows, one per setting.
+        num_layers: the model's layers ``L``.
+    """
+
+    thresholds: list
+    correct: torch.Tensor
+    exit_layers: torch.Tensor
+    row_flops: torch.Tensor
+    full_depth_flops: torch.Tensor
+    seconds: list[float]
+    num_layers: int
+
+    @property
+    def num_rows(self) -> int:
+        return self.correct.shape[1]
+
+    def rows(self, subset: torch.Tensor | None = None) -> list[dict]:
+        """One :func:`threshold_sweep` dict per setting over the rows ``subset`` (``[M]`` int64 indices; None: all
+        rows). ``sentences_per_second`` is given for all rows only (the engine timed them together)."""
+        index = torch.arange(self.num_rows) if subset is None else subset
+        result = []
+        for t, tau in enumerate(self.thresholds):
+            layers = self.exit_layers[t, index]
+            row = {
+                "entropy_threshold": tau,
+                "accuracy": self.correct[t, index].double().mean().item(),
+                "mean_exit_layer": layers.double().mean().item(),
+                "exit_layer_counts": torch.bincount(layers, minlength=self.num_layers + 1)[1:].tolist(),
+                "gflops": self.row_flops[t, index].sum().item() / 1e9,
+            }
+            if subset is None:
+                row["sentences_per_second"] = self.num_rows / self.seconds[t]
+            result.append(row)
+        return result
+
+
 @torch.inference_mode()
-def threshold_sweep(model: CostEffEngineForSequenceClassification, batch: list, labels: torch.Tensor, thresholds: list[float],
+def engine_sweep(model: CostEffEngineForSequenceClassification, batch: list, labels: torch.Tensor, thresholds: list,
+                 *, batch_size: int = 64) -> SweepOutcomes:
+    """Run the batch engine over ``batch`` once per threshold setting and keep every row's outcome.
+
+    Args:
+        model: a packed model (:func:`costeff_fast.from_pretrained`).
+        batch: the dev inputs (strings or ``(text, text_pair)`` tuples), run in chunks of ``batch_size``.
+        labels: ``[N]`` int64 gold labels.
+        thresholds: entropy thresholds in nats (each a float for every layer, or one per layer).
+
+    Returns:
+        :class:`SweepOutcomes` of the ``T`` settings.
+    """
+    lengths = predict(lambda chunk: model.encode(chunk)[2], minibatches(batch, batch_size))  # [N] tokens
+    cumulative = cumulative_flops(model.config, lengths)  # [N, L] float64
+    correct, exit_layers, row_flops, seconds = [], [], [], []
+    for tau in thresholds:
+        started = time.perf_counter()
+        logits, layers = engine_predict(model, batch, batch_size, tau)
+        seconds.append(time.perf_counter() - started)
+        correct.append(logits.argmax(-1) == labels)
+        exit_layers.append(layers)
+        row_flops.append(cumulative[torch.arange(len(batch)), layers - 1])
+    return SweepOutcomes(list(thresholds), torch.stack(correct), torch.stack(exit_layers), torch.stack(row_flops),
+                         cumulative[:, -1].clone(), seconds, model.config.num_hidden_layers)
+
+
+def threshold_sweep(model: CostEffEngineForSequenceClassification, batch: list, labels: torch.Tensor, thresholds: list,
                     *, batch_size: int = 64) -> list[dict]:
     """Accuracy, mean exit layer, executed FLOPs and throughput per threshold, with the batch engine.
 
@@ -53,29 +129,14 @@ def threshold_sweep(model: CostEffEngineForSequenceClassification, batch: list, 
         model: a packed model (:func:`costeff_fast.from_pretrained`).
         batch: the dev inputs (strings or ``(text, text_pair)`` tuples), run in chunks of ``batch_size``.
         labels: ``[N]`` int64 gold labels.
-        thresholds: entropy thresholds in nats (one float applied at every layer).
+        thresholds: entropy thresholds in nats (a float for every layer, or one per layer).
 
     Returns:
         One dict per threshold: ``entropy_threshold``, ``accuracy`` (0-1), ``mean_exit_layer``,
         ``exit_layer_counts`` (rows per exit layer), ``gflops`` (executed matmul GFLOP for all N rows at their
         real lengths and exit layers, exit heads included), ``sentences_per_second``.
     """
-    lengths = predict(lambda chunk: model.encode(chunk)[2], minibatches(batch, batch_size))  # [N] tokens
-    rows = []
-    for tau in thresholds:
-        started = time.perf_counter()
-        logits, layers = engine_predict(model, batch, batch_size, tau)
-        seconds = time.perf_counter() - started
-        counts = torch.bincount(layers, minlength=model.config.num_hidden_layers + 1)[1:]
-        rows.append({
-            "entropy_threshold": tau,
-            "accuracy": (logits.argmax(-1) == labels).double().mean().item(),
-            "mean_exit_layer": layers.double().mean().item(),
-            "exit_layer_counts": counts.tolist(),
-            "gflops": model_flops(model.config, lengths, layers) / 1e9,
-            "sentences_per_second": len(batch) / seconds,
-        })
-    return rows
+    return engine_sweep(model, batch, labels, thresholds, batch_size=batch_size).rows()
 
 
 def pick_threshold(sweep: list[dict], reference_accuracy: float, max_drop: float = 0.01) -> dict:
@@ -127,6 +188,108 @@ def pick_threshold_for_speedup(sweep: list[dict], full_depth_gflops: float, targ
     return {**min(sweep, key=lambda row: (row["gflops"], -row["accuracy"])), "constraint_met": False}
 
 
+def pick_for_goal(sweep: list[dict], *, reference_accuracy: float, full_depth_gflops: float,
+                  max_drop: float | None = None, target_speedup: float | None = None) -> dict:
+    """:func:`pick_threshold` for a ``max_drop`` goal (below ``reference_accuracy``), :func:`pick_threshold_for_speedup`
+    for a ``target_speedup`` goal (against ``full_depth_gflops``, the same rows at full depth).
+
+    Raises:
+        ValueError: not exactly one goal, or what the picker raises.
+    """
+    if (max_drop is None) == (target_speedup is None):
+        raise ValueError("pass exactly one of max_drop and target_speedup")
+    if target_speedup is not None:
+        return pick_threshold_for_speedup(sweep, full_depth_gflops, target_speedup)
+    return pick_threshold(sweep, reference_accuracy, max_drop)
+
+
+def fold_indices(num_rows: int, folds: int, seed: int = 0) -> list[torch.Tensor]:
+    """``min(folds, num_rows)`` disjoint folds covering ``range(num_rows)``: a seeded permutation dealt round-robin,
+    so fold sizes differ by at most one; each fold ``[M]`` int64, ascending.
+
+    Raises:
+        ValueError: fewer than two rows or ``folds < 2``.
+    """
+    if num_rows < 2:
+        raise ValueError(f"cross-validation needs at least two rows, got {num_rows}")
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least two folds, got {folds}")
+    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed))
+    return [order[i::min(folds, num_rows)].sort().values for i in range(min(folds, num_rows))]
+
+
+def score_choice(correct: torch.Tensor, row_flops: torch.Tensor, exit_layers: torch.Tensor, *,
+                 reference_correct: torch.Tensor, full_depth_flops: torch.Tensor, max_drop: float | None = None,
+                 target_speedup: float | None = None) -> dict:
+    """Accuracy, FLOPs and goal of one outcome per row (``[N]`` bool correct, ``[N]`` float64 FLOPs, ``[N]``
+    int64 1-based exit layers), against the reference's ``[N]`` bool correctness and the rows' ``[N]`` full-depth
+    FLOPs. ``goal_met``: accuracy at least the reference's minus ``max_drop``, or FLOPs at most full depth's over
+    ``target_speedup``."""
+    accuracy = correct.double().mean().item()
+    reference = reference_correct.double().mean().item()
+    gflops, full = row_flops.sum().item() / 1e9, full_depth_flops.sum().item() / 1e9
+    if target_speedup is not None:
+        met = gflops <= full / target_speedup * (1 + 1e-9)
+    else:
+        met = accuracy >= reference - max_drop - 1e-12
+    return {"rows": len(correct), "accuracy": accuracy, "reference_accuracy": reference, "gflops": gflops,
+            "gflops_per_row": gflops / len(correct), "speedup_flops": full / gflops,
+            "mean_exit_layer": exit_layers.double().mean().item(), "goal_met": met}
+
+
+def cross_validate(outcomes: SweepOutcomes, *, reference_correct: torch.Tensor, max_drop: float | None = None,
+                   target_speedup: float | None = None, folds: int = 5, seed: int = 0) -> dict:
+    """Out-of-sample accuracy and FLOPs of choosing one entropy threshold on the dev rows, by k-fold
+    cross-validation (e.g. Hastie, Tibshirani & Friedman, *The Elements of Statistical Learning*, Sec. 7.10).
+
+    The rows are dealt into ``folds`` folds (:func:`fold_indices`). Each fold's threshold is picked from the sweep
+    (:func:`pick_for_goal`) on the *other* folds' rows, against the reference's accuracy on those rows, and applied
+    to the fold's own rows; so every row is scored exactly once, by a threshold chosen without it. The pooled
+    figures estimate what the threshold chosen on all rows does on new rows like them; the accuracy of that
+    threshold on the rows it was chosen on is optimistic by construction (it is the best of many on them).
+
+    Args:
+        outcomes: the engine's sweep over the ``N`` dev rows (:func:`engine_sweep`).
+        reference_correct: ``[N]`` bool, the reference's correctness per row (the teacher's, or the model's own
+            at full depth); ``max_drop`` counts from its accuracy.
+        max_drop, target_speedup: the goal, exactly one (as in :func:`pick_for_goal`).
+        folds: number of folds (at most ``N``); seed: seed of the deal.
+
+    Returns:
+        :func:`score_choice` of the pooled out-of-sample outcomes plus ``method``, ``folds``, ``seed``,
+        ``chosen_on``, ``scored_on`` (in words) and ``per_fold`` (each fold's rows, threshold, whether it met the goal
+        on the rows that chose it, and its accuracy and GFLOPs per row on its own rows).
+
+    Raises:
+        ValueError: fewer than two rows or folds, ``reference_correct`` not ``[N]``, or not exactly one goal.
+    """
+    n = outcomes.num_rows
+    if tuple(reference_correct.shape) != (n,):
+        raise ValueError(f"reference_correct must be [{n}], got {tuple(reference_correct.shape)}")
+    parts = fold_indices(n, folds, seed)
+    choice = torch.empty(n, dtype=torch.long)
+    per_fold = []
+    for index, held in enumerate(parts):
+        rest = torch.cat([part for i, part in enumerate(parts) if i != index])
+        pick = pick_for_goal(outcomes.rows(rest), reference_accuracy=reference_correct[rest].double().mean().item(),
+                             full_depth_gflops=outcomes.full_depth_flops[rest].sum().item() / 1e9,
+                             max_drop=max_drop, target_speedup=target_speedup)
+        t = outcomes.thresholds.index(pick["entropy_threshold"])
+        choice[held] = t
+        per_fold.append({"rows": len(held), "entropy_threshold": pick["entropy_threshold"],
+                         "goal_met_on_choice_rows": pick["constraint_met"],
+                         "accuracy": outcomes.correct[t, held].double().mean().item(),
+                         "gflops_per_row": outcomes.row_flops[t, held].mean().item() / 1e9})
+    rows = torch.arange(n)
+    result = score_choice(outcomes.correct[choice, rows], outcomes.row_flops[choice, rows],
+                          outcomes.exit_layers[choice, rows], reference_correct=reference_correct,
+                          full_depth_flops=outcomes.full_depth_flops, max_drop=max_drop, target_speedup=target_speedup)
+    return {**result, "method": f"{len(parts)}-fold cross-validation", "folds": len(parts), "seed": seed,
+            "chosen_on": f"each fold's threshold on the other {len(parts) - 1} folds' rows",
+            "scored_on": "each fold's own rows (every dev row scored once, by a threshold chosen without it)",
+            "per_fold": per_fold}
+
+
 class ExitTable:
     """Every exit's entropy and correctness for a set of rows, and the FLOPs of stopping each row at each layer,
     so any threshold vector is evaluated without running the model again.
@@ -151,15 +314,9 @@ class ExitTable:
     @classmethod
     def build(cls, exit_logits: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, config) -> "ExitTable":
         """From full-depth exit logits ``[N, L, C]``, gold labels ``[N]`` and real token counts ``[N]``."""
-        num_layers = exit_logits.shape[1]
         entropies = exit_entropy(exit_logits)  # [N, L] fp32
         correct = exit_logits.argmax(-1) == labels[:, None]
-        per_length = {}
-        for n in set(lengths.tolist()):
-            steps = [layer_flops(config, layer, n) + exit_flops(config, layer) for layer in range(num_layers)]
-            per_length[n] = torch.tensor(steps, dtype=torch.float64).cumsum(0)
-        cumulative = torch.stack([per_length[n] for n in lengths.tolist()])
-        return cls(entropies, correct, cumulative)
+        return cls(entropies, correct, cumulative_flops(config, lengths))
 
     def __len__(self) -> int:
         return self.entropies.shape[0]
@@ -255,60 +412,3 @@ def accuracy_at_flops(curve: list[dict], gflops: float) -> float | None:
     """The best accuracy of ``curve`` rows within ``gflops`` (None when every row costs more)."""
     within = [row["accuracy"] for row in curve if row["gflops"] <= gflops * (1 + 1e-9)]
     return max(within) if within else None
-
-
-def compare_per_layer(table: ExitTable, *, max_drop: float | None, target_speedup: float | None,
-                      reference_accuracy: float | None, folds: int = 2, seed: int = 0) -> dict:
-    """Whether per-layer thresholds beat one shared threshold at equal FLOPs, on the rows they were chosen on
-    and on held-out rows.
-
-    For each of ``folds`` seeded halves: the single threshold and the per-layer vector are chosen on the other
-    rows (same goal as calibration: ``max_drop`` below ``reference_accuracy`` — the chosen rows' own full-depth
-    accuracy when None — or ``target_speedup`` times fewer FLOPs than full depth) and scored on the held-out half;
-    per-layer "beats" single when its held-out accuracy exceeds the best single threshold's held-out accuracy at no
-    more FLOPs.
-
-    Returns:
-        ``{"held_out": [per fold: single and per_layer (accuracy, gflops per row), single_accuracy_at_equal_flops,
-        beats_single], "beats_single_held_out": count of folds}``.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(table), generator=generator)
-    parts = [order[i::folds] for i in range(folds)]
-    results = []
-    for index, held in enumerate(parts):
-        chosen_rows = torch.cat([part for i, part in enumerate(parts) if i != index])
-        choose, test = table.subset(chosen_rows), table.subset(held)
-        single, vector = choose_thresholds(choose, max_drop=max_drop, target_speedup=target_speedup,
-                                           reference_accuracy=reference_accuracy)
-        single_test, vector_test = test.evaluate(single["entropy_threshold"]), test.evaluate(vector)
-        at_equal = accuracy_at_flops(single_threshold_curve(test), vector_test["gflops"])
-        results.append({
-            "rows": len(test),
-            "single": {"entropy_threshold": single["entropy_threshold"], "accuracy": single_test["accuracy"],
-                       "gflops_per_row": single_test["gflops"] / len(test)},
-            "per_layer": {"entropy_threshold": vector, "accuracy": vector_test["accuracy"],
-                          "gflops_per_row": vector_test["gflops"] / len(test)},
-            "single_accuracy_at_equal_flops": at_equal,
-            "beats_single": at_equal is None or vector_test["accuracy"] > at_equal + 1e-12,
-        })
-    return {"held_out": results, "beats_single_held_out": sum(r["beats_single"] for r in results)}
-
-
-def choose_thresholds(table: ExitTable, *, max_drop: float | None, target_speedup: float | None,
-                      reference_accuracy: float | None) -> tuple[dict, list[float]]:
-    """The best single threshold (a :func:`single_threshold_curve` row, with ``constraint_met``) and the per-layer
-    vector :func:`per_layer_thresholds` reaches from it, for one goal: ``max_drop`` below ``reference_accuracy``
-    (None: the table's full-depth accuracy) or ``target_speedup`` times fewer FLOPs than full depth."""
-    curve = single_threshold_curve(table)
-    layers = table.entropies.shape[1]
-    if target_speedup is not None:
-        single = pick_threshold_for_speedup(curve, curve[0]["gflops"], target_speedup)
-        max_gflops = curve[0]["gflops"] / target_speedup if single["constraint_met"] else single["gflops"]
-        vector, _ = per_layer_thresholds(table, [single["entropy_threshold"]] * layers, max_gflops=max_gflops)
-    else:
-        reference = curve[0]["accuracy"] if reference_accuracy is None else reference_accuracy
-        single = pick_threshold(curve, reference, max_drop)
-        min_accuracy = reference - max_drop if single["constraint_met"] else single["accuracy"]
-        vector, _ = per_layer_thresholds(table, [single["entropy_threshold"]] * layers, min_accuracy=min_accuracy)
-    return single, vector

@@ -100,6 +100,8 @@ def run_demo(work_dir: Path, *, budget: str = "demo", batch_size: int = 64, thre
         "ta_exit_accuracies": report["accuracy"]["ta_exits"],
         "exit_accuracies": report["accuracy"]["costeff_exits"],
         "sweep": sweep,
+        "calibrated_out_of_sample": {key: report["calibration"]["out_of_sample"][key]
+                                     for key in ("accuracy", "mean_exit_layer", "method")},
         "committed_quick_budget": None if quick is None else {
             "teacher_accuracy": quick["accuracy"]["teacher"],
             "calibrated_accuracy": quick["accuracy"]["costeff_calibrated"],
@@ -135,6 +137,10 @@ def format_demo_table(results: dict) -> str:
             f"{row['entropy_threshold']:>17.3f} {row['accuracy']:>9.4f} {row['mean_exit_layer']:>9.2f} "
             f"{row['sentences_per_second']:>9.1f} {speedup:>6.2f}x{mark}"
         )
+    held = results.get("calibrated_out_of_sample")
+    if held:
+        lines.append(f"calibrated threshold out of sample ({held['method']}: each row scored by a threshold chosen "
+                     f"without it): accuracy {held['accuracy']:.4f}, mean exit {held['mean_exit_layer']:.2f}")
     quick = results["committed_quick_budget"]
     if quick:
         lines.append(

@@ -23,7 +23,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from costeff_fast import CostEffForSequenceClassification, from_pretrained
 
 from .budget import BUDGETS, Budget, default_work_name
-from .calibrate import pick_threshold, quantile_thresholds, threshold_sweep
+from .calibrate import cross_validate, engine_sweep, pick_threshold, quantile_thresholds
 from .data import dev_inputs, packaged_minilm_dir, prepare_data
 from .prediction import hf_predict
 from .report import write_report
@@ -195,8 +195,12 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     model = from_pretrained(recovered_dir, device=device)
     reference = CostEffForSequenceClassification.from_pretrained(recovered_dir, use_safetensors=True)
     thresholds = quantile_thresholds(reference, tokenizer, inputs, max_length=budget.max_length, device=device)
-    sweep = threshold_sweep(model, inputs, labels, thresholds)
-    chosen = pick_threshold(sweep, teacher_accuracy, max_drop)
+    outcomes = engine_sweep(model, inputs, labels, thresholds)
+    sweep = outcomes.rows()
+    chosen = pick_threshold(sweep, teacher_accuracy, max_drop)  # written: chosen on every dev row
+    # reported: each row scored by a threshold chosen without it (the chosen row's accuracy is optimistic)
+    out_of_sample = cross_validate(outcomes, reference_correct=teacher_logits.argmax(-1) == labels,
+                                   max_drop=max_drop, seed=seed)
     timings["calibration"] = time.time() - started
 
     def fill(staging: Path) -> dict:
@@ -209,7 +213,8 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
             staging, task=name, budget=budget, settings=settings, teacher=teacher, ta_dir=ta_dir,
             model_dir=staging, data=data, validation_inputs=inputs, labels=labels,
             teacher_accuracy=teacher_accuracy, ta_record=ta_record, recovery_record=recovery_record,
-            slender_record=slender_record, sweep=sweep, chosen=chosen, max_drop=max_drop, timings=timings,
+            slender_record=slender_record, sweep=sweep, chosen=chosen, out_of_sample=out_of_sample,
+            max_drop=max_drop, timings=timings,
         )
 
     return publish_output(out_dir, fill, overwrite=overwrite)

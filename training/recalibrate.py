@@ -27,12 +27,13 @@ from costeff_fast.flops import model_flops
 from .calibrate import (
     ExitTable,
     accuracy_at_flops,
-    compare_per_layer,
+    cross_validate,
+    engine_sweep,
+    fold_indices,
     per_layer_thresholds,
-    pick_threshold,
-    pick_threshold_for_speedup,
+    pick_for_goal,
+    score_choice,
     single_threshold_curve,
-    threshold_sweep,
 )
 from .data import dev_inputs
 from .prediction import engine_predict, exit_logits, hf_predict, minibatches, predict
@@ -55,7 +56,7 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
                          label_column: str = "label", max_drop: float | None = None,
                          target_speedup: float | None = None, teacher_dir: Path | None = None,
                          thresholds: str = "single", report_dir: Path | None = None, batch_size: int = 64,
-                         seed: int = 0, device="auto") -> dict:
+                         folds: int = 5, seed: int = 0, device="auto") -> dict:
     """Choose the entropy threshold of a COST-EFF checkpoint on labelled data and write it into its config.
 
     Steps: one full-depth forward of the reference model gives every exit's entropy and prediction per row
@@ -68,8 +69,15 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
 
     Per-layer thresholds (one per exit) are then searched from that single threshold for the same goal
     (:func:`~costeff_fast.training.calibrate.per_layer_thresholds`), run through the engine, and compared with the
-    single threshold at equal FLOPs on these rows and on held-out halves
-    (:func:`~costeff_fast.training.calibrate.compare_per_layer`).
+    single threshold at equal FLOPs.
+
+    Out of sample: the thresholds written are chosen on all rows, so their accuracy on those rows is optimistic.
+    Both procedures (single, per layer) are also run by ``folds``-fold cross-validation
+    (:func:`~costeff_fast.training.calibrate.cross_validate`): each fold's thresholds are chosen on the other folds
+    and the engine scores the fold's own rows with them, so every row is scored once by thresholds chosen without
+    it (``single.out_of_sample``, ``per_layer.out_of_sample``). Per-layer thresholds are written only when asked for
+    *and* they win out of sample: their cross-validated accuracy exceeds that of every single threshold at no more
+    FLOPs on these rows; otherwise the single threshold is written and ``written.why`` says so.
 
     Args:
         model_dir: a COST-EFF checkpoint (``config.json`` with ``model_type == "costeff"``).
@@ -81,10 +89,12 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
             ``max_drop`` nor ``target_speedup`` is given.
         target_speedup: times fewer executed FLOPs than the checkpoint at full depth (>= 1).
         teacher_dir: optional HF classifier whose accuracy on the data is the ``max_drop`` reference.
-        thresholds: what is written into ``config.json``: ``"single"`` or ``"per-layer"``.
+        thresholds: what is asked for in ``config.json``: ``"single"`` or ``"per-layer"`` (written only when it
+            wins out of sample, see above).
         report_dir: receives ``calibration.json`` and ``calibration.png`` (default ``model_dir/calibration``).
         batch_size: rows per engine call and per reference forward.
-        seed: seed of the held-out halves.
+        folds: folds of the cross-validation (at most the number of rows).
+        seed: seed of the folds.
         device: where the engine and the forwards run (``"auto"``: CUDA when available, else the CPU); fp32
             forwards, no autocast.
 
@@ -94,7 +104,7 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
     Raises:
         CalibrateArgumentError: one line naming the argument: a device that is not here, ``model_dir`` not a
             COST-EFF checkpoint, both goals
-            given, ``max_drop`` < 0 or ``target_speedup`` < 1, an unknown ``thresholds``, a ``teacher_dir`` that is
+            given, ``max_drop`` < 0 or ``target_speedup`` < 1, an unknown ``thresholds``, ``folds`` < 2, a ``teacher_dir`` that is
             not a fine-tuned HF classifier with safetensors weights and a tokenizer or whose classes (count, or
             ``id2label`` names in id order) differ from the checkpoint's, a data file or column
             that is missing or unreadable, labels the checkpoint does not know, or fewer than two rows.
@@ -114,6 +124,8 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
     if target_speedup is not None and not target_speedup >= 1:
         raise CalibrateArgumentError(f"--target-speedup {target_speedup}: must be >= 1 (times fewer FLOPs than "
                                      "full depth)")
+    if folds < 2:
+        raise CalibrateArgumentError(f"--folds {folds}: cross-validation needs at least 2 folds (default 5)")
     if thresholds not in THRESHOLD_KINDS:
         raise CalibrateArgumentError(f"--thresholds {thresholds!r}: unknown; pass one of {', '.join(THRESHOLD_KINDS)}")
     if teacher_dir is not None:
@@ -129,40 +141,45 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
                          max_length=engine.max_length, device=device, autocast=False)  # [N, L, C] fp32 CPU
     lengths = predict(lambda chunk: engine.encode(chunk)[2], minibatches(inputs, batch_size))  # [N] tokens
     table = ExitTable.build(logits, labels, lengths, engine.config)
-    num_layers = engine.config.num_hidden_layers
 
     fine_curve = single_threshold_curve(table)
     step = max(1, len(fine_curve) // SWEEP_POINTS)
     sweep_values = sorted({row["entropy_threshold"] for row in fine_curve[::step]} | {0.0})
-    sweep = threshold_sweep(engine, inputs, labels, sweep_values, batch_size=batch_size)
+    outcomes = engine_sweep(engine, inputs, labels, sweep_values, batch_size=batch_size)
+    sweep = outcomes.rows()
     full_depth = sweep[0]
     teacher_accuracy = None
+    reference_correct = outcomes.correct[0]  # the model's own at full depth (threshold 0)
     if teacher_dir is not None:
         teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True).eval()
         teacher_logits = hf_predict(teacher, AutoTokenizer.from_pretrained(teacher_dir), inputs, batch_size,
                                     engine.max_length, device=device, autocast=False)
-        teacher_accuracy = (teacher_logits.argmax(-1) == labels).double().mean().item()
-    reference_accuracy = teacher_accuracy if teacher_accuracy is not None else full_depth["accuracy"]
+        reference_correct = teacher_logits.argmax(-1) == labels
+        teacher_accuracy = reference_correct.double().mean().item()
+    reference_accuracy = reference_correct.double().mean().item()
+    goal = {"max_drop": max_drop, "target_speedup": target_speedup}
 
-    if target_speedup is not None:
-        single = pick_threshold_for_speedup(sweep, full_depth["gflops"], target_speedup)
-        goal = {"max_gflops": full_depth["gflops"] / target_speedup if single["constraint_met"] else single["gflops"]}
-    else:
-        single = pick_threshold(sweep, reference_accuracy, max_drop)
-        goal = {"min_accuracy": reference_accuracy - max_drop if single["constraint_met"] else single["accuracy"]}
-    # The table's FLOPs and accuracy are the engine's up to rows within float noise of a threshold; search in it.
-    goal_in_table = dict(goal)
-    if "max_gflops" in goal:
-        goal_in_table["max_gflops"] = max(goal["max_gflops"], table.evaluate(single["entropy_threshold"])["gflops"])
-    else:
-        goal_in_table["min_accuracy"] = min(goal["min_accuracy"], table.evaluate(single["entropy_threshold"])["accuracy"])
-    vector, _ = per_layer_thresholds(table, [single["entropy_threshold"]] * num_layers, **goal_in_table)
+    single = pick_for_goal(sweep, reference_accuracy=reference_accuracy, full_depth_gflops=full_depth["gflops"], **goal)
+    vector = _per_layer_search(table, single, full_depth["gflops"], reference_accuracy, **goal)
     per_layer = _engine_row(engine, inputs, labels, lengths, vector, batch_size)
     at_equal = accuracy_at_flops(sweep, per_layer["gflops"])
-    held_out = compare_per_layer(table, max_drop=max_drop, target_speedup=target_speedup,
-                                 reference_accuracy=teacher_accuracy, seed=seed)
 
-    written = single["entropy_threshold"] if thresholds == "single" else vector
+    # Out of sample: each row scored by thresholds chosen on the other folds, single and per layer alike.
+    single_held = cross_validate(outcomes, reference_correct=reference_correct, folds=folds, seed=seed, **goal)
+    per_layer_held = _per_layer_cross_validation(engine, table, outcomes, inputs, labels, reference_correct,
+                                                 folds=folds, seed=seed, batch_size=batch_size, **goal)
+    held_at_equal = accuracy_at_flops(sweep, per_layer_held["gflops"])
+    per_layer_wins = held_at_equal is None or per_layer_held["accuracy"] > held_at_equal + 1e-12
+    if thresholds == "per-layer" and per_layer_wins:
+        written, kind = vector, "per-layer"
+        why = ("per-layer thresholds were asked for and win out of sample: more accurate than any single "
+               "threshold at no more FLOPs")
+    elif thresholds == "per-layer":
+        written, kind = single["entropy_threshold"], "single"
+        why = (f"per-layer thresholds were asked for but lose out of sample (accuracy {per_layer_held['accuracy']:.4f}"
+               f" vs {held_at_equal:.4f} for a single threshold at no more FLOPs): the single threshold is written")
+    else:
+        written, kind, why = single["entropy_threshold"], "single", "a single threshold was asked for"
     previous = config.get("entropy_threshold")
     n = len(inputs)
     report = {
@@ -174,15 +191,18 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
         "reference_accuracy": reference_accuracy,
         "teacher_accuracy": teacher_accuracy,
         "full_depth": {"accuracy": full_depth["accuracy"], "gflops_per_row": full_depth["gflops"] / n},
+        "chosen_on": f"all {n} rows (the thresholds written)",
         "single": {**single, "gflops_per_row": single["gflops"] / n,
-                   "speedup_flops": full_depth["gflops"] / single["gflops"]},
+                   "speedup_flops": full_depth["gflops"] / single["gflops"], "out_of_sample": single_held},
         "per_layer": {**per_layer, "gflops_per_row": per_layer["gflops"] / n,
                       "speedup_flops": full_depth["gflops"] / per_layer["gflops"],
                       "single_accuracy_at_equal_flops": at_equal,
-                      "beats_single": at_equal is None or per_layer["accuracy"] > at_equal + 1e-12},
-        "held_out_comparison": held_out,
+                      "beats_single": at_equal is None or per_layer["accuracy"] > at_equal + 1e-12,
+                      "out_of_sample": {**per_layer_held, "single_accuracy_at_equal_flops": held_at_equal,
+                                        "beats_single": per_layer_wins}},
         "sweep": sweep,
-        "written": {"thresholds": thresholds, "entropy_threshold": written, "previous_entropy_threshold": previous},
+        "written": {"thresholds": kind, "asked": thresholds, "why": why, "entropy_threshold": written,
+                    "previous_entropy_threshold": previous},
     }
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "calibration.json").write_text(json.dumps(report, indent=2))
@@ -252,6 +272,54 @@ def _engine_row(engine, inputs: list, labels: torch.Tensor, lengths: torch.Tenso
     }
 
 
+def _per_layer_search(table: ExitTable, single: dict, full_depth_gflops: float, reference_accuracy: float, *,
+                      max_drop: float | None, target_speedup: float | None) -> list[float]:
+    """Per-layer thresholds for the goal, searched in ``table`` from the engine's chosen ``single`` sweep row (its
+    rows' accuracy and FLOPs): the goal itself when the single threshold met it, else the single row's own
+    accuracy or FLOPs. The table's figures equal the engine's up to rows within float noise of a threshold, so
+    the goal is loosened to the single threshold's table figures where they fall on the wrong side."""
+    layers = table.entropies.shape[1]
+    table_single = table.evaluate(single["entropy_threshold"])
+    if target_speedup is not None:
+        budget = full_depth_gflops / target_speedup if single["constraint_met"] else single["gflops"]
+        goal = {"max_gflops": max(budget, table_single["gflops"])}
+    else:
+        floor = reference_accuracy - max_drop if single["constraint_met"] else single["accuracy"]
+        goal = {"min_accuracy": min(floor, table_single["accuracy"])}
+    vector, _ = per_layer_thresholds(table, [single["entropy_threshold"]] * layers, **goal)
+    return vector
+
+
+def _per_layer_cross_validation(engine, table: ExitTable, outcomes, inputs: list, labels: torch.Tensor,
+                                reference_correct: torch.Tensor, *, max_drop: float | None,
+                                target_speedup: float | None, folds: int, seed: int, batch_size: int) -> dict:
+    """:func:`~costeff_fast.training.calibrate.cross_validate` of the per-layer procedure: on the other folds'
+    rows, the single threshold from the engine sweep, then the per-layer search from it in the exit table; the
+    engine then runs the fold's own rows at that vector. Same folds (seed) as the single threshold's."""
+    n = len(inputs)
+    parts = fold_indices(n, folds, seed)
+    correct = torch.zeros(n, dtype=torch.bool)
+    layers = torch.zeros(n, dtype=torch.long)
+    per_fold = []
+    for index, held in enumerate(parts):
+        rest = torch.cat([part for i, part in enumerate(parts) if i != index])
+        reference = reference_correct[rest].double().mean().item()
+        full = outcomes.full_depth_flops[rest].sum().item() / 1e9
+        single = pick_for_goal(outcomes.rows(rest), reference_accuracy=reference, full_depth_gflops=full,
+                               max_drop=max_drop, target_speedup=target_speedup)
+        vector = _per_layer_search(table.subset(rest), single, full, reference, max_drop=max_drop,
+                                   target_speedup=target_speedup)
+        logits, exits = engine_predict(engine, [inputs[i] for i in held.tolist()], batch_size, vector)
+        correct[held], layers[held] = logits.argmax(-1) == labels[held], exits
+        per_fold.append({"rows": len(held), "entropy_threshold": vector,
+                         "accuracy": correct[held].double().mean().item()})
+    flops = table.cumulative_flops[torch.arange(n), layers - 1]
+    result = score_choice(correct, flops, layers, reference_correct=reference_correct,
+                          full_depth_flops=outcomes.full_depth_flops, max_drop=max_drop, target_speedup=target_speedup)
+    return {**result, "method": f"{len(parts)}-fold cross-validation", "folds": len(parts), "seed": seed,
+            "per_fold": per_fold}
+
+
 def write_entropy_threshold(model_dir: Path, entropy_threshold) -> None:
     """Set ``entropy_threshold`` in ``model_dir/config.json`` and nothing else, atomically: the new config is
     written to a temporary file in the same directory, flushed to disk and renamed over the old one, so a crash
@@ -288,6 +356,10 @@ def plot_calibration(report: dict, fine_curve: list[dict], path: Path) -> None:
             label=f"chosen single tau={single['entropy_threshold']:.3f}")
     ax.plot(per_layer["gflops_per_row"], per_layer["accuracy"], "D", ms=7, color="tab:green",
             label="per-layer thresholds, engine")
+    for chosen, color, name in ((single, "tab:orange", "single"), (per_layer, "tab:green", "per-layer")):
+        held = chosen["out_of_sample"]
+        ax.plot(held["gflops_per_row"], held["accuracy"], "P", ms=8, color=color, markeredgecolor="black",
+                label=f"{name}, out of sample ({held['folds']}-fold)")
     ax.axhline(report["reference_accuracy"], color="black", ls=":", lw=1, label=f"reference ({report['reference']})")
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())

@@ -1,0 +1,158 @@
+"""Honest calibration (issue 31 item 4): thresholds chosen on some dev rows are scored on the others.
+
+The expected values are worked out by hand or recomputed here from first principles (per-row sums), never read
+back from the functions under test.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig
+
+from costeff_fast import CostEffConfig
+from costeff_fast.flops import cumulative_flops, model_flops
+from costeff_fast.training.calibrate import (
+    SweepOutcomes,
+    cross_validate,
+    fold_indices,
+    pick_threshold,
+    score_choice,
+)
+
+
+def outcomes_of(correct, flops, full_depth, thresholds=None, layers=None) -> SweepOutcomes:
+    correct = torch.tensor(correct, dtype=torch.bool)
+    flops = torch.tensor(flops, dtype=torch.float64)
+    settings, rows = correct.shape
+    layers = torch.ones(settings, rows, dtype=torch.long) if layers is None else torch.tensor(layers)
+    thresholds = [0.1 * t for t in range(settings)] if thresholds is None else thresholds
+    return SweepOutcomes(thresholds, correct, layers, flops, torch.tensor(full_depth, dtype=torch.float64),
+                         [1.0] * settings, 3)
+
+
+def test_fold_indices_deal_every_row_once_in_near_equal_seeded_folds():
+    parts = fold_indices(23, 5, seed=3)
+    assert len(parts) == 5 and sorted(len(p) for p in parts) == [4, 4, 5, 5, 5]  # 23 = 5 * 4 + 3
+    assert sorted(torch.cat(parts).tolist()) == list(range(23))
+    assert all(p.tolist() == sorted(p.tolist()) for p in parts)
+    assert [p.tolist() for p in fold_indices(23, 5, seed=3)] == [p.tolist() for p in parts]
+    assert [p.tolist() for p in fold_indices(23, 5, seed=4)] != [p.tolist() for p in parts]
+    assert len(fold_indices(3, 5)) == 3  # never more folds than rows
+    with pytest.raises(ValueError, match="at least two rows"):
+        fold_indices(1, 5)
+    with pytest.raises(ValueError, match="at least two folds"):
+        fold_indices(10, 1)
+
+
+def test_score_choice_by_hand():
+    result = score_choice(torch.tensor([True, False, True, True]), torch.tensor([1e9, 2e9, 3e9, 2e9], dtype=torch.float64),
+                          torch.tensor([1, 2, 3, 2]), reference_correct=torch.tensor([True, True, True, False]),
+                          full_depth_flops=torch.full((4,), 4e9, dtype=torch.float64), max_drop=0.0)
+    assert result["accuracy"] == 0.75 and result["reference_accuracy"] == 0.75 and result["goal_met"] is True
+    assert result["gflops"] == pytest.approx(8.0) and result["gflops_per_row"] == pytest.approx(2.0)
+    assert result["speedup_flops"] == pytest.approx(2.0) and result["mean_exit_layer"] == 2.0
+    slower = score_choice(torch.ones(4, dtype=torch.bool), torch.full((4,), 3e9, dtype=torch.float64),
+                          torch.full((4,), 3), reference_correct=torch.ones(4, dtype=torch.bool),
+                          full_depth_flops=torch.full((4,), 4e9, dtype=torch.float64), target_speedup=1.5)
+    assert slower["goal_met"] is False  # 4/3 x fewer FLOPs, 1.5 x asked
+
+
+def test_each_row_is_scored_by_the_threshold_chosen_without_it():
+    """Two folds of two rows. Threshold 0 (full depth) is right everywhere at 10 GFLOP a row; threshold 0.5 costs
+    1 GFLOP a row but misses one row of fold B. With max_drop 0 from a reference that is always right:
+
+    - on all rows, 0.5 scores 3/4: threshold 0 is chosen, and looks perfect on the rows that chose it;
+    - fold A's threshold is chosen on B, where 0.5 misses a row: threshold 0, so A scores 2/2 at 10 + 10;
+    - fold B's threshold is chosen on A, where 0.5 is perfect: 0.5, so B scores 1/2 at 1 + 1.
+    Out of sample: 3/4 accuracy, (20 + 2) / 4 = 5.5 GFLOP a row, the goal not met."""
+    a, b = fold_indices(4, 2, seed=0)
+    correct = torch.ones(2, 4, dtype=torch.bool)
+    correct[1, b[0]] = False
+    flops = torch.tensor([[10e9] * 4, [1e9] * 4], dtype=torch.float64)
+    outcomes = outcomes_of(correct.tolist(), flops.tolist(), [10e9] * 4, thresholds=[0.0, 0.5])
+    reference = torch.ones(4, dtype=torch.bool)
+    in_sample = pick_threshold(outcomes.rows(), 1.0, 0.0)
+    assert in_sample["entropy_threshold"] == 0.0 and in_sample["accuracy"] == 1.0
+    result = cross_validate(outcomes, reference_correct=reference, max_drop=0.0, folds=2, seed=0)
+    assert [f["entropy_threshold"] for f in result["per_fold"]] == [0.0, 0.5]
+    assert [f["goal_met_on_choice_rows"] for f in result["per_fold"]] == [True, True]
+    assert [f["accuracy"] for f in result["per_fold"]] == [1.0, 0.5]
+    assert result["accuracy"] == 0.75 and result["goal_met"] is False
+    assert result["gflops_per_row"] == pytest.approx(5.5) and result["rows"] == 4
+    assert result["folds"] == 2 and "other 1 folds" in result["chosen_on"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cross_validation_agrees_with_a_brute_force_recount(seed):
+    """Random outcomes over 5 thresholds and 37 rows: for each fold, the cheapest threshold whose accuracy on the
+    other folds' rows is within max_drop of the teacher's there (else the most accurate) is recomputed from the
+    per-row tables, and the pooled accuracy and FLOPs are summed row by row."""
+    generator = torch.Generator().manual_seed(seed)
+    settings, rows = 5, 37
+    correct = torch.rand(settings, rows, generator=generator) < torch.linspace(0.9, 0.6, settings)[:, None]
+    flops = torch.linspace(10, 2, settings, dtype=torch.float64)[:, None] * 1e9 * (1 + torch.rand(rows, generator=generator, dtype=torch.float64))
+    teacher = torch.rand(rows, generator=generator) < 0.85
+    outcomes = outcomes_of(correct.tolist(), flops.tolist(), flops[0].tolist())
+    result = cross_validate(outcomes, reference_correct=teacher, max_drop=0.05, folds=4, seed=seed)
+    parts = fold_indices(rows, 4, seed)
+    expected_correct, expected_flops = torch.zeros(rows, dtype=torch.bool), torch.zeros(rows, dtype=torch.float64)
+    for index, held in enumerate(parts):
+        rest = [r for r in range(rows) if r not in held.tolist()]
+        floor = sum(teacher[r].item() for r in rest) / len(rest) - 0.05
+        accuracy = [sum(correct[t, r].item() for r in rest) / len(rest) for t in range(settings)]
+        cost = [sum(flops[t, r].item() for r in rest) for t in range(settings)]
+        ok = [t for t in range(settings) if accuracy[t] >= floor - 1e-12]
+        t = min(ok, key=lambda t: cost[t]) if ok else max(range(settings), key=lambda t: (accuracy[t], -cost[t]))
+        assert result["per_fold"][index]["entropy_threshold"] == outcomes.thresholds[t]
+        expected_correct[held], expected_flops[held] = correct[t, held], flops[t, held]
+    assert result["accuracy"] == pytest.approx(expected_correct.double().mean().item())
+    assert result["gflops"] == pytest.approx(expected_flops.sum().item() / 1e9)
+    assert result["reference_accuracy"] == pytest.approx(teacher.double().mean().item())
+
+
+def test_cross_validation_for_a_speedup_goal_picks_within_the_fold_budget():
+    # threshold 0: full depth (4 GFLOP); 0.1: 2 GFLOP, less accurate; 0.2: 1 GFLOP, least accurate
+    correct = [[True] * 6, [True, True, True, True, False, False], [True, False, False, False, False, False]]
+    flops = [[4e9] * 6, [2e9] * 6, [1e9] * 6]
+    outcomes = outcomes_of(correct, flops, [4e9] * 6)
+    result = cross_validate(outcomes, reference_correct=torch.ones(6, dtype=torch.bool), target_speedup=2.0,
+                            folds=3, seed=0)
+    assert all(f["entropy_threshold"] == pytest.approx(0.1) for f in result["per_fold"])  # the most accurate at 2x
+    assert result["gflops_per_row"] == pytest.approx(2.0) and result["goal_met"] is True
+    assert result["accuracy"] == pytest.approx(4 / 6)
+
+
+def test_cross_validation_refuses_a_reference_of_the_wrong_shape_and_two_goals():
+    outcomes = outcomes_of([[True, False, True]], [[1e9] * 3], [1e9] * 3, thresholds=[0.0])
+    with pytest.raises(ValueError, match=r"reference_correct must be \[3\]"):
+        cross_validate(outcomes, reference_correct=torch.ones(4, dtype=torch.bool), max_drop=0.01)
+    with pytest.raises(ValueError, match="exactly one"):
+        cross_validate(outcomes, reference_correct=torch.ones(3, dtype=torch.bool), max_drop=0.01, target_speedup=2.0)
+
+
+def test_sweep_rows_over_a_subset_are_sums_over_those_rows():
+    correct = [[True, False, True, True], [False, False, True, True]]
+    flops = [[4e9, 4e9, 4e9, 4e9], [1e9, 2e9, 3e9, 1e9]]
+    outcomes = outcomes_of(correct, flops, [4e9] * 4, layers=[[3, 3, 3, 3], [1, 2, 3, 1]])
+    rows = outcomes.rows(torch.tensor([1, 2]))
+    assert rows[1] == {"entropy_threshold": 0.1, "accuracy": 0.5, "mean_exit_layer": 2.5,
+                       "exit_layer_counts": [0, 1, 1], "gflops": 5.0}
+    every = outcomes.rows()
+    assert every[0]["accuracy"] == 0.75 and every[0]["sentences_per_second"] == 4.0
+
+
+@pytest.mark.parametrize("config", [
+    BertConfig(hidden_size=64, num_attention_heads=4, intermediate_size=96, num_hidden_layers=3, num_labels=3),
+    CostEffConfig(hidden_size=64, num_attention_heads=[2, 1, 3], attention_head_size=16, intermediate_size=[32, 16, 48],
+                  num_hidden_layers=3, num_labels=2, exit_pooler=[False, False, True]),
+], ids=["bert", "costeff"])
+def test_cumulative_flops_are_model_flops_row_by_row(config):
+    lengths = [5, 17, 5, 1]
+    table = cumulative_flops(config, lengths)
+    assert table.shape == (4, 3) and table.dtype == torch.float64
+    for n, length in enumerate(lengths):
+        for exit_layer in (1, 2, 3):
+            assert table[n, exit_layer - 1].item() == model_flops(config, [length], [exit_layer])
+    layers = torch.tensor([2, 3, 1, 3])
+    assert table[torch.arange(4), layers - 1].sum().item() == model_flops(config, lengths, layers)
