@@ -81,6 +81,18 @@ def model_flops(config, seq_lens: Sequence[int] | torch.Tensor, exit_layers: Seq
     return total
 
 
+def row_flops(config, seq_lens: Sequence[int] | torch.Tensor, *, every_exit: bool = True) -> torch.Tensor:
+    """:func:`model_flops` of each row at full depth on its own: ``[N]`` float64 (e.g. the teacher's per-row cost,
+    ``every_exit=False``, that a speed-up is counted against)."""
+    per_length: dict[int, float] = {}
+    values = []
+    for n in (int(n) for n in seq_lens):
+        if n not in per_length:
+            per_length[n] = float(model_flops(config, [n], every_exit=every_exit))
+        values.append(per_length[n])
+    return torch.tensor(values, dtype=torch.float64)
+
+
 def cumulative_flops(config, seq_lens: Sequence[int] | torch.Tensor) -> torch.Tensor:
     """Executed matmul FLOPs of stopping each row at each exit: ``[N, L]`` float64, entry ``[n, l]`` the FLOPs of
     layers ``1..l+1`` and their exit heads for row ``n`` (of ``seq_lens[n]`` real tokens).

@@ -214,7 +214,8 @@ def test_cli_data_flags(rt_teacher, rt_rows, tmp_path, capsys, monkeypatch):
         capsys, [*base, "--dataset", str(tmp_path), "--validation-file", str(path)])
     seen = {}
     keys = ("parameters", "flops_per_row", "accuracy", "targets")
-    monkeypatch.setattr(pipeline, "compress", lambda task, out, **kw: seen.update(task=task, **kw) or dict.fromkeys(keys))
+    report = {**dict.fromkeys(keys), "calibration": {"chosen": {"why": "the cheapest within 0.01"}}}
+    monkeypatch.setattr(pipeline, "compress", lambda task, out, **kw: seen.update(task=task, **kw) or report)
     cli.main(["compress", *base, "--train-file", str(path), "--validation-file", str(path), "--text-column", "review",
               "--text-pair-column", "context", "--label-column", "verdict", "--seed", "7"])
     assert seen["task"] is None and seen["data"] == {"train": path, "validation": path}

@@ -150,7 +150,8 @@ def test_changed_budget_gets_its_own_stage_cache():
 def test_cli_passes_row_overrides_to_the_budget(monkeypatch, tmp_path):
     seen = {}
     keys = ("parameters", "flops_per_row", "accuracy", "targets")
-    monkeypatch.setattr(pipeline, "compress", lambda task, out, **kw: seen.update(kw) or dict.fromkeys(keys))
+    report = {**dict.fromkeys(keys), "calibration": {"chosen": {"why": "the cheapest within 0.01"}}}
+    monkeypatch.setattr(pipeline, "compress", lambda task, out, **kw: seen.update(kw) or report)
     cli.main(["compress", "--task-default", "--task", "boolq", "--train-rows", "1500", "--eval-rows", "800",
               "--max-length", "128", "--teacher-epochs", "3", "--ta-epochs", "2.5", "--out", str(tmp_path)])
     budget = seen["budget"]
@@ -167,6 +168,10 @@ def test_cli_passes_row_overrides_to_the_budget(monkeypatch, tmp_path):
               "--distill-steps", "180", "--out", str(tmp_path)])
     assert (seen["budget"].num_events, seen["budget"].distill_steps) == (10, 180)
     assert seen["budget"].recovery_prediction_epochs == pipeline.BUDGETS["standard"].recovery_prediction_epochs
+    assert (seen["max_drop"], seen["target_speedup"], seen["settings"].front) == (None, None, ())
+    cli.main(["compress", "--task-default", "--task", "rt", "--front", "1/2, 0.25", "--target-speedup", "4",
+              "--out", str(tmp_path)])
+    assert (seen["max_drop"], seen["target_speedup"], seen["settings"].front) == (None, 4.0, (0.5, 0.25))
     with pytest.raises(SystemExit):
         cli.main(["compress", "--task-default", "--task", "rt", "--kd-temperature", "0", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):

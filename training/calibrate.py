@@ -58,7 +58,10 @@ class SweepOutcomes:
             lengths; :func:`costeff_fast.flops.cumulative_flops`).
         full_depth_flops: ``[N]`` float64, each row's FLOPs through every layer (the ``target_speedup`` base).
         seconds: ``T`` engine wall-clock seconds over all ``N`` rows, one per setting.
-        num_layers: the model's layers ``L``.
+        num_layers: the model's layers ``L`` (the deepest model's, for outcomes of several models joined by
+            :meth:`concat`).
+        points: for outcomes of several models (a front of widths), the model of each setting (its name), else
+            None.
     """
 
     thresholds: list
@@ -68,6 +71,20 @@ class SweepOutcomes:
     full_depth_flops: torch.Tensor
     seconds: list[float]
     num_layers: int
+    points: list[str] | None = None
+
+    @classmethod
+    def concat(cls, named: dict[str, "SweepOutcomes"]) -> "SweepOutcomes":
+        """The settings of several models' sweeps over the same rows as one sweep (``{name: outcomes}``), each
+        setting labelled with its model's name; ``full_depth_flops`` is the first model's."""
+        parts = list(named.values())
+        if len({part.num_rows for part in parts}) != 1:
+            raise ValueError("outcomes to join must cover the same rows")
+        return cls([t for part in parts for t in part.thresholds], torch.cat([p.correct for p in parts]),
+                   torch.cat([p.exit_layers for p in parts]), torch.cat([p.row_flops for p in parts]),
+                   parts[0].full_depth_flops, [x for p in parts for x in p.seconds],
+                   max(p.num_layers for p in parts),
+                   [name for name, part in named.items() for _ in part.thresholds])
 
     @property
     def num_rows(self) -> int:
@@ -80,7 +97,8 @@ class SweepOutcomes:
         result = []
         for t, tau in enumerate(self.thresholds):
             layers = self.exit_layers[t, index]
-            row = {
+            row = {} if self.points is None else {"point": self.points[t]}
+            row |= {
                 "entropy_threshold": tau,
                 "accuracy": self.correct[t, index].double().mean().item(),
                 "mean_exit_layer": layers.double().mean().item(),
@@ -238,7 +256,8 @@ def score_choice(correct: torch.Tensor, row_flops: torch.Tensor, exit_layers: to
 
 
 def cross_validate(outcomes: SweepOutcomes, *, reference_correct: torch.Tensor, max_drop: float | None = None,
-                   target_speedup: float | None = None, folds: int = 5, seed: int = 0) -> dict:
+                   target_speedup: float | None = None, base_flops: torch.Tensor | None = None, folds: int = 5,
+                   seed: int = 0) -> dict:
     """Out-of-sample accuracy and FLOPs of choosing one entropy threshold on the dev rows, by k-fold
     cross-validation (e.g. Hastie, Tibshirani & Friedman, *The Elements of Statistical Learning*, Sec. 7.10).
 
@@ -253,6 +272,8 @@ def cross_validate(outcomes: SweepOutcomes, *, reference_correct: torch.Tensor, 
         reference_correct: ``[N]`` bool, the reference's correctness per row (the teacher's, or the model's own
             at full depth); ``max_drop`` counts from its accuracy.
         max_drop, target_speedup: the goal, exactly one (as in :func:`pick_for_goal`).
+        base_flops: ``[N]`` float64, the per-row FLOPs ``target_speedup`` counts against (default: the model's own
+            at full depth, ``outcomes.full_depth_flops``; compress passes the teacher's).
         folds: number of folds (at most ``N``); seed: seed of the deal.
 
     Returns:
@@ -266,24 +287,27 @@ def cross_validate(outcomes: SweepOutcomes, *, reference_correct: torch.Tensor, 
     n = outcomes.num_rows
     if tuple(reference_correct.shape) != (n,):
         raise ValueError(f"reference_correct must be [{n}], got {tuple(reference_correct.shape)}")
+    base = outcomes.full_depth_flops if base_flops is None else base_flops
     parts = fold_indices(n, folds, seed)
     choice = torch.empty(n, dtype=torch.long)
     per_fold = []
     for index, held in enumerate(parts):
         rest = torch.cat([part for i, part in enumerate(parts) if i != index])
-        pick = pick_for_goal(outcomes.rows(rest), reference_accuracy=reference_correct[rest].double().mean().item(),
-                             full_depth_gflops=outcomes.full_depth_flops[rest].sum().item() / 1e9,
+        sweep = [{**row, "setting": t} for t, row in enumerate(outcomes.rows(rest))]
+        pick = pick_for_goal(sweep, reference_accuracy=reference_correct[rest].double().mean().item(),
+                             full_depth_gflops=base[rest].sum().item() / 1e9,
                              max_drop=max_drop, target_speedup=target_speedup)
-        t = outcomes.thresholds.index(pick["entropy_threshold"])
+        t = pick["setting"]
         choice[held] = t
-        per_fold.append({"rows": len(held), "entropy_threshold": pick["entropy_threshold"],
+        per_fold.append({"rows": len(held), **({} if outcomes.points is None else {"point": pick["point"]}),
+                         "entropy_threshold": pick["entropy_threshold"],
                          "goal_met_on_choice_rows": pick["constraint_met"],
                          "accuracy": outcomes.correct[t, held].double().mean().item(),
                          "gflops_per_row": outcomes.row_flops[t, held].mean().item() / 1e9})
     rows = torch.arange(n)
     result = score_choice(outcomes.correct[choice, rows], outcomes.row_flops[choice, rows],
                           outcomes.exit_layers[choice, rows], reference_correct=reference_correct,
-                          full_depth_flops=outcomes.full_depth_flops, max_drop=max_drop, target_speedup=target_speedup)
+                          full_depth_flops=base, max_drop=max_drop, target_speedup=target_speedup)
     return {**result, "method": f"{len(parts)}-fold cross-validation", "folds": len(parts), "seed": seed,
             "chosen_on": f"each fold's threshold on the other {len(parts) - 1} folds' rows",
             "scored_on": "each fold's own rows (every dev row scored once, by a threshold chosen without it)",

@@ -21,11 +21,13 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from costeff_fast import CostEffForSequenceClassification, from_pretrained
+from costeff_fast.flops import row_flops
 
 from .budget import BUDGETS, Budget, default_work_name
-from .calibrate import cross_validate, engine_sweep, pick_threshold, quantile_thresholds
+from .calibrate import SweepOutcomes, cross_validate, engine_sweep, pick_for_goal, quantile_thresholds
 from .data import dev_inputs, packaged_minilm_dir, prepare_data
-from .prediction import hf_predict
+from .front import goal_explanation, summarize_front
+from .prediction import hf_predict, minibatches, predict
 from .report import write_report
 from .stage_cache import RECORD
 from .stages import distill_teaching_assistant, finetune_teacher, recover, slenderize_stage
@@ -36,6 +38,7 @@ from .validate import (
     check_teacher_tokenizer,
     check_work_location,
     data_fingerprint,
+    front_points,
     load_compress_data,
     publish_output,
     read_teacher_config,
@@ -56,18 +59,23 @@ class CompressionSettings:
     embedding_rank: int | None = None
     allocation: str = "uniform"
     calibrate_exits: bool = True
+    #: fractions of the teacher's encoder (matmul weights per layer) at which the slenderization path also stops,
+    #: each point recovered and calibrated like the target (:mod:`~costeff_fast.training.front`); () = the target only
+    front: tuple[float, ...] = ()
 
     @property
     def name(self) -> str:
         rank = "full" if self.embedding_rank is None else self.embedding_rank
         ablation = "" if self.calibrate_exits else "-lastexit"
-        return f"h{self.heads}-f{self.ffn}-r{rank}-{self.allocation}{ablation}"
+        front = "" if not self.front else "-front" + "_".join(f"{f:g}" for f in sorted(self.front, reverse=True))
+        return f"h{self.heads}-f{self.ffn}-r{rank}-{self.allocation}{ablation}{front}"
 
 
 def compress(task: str | None = None, out_dir: Path | None = None, *, data=None, text_column: str = "text",
              text_pair_column: str | None = None, label_column: str = "label", teacher_dir: Path | None = None,
              settings: CompressionSettings = CompressionSettings(), budget: str | Budget = "quick",
-             work_dir: Path | None = None, max_drop: float = 0.01, exit_pooling: str = "mean", seed: int = 0,
+             work_dir: Path | None = None, max_drop: float | None = None, target_speedup: float | None = None,
+             exit_pooling: str = "mean", seed: int = 0,
              overwrite: bool = False, device: str | torch.device = "auto", autocast: bool | None = None) -> dict:
     """Run the whole COST-EFF pipeline and write the calibrated checkpoint and its report to ``out_dir``.
 
@@ -99,7 +107,18 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
         work_dir: stage cache (default ``work/`` + :func:`default_work_name` of the task, or for user data of
             ``<file or directory name>-<data fingerprint>``, plus ``-teacher<fingerprint>`` with ``teacher_dir``);
             finished stages are reused.
-        max_drop: calibration keeps accuracy within this fraction of the teacher's (0.01 = one point).
+        max_drop: the goal: the fewest executed FLOPs whose dev accuracy stays within this fraction of the
+            teacher's (0.01 = one point; the default goal when neither it nor ``target_speedup`` is given).
+        target_speedup: the other goal: the most accurate model with at least this many times fewer executed
+            FLOPs than the teacher on the dev rows (real lengths).
+
+    Goal and front: with ``settings.front`` the slenderization path also stops at those fractions of the teacher's
+    encoder; every point is recovered and calibrated, and the goal picks the (width, threshold) pair written to
+    ``out_dir`` from all of them (the report's ``front`` lists every point, its checkpoint under ``work_dir``
+    and how to write another one). When nothing meets the goal the closest pair is written and the report's
+    ``calibration.chosen.why`` says so (``constraint_met`` False). The accuracy reported for the choice is out of
+    sample (:func:`~costeff_fast.training.calibrate.cross_validate`: each dev row scored by a choice made
+    without it).
         exit_pooling: what the TA's (and so the COST-EFF model's) non-pooled exits read: ``"mean"`` (default:
             the packaged MiniLM's [CLS] is uninformative before layer 4) or ``"cls"`` (the paper).
         seed: seed of the data split and subsets and of every stage.
@@ -114,7 +133,9 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
 
     Raises:
         CompressArgumentError: (a ``ValueError``; one line naming the argument and the fix) before any training:
-            no data, or both a task and data; unknown task or budget; ``max_drop`` outside [0, 1); a device that is not here; a teacher directory that is missing, lacks
+            no data, or both a task and data; unknown task or budget; ``max_drop`` outside [0, 1), ``target_speedup``
+            below 1, or both; a ``front`` fraction not between the target's size and 1, or two that land on the same
+            widths; a device that is not here; a teacher directory that is missing, lacks
             ``config.json``, weights or a tokenizer, or is not a supported ``*ForSequenceClassification``; a
             teacher tokenizer larger than its ``vocab_size``;
             ``heads``, ``ffn`` or ``embedding_rank`` outside [1, the teacher's heads, intermediate size or
@@ -130,8 +151,15 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     if out_dir is None:
         raise CompressArgumentError("--out: missing; pass the directory that receives the checkpoint")
     budget = check_budget(budget)
-    if not 0 <= max_drop < 1:
+    if max_drop is not None and target_speedup is not None:
+        raise CompressArgumentError("--max-drop and --target-speedup both given; pass one goal")
+    if max_drop is None and target_speedup is None:
+        max_drop = 0.01
+    if max_drop is not None and not 0 <= max_drop < 1:
         raise CompressArgumentError(f"--max-drop {max_drop}: must be a fraction in [0, 1), e.g. 0.01 for one point")
+    if target_speedup is not None and not target_speedup >= 1:
+        raise CompressArgumentError(f"--target-speedup {target_speedup}: must be >= 1 (times fewer executed FLOPs "
+                                    "than the teacher)")
     try:
         device = resolve_device(device)
     except ValueError as error:
@@ -171,37 +199,60 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
                                            early_exit_weight=budget.early_exit_weight)
     timings["teaching assistant"] = ta_record["seconds"]
     variant_dir = work_dir / settings.name
-    slender_record = slenderize_stage(
-        ta_dir, data, variant_dir / "slender", heads=settings.heads, ffn=settings.ffn,
-        embedding_rank=settings.embedding_rank, allocation=settings.allocation,
-        calibrate_exits=settings.calibrate_exits, importance_batches=budget.importance_batches,
-        distill_steps=budget.distill_steps, num_events=budget.num_events, lr=budget.prune_lr, device=device,
-        autocast=autocast,
-    )
-    timings["slenderization"] = slender_record["seconds"]
-    recovered_dir = variant_dir / "recovered"
-    recovery_record = recover(ta_dir, variant_dir / "slender", data, recovered_dir,
-                              hidden_epochs=budget.recovery_hidden_epochs,
-                              prediction_epochs=budget.recovery_prediction_epochs, lr=budget.recovery_lr,
-                              device=device, autocast=autocast, temperature=budget.kd_temperature,
-                              early_exit_weight=budget.early_exit_weight)
-    timings["recovery"] = recovery_record["seconds"]
-
-    started = time.time()
+    points = front_points(settings, teacher_config, teacher_label, num_events=budget.num_events)
     inputs, labels = dev_inputs(validation)
+    started = time.time()
     teacher_logits = hf_predict(teacher.eval(), tokenizer, inputs, 64, budget.max_length, device=device,
                                 autocast=False)
-    teacher_accuracy = (teacher_logits.argmax(-1) == labels).double().mean().item()
-    model = from_pretrained(recovered_dir, device=device)
-    reference = CostEffForSequenceClassification.from_pretrained(recovered_dir, use_safetensors=True)
-    thresholds = quantile_thresholds(reference, tokenizer, inputs, max_length=budget.max_length, device=device)
-    outcomes = engine_sweep(model, inputs, labels, thresholds)
-    sweep = outcomes.rows()
-    chosen = pick_threshold(sweep, teacher_accuracy, max_drop)  # written: chosen on every dev row
-    # reported: each row scored by a threshold chosen without it (the chosen row's accuracy is optimistic)
-    out_of_sample = cross_validate(outcomes, reference_correct=teacher_logits.argmax(-1) == labels,
-                                   max_drop=max_drop, seed=seed)
+    teacher_correct = teacher_logits.argmax(-1) == labels
+    teacher_accuracy = teacher_correct.double().mean().item()
     timings["calibration"] = time.time() - started
+    front, outcomes, previous = {}, {}, None
+    for point in points:
+        # without a front the target's stages keep the directories they always had (cached runs stay valid)
+        point_dir = variant_dir / point.name if settings.front else variant_dir
+        slender_record = slenderize_stage(
+            ta_dir, data, point_dir / "slender", heads=point.heads, ffn=point.ffn,
+            embedding_rank=point.embedding_rank, allocation=settings.allocation,
+            calibrate_exits=settings.calibrate_exits, importance_batches=budget.importance_batches,
+            distill_steps=budget.distill_steps, num_events=point.events if settings.front else budget.num_events,
+            lr=budget.prune_lr, device=device, autocast=autocast, start_dir=previous,
+        )
+        previous = point_dir / "slender"
+        recovery_record = recover(ta_dir, point_dir / "slender", data, point_dir / "recovered",
+                                  hidden_epochs=budget.recovery_hidden_epochs,
+                                  prediction_epochs=budget.recovery_prediction_epochs, lr=budget.recovery_lr,
+                                  device=device, autocast=autocast, temperature=budget.kd_temperature,
+                                  early_exit_weight=budget.early_exit_weight)
+        timings["slenderization"] = timings.get("slenderization", 0.0) + slender_record["seconds"]
+        timings["recovery"] = timings.get("recovery", 0.0) + recovery_record["seconds"]
+        started = time.time()
+        model = from_pretrained(point_dir / "recovered", device=device)
+        reference = CostEffForSequenceClassification.from_pretrained(point_dir / "recovered", use_safetensors=True)
+        thresholds = quantile_thresholds(reference, tokenizer, inputs, max_length=budget.max_length, device=device)
+        outcomes[point.name] = engine_sweep(model, inputs, labels, thresholds)
+        timings["calibration"] += time.time() - started
+        front[point.name] = {"point": point, "dir": point_dir / "recovered", "slender_record": slender_record,
+                             "recovery_record": recovery_record}
+
+    joined = SweepOutcomes.concat(outcomes) if settings.front else outcomes[points[-1].name]
+    lengths = predict(lambda chunk: model.encode(chunk)[2], minibatches(inputs, 256))  # [N] tokens
+    teacher_flops = row_flops(teacher.config, lengths, every_exit=False)  # [N] float64, the target_speedup base
+    goal = {"max_drop": max_drop} if target_speedup is None else {"target_speedup": target_speedup}
+    sweep = joined.rows()
+    # written: chosen on every dev row; reported: each row scored by a choice made without it
+    chosen = pick_for_goal(sweep, reference_accuracy=teacher_accuracy,
+                           full_depth_gflops=teacher_flops.sum().item() / 1e9, **goal)
+    out_of_sample = cross_validate(joined, reference_correct=teacher_correct, base_flops=teacher_flops, seed=seed,
+                                   **goal)
+    chosen_point = front[chosen.get("point", points[-1].name)]
+    chosen["why"] = goal_explanation(chosen, goal, teacher_accuracy, teacher_flops.sum().item() / 1e9)
+    front_report = None
+    if settings.front:
+        front_report = summarize_front(front, outcomes, goal, teacher_correct, teacher_flops, chosen, seed)
+    recovered_dir = chosen_point["dir"]
+    slender_record, recovery_record = chosen_point["slender_record"], chosen_point["recovery_record"]
+    sweep = outcomes[chosen_point["point"].name].rows()
 
     def fill(staging: Path) -> dict:
         shutil.copytree(recovered_dir, staging, ignore=shutil.ignore_patterns(RECORD), dirs_exist_ok=True)
@@ -214,7 +265,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
             model_dir=staging, data=data, validation_inputs=inputs, labels=labels,
             teacher_accuracy=teacher_accuracy, ta_record=ta_record, recovery_record=recovery_record,
             slender_record=slender_record, sweep=sweep, chosen=chosen, out_of_sample=out_of_sample,
-            max_drop=max_drop, timings=timings,
+            goal=goal, front=front_report, timings=timings,
         )
 
     return publish_output(out_dir, fill, overwrite=overwrite)

@@ -20,7 +20,7 @@ PADDED_TOKENS = 128
 
 def write_report(out_dir: Path, *, task, budget, settings, teacher, ta_dir, model_dir, data, validation_inputs,
                  labels, teacher_accuracy, ta_record, recovery_record, slender_record, sweep, chosen, out_of_sample,
-                 max_drop, timings) -> dict:
+                 goal, front=None, timings) -> dict:
     """Write ``report.json`` and ``report.png`` to ``out_dir`` and return the report.
 
     FLOPs are matmul FLOPs (:mod:`costeff_fast.flops`): at full depth for 128 padded tokens per row (the
@@ -30,7 +30,9 @@ def write_report(out_dir: Path, *, task, budget, settings, teacher, ta_dir, mode
     Calibration: ``calibration.chosen`` is the threshold written into the checkpoint, chosen on every dev row,
     with its accuracy on those same rows (optimistic); ``calibration.out_of_sample`` is
     :func:`~costeff_fast.training.calibrate.cross_validate` of that choice, where each dev row is scored by a
-    threshold chosen without it. The headline accuracy (``accuracy.costeff_calibrated``), FLOPs
+    threshold chosen without it. ``goal`` is ``{"max_drop": x}`` or ``{"target_speedup": x}``; ``front`` (None
+    without one) is :func:`~costeff_fast.training.front.summarize_front`, and ``sweep``, the widths, parameters
+    and exits are then those of the point chosen. The headline accuracy (``accuracy.costeff_calibrated``), FLOPs
     (``flops_per_row.costeff_real_lengths_calibrated``) and the targets are the out-of-sample figures.
     """
     model = CostEffForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
@@ -47,7 +49,8 @@ def write_report(out_dir: Path, *, task, budget, settings, teacher, ta_dir, mode
     model_real_exit = out_of_sample["gflops_per_row"] * 1e9
     # The paper's operating point: the cheapest threshold that keeps 96.5 % of the teacher's accuracy (it may
     # be cheaper than the calibrated one, which must stay within ``max_drop`` of the teacher).
-    paper_point = pick_threshold(sweep, 0.965 * teacher_accuracy, max_drop=0.0)
+    paper_point = pick_threshold([{k: v for k, v in row.items() if k != "point"} for row in sweep],
+                                 0.965 * teacher_accuracy, max_drop=0.0)
     paper_point = ({**paper_point, "flops_ratio_real_lengths": paper_point["gflops"] * 1e9 / rows / teacher_real}
                    if paper_point.pop("constraint_met") else None)
     report = {
@@ -81,10 +84,11 @@ def write_report(out_dir: Path, *, task, budget, settings, teacher, ta_dir, mode
             "costeff_calibrated_in_sample": chosen["accuracy"],
             "retained_fraction_of_teacher": out_of_sample["accuracy"] / teacher_accuracy,
         },
-        "calibration": {"max_drop": max_drop, "chosen": chosen, "chosen_on": f"all {rows} dev rows",
-                        "out_of_sample": out_of_sample, "sweep": sweep},
+        "calibration": {"goal": goal, "max_drop": goal.get("max_drop"), "chosen": chosen,
+                        "chosen_on": f"all {rows} dev rows", "out_of_sample": out_of_sample, "sweep": sweep},
+        "front": front,
         "targets": {
-            "within_max_drop_out_of_sample": out_of_sample["goal_met"],
+            "goal_met_out_of_sample": out_of_sample["goal_met"],
             "retains_96.5_percent": out_of_sample["accuracy"] >= 0.965 * teacher_accuracy,
             "at_most_1/19_flops_real_lengths": model_real_exit <= teacher_real / 19,
             "cheapest_threshold_retaining_96.5_percent": paper_point,
@@ -108,8 +112,16 @@ def plot_pareto(report: dict, path: Path) -> None:
     sweep = sorted(report["calibration"]["sweep"], key=lambda r: r["gflops"])
     fig = Figure(figsize=(6, 4.2), dpi=110)
     ax = fig.subplots()
+    front = report.get("front")
+    for point in (front or {}).get("points", []):
+        if point["name"] == front["chosen"]:
+            continue
+        other = sorted(point["sweep"], key=lambda r: r["gflops"])
+        ax.plot([r["gflops"] / rows for r in other], [r["accuracy"] for r in other], ".-", ms=2, lw=0.8, alpha=0.7,
+                label=f"front point {point['name']} ({point['fraction']:.2f} of the teacher's encoder)")
+    chosen_name = f" {front['chosen']}" if front else ""
     ax.plot([r["gflops"] / rows for r in sweep], [r["accuracy"] for r in sweep], "o-", ms=3,
-            label="COST-EFF, entropy threshold sweep")
+            label=f"COST-EFF{chosen_name}, entropy threshold sweep")
     chosen = report["calibration"]["chosen"]
     ax.plot(chosen["gflops"] / rows, chosen["accuracy"], "*", ms=14,
             label=f"calibrated tau={chosen['entropy_threshold']:.3f} (rows that chose it)")

@@ -179,11 +179,13 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
                      embedding_rank: int | None, allocation: Literal["uniform", "global"] = "uniform",
                      calibrate_exits: bool = True, importance_batches: int | None = None,
                      distill_steps: int = 100, num_events: int | None = None, lr: float = 2e-5,
-                     device: Device = "auto", autocast: bool | None = None) -> dict:
+                     device: Device = "auto", autocast: bool | None = None, start_dir: Path | None = None) -> dict:
     """Step 3: exit-calibrated slenderization of a copy of the TA (COST-EFF Sec. 3.2-3.3), by
     :func:`~costeff_fast.training.slenderize.slenderize`.
 
     Args:
+        start_dir: the checkpoint to narrow further (a wider point of a front, :mod:`~.front`); None: a copy of
+            the TA. The TA is the distillation teacher either way.
         heads, ffn, embedding_rank, allocation, calibrate_exits: the targets and how widths are chosen.
         importance_batches, distill_steps, num_events, lr: see ``slenderize`` (``distill_steps`` is its
             ``distill_steps_between_events``).
@@ -202,7 +204,8 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
 
     def build():
         ta = CostEffForSequenceClassification.from_pretrained(ta_dir, use_safetensors=True).eval()
-        student = copy.deepcopy(ta)
+        student = (copy.deepcopy(ta) if start_dir is None
+                   else CostEffForSequenceClassification.from_pretrained(start_dir, use_safetensors=True))
         events = []
         slenderize(
             student, ta, data.train_loader, heads=heads, ffn=ffn, embedding_rank=embedding_rank,
@@ -218,6 +221,8 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
               "embedding_rank": embedding_rank, "allocation": allocation, "calibrate_exits": calibrate_exits,
               "importance_batches": importance_batches, "distill_steps": distill_steps, "num_events": num_events,
               "lr": lr}
+    if start_dir is not None:  # absent otherwise, so stages cached before fronts existed are still found
+        params["start"] = stage_digest(start_dir)
     return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed, params=params)
 
 

@@ -24,6 +24,7 @@ from costeff_fast.data import TASKS, UnknownLabelError, load_task, load_user_dat
 
 from .budget import BUDGETS, Budget
 from .data import packaged_minilm_dir
+from .front import FrontPoint, plan_front
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")
 """``config.model_type`` values of the teachers the pipeline supports: the encoder classifiers that
@@ -203,6 +204,26 @@ def check_settings(settings, config: dict, label: str) -> None:
     if settings.allocation not in ALLOCATIONS:
         raise CompressArgumentError(f"--allocation {settings.allocation!r}: unknown; "
                                     f"pass one of {', '.join(ALLOCATIONS)}")
+    front_points(settings, config, label, num_events=None)
+
+
+def front_points(settings, config: dict, label: str, *, num_events: int | None) -> list[FrontPoint]:
+    """The widths of ``settings.front`` (fractions of the teacher's encoder) planned from the teacher's ``config``
+    (:func:`~costeff_fast.training.front.plan_front`), widest first, the target last; just the target without a
+    front.
+
+    Raises:
+        CompressArgumentError: a fraction :func:`~costeff_fast.training.front.plan_front` refuses (one line).
+    """
+    heads = _count(config, "num_attention_heads", label)
+    hidden = _count(config, "hidden_size", label)
+    try:
+        return plan_front(hidden_size=hidden, head_size=hidden // heads, teacher_heads=heads,
+                          teacher_ffn=_count(config, "intermediate_size", label), heads=settings.heads,
+                          ffn=settings.ffn, embedding_rank=settings.embedding_rank, teacher_rank=hidden,
+                          fractions=settings.front, num_events=num_events)
+    except ValueError as error:
+        raise CompressArgumentError(str(error)) from error
 
 
 def _existing_file_ancestor(path: Path) -> Path | None:

@@ -89,8 +89,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(boolq at 256 tokens: 1.8 times fewer tokens per epoch; default: the budget's, off)")
     parser.add_argument("--exit-pooling", choices=["mean", "cls"], default="mean",
                         help="what non-pooled exits read: token mean (default) or [CLS] (the paper)")
-    parser.add_argument("--max-drop", type=fraction, default=0.01,
-                        help="allowed dev accuracy drop against the teacher, a fraction (default 0.01: one point)")
+    goal = parser.add_mutually_exclusive_group()
+    goal.add_argument("--max-drop", type=fraction, default=None,
+                      help="goal: the fewest executed FLOPs within this dev accuracy drop of the teacher, a fraction "
+                           "(default 0.01: one point)")
+    goal.add_argument("--target-speedup", type=positive_float, default=None,
+                      help="goal: the most accurate model with this many times fewer executed FLOPs than the teacher "
+                           "on the dev rows")
+    parser.add_argument("--front", type=front_fractions, default=(),
+                        help="also stop the slenderization at these fractions of the teacher's encoder (e.g. "
+                             "0.5,0.25 or 1/2,1/4; each between the --heads/--ffn target's size and 1), recover and "
+                             "calibrate each, and write the (width, threshold) that best meets the goal; report.json's "
+                             "front lists every point (default: the target only)")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="stage cache (default work/<task>-<budget>-len<max length>-<exit pooling>, plus a suffix "
                              "per overridden budget field; for your data the task is <file name>-<content hash>, and "
@@ -111,6 +121,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("Every argument is checked before the first training step (teacher config, widths against "
                      "the teacher, --out, --work-dir, the data and its labels); a refused argument prints one "
                      "'costeff-fast: error: <message>' line and exits with status 2 (-v adds the traceback).")
+
+
+def front_fractions(text: str) -> tuple[float, ...]:
+    """``--front``'s value: ``"0.5,0.25"`` or ``"1/2,1/4"`` -> ``(0.5, 0.25)`` (argparse type; the range is checked
+    against the teacher and the target by the pipeline)."""
+    values = []
+    for item in (part.strip() for part in text.split(",")):
+        try:
+            numerator, _, denominator = item.partition("/")
+            values.append(float(numerator) / (float(denominator) if denominator else 1.0))
+        except (ValueError, ZeroDivisionError):
+            raise argparse.ArgumentTypeError(f"{item!r} is not a fraction; pass e.g. 0.5,0.25 or 1/2,1/4") from None
+    return tuple(values)
 
 
 def compress_data(args: argparse.Namespace, error_type: type[ValueError]):
@@ -140,7 +163,8 @@ def run(args: argparse.Namespace) -> None:
 
     set_num_threads(args.num_threads)
     settings = pipeline.CompressionSettings(heads=args.heads, ffn=args.ffn, embedding_rank=args.embedding_rank,
-                                            allocation=args.allocation, calibrate_exits=not args.final_exit_importance)
+                                            allocation=args.allocation, calibrate_exits=not args.final_exit_importance,
+                                            front=args.front)
     overrides = {"max_length": args.max_length, "train_rows": args.train_rows, "eval_rows": args.eval_rows,
                  "teacher_epochs": args.teacher_epochs, "ta_prediction_epochs": args.ta_epochs,
                  "recovery_prediction_epochs": args.recovery_epochs,
@@ -154,9 +178,10 @@ def run(args: argparse.Namespace) -> None:
         report = pipeline.compress(args.task, args.output, data=data, text_column=args.text_column,
                                    text_pair_column=args.text_pair_column, label_column=args.label_column,
                                    teacher_dir=args.teacher, settings=settings, budget=budget, work_dir=args.work_dir,
-                                   max_drop=args.max_drop, exit_pooling=args.exit_pooling, seed=args.seed,
+                                   max_drop=args.max_drop, target_speedup=args.target_speedup, exit_pooling=args.exit_pooling, seed=args.seed,
                                    overwrite=args.overwrite, device=args.device)
     except (CompressArgumentError, StageMismatchError) as error:
         refuse(error)
     print(json.dumps({k: report[k] for k in ("parameters", "flops_per_row", "accuracy", "targets")}, indent=2))
+    print(f"written: {report['calibration']['chosen']['why']}")
     print(f"checkpoint, report.json and report.png in {args.output}")

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# A front from one compress run (issue 31 item 1): the slenderization path to 2 heads / FFN 160 (1/8 of MiniLM's
+# encoder) also stopped at 1/2 and 1/4, every point recovered and calibrated, and --max-drop 0.01 picking the
+# cheapest (width, threshold) within one point of the teacher on the dev rows. At the demo budget the teacher and
+# TA come from the caches `make demo` (rt, work/demo/) and the points ablation (trec, work/trec-demo/) fill;
+# otherwise they train first. Writes bench/results/front/<name>/report.json and report.png.
+# Usage: bench/run_front.sh [NAME...]   (default: all; NAME as in bench/results/front/, e.g. rt-demo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COSTEFF=${COSTEFF:-costeff-fast}
+ONLY=" $* "
+run() {  # run NAME TASK BUDGET WORK [extra compress flags...]
+  local name=$1 task=$2 budget=$3 work=$4; shift 4
+  if [[ "$ONLY" != "  " && "$ONLY" != *" $name "* ]]; then return; fi
+  local started=$SECONDS
+  $COSTEFF compress --task-default --task "$task" --budget "$budget" --work-dir "$work" \
+    --front 0.5,0.25 --max-drop 0.01 --out "work/front/$name" "$@"
+  mkdir -p "bench/results/front/$name"
+  cp "work/front/$name/report.json" "work/front/$name/report.png" "bench/results/front/$name/"
+  echo "$name: $((SECONDS - started)) s wall (cached stages reused)"
+}
+run rt-demo rt demo work/demo
+run trec-demo trec demo work/trec-demo
+run rt-quick rt quick work/rt-quick-len64-mean
+run trec-quick trec quick work/trec-quick-len64-mean
