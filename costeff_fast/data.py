@@ -44,7 +44,7 @@ from typing import Iterable, Mapping, Union
 import pandas as pd
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
 
-__all__ = ["SPLIT_SEED", "TASKS", "TaskInfo", "UnknownLabelError", "UserData", "cap_rows", "load_task", "load_user_data", "load_user_split"]
+__all__ = ["SPLIT_SEED", "TASKS", "TaskInfo", "UnknownLabelError", "UserData", "cap_rows", "load_task", "load_unlabeled", "load_user_data", "load_user_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +289,36 @@ def load_user_split(
         features["text_pair"] = Value("string")
     features["label"] = _user_class_label({"rows": dataset}, label_column, label_names)
     return dataset.cast(features)
+
+
+def load_unlabeled(data: UserData, *, text_column: str = "text", text_pair_column: str | None = None) -> Dataset:
+    """Load text rows without labels (e.g. a production job's input), every row kept, in file order.
+
+    Reads what :func:`load_user_data` reads (a CSV / JSON Lines / Parquet file, a ``save_to_disk`` directory, a
+    ``Dataset``; of several splits, ``train``); other columns, labels included, are ignored.
+
+    Returns:
+        A ``Dataset`` with ``text`` (string) and, with ``text_pair_column``, ``text_pair`` (string).
+
+    Raises:
+        FileNotFoundError: a missing file.
+        ValueError: an unsupported file, a missing column or an empty text (one line naming the file and rows).
+    """
+    columns = {text_column: "text"}
+    if text_pair_column is not None:
+        columns[text_pair_column] = "text_pair"
+    dataset, where = _user_sources(data)["train"]
+    missing = [column for column in columns if column not in dataset.column_names]
+    if missing:
+        raise ValueError(f"column(s) {missing} not found in {where}; available columns: {dataset.column_names}. "
+                         "Pass the right text column")
+    dataset = dataset.select_columns(list(columns)).rename_columns(columns)
+    for column in columns.values():
+        empty = [index for index, text in enumerate(dataset[column]) if text is None or not str(text).strip()]
+        if empty:
+            raise ValueError(f"{len(empty)} row(s) of {where} have an empty {column} (row indices {empty[:10]}); "
+                             "remove or fill them")
+    return dataset.cast(Features({name: Value("string") for name in columns.values()}))
 
 
 def _package_dir(info: TaskInfo) -> Path:

@@ -21,9 +21,11 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from costeff_fast import CostEffForSequenceClassification, from_pretrained
+from costeff_fast.data import load_unlabeled
 from costeff_fast.flops import row_flops
 
 from .budget import BUDGETS, Budget, default_work_name
+from .augment import Augmentation, distillation_rows, unlabeled_fingerprint
 from .calibrate import SweepOutcomes, cross_validate, engine_sweep, pick_for_goal, quantile_thresholds
 from .data import dev_inputs, packaged_minilm_dir, prepare_data
 from .front import goal_explanation, summarize_front
@@ -75,7 +77,8 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
              text_pair_column: str | None = None, label_column: str = "label", teacher_dir: Path | None = None,
              settings: CompressionSettings = CompressionSettings(), budget: str | Budget = "quick",
              work_dir: Path | None = None, max_drop: float | None = None, target_speedup: float | None = None,
-             exit_pooling: str = "mean", seed: int = 0,
+             exit_pooling: str = "mean", seed: int = 0, unlabeled=None, unlabeled_text_column: str | None = None,
+             augment: int = 0,
              overwrite: bool = False, device: str | torch.device = "auto", autocast: bool | None = None) -> dict:
     """Run the whole COST-EFF pipeline and write the calibrated checkpoint and its report to ``out_dir``.
 
@@ -122,6 +125,13 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
         exit_pooling: what the TA's (and so the COST-EFF model's) non-pooled exits read: ``"mean"`` (default:
             the packaged MiniLM's [CLS] is uninformative before layer 4) or ``"cls"`` (the paper).
         seed: seed of the data split and subsets and of every stage.
+        unlabeled: text rows without labels (a CSV / JSON Lines / Parquet file, a ``save_to_disk`` directory or a
+            ``Dataset``; typically the production job's own rows) added to the rows the TA, slenderization and
+            recovery distil on, labelled by the teacher (:mod:`~costeff_fast.training.augment`); rows equal to a
+            validation row are dropped (the report counts them). Read from ``unlabeled_text_column`` (default
+            ``text_column``) and ``text_pair_column``.
+        augment: perturbed copies of every training row added to the same rows (masked, replaced and deleted
+            tokens; :class:`~costeff_fast.training.augment.Augmentation`), labelled by the teacher.
         overwrite: replace an existing ``out_dir`` that holds other files (they are deleted at the end).
         device: where every stage trains and calibration runs: ``"auto"`` (CUDA when available, else the CPU),
             ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (:func:`~costeff_fast.training.trainer.resolve_device`).
@@ -173,6 +183,18 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     labelled_config = teacher_config if teacher_dir is not None else None  # the packaged MiniLM has no labels yet
     splits = load_compress_data(task, data, teacher_config=labelled_config, text_column=text_column,
                                 text_pair_column=text_pair_column, label_column=label_column, seed=seed)
+    try:
+        augmentation = Augmentation(copies=augment)
+    except ValueError as error:
+        raise CompressArgumentError(str(error)) from error
+    unlabeled_rows, extra_key = None, f"-aug{augment}" if augment else ""
+    if unlabeled is not None:
+        try:
+            unlabeled_rows = load_unlabeled(unlabeled, text_column=unlabeled_text_column or text_column,
+                                            text_pair_column=text_pair_column)
+        except (ValueError, FileNotFoundError, TypeError) as error:
+            raise CompressArgumentError(f"--unlabeled-file: {' '.join(str(error).split())}") from error
+        extra_key += f"-unl{unlabeled_fingerprint(unlabeled_rows)}"
     name = task if task is not None else f"{_data_name(data)}-{data_fingerprint(splits)}"
     if work_dir is None:
         teacher_key = "" if teacher_dir is None else f"-teacher{teacher_fingerprint(teacher_dir)}"
@@ -191,14 +213,23 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
         timings["teacher"] = finetune_teacher(source, data, teacher_dir, epochs=budget.teacher_epochs,
                                               lr=budget.teacher_lr, device=device, autocast=autocast)["seconds"]
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
-    ta_dir = work_dir / "ta"
+    distillation_info = None
+    if extra_key:  # the teacher labels the extra rows; the stages after it distil on them too
+        started = time.time()
+        validation_keys = set(dev_inputs(splits["validation"])[0])
+        data, distillation_info = distillation_rows(data, teacher, augmentation=augmentation,
+                                                    unlabeled=unlabeled_rows, validation_keys=validation_keys,
+                                                    max_length=budget.max_length, seed=seed, device=device)
+        teacher.cpu()
+        timings["extra rows"] = time.time() - started
+    ta_dir = work_dir / f"ta{extra_key}"
     ta_record = distill_teaching_assistant(teacher_dir, data, ta_dir, hidden_epochs=budget.ta_hidden_epochs,
                                            prediction_epochs=budget.ta_prediction_epochs, lr=budget.ta_lr,
                                            exit_pooling=exit_pooling, device=device, autocast=autocast,
                                            temperature=budget.kd_temperature,
                                            early_exit_weight=budget.early_exit_weight)
     timings["teaching assistant"] = ta_record["seconds"]
-    variant_dir = work_dir / settings.name
+    variant_dir = work_dir / (settings.name + extra_key)
     points = front_points(settings, teacher_config, teacher_label, num_events=budget.num_events)
     inputs, labels = dev_inputs(validation)
     started = time.time()
@@ -265,7 +296,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
             model_dir=staging, data=data, validation_inputs=inputs, labels=labels,
             teacher_accuracy=teacher_accuracy, ta_record=ta_record, recovery_record=recovery_record,
             slender_record=slender_record, sweep=sweep, chosen=chosen, out_of_sample=out_of_sample,
-            goal=goal, front=front_report, timings=timings,
+            goal=goal, front=front_report, distillation_rows=distillation_info, timings=timings,
         )
 
     return publish_output(out_dir, fill, overwrite=overwrite)

@@ -20,7 +20,7 @@ PADDED_TOKENS = 128
 
 def write_report(out_dir: Path, *, task, budget, settings, teacher, ta_dir, model_dir, data, validation_inputs,
                  labels, teacher_accuracy, ta_record, recovery_record, slender_record, sweep, chosen, out_of_sample,
-                 goal, front=None, timings) -> dict:
+                 goal, front=None, distillation_rows=None, timings) -> dict:
     """Write ``report.json`` and ``report.png`` to ``out_dir`` and return the report.
 
     FLOPs are matmul FLOPs (:mod:`costeff_fast.flops`): at full depth for 128 padded tokens per row (the
@@ -87,6 +87,7 @@ def write_report(out_dir: Path, *, task, budget, settings, teacher, ta_dir, mode
         "calibration": {"goal": goal, "max_drop": goal.get("max_drop"), "chosen": chosen,
                         "chosen_on": f"all {rows} dev rows", "out_of_sample": out_of_sample, "sweep": sweep},
         "front": front,
+        "distillation_rows": distillation_rows,
         "targets": {
             "goal_met_out_of_sample": out_of_sample["goal_met"],
             "retains_96.5_percent": out_of_sample["accuracy"] >= 0.965 * teacher_accuracy,

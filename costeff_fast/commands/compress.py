@@ -38,6 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--label-column", default="label",
                       help="column holding the label: strings (mapped through the teacher's label2id when it names "
                            "its classes), integer class ids or bools (default label)")
+    more = parser.add_argument_group(
+        "more rows to distil on", "labelled by the teacher; used by the TA, slenderization and recovery stages")
+    more.add_argument("--unlabeled-file", type=Path, default=None,
+                      help="text rows without labels (.csv, .jsonl/.json, .parquet or a save_to_disk directory), "
+                           "typically your production job's own rows; rows equal to a validation row are dropped")
+    more.add_argument("--unlabeled-text-column", default=None,
+                      help="its text column (default: --text-column); pairs read --text-pair-column too")
+    more.add_argument("--augment", type=int, default=0, metavar="N",
+                      help="add N perturbed copies of every training row (tokens masked, replaced by random "
+                           "vocabulary tokens, a span deleted; default 0)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the validation split, the row subsets and every stage (default 0)")
     parser.add_argument("--heads", type=positive_int, default=2, help="attention heads per layer (default 2)")
@@ -178,7 +188,9 @@ def run(args: argparse.Namespace) -> None:
         report = pipeline.compress(args.task, args.output, data=data, text_column=args.text_column,
                                    text_pair_column=args.text_pair_column, label_column=args.label_column,
                                    teacher_dir=args.teacher, settings=settings, budget=budget, work_dir=args.work_dir,
-                                   max_drop=args.max_drop, target_speedup=args.target_speedup, exit_pooling=args.exit_pooling, seed=args.seed,
+                                   max_drop=args.max_drop, target_speedup=args.target_speedup,
+                                   exit_pooling=args.exit_pooling, unlabeled=args.unlabeled_file, unlabeled_text_column=args.unlabeled_text_column,
+                                   augment=args.augment, seed=args.seed,
                                    overwrite=args.overwrite, device=args.device)
     except (CompressArgumentError, StageMismatchError) as error:
         refuse(error)
