@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# More rows for the students (issue 31 item 2), at the demo budget and equal executed FLOPs (2 heads, FFN 160, full
+# embedding, as bench/results/points-ablation/<task>-demo-h2-f160-rfull): the same teacher and TA recipe, distilled
+# on the 2,000 training rows plus (a) 4 perturbed copies of each (--augment 4) or (b) the task's other training rows
+# given as unlabeled text (--unlabeled-file; never a validation row). Teacher caches as in run_points_ablation.sh.
+# Writes bench/results/more-data/<name>/report.json. About 15 minutes per run on 2 cores.
+# Usage: bench/run_more_data.sh [NAME...]   (default: all four; NAME as in bench/results/more-data/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COSTEFF=${COSTEFF:-costeff-fast}
+PYTHON=${PYTHON:-python}
+ONLY=" $* "
+unlabeled() {  # unlabeled TASK: the task's training rows the demo budget does not train on, as a CSV of text
+  $PYTHON - "$1" <<'PY'
+import sys
+import pandas as pd
+from costeff_fast.data import cap_rows, load_task
+from costeff_fast.training.budget import BUDGETS
+task = sys.argv[1]
+splits = load_task(task, seed=0)
+used = set(cap_rows(splits, max_train_rows=BUDGETS["demo"].train_rows, seed=0)["train"]["text"])
+rest = [text for text in splits["train"]["text"] if text not in used]
+pd.DataFrame({"text": rest}).to_csv(f"work/{task}-unlabeled.csv", index=False)
+print(f"{task}: {len(rest)} unlabeled rows in work/{task}-unlabeled.csv")
+PY
+}
+run() {  # run NAME TASK [extra compress flags...]
+  local name=$1 task=$2; shift 2
+  if [[ "$ONLY" != "  " && "$ONLY" != *" $name "* ]]; then return; fi
+  local work=work/$task-demo started=$SECONDS
+  if [[ $task == rt ]]; then work=work/demo; fi
+  $COSTEFF compress --task-default --task "$task" --budget demo --work-dir "$work" --heads 2 --ffn 160 \
+    --out "work/more-data/$name" "$@"
+  mkdir -p "bench/results/more-data/$name"
+  cp "work/more-data/$name/report.json" "bench/results/more-data/$name/"
+  echo "$name: $((SECONDS - started)) s wall"
+}
+mkdir -p work
+for task in rt trec; do
+  run "$task-demo-augment4" "$task" --augment 4
+  if [[ "$ONLY" == "  " || "$ONLY" == *" $task-demo-unlabeled "* ]]; then unlabeled "$task"; fi
+  run "$task-demo-unlabeled" "$task" --unlabeled-file "work/$task-unlabeled.csv"
+done
