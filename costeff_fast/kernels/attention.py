@@ -65,21 +65,13 @@ def attention_grid(num_rows: int, num_heads: int, max_seqlen: int, block_m: int)
 
 
 @triton.jit
-def _varlen_attention_kernel(qkv_ptr, cu_seqlens_ptr, out_ptr, stride_qkv, stride_out, num_heads, scale_log2,
-                             HEAD_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # grid axis 0: (row, head), up to 2^31 - 1 programs; axis 1 (at most 65,535): query blocks of the row
-    row = tl.program_id(0) // num_heads
-    head = tl.program_id(0) % num_heads
-    start = tl.load(cu_seqlens_ptr + row).to(tl.int64)
-    length = (tl.load(cu_seqlens_ptr + row + 1) - start).to(tl.int32)
-    first_query = tl.program_id(1) * BLOCK_M
-    if first_query >= length:
-        return
-    width = num_heads * HEAD_SIZE
+def _attention_block(tokens, stride_qkv, length, head, first_query, width, scale_log2,
+                     HEAD_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """fp32 context ``[BLOCK_M, HEAD_SIZE]`` of queries ``first_query + arange(BLOCK_M)`` of one row and head, and
+    those query positions; ``tokens`` points at the row's first ``qkv`` row, the row has ``length`` tokens."""
     rm = first_query + tl.arange(0, BLOCK_M)
     rd = tl.arange(0, HEAD_SIZE)
     rn = tl.arange(0, BLOCK_N)
-    tokens = qkv_ptr + start * stride_qkv
     q = tl.load(tokens + rm[:, None] * stride_qkv + head * HEAD_SIZE + rd[None, :],
                 mask=(rm < length)[:, None], other=0.0)
     k_ptrs = tokens + rn[None, :] * stride_qkv + width + head * HEAD_SIZE + rd[:, None]  # [d, BLOCK_N]
@@ -99,7 +91,23 @@ def _varlen_attention_kernel(qkv_ptr, cu_seqlens_ptr, out_ptr, stride_qkv, strid
         v = tl.load(v_ptrs + n0 * stride_qkv, mask=key_ok[:, None], other=0.0)
         acc = acc * correction[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         running_max = new_max
-    acc = acc / normalizer[:, None]
+    return acc / normalizer[:, None], rm
+
+
+@triton.jit
+def _varlen_attention_kernel(qkv_ptr, cu_seqlens_ptr, out_ptr, stride_qkv, stride_out, num_heads, scale_log2,
+                             HEAD_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # grid axis 0: (row, head), up to 2^31 - 1 programs; axis 1 (at most 65,535): query blocks of the row
+    row = tl.program_id(0) // num_heads
+    head = tl.program_id(0) % num_heads
+    start = tl.load(cu_seqlens_ptr + row).to(tl.int64)
+    length = (tl.load(cu_seqlens_ptr + row + 1) - start).to(tl.int32)
+    first_query = tl.program_id(1) * BLOCK_M
+    if first_query >= length:
+        return
+    acc, rm = _attention_block(qkv_ptr + start * stride_qkv, stride_qkv, length, head, first_query,
+                               num_heads * HEAD_SIZE, scale_log2, HEAD_SIZE, BLOCK_M, BLOCK_N)
+    rd = tl.arange(0, HEAD_SIZE)
     out = out_ptr + (start + rm.to(tl.int64))[:, None] * stride_out + head * HEAD_SIZE + rd[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(rm < length)[:, None])
 

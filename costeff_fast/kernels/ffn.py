@@ -45,12 +45,35 @@ def _linear_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wk, 
                    GELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = _matmul_tile(x_ptr, w_ptr, rm, rn, M, N, K, stride_xm, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K)
-    acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-    if GELU:  # exact GELU, as BERT's hidden_act="gelu": x * Phi(x)
-        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+    acc = _bias_gelu(_matmul_tile(x_ptr, w_ptr, rm, rn, M, N, K, stride_xm, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K),
+                     b_ptr, rn, N, GELU)
     mask = (rm < M)[:, None] & (rn < N)[None, :]
     tl.store(out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bias_gelu(acc, b_ptr, rn, N, GELU: tl.constexpr):
+    """``acc + b[rn]`` (fp32), then exact GELU, as BERT's hidden_act="gelu": ``x * Phi(x)``, if ``GELU``."""
+    acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    if GELU:
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+    return acc
+
+
+@triton.jit
+def _bias_residual_layernorm(acc, rm, rn, M, N, b_ptr, res_ptr, stride_rm, gamma_ptr, beta_ptr, eps):
+    """``LayerNorm(acc + b + residual[rm])`` over the ``N`` real columns of an fp32 ``[BLOCK_M, BLOCK_N]`` tile that
+    spans a whole row (``rn = arange(BLOCK_N)``); padded columns come out 0."""
+    col_ok = rn < N
+    mask = (rm < M)[:, None] & col_ok[None, :]
+    acc += tl.load(b_ptr + rn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    acc += tl.load(res_ptr + rm.to(tl.int64)[:, None] * stride_rm + rn[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean = reduce_sum(acc, 1) / N  # padded columns hold 0
+    centered = tl.where(col_ok[None, :], acc - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(reduce_sum(centered * centered, 1) / N + eps)
+    gamma = tl.load(gamma_ptr + rn, mask=col_ok, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + rn, mask=col_ok, other=0.0).to(tl.float32)
+    return centered * rstd[:, None] * gamma[None, :] + beta[None, :]
 
 
 @triton.jit
@@ -59,17 +82,9 @@ def _linear_residual_layernorm_kernel(x_ptr, w_ptr, b_ptr, res_ptr, gamma_ptr, b
                                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.arange(0, BLOCK_N)
-    col_ok = rn < N
-    mask = (rm < M)[:, None] & col_ok[None, :]
     acc = _matmul_tile(x_ptr, w_ptr, rm, rn, M, N, K, stride_xm, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K)
-    acc += tl.load(b_ptr + rn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    acc += tl.load(res_ptr + rm.to(tl.int64)[:, None] * stride_rm + rn[None, :], mask=mask, other=0.0).to(tl.float32)
-    mean = reduce_sum(acc, 1) / N  # padded columns hold 0
-    centered = tl.where(col_ok[None, :], acc - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(reduce_sum(centered * centered, 1) / N + eps)
-    gamma = tl.load(gamma_ptr + rn, mask=col_ok, other=0.0).to(tl.float32)
-    beta = tl.load(beta_ptr + rn, mask=col_ok, other=0.0).to(tl.float32)
-    y = centered * rstd[:, None] * gamma[None, :] + beta[None, :]
+    y = _bias_residual_layernorm(acc, rm, rn, M, N, b_ptr, res_ptr, stride_rm, gamma_ptr, beta_ptr, eps)
+    mask = (rm < M)[:, None] & (rn < N)[None, :]
     tl.store(out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
