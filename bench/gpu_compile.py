@@ -7,7 +7,8 @@ the GPU would compile it; ``cuobjdump -res-usage`` (shipped with Triton) reads t
 (bytes spilled per thread: 0 is required) and the static shared memory of the cubin. The shapes:
 
 * ``--quick`` (what ``tests/test_triton_backend.py`` runs in CI): the rt-standard widths (hidden 384, 2 heads of
-  32, FFN 160 and 512), rows of at most 16, 32 and 128 tokens, fp16, sm_90 only;
+  32, FFN 160 and 512), rows of at most 16, 32 and 128 tokens, fp16, sm_90 only, the per-op kernels and the fused
+  layer (:mod:`costeff_fast.kernels.layer`);
 * the default adds sm_80, bf16, hidden 768, 1, 4 and 12 heads of 16, 32, 64 and 128, the teacher's FFN (1,536
   and 3,072) and 8,192-row batches (the large GEMM tile).
 
@@ -48,6 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 from costeff_fast import kernels  # noqa: E402
 from costeff_fast.kernels.attention import HEAD_SIZES  # noqa: E402
+from costeff_fast.kernels.layer import MAX_FUSED_FFN, MAX_FUSED_HEAD_SIZE, MAX_FUSED_HIDDEN  # noqa: E402
+from costeff_fast.packing import PackedExit, PackedLayer  # noqa: E402
 
 POINTER = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.int32: "*i32",
            torch.int64: "*i64", torch.bool: "*i1"}
@@ -135,6 +138,17 @@ def launch_all(compiler: Compiler, quick: bool) -> None:
                     compiler.shape = f"W_2 GEMM + residual + LN: {rows} x {ffn} @ {ffn} x {hidden}"
                     kernels.linear_residual_layernorm(torch.zeros(rows, ffn, dtype=dtype),
                                                       torch.zeros(ffn, hidden, dtype=dtype), vec, x, vec, vec, 1e-12)
+            for head_size in (h for h in head_sizes if hidden <= MAX_FUSED_HIDDEN and h <= MAX_FUSED_HEAD_SIZE):
+                for heads in (2,) if quick else (1, 2, 4):
+                    for ffn in (f for f in ffns if f <= MAX_FUSED_FFN):
+                        layer = _zero_layer(hidden, heads, head_size, ffn, dtype)
+                        for seqlen in seqlens:
+                            cu = torch.arange(0, 256 + 1, seqlen)
+                            compiler.shape = (f"fused layer + exit: {len(cu) - 1} rows of {seqlen} tokens, hidden "
+                                              f"{hidden}, {heads} x {head_size}, FFN {ffn}")
+                            kernels.encoder_layer_exit(torch.zeros(256, hidden, dtype=dtype), cu, seqlen, layer, 1e-12,
+                                                       PackedExit("mean", None, None, torch.zeros(hidden, 2, dtype=dtype),
+                                                                  torch.zeros(2, dtype=dtype)))
             cu = torch.arange(0, 257, 32)
             x = torch.zeros(256, hidden, dtype=dtype)
             compiler.shape = f"exit head with pooler: 8 rows, hidden {hidden}"
@@ -144,6 +158,14 @@ def launch_all(compiler: Compiler, quick: bool) -> None:
             kernels.exit_head(x, cu[:-1], torch.zeros(hidden, 2, dtype=dtype), torch.zeros(2, dtype=dtype))
             compiler.shape = f"compaction: 8 rows of 32 tokens, hidden {hidden}, keep 4"
             kernels.compact_tokens(x, cu, torch.arange(8), torch.arange(8) % 2 == 0, 4, 128, 32)
+
+
+def _zero_layer(hidden: int, heads: int, head_size: int, ffn: int, dtype) -> PackedLayer:
+    """A :class:`PackedLayer` of zeros at these widths (only shapes and dtypes matter to the compiler)."""
+    width = heads * head_size
+    z = lambda *shape: torch.zeros(*shape, dtype=dtype)  # noqa: E731
+    return PackedLayer(heads, head_size, z(hidden, 3 * width), z(3 * width), z(width, hidden), z(hidden), z(hidden),
+                       z(hidden), z(hidden, ffn), z(ffn), z(ffn, hidden), z(hidden), z(hidden), z(hidden))
 
 
 def problems(records: list[dict]) -> list[str]:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .batch import PackedBatch
-from .packing import Int8Weight, PackedLayer
+from .packing import Int8Weight, PackedExit, PackedLayer
 
 # Exit head
 
@@ -264,6 +264,30 @@ def encoder_layer(
     b_2 + a)`` with the layer's own widths (``layer.num_heads`` heads of ``layer.head_size``, FFN ``F_l``).
     """
     return _post_ln_layer(hidden, cu_seqlens, max_seqlen, layer, eps, linear, linear_residual_layernorm)
+
+
+def encoder_layer_exit(
+    hidden: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, layer: PackedLayer, eps: float,
+    exit: PackedExit | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`encoder_layer`, then what exit ``exit`` reads and, for an exit without pooler, its head.
+
+    Returns:
+        ``(out [T, H] fp32, features [B, H] fp32, logits [B, C] fp32 or None, entropy [B] fp32 or None)``:
+        ``features`` the rows' token means of ``out`` (:func:`segment_mean`; their [CLS] vectors for a ``"cls"``
+        exit; the means when ``exit`` is None); logits and entropy (nats, :func:`exit_head`) when ``exit`` has no
+        pooler (tanh, then the classifier), else None.
+    """
+    out = encoder_layer(hidden, cu_seqlens, max_seqlen, layer, eps)
+    if exit is None or exit.pooling == "mean":
+        features = segment_mean(out, cu_seqlens)
+    else:
+        features = out[cu_seqlens[:-1].long()].float()
+    if exit is None or exit.pooler_weight is not None or exit.pooler_activation != "tanh":
+        return out, features, None, None
+    rows = torch.arange(features.shape[0], device=features.device)
+    logits, entropy, _ = exit_head(features, rows, exit.classifier_weight, exit.classifier_bias)
+    return out, features, logits, entropy
 
 
 def _post_ln_layer(hidden, cu_seqlens, max_seqlen, layer: PackedLayer, eps: float, gemm, gemm_residual_layernorm):

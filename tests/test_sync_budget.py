@@ -157,7 +157,8 @@ def audit(monkeypatch):
 
     monkeypatch.setattr(transfer, "to_host", to_host)
     monkeypatch.setattr(transfer, "to_device", lambda host, device: _mark(_plain(host).clone()))
-    for name in ("linear", "linear_residual_layernorm", "varlen_attention", "exit_head", "compact_tokens"):
+    for name in ("linear", "linear_residual_layernorm", "varlen_attention", "exit_head", "compact_tokens",
+                 "encoder_layer_exit"):
         monkeypatch.setattr(kernels, name, _launcher(audit, name, getattr(kernels, name)))
     return audit
 
@@ -175,8 +176,8 @@ def _launcher(audit: SyncAudit, name: str, run):
 class AuditedBackend(TritonBackend):
     """The triton backend, marking the embed and layer calls in the audit."""
 
-    def __init__(self, weights, audit):
-        super().__init__(weights, "cpu")
+    def __init__(self, weights, audit, fused_layers=True):
+        super().__init__(weights, "cpu", fused_layers=fused_layers)
         self.audit = audit
 
     def embed(self, input_ids, token_type_ids, batch):
@@ -206,11 +207,12 @@ def _budget(tau, index, last, stream):
     return 1 if tau[index] > 0 else 0
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "per-op"])
 @pytest.mark.parametrize("exit_pooling", ["cls", "mean"])
-def test_run_early_exit_waits_once_per_layer_that_may_answer(audit, exit_pooling):
+def test_run_early_exit_waits_once_per_layer_that_may_answer(audit, exit_pooling, fused):
     weights, (ids, types, lengths), tau = _setup(0, exit_pooling)
-    expected = run_early_exit(TritonBackend(weights, "cpu"), ids, types, lengths, tau)
-    backend = AuditedBackend(weights, audit)
+    expected = run_early_exit(TritonBackend(weights, "cpu", fused_layers=fused), ids, types, lengths, tau)
+    backend = AuditedBackend(weights, audit, fused_layers=fused)
     audit.events.clear()  # the unaudited run above went through the patched launchers too
     with audit:
         logits, layers = run_early_exit(backend, ids, types, lengths, tau)
@@ -222,6 +224,13 @@ def test_run_early_exit_waits_once_per_layer_that_may_answer(audit, exit_pooling
     assert len(set(_plain(layers).tolist())) >= 2 and ran == list(range(len(ran)))  # rows left at several exits
     for kind, index, waits in steps[1:]:
         assert len(waits) == _budget(tau, index, last, False) and set(waits) <= {"transfer.to_host"}, (index, waits)
+    if fused:  # one launch per layer, its exit head included unless the exit has a pooler (the converted last one)
+        for kind, index, launched in audit.launches()[1:]:
+            assert launched[0] == "encoder_layer_exit" and set(launched[1:]) <= {"exit_head", "compact_tokens"}, launched
+            pooler = weights.exits[index].pooler_weight is not None
+            assert ("exit_head" in launched) == (pooler and (index == last or tau[index] > 0)), (index, launched)
+        assert any(weights.exits[i].pooler_weight is None for i in range(last))
+        return
     # the per-op path: five launches per layer, then the exit head where rows may answer, compaction where some left
     layer_kernels = ["linear", "varlen_attention", "linear_residual_layernorm", "linear", "linear_residual_layernorm"]
     for kind, index, launched in audit.launches()[1:]:

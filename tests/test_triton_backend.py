@@ -92,14 +92,17 @@ def test_inference_model_runs_on_triton():
     torch.testing.assert_close(logits, ref_logits, atol=5e-2 if CUDA else 1e-4, rtol=0)
 
 
-def test_exit_logits_and_compact_match_reference():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "per-op"])
+def test_exit_logits_and_compact_match_reference(fused):
     model = _model(4)
     batch = random_batch(4, batch=9, vocab=97)
-    backend = TritonBackend.from_model(model, dtype=torch.float32)
+    backend = TritonBackend.from_model(model, dtype=torch.float32, fused_layers=fused)
     input_ids, token_type_ids, lengths = _packed(batch)
     packed = PackedBatch.from_lengths(lengths, backend.device, row_ids=torch.arange(9, device=DEVICE) * 2)
     hidden, features = backend.layer(0, backend.embed(input_ids.to(DEVICE), token_type_ids.to(DEVICE), packed), packed)
-    assert features is None
+    assert backend.fused(0, packed) is fused
+    # the fused layer ran exit 0's head (a [CLS] exit without pooler) in the same launch; per-op leaves it to exit_head
+    assert (features.logits is not None) if fused else features is None
     logits, entropy = backend.exit_logits(0, hidden, packed, features)
     head = backend.weights.exits[0]
     ref_logits, ref_entropy, _ = reference.exit_head(hidden, packed.cls_index, head.classifier_weight,
@@ -166,7 +169,7 @@ def test_kernels_compile_for_cuda_targets(tmp_path):
     assert report["problems"] == [] and all(r["stack_bytes"] == 0 for r in report["records"])
     assert {r["kernel"] for r in report["records"]} == {
         "_linear_kernel", "_linear_residual_layernorm_kernel", "_varlen_attention_kernel", "_exit_head_kernel",
-        "_compact_plan_kernel", "_gather_spans_kernel"}
+        "_compact_plan_kernel", "_gather_spans_kernel", "_encoder_layer_exit_kernel"}
     # the narrow attention tiles were compiled: rows of 16, 32 and 128 tokens give three configurations
     tiles = {(r["constexprs"]["BLOCK_M"], r["num_warps"]) for r in report["records"]
              if r["kernel"] == "_varlen_attention_kernel"}

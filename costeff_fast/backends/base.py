@@ -20,6 +20,7 @@ backend runs as it is.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 
@@ -28,12 +29,24 @@ from ..batch import PackedBatch
 from ..packing import PackedWeights
 
 
+@dataclass(frozen=True)
+class LayerExit:
+    """What a fused layer computed for its exit in the same launch (a backend's ``features``, see
+    :class:`Backend`): the ``[B, H]`` fp32 vectors the exit reads and, when the layer ran the exit head too, its
+    ``logits [B, C]`` fp32 and ``entropy [B]`` fp32 (nats), else None."""
+
+    features: torch.Tensor
+    logits: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+
+
 class Backend(ABC):
     """One way to run the engine's operations (see the module docstring).
 
-    ``features``, what :meth:`layer` returns beside ``hidden`` and :meth:`exit_logits` takes back: the ``[B, H]``
-    vectors exit ``index`` reads (each row's token mean for a mean-pooling exit) when the layer computed them in
-    its own pass, else None (the exit head then reads ``hidden``). Same meaning in every backend.
+    ``features``, what :meth:`layer` returns beside ``hidden`` and :meth:`exit_logits` takes back, opaque to the
+    engine: the ``[B, H]`` vectors exit ``index`` reads (each row's token mean for a mean-pooling exit) when the
+    layer computed them in its own pass, a :class:`LayerExit` when it ran the exit head too, else None (the exit
+    head then reads ``hidden``).
 
     Args:
         weights: packed weights, already on ``device`` in the backend's storage dtype (int8 GEMM weights, when

@@ -1,8 +1,10 @@
 """GPU backend: every encoder layer, exit head and compaction step runs in the fused Triton kernels.
 
-A layer is five launches on packed tokens (no padding anywhere): QKV GEMM + bias, varlen attention,
+A narrow layer (:func:`~costeff_fast.kernels.layer.fused_layer_supported`: COST-EFF's widths, rows of at most 128
+tokens) is one launch that also runs its exit head (:func:`~costeff_fast.kernels.layer.encoder_layer_exit`). A
+wider one is five launches on packed tokens (no padding anywhere): QKV GEMM + bias, varlen attention,
 ``W_O`` GEMM + bias + residual + LayerNorm, ``W_1`` GEMM + bias + GELU, ``W_2`` GEMM + bias + residual +
-LayerNorm; the exit head is one more (logits and entropy), the compaction two (plan, span copy). The
+LayerNorm; its exit head is one more (logits and entropy). The compaction is two (plan, span copy). The
 embedding is the reference's torch gather. Storage is fp16 (or bf16) on CUDA with fp32 accumulation; under the Triton
 interpreter (``TRITON_INTERPRET=1``) the same kernels run on the CPU in fp32 (docs/design.md, Backends).
 """
@@ -19,7 +21,7 @@ from ..kernels.attention import HEAD_SIZES
 from ..kernels.ffn import MAX_LAYERNORM_WIDTH
 from ..kernels.utils import FLOAT_DTYPES, interpreting
 from ..packing import PackedWeights
-from .base import Backend
+from .base import Backend, LayerExit
 
 
 def _check_device(device: torch.device) -> None:
@@ -43,6 +45,7 @@ class TritonBackend(Backend):
         weights: packed weights on ``device`` in one float dtype (fp16/bf16 on CUDA, fp32 for the
             interpreter).
         device: a CUDA device, or the CPU when ``TRITON_INTERPRET=1``.
+        fused_layers: run the layers the fused kernel takes in one launch (default); False: always per-op.
 
     Raises:
         RuntimeError: a non-CUDA device without the Triton interpreter.
@@ -52,8 +55,9 @@ class TritonBackend(Backend):
 
     name = "triton"
 
-    def __init__(self, weights: PackedWeights, device: torch.device | str = "cuda"):
+    def __init__(self, weights: PackedWeights, device: torch.device | str = "cuda", fused_layers: bool = True):
         super().__init__(weights, device)
+        self.fused_layers = fused_layers
         _check_device(self.device)
         if weights.word_embeddings.dtype not in FLOAT_DTYPES:
             raise ValueError(
@@ -71,7 +75,7 @@ class TritonBackend(Backend):
 
     @classmethod
     def from_model(
-        cls, model: nn.Module, device=None, dtype: torch.dtype | None = None
+        cls, model: nn.Module, device=None, dtype: torch.dtype | None = None, fused_layers: bool = True
     ) -> "TritonBackend":
         """Pack ``model`` for the kernels.
 
@@ -79,6 +83,7 @@ class TritonBackend(Backend):
             model: a :class:`~costeff_fast.modeling.CostEffForSequenceClassification` (any device and dtype).
             device: default ``cuda`` when available, else the CPU (which needs ``TRITON_INTERPRET=1``).
             dtype: storage dtype; default fp16 on CUDA, fp32 elsewhere (the interpreter).
+            fused_layers: as the constructor's.
 
         Raises:
             RuntimeError / ValueError: as the constructor.
@@ -87,7 +92,7 @@ class TritonBackend(Backend):
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
         _check_device(device)  # before packing the weights
-        return cls(PackedWeights.from_model(model, dtype=dtype, device=device), device)
+        return cls(PackedWeights.from_model(model, dtype=dtype, device=device), device, fused_layers=fused_layers)
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         w = self.weights
@@ -97,9 +102,21 @@ class TritonBackend(Backend):
         )
         return hidden.to(w.word_embeddings.dtype)
 
-    def layer(self, index: int, hidden: torch.Tensor, batch: PackedBatch) -> tuple[torch.Tensor, None]:
+    def fused(self, index: int, batch: PackedBatch) -> bool:
+        """Whether layer ``index`` runs as one launch on ``batch`` (the one rule:
+        :func:`~costeff_fast.kernels.layer.fused_layer_supported` of its widths and ``batch.max_seqlen``)."""
+        w = self.weights.layers[index]
+        return self.fused_layers and kernels.fused_layer_supported(
+            self.weights.word_embeddings.shape[1], w.num_heads, w.head_size, w.intermediate_weight.shape[1],
+            batch.max_seqlen)
+
+    def layer(self, index: int, hidden: torch.Tensor, batch: PackedBatch) -> tuple[torch.Tensor, LayerExit | None]:
         w = self.weights.layers[index]
         eps = self.weights.layer_norm_eps
+        if self.fused(index, batch):
+            out, features, logits, entropy = kernels.encoder_layer_exit(
+                hidden, batch.cu_seqlens, batch.max_seqlen, w, eps, self.weights.exits[index])
+            return out, LayerExit(features, logits, entropy)
         qkv = kernels.linear(hidden, w.qkv_weight, w.qkv_bias)
         context = kernels.varlen_attention(qkv, batch.cu_seqlens, batch.max_seqlen, w.num_heads, w.head_size)
         hidden = kernels.linear_residual_layernorm(
@@ -113,7 +130,12 @@ class TritonBackend(Backend):
         return out, None
 
     def exit_logits(self, index, hidden, batch, features):
-        """Logits ``[B, C]`` fp32 and entropy ``[B]`` fp32 (nats) on the device, in one kernel."""
+        """Logits ``[B, C]`` fp32 and entropy ``[B]`` fp32 (nats) on the device: those the fused layer computed,
+        else one kernel."""
+        if isinstance(features, LayerExit):
+            if features.logits is not None:
+                return features.logits, features.entropy
+            features = features.features.to(hidden.dtype)  # an exit with a pooler reads what the layer pooled
         head = self.weights.exits[index]
         source, rows = self.exit_source(index, hidden, batch, features)
         args = (source, rows, head.classifier_weight, head.classifier_bias, head.pooler_weight, head.pooler_bias)

@@ -11,5 +11,7 @@ from .attention import varlen_attention
 from .compaction import compact_tokens
 from .exit_head import exit_head
 from .ffn import linear, linear_residual_layernorm
+from .layer import encoder_layer_exit, fused_layer_supported
 
-__all__ = ["compact_tokens", "exit_head", "linear", "linear_residual_layernorm", "varlen_attention"]
+__all__ = ["compact_tokens", "encoder_layer_exit", "exit_head", "fused_layer_supported", "linear",
+           "linear_residual_layernorm", "varlen_attention"]
