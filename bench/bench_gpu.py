@@ -302,6 +302,10 @@ def build_contenders(device, dtype: torch.dtype, bert_config, costeff_config, ch
             notes["triton_checkpoint"] = {"kind": "synthetic: the checkpoint has no calibrated threshold",
                                           "nats": calibrated}
         contenders += engine("triton_checkpoint", checkpoint, "hf_teacher_shape_sdpa", calibrated)
+        # the same checkpoint with every layer per op (five launches), to set against its fused layers
+        per_op = TritonBackend.from_model(checkpoint, device, dtype, fused_layers=False)
+        contenders.append(Contender("triton_checkpoint_per_op", per_op, checkpoint.config, calibrated,
+                                    "hf_teacher_shape_sdpa"))
     return contenders, notes
 
 
@@ -368,7 +372,9 @@ def kernel_rows(shape_name: str, shape: tuple[int, int, int, int], lengths: Sequ
         included), ``roofline_us``, ``gflop`` and ``mbytes`` (of the roofline), ``fraction_of_roofline``
         (roofline / measured), ``bound``,
         ``achieved_gb_per_s``, ``achieved_tflop_per_s`` and, for the GEMMs, ``cublas_addmm_us`` (the GEMM + bias
-        alone in cuBLAS). The layer row adds ``sum_of_ops_us``.
+        alone in cuBLAS). The layer row (the per-op path's five launches) adds ``sum_of_ops_us`` and ``fused_us`` /
+        ``fused_host_us``: the fused layer + exit head of :mod:`costeff_fast.kernels.layer` on the same rows (None
+        where :func:`~costeff_fast.kernels.layer.fused_layer_supported` leaves the shape per-op).
     """
     from costeff_fast import CostEffConfig, CostEffForSequenceClassification, kernels
     from costeff_fast.backends.triton_backend import TritonBackend
@@ -379,7 +385,9 @@ def kernel_rows(shape_name: str, shape: tuple[int, int, int, int], lengths: Sequ
     config = CostEffConfig(vocab_size=8, hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=heads,
                            attention_head_size=head_size, intermediate_size=ffn, num_labels=2,
                            max_position_embeddings=max(lengths))
-    backend = TritonBackend.from_model(CostEffForSequenceClassification(config).eval(), device, dtype)
+    backend = TritonBackend.from_model(CostEffForSequenceClassification(config).eval(), device, dtype,
+                                       fused_layers=False)
+    fused = TritonBackend(backend.weights, backend.device)  # the same weights, narrow layers in one launch
     w, eps = backend.weights.layers[0], backend.weights.layer_norm_eps
     batch = PackedBatch.from_lengths(torch.tensor(lengths), device)
     hidden = torch.randn(sum(lengths), hidden_size, device=device).to(dtype)
@@ -404,6 +412,8 @@ def kernel_rows(shape_name: str, shape: tuple[int, int, int, int], lengths: Sequ
     }
     fns = {**ops, **{f"cublas {name}": fn for name, fn in cublas.items()},
            "layer": lambda: backend.layer(0, hidden, batch)}
+    if fused.fused(0, batch):
+        fns["fused layer"] = lambda: fused.layer(0, hidden, batch)
     timed = median_times(fns, repeats, warmup=2, flush_l2=True)
     ms = {name: t["ms"] for name, t in timed.items()}
     roofline = {r["op"]: r for r in layer_roofline(lengths, *shape, peaks=peaks, bytes_per_value=hidden.element_size())}
@@ -421,7 +431,11 @@ def kernel_rows(shape_name: str, shape: tuple[int, int, int, int], lengths: Sequ
     layer_us = 1e3 * ms["layer"]
     rows.append({**common, "op": "layer (5 launches)", "us": layer_us, "host_us": 1e3 * timed["layer"]["host_ms"],
                  "roofline_us": total_roofline,
-                 "fraction_of_roofline": total_roofline / layer_us, "sum_of_ops_us": sum(r["us"] for r in rows)})
+                 "fraction_of_roofline": total_roofline / layer_us, "sum_of_ops_us": sum(r["us"] for r in rows),
+                 # the same layer and its exit head in one launch (kernels.encoder_layer_exit), None when the rule
+                 # leaves this shape per-op
+                 "fused_us": 1e3 * ms["fused layer"] if "fused layer" in ms else None,
+                 "fused_host_us": 1e3 * timed["fused layer"]["host_ms"] if "fused layer" in ms else None})
     return rows
 
 

@@ -209,11 +209,14 @@ def test_measurements_sit_next_to_the_roofline_prediction(dry_run, monkeypatch):
                       for name, case in cases.items()}
             assert "exit_layers" not in row
         elif row["contender"].startswith("triton_checkpoint"):
-            threshold = tau if row["contender"].endswith("early_exit") else [0.0] * len(checkpoint)
+            threshold = tau if not row["contender"].endswith("no_exit") else [0.0] * len(checkpoint)
             assert len(row["exit_layers"]) == row["batch"]
             assert math.isclose(sum(row["exit_layers"]) / row["batch"], row["mean_exit_layer"], rel_tol=1e-6)  # fp32
             work = roofline.exact_work(lengths, row["exit_layers"], len(checkpoint))
-            expect = {name: roofline.engine_prediction(checkpoint, lengths, work, "per-op", threshold, "H100", case,
+            # the tiny checkpoint's layers all take the fused kernel; the per-op contender keeps five launches
+            path = "per-op" if row["contender"] == "triton_checkpoint_per_op" else "fused"
+            assert row["predicted_path"] == path
+            expect = {name: roofline.engine_prediction(checkpoint, lengths, work, path, threshold, "H100", case,
                                                        4)["ms"] for name, case in cases.items()}
         else:
             continue
@@ -222,7 +225,7 @@ def test_measurements_sit_next_to_the_roofline_prediction(dry_run, monkeypatch):
         assert row["predicted_ms_range"] == sorted([expect["fast"], expect["slow"]])
         assert math.isclose(row["predicted_ms_measured_host_costs"], expect["measured"])
     assert checked == {"hf_bert_sdpa", "hf_teacher_shape_sdpa", "triton_checkpoint_no_exit",
-                       "triton_checkpoint_early_exit"}
+                       "triton_checkpoint_early_exit", "triton_checkpoint_per_op"}
     # the kernels: each predicted by roofline.kernel_us from its own FLOPs and bytes, the layer as their sum
     mid = roofline.CASES["mid"]
     for layer in kernels["layers"]:
