@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from costeff_fast import kernels  # noqa: E402
 from costeff_fast.kernels.attention import HEAD_SIZES  # noqa: E402
-from costeff_fast.kernels.layer import MAX_FUSED_FFN, MAX_FUSED_HEAD_SIZE, MAX_FUSED_HIDDEN  # noqa: E402
+from costeff_fast.kernels.layer import FUSED_HEAD_SIZES, MAX_FUSED_FFN, MAX_FUSED_HIDDEN  # noqa: E402
 from costeff_fast.packing import PackedExit, PackedLayer  # noqa: E402
 
 POINTER = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.int32: "*i32",
@@ -138,7 +138,7 @@ def launch_all(compiler: Compiler, quick: bool) -> None:
                     compiler.shape = f"W_2 GEMM + residual + LN: {rows} x {ffn} @ {ffn} x {hidden}"
                     kernels.linear_residual_layernorm(torch.zeros(rows, ffn, dtype=dtype),
                                                       torch.zeros(ffn, hidden, dtype=dtype), vec, x, vec, vec, 1e-12)
-            for head_size in (h for h in head_sizes if hidden <= MAX_FUSED_HIDDEN and h <= MAX_FUSED_HEAD_SIZE):
+            for head_size in (h for h in head_sizes if hidden <= MAX_FUSED_HIDDEN and h in FUSED_HEAD_SIZES):
                 for heads in (2,) if quick else (1, 2, 4):
                     for ffn in (f for f in ffns if f <= MAX_FUSED_FFN):
                         layer = _zero_layer(hidden, heads, head_size, ffn, dtype)

@@ -79,7 +79,7 @@ def _rows(lengths, hidden, seed=2):
 
 @pytest.mark.parametrize("exit_kind", [None, "mean", "cls", "cls+pooler"])
 @pytest.mark.parametrize("hidden,heads,head_size,ffn,lengths", [
-    (48, 2, 16, 40, [5, 1, 37, 17]),     # rows of 1 token, rows past one 16-token tile (online softmax rescaling)
+    (48, 2, 32, 40, [5, 1, 37, 17]),     # rows of 1 token, rows past one 16-token tile (online softmax rescaling)
     (64, 1, 32, 24, [16, 3]),
     (96, 3, 32, 80, [2, 33, 9]),
     (64, 4, 64, 128, [20, 7]),
@@ -143,7 +143,8 @@ def test_the_rule_takes_cost_eff_widths_and_refuses_wider_layers():
     assert fused_layer_supported(512, 4, 64, 512, 128)
     assert not fused_layer_supported(768, 2, 32, 160, 64)   # spills: a 1024-column LayerNorm tile
     assert not fused_layer_supported(384, 5, 32, 160, 64)
-    assert not fused_layer_supported(384, 2, 128, 160, 64)  # spills
+    assert not fused_layer_supported(384, 2, 128, 160, 64)  # spills on sm_90
+    assert not fused_layer_supported(384, 2, 16, 160, 64)   # spills on sm_80
     assert not fused_layer_supported(384, 2, 24, 160, 64)   # not a tl.dot size
     assert not fused_layer_supported(384, 2, 32, 640, 64)
     assert not fused_layer_supported(384, 2, 32, 160, 129)
@@ -151,10 +152,10 @@ def test_the_rule_takes_cost_eff_widths_and_refuses_wider_layers():
     x, cu, longest = _rows([3, 4], 768)
     with pytest.raises(ValueError, match=r"fused layer takes hidden <= 512.*got hidden 768.*use the per-op kernels"):
         encoder_layer_exit(x, cu, longest, layer, 1e-12)
-    layer = _layer(64, 2, 16, 32)
+    layer = _layer(64, 2, 32, 32)
     x, cu, longest = _rows([3, 4], 64)
-    with pytest.raises(ValueError, match=r"layer.qkv_weight must be a contiguous \[64, 96\] torch.float32"):
-        encoder_layer_exit(x, cu, longest, PackedLayer(2, 16, layer.qkv_weight.half(),
+    with pytest.raises(ValueError, match=r"layer.qkv_weight must be a contiguous \[64, 192\] torch.float32"):
+        encoder_layer_exit(x, cu, longest, PackedLayer(2, 32, layer.qkv_weight.half(),
                                                        *[getattr(layer, f) for f in FIELDS[1:]]), 1e-12)
     with pytest.raises(ValueError, match="exit pooling must be 'mean' or 'cls'"):
         encoder_layer_exit(x, cu, longest, layer, 1e-12, PackedExit("max", None, None, torch.zeros(64, 2), torch.zeros(2)))

@@ -190,7 +190,7 @@ class AuditedBackend(TritonBackend):
 
 
 def _setup(seed: int, exit_pooling: str, rows: int = 13):
-    model = make_tiny_model(seed, attention_head_size=16, weight_std=0.15, exit_pooling=exit_pooling)
+    model = make_tiny_model(seed, attention_head_size=32, weight_std=0.15, exit_pooling=exit_pooling)
     batch = random_batch(seed, batch=rows, vocab=97)
     with torch.no_grad():
         entropy = exit_entropy(torch.stack(model(**batch).exit_logits, dim=1))

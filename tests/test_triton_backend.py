@@ -37,8 +37,9 @@ TIE = 1e-5
 
 
 def _model(seed: int = 0, **overrides):
-    """conftest's tiny model (heads [2, 1, 3, 2], FFN [16, 40, 7, 24], rank-12 embedding, one pooled exit), d = 16."""
-    return make_tiny_model(seed, weight_std=0.6, attention_head_size=16, **overrides)
+    """conftest's tiny model (heads [2, 1, 3, 2], FFN [16, 40, 7, 24], rank-12 embedding, one pooled exit), d = 32:
+    every layer takes the fused kernel (``fused_layers=False`` runs the same weights per op)."""
+    return make_tiny_model(seed, weight_std=0.6, attention_head_size=32, **overrides)
 
 
 def _packed(batch):
@@ -51,14 +52,15 @@ def _entropies(model, batch) -> torch.Tensor:
         return exit_entropy(torch.stack(model(**batch).exit_logits, dim=1))
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "per-op"])
 @pytest.mark.parametrize("seed,pairs,exit_pooling", [(0, False, "cls"), (1, True, "cls"), (2, True, "mean")])
-def test_engine_matches_reference_with_mixed_exits(seed, pairs, exit_pooling):
+def test_engine_matches_reference_with_mixed_exits(seed, pairs, exit_pooling, fused):
     model = _model(seed, exit_pooling=exit_pooling)
     batch = random_batch(seed, batch=24, vocab=97, max_len=33, pairs=pairs)
     entropies = _entropies(model, batch)
     middle = entropies.sort(dim=0).values[11:13]  # tau between the two middle entropies: half the rows exit
     tau = middle.mean(dim=0).tolist()
-    backend = TritonBackend.from_model(model, dtype=torch.float32)
+    backend = TritonBackend.from_model(model, dtype=torch.float32, fused_layers=fused)
     logits, layers = run_early_exit(backend, *_packed(batch), tau)
     ref_logits, ref_layers, _ = model.early_exit_reference(**batch, entropy_threshold=tau)
     ok = ~((entropies[:, :-1] - torch.tensor(tau[:-1])).abs() < TIE).any(dim=1)  # ties excluded

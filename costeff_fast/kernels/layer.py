@@ -28,18 +28,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import HEAD_SIZES, _attention_block
+from .attention import _attention_block
 from .exit_head import _tanh
 from .ffn import _bias_gelu, _bias_residual_layernorm, _matmul_tile
 from .utils import check_matrix, interpreting, reduce_max, reduce_sum
 
 #: the widths the fused kernel takes (COST-EFF's narrow layers of MiniLM-sized models); wider layers run the
-#: per-op kernels. Measured with ``bench/gpu_compile.py`` for sm_90 at 8 warps: hidden 384 compiles without spills
-#: for heads of 16-64; hidden 768 (a 1024-column LayerNorm tile) spills 48 bytes per thread and heads of 128 spill
-#: 16, so those stay per-op until a two-pass LayerNorm frees the registers.
+#: per-op kernels. Measured with ``bench/gpu_compile.py`` at 8 warps: hidden 384 compiles without spills for heads
+#: of 32 and 64 on sm_80 and sm_90; hidden 768 (a 1024-column LayerNorm tile) spills 48 bytes per thread on sm_90,
+#: heads of 128 spill 16 and heads of 16 spill 8 on sm_80, so those stay per-op until a two-pass LayerNorm frees
+#: the registers.
 MAX_FUSED_HIDDEN = 512
 MAX_FUSED_HEADS = 4
-MAX_FUSED_HEAD_SIZE = 64
+FUSED_HEAD_SIZES = (32, 64)
 MAX_FUSED_FFN = 512
 MAX_FUSED_SEQLEN = 128
 
@@ -47,12 +48,11 @@ MAX_FUSED_SEQLEN = 128
 def fused_layer_supported(hidden_size: int, num_heads: int, head_size: int, intermediate_size: int,
                           max_seqlen: int) -> bool:
     """Whether :func:`encoder_layer_exit` takes a layer of these widths on rows of at most ``max_seqlen`` tokens:
-    hidden at most 512, at most 4 heads of 16, 32 or 64, FFN at most 512, rows of at most 128 tokens (the widths
+    hidden at most 512, at most 4 heads of 32 or 64, FFN at most 512, rows of at most 128 tokens (the widths
     COST-EFF produces from MiniLM; a wider layer does not fit one program's registers and runs the per-op
     kernels)."""
-    return (hidden_size <= MAX_FUSED_HIDDEN and 1 <= num_heads <= MAX_FUSED_HEADS and head_size in HEAD_SIZES
-            and head_size <= MAX_FUSED_HEAD_SIZE and intermediate_size <= MAX_FUSED_FFN
-            and max_seqlen <= MAX_FUSED_SEQLEN)
+    return (hidden_size <= MAX_FUSED_HIDDEN and 1 <= num_heads <= MAX_FUSED_HEADS and head_size in FUSED_HEAD_SIZES
+            and intermediate_size <= MAX_FUSED_FFN and max_seqlen <= MAX_FUSED_SEQLEN)
 
 
 @triton.jit
@@ -186,8 +186,8 @@ def encoder_layer_exit(hidden: torch.Tensor, cu_seqlens: torch.Tensor, max_seqle
     heads, head_size = layer.num_heads, layer.head_size
     W, F = heads * head_size, layer.intermediate_weight.shape[1]
     if not fused_layer_supported(H, heads, head_size, F, max_seqlen):
-        raise ValueError(f"the fused layer takes hidden <= {MAX_FUSED_HIDDEN}, <= {MAX_FUSED_HEADS} heads of 16 to "
-                         f"{MAX_FUSED_HEAD_SIZE}, FFN <= {MAX_FUSED_FFN} and rows <= {MAX_FUSED_SEQLEN} tokens; got hidden "
+        raise ValueError(f"the fused layer takes hidden <= {MAX_FUSED_HIDDEN}, <= {MAX_FUSED_HEADS} heads of a size "
+                         f"in {FUSED_HEAD_SIZES}, FFN <= {MAX_FUSED_FFN} and rows <= {MAX_FUSED_SEQLEN} tokens; got hidden "
                          f"{H}, {heads} heads of {head_size}, FFN {F}, rows of {max_seqlen}: use the per-op kernels")
     shapes = {"qkv_weight": (H, 3 * W), "attention_output_weight": (W, H), "intermediate_weight": (H, F),
               "output_weight": (F, H), "qkv_bias": (3 * W,), "attention_output_bias": (H,),
