@@ -56,6 +56,23 @@ def fused_layer_supported(hidden_size: int, num_heads: int, head_size: int, inte
 
 
 @triton.jit
+def _rows_linear(x, w_ptr, b_ptr, out, length, N, K, GELU: tl.constexpr,
+                 BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``out[:length] = x[:length] @ w + b`` (then GELU), one row's tokens: ``x`` ``[length, K]`` and ``out``
+    ``[length, N]`` contiguous, ``w`` ``[K, N]``; stored in ``out``'s dtype."""
+    rt = tl.arange(0, BLOCK_T)
+    rn = tl.arange(0, BLOCK_N)
+    for t0 in range(0, length, BLOCK_T):
+        rm = t0 + rt
+        for n0 in range(0, N, BLOCK_N):
+            cols = n0 + rn
+            acc = _bias_gelu(_matmul_tile(x, w_ptr, rm, cols, length, N, K, K, N, BLOCK_T, BLOCK_N, BLOCK_K),
+                             b_ptr, cols, N, GELU)
+            tl.store(out + rm.to(tl.int64)[:, None] * N + cols[None, :], acc.to(out.dtype.element_ty),
+                     mask=(rm < length)[:, None] & (cols < N)[None, :])
+
+
+@triton.jit
 def _encoder_layer_exit_kernel(
     x_ptr, cu_seqlens_ptr, out_ptr, qkv_ptr, context_ptr, mid_ptr, inter_ptr,
     qkv_w_ptr, qkv_b_ptr, o_w_ptr, o_b_ptr, norm1_w_ptr, norm1_b_ptr,
@@ -80,14 +97,7 @@ def _encoder_layer_exit_kernel(
     rh = tl.arange(0, BLOCK_H)
     rd = tl.arange(0, HEAD_SIZE)
     # 1. QKV projection
-    for t0 in range(0, length, BLOCK_T):
-        rm = t0 + rt
-        for n0 in range(0, W3, BLOCK_N):
-            cols = n0 + rn
-            acc = _bias_gelu(_matmul_tile(x, qkv_w_ptr, rm, cols, length, W3, H, H, W3, BLOCK_T, BLOCK_N, BLOCK_K),
-                             qkv_b_ptr, cols, W3, False)
-            tl.store(qkv + rm.to(tl.int64)[:, None] * W3 + cols[None, :], acc.to(dtype),
-                     mask=(rm < length)[:, None] & (cols < W3)[None, :])
+    _rows_linear(x, qkv_w_ptr, qkv_b_ptr, qkv, length, W3, H, False, BLOCK_T, BLOCK_N, BLOCK_K)
     tl.debug_barrier()
     # 2. attention over the row's own tokens, head by head
     for head in range(0, num_heads):
@@ -105,14 +115,7 @@ def _encoder_layer_exit_kernel(
                  mask=(rm < length)[:, None] & (rh < H)[None, :])
     tl.debug_barrier()
     # 4. FFN up + GELU
-    for t0 in range(0, length, BLOCK_T):
-        rm = t0 + rt
-        for n0 in range(0, F, BLOCK_N):
-            cols = n0 + rn
-            acc = _bias_gelu(_matmul_tile(mid, ffn1_w_ptr, rm, cols, length, F, H, H, F, BLOCK_T, BLOCK_N, BLOCK_K),
-                             ffn1_b_ptr, cols, F, True)
-            tl.store(inter + rm.to(tl.int64)[:, None] * F + cols[None, :], acc.to(dtype),
-                     mask=(rm < length)[:, None] & (cols < F)[None, :])
+    _rows_linear(mid, ffn1_w_ptr, ffn1_b_ptr, inter, length, F, H, True, BLOCK_T, BLOCK_N, BLOCK_K)
     tl.debug_barrier()
     # 5. FFN down + residual + LayerNorm, and the exit's features from the stored tokens
     features = tl.full([BLOCK_H], 0.0, tl.float32)
