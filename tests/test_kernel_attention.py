@@ -104,3 +104,28 @@ def test_gpu_tiles_fit_the_rows_and_the_warps_fit_the_tiles(monkeypatch, head_si
     else:
         assert block_m == 64
     assert warps * 16 <= (block_m if head_size <= 32 else 2 * block_m), (block_m, warps)
+
+
+@GPU_ONLY
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_size", HEAD_SIZES)
+@pytest.mark.parametrize("longest", [16, 32, 100])
+def test_every_gpu_tile_matches_reference(dtype, head_size, longest):
+    """The GPU's own launch configurations (attention_config: 16- and 32-row tiles for short rows, 64-row tiles with
+    more warps for heads of 64 and 128), which the interpreter never takes, on rows up to ``longest`` tokens."""
+    lengths = [1, longest, longest // 2 + 1, 3, longest - 1, 7]
+    qkv, cu_seqlens = _packed(lengths, 2, head_size, dtype)
+    out = varlen_attention(qkv, cu_seqlens, longest, 2, head_size)
+    expected = reference.varlen_attention(qkv, cu_seqlens, longest, 2, head_size)
+    assert (out.float() - expected).abs().max().item() <= ATOL[dtype]
+
+
+@GPU_ONLY
+def test_a_launch_of_more_than_65535_row_head_programs():
+    """6,000 rows of 12 heads: 72,000 (row, head) programs on the grid's x axis (the y axis takes 65,535)."""
+    lengths = [(i % 7) + 1 for i in range(6000)]
+    qkv, cu_seqlens = _packed(lengths, 12, 32, torch.float16)
+    assert attention_grid(6000, 12, 7, attention_config(7, 32)[0])[0] > MAX_GRID_Y
+    out = varlen_attention(qkv, cu_seqlens, 7, 12, 32)
+    expected = reference.varlen_attention(qkv, cu_seqlens, 7, 12, 32)
+    assert (out.float() - expected).abs().max().item() <= ATOL[torch.float16]

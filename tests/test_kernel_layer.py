@@ -161,3 +161,31 @@ def test_the_rule_takes_cost_eff_widths_and_refuses_wider_layers():
         encoder_layer_exit(x, cu, longest, layer, 1e-12, PackedExit("max", None, None, torch.zeros(64, 2), torch.zeros(2)))
     empty = encoder_layer_exit(x[:0], cu[:1], 0, layer, 1e-12, _exit("mean", 64))
     assert empty[0].shape == (0, 64) and empty[1].shape == (0, 64) and empty[2].shape == (0, 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU's launch configuration and bf16")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("heads,head_size,ffn", [(2, 32, 160), (4, 64, 512), (1, 32, 96)])
+def test_fused_layer_on_the_gpu_is_the_per_op_path(dtype, heads, head_size, ffn):
+    """rt-standard widths (hidden 384) on 256 rows of 1-64 tokens: the fused kernel against the per-op kernels on the
+    same inputs (the order of fp32 sums may flip a rounding: two ulps) and the fp32 reference (the error model)."""
+    hidden = 384
+    layer32, exit32 = _layer(hidden, heads, head_size, ffn, seed=6), _exit("mean", hidden, seed=7)
+    layer, exit = _cast(layer32, exit32, dtype)
+    lengths = [(i * 37) % 64 + 1 for i in range(256)]
+    x32, cu, longest = _rows(lengths, hidden, seed=8)
+    out, features, logits, entropy = encoder_layer_exit(x32.to(dtype), cu, longest, layer, 1e-12, exit)
+    qkv = kernels.linear(x32.to(dtype), layer.qkv_weight, layer.qkv_bias)
+    context = kernels.varlen_attention(qkv, cu, longest, heads, head_size)
+    mid = kernels.linear_residual_layernorm(context, layer.attention_output_weight, layer.attention_output_bias,
+                                            x32.to(dtype), layer.attention_norm_weight, layer.attention_norm_bias, 1e-12)
+    inter = kernels.linear(mid, layer.intermediate_weight, layer.intermediate_bias, gelu=True)
+    per_op = kernels.linear_residual_layernorm(inter, layer.output_weight, layer.output_bias, mid,
+                                               layer.output_norm_weight, layer.output_norm_bias, 1e-12)
+    ulp = 2.0 ** (-10 if dtype == torch.float16 else -7)
+    torch.testing.assert_close(out, per_op, atol=0, rtol=2 * ulp)
+    ref_out, ref_features, _, _ = reference.encoder_layer_exit(x32, cu, longest, layer32, 1e-12, exit32)
+    u = ulp / 2
+    assert (out.float() - ref_out).abs().max().item() <= 6 * u * ref_out.abs().max().item()
+    assert (features - ref_features).abs().max().item() <= 6 * u * ref_out.abs().max().item()
+    assert torch.isfinite(logits).all() and torch.isfinite(entropy).all()

@@ -291,3 +291,29 @@ def test_the_audit_lets_asynchronous_work_pass(audit):
         torch.arange(3, device="cpu").to("cpu", non_blocking=True)
         host_mask.sum().item()  # a host value: no wait
     assert isinstance(y, OnDevice) and audit.events == [], audit.events
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's own detector of synchronizing operations")
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "per-op"])
+@pytest.mark.parametrize("exit_pooling", ["cls", "mean"])
+def test_cuda_flags_no_more_waits_than_the_budget(exit_pooling, fused):
+    """On a GPU the audit above cannot see inside torch, so torch's own detector
+    (``torch.cuda.set_sync_debug_mode("warn")``) counts the synchronizing operations of one batch after a warm-up
+    (kernels compiled): at most the budget, one per layer that may answer (an event wait may or may not count)."""
+    import warnings
+
+    model = make_tiny_model(0, attention_head_size=32, weight_std=0.15, exit_pooling=exit_pooling)
+    _, (ids, types, lengths), tau = _setup(0, exit_pooling)
+    backend = TritonBackend.from_model(model, "cuda", fused_layers=fused)
+    run_early_exit(backend, ids, types, lengths, tau)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run_early_exit(backend, ids, types, lengths, tau)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    synced = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+    budget = sum(_budget(tau, index, backend.num_layers - 1, False) for index in range(backend.num_layers))
+    assert len(synced) <= budget, synced
