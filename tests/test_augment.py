@@ -124,3 +124,32 @@ def test_bad_extra_row_arguments_are_refused_before_training(tiny, tmp_path):
     with pytest.raises(CompressArgumentError, match=r"^--augment -2: pass a whole number"):
         refused(augment=-2)
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+def test_a_pair_tasks_unlabeled_rows_are_read_as_pairs(tiny, tmp_path, monkeypatch):
+    """boolq rows are (question, passage) pairs: the unlabeled file's text_pair column is read too, and a row equal
+    to a validation pair is what gets dropped (stopped before any training: the rows are all this test needs)."""
+    from costeff_fast.training import pipeline
+
+    _, teacher = tiny
+    validation = load_task("boolq", seed=0)["validation"]
+    job = tmp_path / "job.csv"
+    pd.DataFrame({"text": ["is it raining", validation["text"][0]],
+                  "text_pair": ["a passage about the weather", validation["text_pair"][0]]}).to_csv(job, index=False)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(data, teacher, *, unlabeled, validation_keys, **kwargs):
+        seen["columns"], seen["dropped"] = unlabeled.column_names, [
+            (t, p) for t, p in zip(unlabeled["text"], unlabeled["text_pair"]) if (t, p) in validation_keys]
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "distillation_rows", capture)
+    with pytest.raises(Stop):
+        compress("boolq", tmp_path / "out", teacher_dir=teacher, settings=CompressionSettings(heads=1, ffn=16),
+                 budget=budget_with("quick", train_rows=32, eval_rows=16, max_length=32), work_dir=tmp_path / "work",
+                 unlabeled=job)
+    assert seen["columns"] == ["text", "text_pair"]
+    assert seen["dropped"] == [(validation["text"][0], validation["text_pair"][0])]

@@ -184,12 +184,13 @@ def test_calibrate_per_layer_and_target_speedup(model_dir, reviews):
 @pytest.mark.parametrize("held_out_accuracy", [0.0, 1.0])
 def test_per_layer_thresholds_are_written_only_when_they_win_out_of_sample(model_dir, reviews, monkeypatch,
                                                                            held_out_accuracy):
-    """The cross-validated per-layer result is replaced by one that loses to every single threshold (accuracy 0)
-    or beats them all (accuracy 1, at the single threshold's FLOPs): only the latter is written."""
+    """The cross-validated per-layer result is replaced by one that loses to the cross-validated single threshold
+    (accuracy 0) or beats it (accuracy 1 at no FLOPs, the goal met): only the latter is written."""
     real = recalibrate._per_layer_cross_validation
 
     def rigged(*args, **kwargs):
-        return {**real(*args, **kwargs), "accuracy": held_out_accuracy}
+        result = {**real(*args, **kwargs), "accuracy": held_out_accuracy}
+        return {**result, "gflops": 0.0, "gflops_per_row": 0.0, "goal_met": True} if held_out_accuracy else result
 
     monkeypatch.setattr(recalibrate, "_per_layer_cross_validation", rigged)
     report = calibrate_checkpoint(model_dir, reviews, text_column="review", label_column="verdict",
@@ -200,7 +201,7 @@ def test_per_layer_thresholds_are_written_only_when_they_win_out_of_sample(model
         assert report["written"]["thresholds"] == "per-layer" and written == report["per_layer"]["entropy_threshold"]
     else:
         assert report["written"]["thresholds"] == "single" and written == report["single"]["entropy_threshold"]
-        assert "lose out of sample" in report["written"]["why"]
+        assert "do not win out of sample" in report["written"]["why"]
     assert report["written"]["asked"] == "per-layer" and len(report["per_layer"]["out_of_sample"]["per_fold"]) == 3
 
 
@@ -295,3 +296,12 @@ def test_cli_calibrate(model_dir, reviews, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no config.json there" in err and "Traceback" not in err
+
+
+def test_beats_out_of_sample_by_hand():
+    single = {"accuracy": 0.80, "gflops": 10.0, "goal_met": True}
+    assert recalibrate.beats_out_of_sample({"accuracy": 0.80, "gflops": 9.0, "goal_met": True}, single)  # cheaper
+    assert recalibrate.beats_out_of_sample({"accuracy": 0.81, "gflops": 10.0, "goal_met": True}, single)  # better
+    assert not recalibrate.beats_out_of_sample({"accuracy": 0.80, "gflops": 10.0, "goal_met": True}, single)  # tie
+    assert not recalibrate.beats_out_of_sample({"accuracy": 0.82, "gflops": 11.0, "goal_met": True}, single)  # a trade
+    assert not recalibrate.beats_out_of_sample({"accuracy": 0.81, "gflops": 9.0, "goal_met": False}, single)

@@ -185,6 +185,8 @@ def test_measurements_sit_next_to_the_roofline_prediction(dry_run, monkeypatch):
     import roofline
     from gpu_check import TINY_FIELDS
 
+    from costeff_fast.kernels.layer import fused_layer_supported
+
     sections = dry_run[2]["sections"]
     throughput, kernels = sections["throughput"], sections["kernels"]
     assert throughput["board"] == kernels["peaks"] == "H100"
@@ -213,8 +215,12 @@ def test_measurements_sit_next_to_the_roofline_prediction(dry_run, monkeypatch):
             assert len(row["exit_layers"]) == row["batch"]
             assert math.isclose(sum(row["exit_layers"]) / row["batch"], row["mean_exit_layer"], rel_tol=1e-6)  # fp32
             work = roofline.exact_work(lengths, row["exit_layers"], len(checkpoint))
-            # the tiny checkpoint's layers all take the fused kernel; the per-op contender keeps five launches
-            path = "per-op" if row["contender"] == "triton_checkpoint_per_op" else "fused"
+            # the path the backend's rule gives the tiny checkpoint on these rows; the per-op contender keeps five
+            # launches whatever the rule
+            fused = all(fused_layer_supported(TINY_FIELDS["hidden_size"], heads, TINY_FIELDS["attention_head_size"],
+                                              ffn, max(lengths))
+                        for heads, ffn in zip(TINY_FIELDS["num_attention_heads"], TINY_FIELDS["intermediate_size"]))
+            path = "fused" if fused and row["contender"] != "triton_checkpoint_per_op" else "per-op"
             assert row["predicted_path"] == path
             expect = {name: roofline.engine_prediction(checkpoint, lengths, work, path, threshold, "H100", case,
                                                        4)["ms"] for name, case in cases.items()}

@@ -174,6 +174,10 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
         device = resolve_device(device)
     except ValueError as error:
         raise CompressArgumentError(str(error)) from error
+    try:
+        augmentation = Augmentation(copies=augment)
+    except ValueError as error:
+        raise CompressArgumentError(str(error)) from error
     out_dir = Path(out_dir)
     validate_compress(task, out_dir, teacher_dir=teacher_dir, settings=settings, work_dir=work_dir,
                       exit_pooling=exit_pooling, overwrite=overwrite, data=data)
@@ -183,15 +187,14 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     labelled_config = teacher_config if teacher_dir is not None else None  # the packaged MiniLM has no labels yet
     splits = load_compress_data(task, data, teacher_config=labelled_config, text_column=text_column,
                                 text_pair_column=text_pair_column, label_column=label_column, seed=seed)
-    try:
-        augmentation = Augmentation(copies=augment)
-    except ValueError as error:
-        raise CompressArgumentError(str(error)) from error
     unlabeled_rows, extra_key = None, f"-aug{augment}" if augment else ""
     if unlabeled is not None:
+        # a pair task's unlabeled rows are pairs too (a built-in pair task names its second column text_pair)
+        pairs = "text_pair" in splits["train"].column_names
+        pair_column = (text_pair_column or "text_pair") if pairs else None
         try:
             unlabeled_rows = load_unlabeled(unlabeled, text_column=unlabeled_text_column or text_column,
-                                            text_pair_column=text_pair_column)
+                                            text_pair_column=pair_column)
         except (ValueError, FileNotFoundError, TypeError) as error:
             raise CompressArgumentError(f"--unlabeled-file: {' '.join(str(error).split())}") from error
         extra_key += f"-unl{unlabeled_fingerprint(unlabeled_rows)}"

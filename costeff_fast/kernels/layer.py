@@ -15,9 +15,9 @@ previous one wrote, through a scratch buffer in global memory that stays in L2 a
 6. the exit head without pooler, ``logits = tanh(features) @ W_c + b_c``, and its softmax entropy in nats.
 
 Intermediates are rounded to the storage dtype where the per-op kernels store them, so the fused layer computes
-what the per-op path computes. Rows are independent; a batch of B rows is B programs, so the layer is worth fusing
-when the batch has at least as many rows as the GPU has SMs. :func:`fused_layer_supported` is the one rule that
-picks this kernel over the per-op ones. Reference: :func:`costeff_fast.reference.encoder_layer_exit`.
+what the per-op path computes. Rows are independent; a batch of B rows is B programs, so a batch of fewer rows
+than the GPU has SMs leaves SMs idle (the rule does not look at the batch size: the first GPU run decides whether
+it should). :func:`fused_layer_supported` is the one rule that picks this kernel over the per-op ones. Reference: :func:`costeff_fast.reference.encoder_layer_exit`.
 """
 
 from __future__ import annotations
