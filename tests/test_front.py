@@ -82,6 +82,11 @@ def test_every_point_is_recovered_calibrated_and_kept(front_run):
     # the wider point costs more at full depth, on the same rows
     assert points[0]["sweep"][0]["gflops"] > points[1]["sweep"][0]["gflops"]
     assert "rerun the same compress command" in report["front"]["another_point"]
+    # the written point's pruning events are its whole path from the TA: one segment per point up to it
+    segments = [event["segment"] for event in report["slenderization_events"]]
+    assert segments[0] == "h2-f45" and set(segments) <= {"h2-f45", "h1-f16"}
+    assert [(e["heads"], e["ffn"]) for e in report["slenderization_events"]][-1] == (
+        (2, 45) if report["front"]["chosen"] == "h2-f45" else (1, 16))
 
 
 def test_max_drop_writes_the_cheapest_width_and_threshold_within_the_drop(front_run):

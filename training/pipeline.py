@@ -241,7 +241,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     teacher_correct = teacher_logits.argmax(-1) == labels
     teacher_accuracy = teacher_correct.double().mean().item()
     timings["calibration"] = time.time() - started
-    front, outcomes, previous = {}, {}, None
+    front, outcomes, previous, path_events = {}, {}, None, []
     for point in points:
         # without a front the target's stages keep the directories they always had (cached runs stay valid)
         point_dir = variant_dir / point.name if settings.front else variant_dir
@@ -266,6 +266,9 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
         thresholds = quantile_thresholds(reference, tokenizer, inputs, max_length=budget.max_length, device=device)
         outcomes[point.name] = engine_sweep(model, inputs, labels, thresholds)
         timings["calibration"] += time.time() - started
+        # a point's pruning events are those of every segment from the TA to it
+        path_events = path_events + [{**event, "segment": point.name} for event in slender_record["events"]]
+        slender_record = {**slender_record, "events": path_events}
         front[point.name] = {"point": point, "dir": point_dir / "recovered", "slender_record": slender_record,
                              "recovery_record": recovery_record}
 
