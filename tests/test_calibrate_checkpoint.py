@@ -144,13 +144,17 @@ def test_calibrate_writes_the_threshold_into_config_only(model_dir, reviews, tmp
     assert report["sweep"][0]["entropy_threshold"] == 0.0 and report["sweep"][0]["accuracy"] == full_depth
     assert report["single"]["constraint_met"] is True
     assert report["single"]["accuracy"] >= full_depth - 0.02 - 1e-12
+    # the cheapest that clears the goal plus the margin cross-validation chose (the smallest that held, if any)
+    margin = report["single"]["margin"]
+    met = [c["margin"] for c in margin["candidates"] if c["goal_met"]]
+    assert margin["margin"] == (met[0] if met else max(margin["candidates"], key=lambda c: c["accuracy"])["margin"])
     cheaper = [r for r in report["sweep"] if r["gflops"] < report["single"]["gflops"]]
-    assert all(r["accuracy"] < full_depth - 0.02 for r in cheaper)
+    assert all(r["accuracy"] < full_depth - 0.02 + margin["margin"] - 1e-12 for r in cheaper)
     # Out of sample: five folds of 40 rows, each scored by a threshold chosen on the other 160.
     held = report["single"]["out_of_sample"]
     assert held["rows"] == 200 and held["folds"] == 5 and [f["rows"] for f in held["per_fold"]] == [40] * 5
     assert held["accuracy"] == pytest.approx(sum(f["accuracy"] for f in held["per_fold"]) / 5)
-    assert held["reference_accuracy"] == full_depth
+    assert held["reference_accuracy"] == full_depth and held["margin"] == "auto"
     assert report["written"] == {"thresholds": "single", "asked": "single", "why": "a single threshold was asked for",
                                  "entropy_threshold": tau, "previous_entropy_threshold": None}
 

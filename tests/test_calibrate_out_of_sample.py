@@ -14,6 +14,7 @@ from costeff_fast import CostEffConfig
 from costeff_fast.flops import cumulative_flops, model_flops
 from costeff_fast.training.calibrate import (
     SweepOutcomes,
+    choose_margin,
     cross_validate,
     fold_indices,
     pick_threshold,
@@ -156,3 +157,105 @@ def test_cumulative_flops_are_model_flops_row_by_row(config):
             assert table[n, exit_layer - 1].item() == model_flops(config, [length], [exit_layer])
     layers = torch.tensor([2, 3, 1, 3])
     assert table[torch.arange(4), layers - 1].sum().item() == model_flops(config, lengths, layers)
+
+
+def test_a_margin_keeps_accuracy_in_hand_and_falls_back_to_the_most_accurate_row():
+    """Teacher 0.82, max_drop 0.01: the goal is 0.81. Rows (accuracy, GFLOPs): (0.85, 10), (0.815, 5), (0.81, 3),
+    (0.79, 1). No margin takes the 3-GFLOP row, which just meets the goal; half a point takes the 5-GFLOP row; five
+    points leave nothing above 0.86, so the most accurate row is taken, and it meets the goal."""
+    sweep = [{"entropy_threshold": 0.0, "accuracy": 0.85, "gflops": 10.0},
+             {"entropy_threshold": 0.1, "accuracy": 0.815, "gflops": 5.0},
+             {"entropy_threshold": 0.2, "accuracy": 0.81, "gflops": 3.0},
+             {"entropy_threshold": 0.3, "accuracy": 0.79, "gflops": 1.0}]
+    assert pick_threshold(sweep, 0.82, 0.01)["entropy_threshold"] == 0.2
+    assert pick_threshold(sweep, 0.82, 0.01, margin=0.005)["entropy_threshold"] == 0.1
+    wide = pick_threshold(sweep, 0.82, 0.01, margin=0.05)
+    assert wide["entropy_threshold"] == 0.0 and wide["constraint_met"] is True
+    unmet = pick_threshold(sweep, 0.90, 0.01, margin=0.005)
+    assert unmet["entropy_threshold"] == 0.0 and unmet["constraint_met"] is False
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        pick_threshold(sweep, 0.82, 0.01, margin=-0.01)
+
+
+def test_the_smallest_margin_that_holds_out_of_sample_is_chosen():
+    """Two folds A and B of four rows, a reference always right, max_drop 0.25 (goal 0.75). Setting 1 costs 1
+    GFLOP a row and is right on 3 of B's rows and 1 of A's; setting 2 the mirror image; setting 3 costs 5 and is
+    always right; setting 0 (full depth) costs 10.
+
+    - margin 0: fold A chooses on B, where setting 1 just meets 0.75, and scores 1/4 on A; fold B likewise takes
+      setting 2 and scores 1/4. Out of sample 0.25: the goal is missed.
+    - margin 0.0025: 0.75 no longer clears 0.7525, each fold takes setting 3: 1.0 out of sample at 5 GFLOP a row.
+    """
+    a, b = fold_indices(8, 2, seed=0)
+    correct = torch.zeros(4, 8, dtype=torch.bool)
+    correct[0], correct[3] = True, True
+    correct[1, b[:3]], correct[1, a[:1]] = True, True
+    correct[2, a[:3]], correct[2, b[:1]] = True, True
+    flops = torch.tensor([[10e9] * 8, [1e9] * 8, [1e9] * 8, [5e9] * 8], dtype=torch.float64)
+    outcomes = outcomes_of(correct.tolist(), flops.tolist(), [10e9] * 8)
+    reference = torch.ones(8, dtype=torch.bool)
+    plain = cross_validate(outcomes, reference_correct=reference, max_drop=0.25, folds=2, seed=0)
+    assert plain["accuracy"] == 0.25 and plain["goal_met"] is False
+    chosen = choose_margin(outcomes, reference_correct=reference, max_drop=0.25, margins=(0.005, 0.0, 0.0025),
+                           folds=2, seed=0)
+    assert chosen["margin"] == 0.0025 and chosen["goal_met"] is True
+    assert [c["margin"] for c in chosen["candidates"]] == [0.0, 0.0025, 0.005]  # tried in ascending order
+    assert [c["goal_met"] for c in chosen["candidates"]] == [False, True, True]
+    assert chosen["candidates"][1]["accuracy"] == 1.0 and chosen["candidates"][1]["gflops_per_row"] == pytest.approx(5.0)
+    never = choose_margin(outcomes, reference_correct=reference, max_drop=0.0, margins=(0.0, 0.0025), folds=2,
+                          seed=0)  # setting 0 meets 0 only on all rows; setting 3 equals it: both margins hold
+    assert never["goal_met"] is True and never["margin"] == 0.0
+    with pytest.raises(ValueError, match="margins must be"):
+        choose_margin(outcomes, reference_correct=reference, max_drop=0.25, margins=())
+    with pytest.raises(ValueError, match="'auto'"):
+        cross_validate(outcomes, reference_correct=reference, max_drop=0.25, margin="large")
+
+
+def _brute_choice(correct, flops, teacher, rows, max_drop, margin):
+    """The setting the margin rule picks on ``rows`` (a list of column indices), from per-row sums."""
+    settings = correct.shape[0]
+    floor = sum(teacher[r].item() for r in rows) / len(rows) - max_drop
+    accuracy = [sum(correct[t, r].item() for r in rows) / len(rows) for t in range(settings)]
+    cost = [sum(flops[t, r].item() for r in rows) for t in range(settings)]
+    ok = [t for t in range(settings) if accuracy[t] >= floor + margin - 1e-12]
+    return min(ok, key=lambda t: cost[t]) if ok else max(range(settings), key=lambda t: (accuracy[t], -cost[t]))
+
+
+def _brute_cv_accuracy(correct, flops, teacher, columns, max_drop, margin, folds, seed):
+    """Pooled out-of-sample accuracy of the margin rule over ``columns``, recounted row by row."""
+    parts = fold_indices(len(columns), folds, seed)
+    hits = 0
+    for index, held in enumerate(parts):
+        rest = [columns[i] for j, part in enumerate(parts) if j != index for i in part.tolist()]
+        t = _brute_choice(correct, flops, teacher, rest, max_drop, margin)
+        hits += sum(correct[t, columns[i]].item() for i in held.tolist())
+    return hits / len(columns)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nested_cross_validation_agrees_with_a_brute_force_recount(seed):
+    """margin='auto': each outer fold's margin is the smallest (of three) whose inner cross-validation on the
+    other folds' rows meets the goal (else the most accurate), then its threshold is picked at that margin on
+    those rows and scores the fold. Recounted here from the per-row tables with the deal of fold_indices."""
+    generator = torch.Generator().manual_seed(seed)
+    settings, rows, folds, margins, drop = 6, 41, 3, (0.0, 0.02, 0.05), 0.03
+    correct = torch.rand(settings, rows, generator=generator) < torch.linspace(0.9, 0.7, settings)[:, None]
+    flops = torch.linspace(10, 2, settings, dtype=torch.float64)[:, None] * 1e9 * (1 + torch.rand(rows, generator=generator, dtype=torch.float64))
+    teacher = torch.rand(rows, generator=generator) < 0.85
+    outcomes = outcomes_of(correct.tolist(), flops.tolist(), flops[0].tolist())
+    result = cross_validate(outcomes, reference_correct=teacher, max_drop=drop, folds=folds, seed=seed,
+                            margin="auto", margins=margins)
+    expected = torch.zeros(rows, dtype=torch.bool)
+    for index, held in enumerate(fold_indices(rows, folds, seed)):
+        rest = [r for part_index, part in enumerate(fold_indices(rows, folds, seed)) if part_index != index
+                for r in part.tolist()]
+        goal = sum(teacher[r].item() for r in rest) / len(rest) - drop
+        scores = [_brute_cv_accuracy(correct, flops, teacher, rest, drop, m, folds, seed) for m in margins]
+        met = [m for m, score in zip(margins, scores) if score >= goal - 1e-12]
+        margin = met[0] if met else max(zip(margins, scores), key=lambda pair: (pair[1], -pair[0]))[0]
+        t = _brute_choice(correct, flops, teacher, rest, drop, margin)
+        assert result["per_fold"][index]["margin"] == margin
+        assert result["per_fold"][index]["entropy_threshold"] == outcomes.thresholds[t]
+        expected[held] = correct[t, held]
+    assert result["accuracy"] == pytest.approx(expected.double().mean().item())
+    assert result["margin"] == "auto" and "margin" in result["chosen_on"]

@@ -95,9 +95,17 @@ def test_max_drop_writes_the_cheapest_width_and_threshold_within_the_drop(front_
     rows = joined_sweep(report)
     within = [r for r in rows if r["accuracy"] >= teacher - 0.02 - 1e-12]
     chosen = report["calibration"]["chosen"]
+    # the margin is the smallest candidate whose cross-validated choice met the goal (else the most accurate one)
+    margin = chosen["margin"]
+    met = [c["margin"] for c in margin["candidates"] if c["goal_met"]]
+    assert margin["margin"] == (met[0] if met else max(margin["candidates"], key=lambda c: c["accuracy"])["margin"])
+    clear = [r for r in rows if r["accuracy"] >= teacher - 0.02 + margin["margin"] - 1e-12]
     assert chosen["constraint_met"] is bool(within)
-    if within:
-        assert chosen["gflops"] == min(r["gflops"] for r in within) and "cheapest within 0.02" in chosen["why"]
+    if clear:
+        assert chosen["gflops"] == min(r["gflops"] for r in clear) and "cheapest within 0.02" in chosen["why"]
+        assert ("keeping a margin" in chosen["why"]) is (margin["margin"] > 0)
+    elif within:
+        assert chosen["accuracy"] == max(r["accuracy"] for r in rows)
     else:
         assert chosen["accuracy"] == max(r["accuracy"] for r in rows) and "goal NOT met" in chosen["why"]
     assert report["front"]["chosen"] == chosen["point"]
@@ -109,6 +117,7 @@ def test_max_drop_writes_the_cheapest_width_and_threshold_within_the_drop(front_
     assert costeff_fast.from_pretrained(root / "out").config.num_attention_heads[0] == (2 if "h2" in chosen["point"] else 1)
     held = report["calibration"]["out_of_sample"]
     assert held["rows"] == report["validation_rows"] and report["accuracy"]["costeff_calibrated"] == held["accuracy"]
+    assert held["margin"] == "auto" and all("margin" in fold for fold in held["per_fold"])
 
 
 def test_another_goal_reuses_every_stage_and_says_when_it_is_not_met(front_run, tmp_path):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .calibrate import SweepOutcomes, cross_validate, pick_for_goal
+from .calibrate import SweepOutcomes, choose_margin, cross_validate, pick_for_goal
 
 
 @dataclass(frozen=True)
@@ -123,13 +123,16 @@ def goal_explanation(chosen: dict, goal: dict, teacher_accuracy: float, teacher_
     goal and which one, the closest, is written instead. ``chosen`` is a sweep row with ``constraint_met``;
     ``goal`` is ``{"max_drop": x}`` or ``{"target_speedup": x}``; FLOPs are totals over the same rows."""
     where = f"width {chosen['point']}, " if "point" in chosen else ""
+    margin = (chosen.get("margin") or {}).get("margin", 0.0)
+    kept = (f" keeping a margin of {margin * 100:.2f} points in hand (the smallest that held out of sample in "
+            f"cross-validation)" if margin else "")
     what = (f"{where}entropy threshold {chosen['entropy_threshold']:.4f}: accuracy {chosen['accuracy']:.4f} "
             f"(teacher {teacher_accuracy:.4f}), {teacher_gflops / chosen['gflops']:.1f}x fewer executed FLOPs than "
             f"the teacher")
     if "max_drop" in goal:
         drop = goal["max_drop"]
         if chosen["constraint_met"]:
-            return f"the cheapest within {drop:g} of the teacher's accuracy on the dev rows: {what}"
+            return f"the cheapest within {drop:g} of the teacher's accuracy on the dev rows{kept}: {what}"
         return (f"goal NOT met: nothing is within {drop:g} of the teacher's accuracy on the dev rows; the closest "
                 f"(most accurate) is written, {(teacher_accuracy - chosen['accuracy']) * 100:.2f} points below: {what}")
     speedup = goal["target_speedup"]
@@ -157,9 +160,12 @@ def summarize_front(front: dict[str, dict], outcomes: dict[str, SweepOutcomes], 
     points = []
     for name, entry in front.items():
         sweep = [{"point": name, **row} for row in outcomes[name].rows()]
-        best = pick_for_goal(sweep, reference_accuracy=teacher_accuracy, full_depth_gflops=teacher_gflops, **goal)
+        margin = 0.0 if "max_drop" not in goal else choose_margin(
+            outcomes[name], reference_correct=teacher_correct, max_drop=goal["max_drop"], seed=seed)["margin"]
+        best = pick_for_goal(sweep, reference_accuracy=teacher_accuracy, full_depth_gflops=teacher_gflops,
+                             margin=margin, **goal)
         held = cross_validate(outcomes[name], reference_correct=teacher_correct, base_flops=teacher_flops, seed=seed,
-                              **goal)
+                              margin="auto", **goal)
         points.append({
             **entry["point"].to_dict(),
             "checkpoint": str(entry["dir"]),

@@ -26,7 +26,14 @@ from costeff_fast.flops import row_flops
 
 from .budget import BUDGETS, Budget, default_work_name
 from .augment import Augmentation, distillation_rows, unlabeled_fingerprint
-from .calibrate import SweepOutcomes, cross_validate, engine_sweep, pick_for_goal, quantile_thresholds
+from .calibrate import (
+    SweepOutcomes,
+    choose_margin,
+    cross_validate,
+    engine_sweep,
+    pick_for_goal,
+    quantile_thresholds,
+)
 from .data import dev_inputs, packaged_minilm_dir, prepare_data
 from .front import goal_explanation, summarize_front
 from .prediction import hf_predict, minibatches, predict
@@ -119,9 +126,11 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     encoder; every point is recovered and calibrated, and the goal picks the (width, threshold) pair written to
     ``out_dir`` from all of them (the report's ``front`` lists every point, its checkpoint under ``work_dir``
     and how to write another one). When nothing meets the goal the closest pair is written and the report's
-    ``calibration.chosen.why`` says so (``constraint_met`` False). The accuracy reported for the choice is out of
-    sample (:func:`~costeff_fast.training.calibrate.cross_validate`: each dev row scored by a choice made
-    without it).
+    ``calibration.chosen.why`` says so (``constraint_met`` False). A ``max_drop`` choice keeps a margin of accuracy
+    in hand on the dev rows, the smallest that cross-validation says holds on new rows
+    (:func:`~costeff_fast.training.calibrate.choose_margin`; ``calibration.chosen.margin``). The accuracy reported
+    for the choice is out of sample (:func:`~costeff_fast.training.calibrate.cross_validate` with
+    ``margin="auto"``: each dev row scored by a choice, margin included, made without it).
         exit_pooling: what the TA's (and so the COST-EFF model's) non-pooled exits read: ``"mean"`` (default:
             the packaged MiniLM's [CLS] is uninformative before layer 4) or ``"cls"`` (the paper).
         seed: seed of the data split and subsets and of every stage.
@@ -277,12 +286,17 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     teacher_flops = row_flops(teacher.config, lengths, every_exit=False)  # [N] float64, the target_speedup base
     goal = {"max_drop": max_drop} if target_speedup is None else {"target_speedup": target_speedup}
     sweep = joined.rows()
-    # written: chosen on every dev row; reported: each row scored by a choice made without it
+    # written: chosen on every dev row, with a margin that cross-validation says holds; reported: each row scored by
+    # a choice (margin included) made without it
+    margin = None if max_drop is None else choose_margin(joined, reference_correct=teacher_correct, max_drop=max_drop,
+                                                         seed=seed)
     chosen = pick_for_goal(sweep, reference_accuracy=teacher_accuracy,
-                           full_depth_gflops=teacher_flops.sum().item() / 1e9, **goal)
+                           full_depth_gflops=teacher_flops.sum().item() / 1e9,
+                           margin=0.0 if margin is None else margin["margin"], **goal)
     out_of_sample = cross_validate(joined, reference_correct=teacher_correct, base_flops=teacher_flops, seed=seed,
-                                   **goal)
+                                   margin="auto", **goal)
     chosen_point = front[chosen.get("point", points[-1].name)]
+    chosen["margin"] = margin
     chosen["why"] = goal_explanation(chosen, goal, teacher_accuracy, teacher_flops.sum().item() / 1e9)
     front_report = None
     if settings.front:

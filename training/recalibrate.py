@@ -27,6 +27,7 @@ from costeff_fast.flops import model_flops
 from .calibrate import (
     ExitTable,
     accuracy_at_flops,
+    choose_margin,
     cross_validate,
     engine_sweep,
     fold_indices,
@@ -66,6 +67,10 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
     - ``max_drop``: the fewest FLOPs with accuracy at least ``reference - max_drop``, the reference being the
       teacher's accuracy on the data with ``teacher_dir``, else the checkpoint's own at full depth (threshold 0);
     - ``target_speedup``: the most accurate threshold with at most ``1 / target_speedup`` of the full-depth FLOPs.
+
+    For a ``max_drop`` goal the single threshold keeps a margin of accuracy in hand on these rows, the smallest
+    that cross-validation says holds on new rows (:func:`~costeff_fast.training.calibrate.choose_margin`;
+    ``single.margin``); the per-layer search keeps it too.
 
     Per-layer thresholds (one per exit) are then searched from that single threshold for the same goal
     (:func:`~costeff_fast.training.calibrate.per_layer_thresholds`), run through the engine, and compared with the
@@ -160,13 +165,18 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
     reference_accuracy = reference_correct.double().mean().item()
     goal = {"max_drop": max_drop, "target_speedup": target_speedup}
 
-    single = pick_for_goal(sweep, reference_accuracy=reference_accuracy, full_depth_gflops=full_depth["gflops"], **goal)
-    vector = _per_layer_search(table, single, full_depth["gflops"], reference_accuracy, **goal)
+    margin = None if max_drop is None else choose_margin(outcomes, reference_correct=reference_correct,
+                                                         max_drop=max_drop, folds=folds, seed=seed)
+    margin_value = 0.0 if margin is None else margin["margin"]
+    single = pick_for_goal(sweep, reference_accuracy=reference_accuracy, full_depth_gflops=full_depth["gflops"],
+                           margin=margin_value, **goal)
+    vector = _per_layer_search(table, single, full_depth["gflops"], reference_accuracy, margin=margin_value, **goal)
     per_layer = _engine_row(engine, inputs, labels, lengths, vector, batch_size)
     at_equal = accuracy_at_flops(sweep, per_layer["gflops"])
 
     # Out of sample: each row scored by thresholds chosen on the other folds, single and per layer alike.
-    single_held = cross_validate(outcomes, reference_correct=reference_correct, folds=folds, seed=seed, **goal)
+    single_held = cross_validate(outcomes, reference_correct=reference_correct, folds=folds, seed=seed, margin="auto",
+                                 **goal)
     per_layer_held = _per_layer_cross_validation(engine, table, outcomes, inputs, labels, reference_correct,
                                                  folds=folds, seed=seed, batch_size=batch_size, **goal)
     per_layer_wins = beats_out_of_sample(per_layer_held, single_held)
@@ -194,7 +204,7 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
         "teacher_accuracy": teacher_accuracy,
         "full_depth": {"accuracy": full_depth["accuracy"], "gflops_per_row": full_depth["gflops"] / n},
         "chosen_on": f"all {n} rows (the thresholds written)",
-        "single": {**single, "gflops_per_row": single["gflops"] / n,
+        "single": {**single, "margin": margin, "gflops_per_row": single["gflops"] / n,
                    "speedup_flops": full_depth["gflops"] / single["gflops"], "out_of_sample": single_held},
         "per_layer": {**per_layer, "gflops_per_row": per_layer["gflops"] / n,
                       "speedup_flops": full_depth["gflops"] / per_layer["gflops"],
@@ -283,18 +293,20 @@ def beats_out_of_sample(per_layer: dict, single: dict) -> bool:
 
 
 def _per_layer_search(table: ExitTable, single: dict, full_depth_gflops: float, reference_accuracy: float, *,
-                      max_drop: float | None, target_speedup: float | None) -> list[float]:
+                      max_drop: float | None, target_speedup: float | None, margin: float = 0.0) -> list[float]:
     """Per-layer thresholds for the goal, searched in ``table`` from the engine's chosen ``single`` sweep row (its
-    rows' accuracy and FLOPs): the goal itself when the single threshold met it, else the single row's own
-    accuracy or FLOPs. The table's figures equal the engine's up to rows within float noise of a threshold, so
-    the goal is loosened to the single threshold's table figures where they fall on the wrong side."""
+    rows' accuracy and FLOPs): the goal itself (plus the single choice's ``margin`` of accuracy, up to the single
+    row's own accuracy) when the single threshold met it, else the single row's own accuracy or FLOPs. The table's
+    figures equal the engine's up to rows within float noise of a threshold, so the goal is loosened to the single
+    threshold's table figures where they fall on the wrong side."""
     layers = table.entropies.shape[1]
     table_single = table.evaluate(single["entropy_threshold"])
     if target_speedup is not None:
         budget = full_depth_gflops / target_speedup if single["constraint_met"] else single["gflops"]
         goal = {"max_gflops": max(budget, table_single["gflops"])}
     else:
-        floor = reference_accuracy - max_drop if single["constraint_met"] else single["accuracy"]
+        floor = (min(reference_accuracy - max_drop + margin, single["accuracy"]) if single["constraint_met"]
+                 else single["accuracy"])
         goal = {"min_accuracy": min(floor, table_single["accuracy"])}
     vector, _ = per_layer_thresholds(table, [single["entropy_threshold"]] * layers, **goal)
     return vector
@@ -304,8 +316,8 @@ def _per_layer_cross_validation(engine, table: ExitTable, outcomes, inputs: list
                                 reference_correct: torch.Tensor, *, max_drop: float | None,
                                 target_speedup: float | None, folds: int, seed: int, batch_size: int) -> dict:
     """:func:`~costeff_fast.training.calibrate.cross_validate` of the per-layer procedure: on the other folds'
-    rows, the single threshold from the engine sweep, then the per-layer search from it in the exit table; the
-    engine then runs the fold's own rows at that vector. Same folds (seed) as the single threshold's."""
+    rows, the margin and the single threshold from the engine sweep, then the per-layer search from it in the exit
+    table; the engine then runs the fold's own rows at that vector. Same folds (seed) as the single threshold's."""
     n = len(inputs)
     parts = fold_indices(n, folds, seed)
     correct = torch.zeros(n, dtype=torch.bool)
@@ -315,13 +327,16 @@ def _per_layer_cross_validation(engine, table: ExitTable, outcomes, inputs: list
         rest = torch.cat([part for i, part in enumerate(parts) if i != index])
         reference = reference_correct[rest].double().mean().item()
         full = outcomes.full_depth_flops[rest].sum().item() / 1e9
+        margin = 0.0 if max_drop is None else choose_margin(
+            outcomes.subset(rest), reference_correct=reference_correct[rest], max_drop=max_drop, folds=folds,
+            seed=seed)["margin"]
         single = pick_for_goal(outcomes.rows(rest), reference_accuracy=reference, full_depth_gflops=full,
-                               max_drop=max_drop, target_speedup=target_speedup)
+                               max_drop=max_drop, target_speedup=target_speedup, margin=margin)
         vector = _per_layer_search(table.subset(rest), single, full, reference, max_drop=max_drop,
-                                   target_speedup=target_speedup)
+                                   target_speedup=target_speedup, margin=margin)
         logits, exits = engine_predict(engine, [inputs[i] for i in held.tolist()], batch_size, vector)
         correct[held], layers[held] = logits.argmax(-1) == labels[held], exits
-        per_fold.append({"rows": len(held), "entropy_threshold": vector,
+        per_fold.append({"rows": len(held), "margin": margin, "entropy_threshold": vector,
                          "accuracy": correct[held].double().mean().item()})
     flops = table.cumulative_flops[torch.arange(n), layers - 1]
     result = score_choice(correct, flops, layers, reference_correct=reference_correct,
