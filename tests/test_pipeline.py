@@ -162,6 +162,9 @@ def test_cli_passes_row_overrides_to_the_budget(monkeypatch, tmp_path):
     cli.main(["compress", "--task-default", "--task", "rt", "--kd-temperature", "2", "--early-exit-weight", "3",
               "--out", str(tmp_path)])
     assert (seen["budget"].kd_temperature, seen["budget"].early_exit_weight) == (2.0, 3.0)
+    assert seen["budget"].recovery_kd_temperature is None
+    cli.main(["compress", "--task-default", "--task", "rt", "--recovery-temperature", "4", "--out", str(tmp_path)])
+    assert (seen["budget"].kd_temperature, seen["budget"].recovery_kd_temperature) == (1.0, 4.0)
     quick = pipeline.BUDGETS["quick"]
     assert (seen["budget"].num_events, seen["budget"].distill_steps) == (quick.num_events, quick.distill_steps)
     cli.main(["compress", "--task-default", "--task", "rt", "--budget", "standard", "--num-events", "10",

@@ -12,12 +12,13 @@ from costeff_fast.training import budget as budget_module
 from costeff_fast.training.budget import BUDGETS, DEMO, PAPER, QUICK, Budget, budget_with
 
 # The presets' values as the pipeline used them before Budget took keywords (field order of the dataclass), plus
-# the two ablation fields at the paper's plain sum (temperature 1, every exit weighted 1), and batching at random.
+# the two ablation fields at the paper's plain sum (temperature 1, every exit weighted 1), batching at random, and
+# recovery at the TA's temperature.
 EXPECTED = {
     "paper": ("paper", None, None, 128, 32, 5, 2e-5, 5 / 3, 5, 2e-5, None, None, 180, 1e-5, 10, 6, 3e-5, 1.0, 1.0,
-              False),
-    "quick": ("quick", 3000, None, 64, 32, 1, 5e-5, 0.5, 1, 5e-5, 5, 8, 40, 3e-5, 1, 1, 5e-5, 1.0, 1.0, False),
-    "demo": ("demo", 2000, None, 64, 32, 1, 5e-5, 0, 1, 5e-5, 4, 4, 25, 3e-5, 0.5, 1, 5e-5, 1.0, 1.0, False),
+              False, None),
+    "quick": ("quick", 3000, None, 64, 32, 1, 5e-5, 0.5, 1, 5e-5, 5, 8, 40, 3e-5, 1, 1, 5e-5, 1.0, 1.0, False, None),
+    "demo": ("demo", 2000, None, 64, 32, 1, 5e-5, 0, 1, 5e-5, 4, 4, 25, 3e-5, 0.5, 1, 5e-5, 1.0, 1.0, False, None),
 }
 
 
@@ -81,3 +82,12 @@ def test_budget_with_changes_only_the_named_fields():
         budget_with("quick", epochs=3)
     with pytest.raises(KeyError):
         budget_with("huge")
+
+
+def test_recovery_temperature_defaults_to_the_tas_and_is_named_in_the_work_directory():
+    assert budget_module.recovery_temperature(budget_with("quick", kd_temperature=3.0)) == 3.0
+    hotter = budget_with("quick", recovery_kd_temperature=2.0)
+    assert budget_module.recovery_temperature(hotter) == 2.0 and hotter.kd_temperature == 1.0
+    assert budget_module.default_work_name("rt", hotter, "mean") == "rt-quick-len64-mean-recovery_kd_temperature2.0"
+    with pytest.raises(ValueError, match="recovery_kd_temperature must be > 0"):
+        budget_with("quick", recovery_kd_temperature=0.0)

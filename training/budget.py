@@ -63,6 +63,9 @@ class Budget:
     the ``transformers`` Trainer's ``group_by_length``, the batches then shuffled) and evaluate longest first:
     far less padding when lengths vary (1.8-1.9 times fewer tokens per training epoch on rt, trec and boolq).
     Off in every preset (their runs of record were batched at random)."""
+    recovery_kd_temperature: float | None
+    """Distillation temperature of recovery's exit distillation alone (None: ``kd_temperature``, the TA's), so
+    the final exit-wise distillation can run at a temperature chosen on dev without retraining the TA."""
 
     def __post_init__(self):
         for name in ("teacher_epochs", "ta_prediction_epochs", "recovery_prediction_epochs"):
@@ -75,6 +78,9 @@ class Budget:
                                  f"{getattr(self, name)}")
         if not self.kd_temperature > 0:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
+        if self.recovery_kd_temperature is not None and not self.recovery_kd_temperature > 0:
+            raise ValueError(f"recovery_kd_temperature must be > 0 (or None: kd_temperature), got "
+                             f"{self.recovery_kd_temperature}")
         if not self.early_exit_weight >= 0:
             raise ValueError(f"early_exit_weight must be >= 0, got {self.early_exit_weight}")
 
@@ -87,7 +93,7 @@ PAPER = Budget(
     ta_hidden_epochs=5 / 3, ta_prediction_epochs=5, ta_lr=2e-5,
     num_events=None, importance_batches=None, distill_steps=180, prune_lr=1e-5,
     recovery_hidden_epochs=10, recovery_prediction_epochs=6, recovery_lr=3e-5,
-    kd_temperature=1.0, early_exit_weight=1.0, group_by_length=False,
+    kd_temperature=1.0, early_exit_weight=1.0, group_by_length=False, recovery_kd_temperature=None,
 )
 """The paper's SST-2 schedule for 2 heads (full data, 128 tokens)."""
 
@@ -98,7 +104,7 @@ QUICK = Budget(
     ta_hidden_epochs=0.5, ta_prediction_epochs=1, ta_lr=5e-5,
     num_events=5, importance_batches=8, distill_steps=40, prune_lr=3e-5,
     recovery_hidden_epochs=1, recovery_prediction_epochs=1, recovery_lr=5e-5,
-    kd_temperature=1.0, early_exit_weight=1.0, group_by_length=False,
+    kd_temperature=1.0, early_exit_weight=1.0, group_by_length=False, recovery_kd_temperature=None,
 )
 """About 30 minutes for rt on 2 CPU cores (the CLI's default)."""
 
@@ -109,7 +115,7 @@ DEMO = Budget(
     ta_hidden_epochs=0, ta_prediction_epochs=1, ta_lr=5e-5,
     num_events=4, importance_batches=4, distill_steps=25, prune_lr=3e-5,
     recovery_hidden_epochs=0.5, recovery_prediction_epochs=1, recovery_lr=5e-5,
-    kd_temperature=1.0, early_exit_weight=1.0, group_by_length=False,
+    kd_temperature=1.0, early_exit_weight=1.0, group_by_length=False, recovery_kd_temperature=None,
 )
 """The quick recipe on 2,000 rows with shorter pruning and recovery (``costeff-fast demo``)."""
 
@@ -125,10 +131,16 @@ STANDARD = Budget(
     ta_hidden_epochs=0.5, ta_prediction_epochs=3, ta_lr=5e-5,
     num_events=5, importance_batches=16, distill_steps=60, prune_lr=3e-5,
     recovery_hidden_epochs=1, recovery_prediction_epochs=6, recovery_lr=5e-5,
-    kd_temperature=1.0, early_exit_weight=1.0, group_by_length=False,
+    kd_temperature=1.0, early_exit_weight=1.0, group_by_length=False, recovery_kd_temperature=None,
 )
 """Full data, 64 tokens, three epochs for the teacher and the TA's exit distillation, six for recovery's (the runs
 of record)."""
+
+def recovery_temperature(budget: Budget) -> float:
+    """The temperature of ``budget``'s recovery exit distillation: ``recovery_kd_temperature``, else
+    ``kd_temperature``."""
+    return budget.kd_temperature if budget.recovery_kd_temperature is None else budget.recovery_kd_temperature
+
 
 BUDGETS: dict[str, Budget] = {budget.name: budget for budget in (PAPER, STANDARD, QUICK, DEMO)}
 """The named presets by name: ``"paper"``, ``"standard"``, ``"quick"``, ``"demo"``."""

@@ -24,7 +24,7 @@ from costeff_fast import CostEffForSequenceClassification, from_pretrained
 from costeff_fast.data import load_unlabeled
 from costeff_fast.flops import row_flops
 
-from .budget import BUDGETS, Budget, default_work_name
+from .budget import BUDGETS, Budget, default_work_name, recovery_temperature
 from .augment import Augmentation, distillation_rows, unlabeled_fingerprint
 from .calibrate import (
     SweepOutcomes,
@@ -265,7 +265,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
         recovery_record = recover(ta_dir, point_dir / "slender", data, point_dir / "recovered",
                                   hidden_epochs=budget.recovery_hidden_epochs,
                                   prediction_epochs=budget.recovery_prediction_epochs, lr=budget.recovery_lr,
-                                  device=device, autocast=autocast, temperature=budget.kd_temperature,
+                                  device=device, autocast=autocast, temperature=recovery_temperature(budget),
                                   early_exit_weight=budget.early_exit_weight)
         timings["slenderization"] = timings.get("slenderization", 0.0) + slender_record["seconds"]
         timings["recovery"] = timings.get("recovery", 0.0) + recovery_record["seconds"]

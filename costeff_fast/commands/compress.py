@@ -91,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kd-temperature", type=positive_float, default=None,
                         help="distillation temperature of the TA's and recovery's exit distillation (default: the "
                              "budget's, 1)")
+    parser.add_argument("--recovery-temperature", type=positive_float, default=None,
+                        help="distillation temperature of recovery's exit distillation alone (default: "
+                             "--kd-temperature's; the TA keeps its own)")
     parser.add_argument("--early-exit-weight", type=non_negative_float, default=None,
                         help="loss weight of exits 1..L-1 against the last exit in that distillation (default: the "
                              "budget's, 1)")
@@ -179,7 +182,7 @@ def run(args: argparse.Namespace) -> None:
                  "teacher_epochs": args.teacher_epochs, "ta_prediction_epochs": args.ta_epochs,
                  "recovery_prediction_epochs": args.recovery_epochs,
                  "recovery_hidden_epochs": args.recovery_hidden_epochs, "kd_temperature": args.kd_temperature,
-                 "early_exit_weight": args.early_exit_weight,
+                 "recovery_kd_temperature": args.recovery_temperature, "early_exit_weight": args.early_exit_weight,
                  "num_events": args.num_events, "distill_steps": args.distill_steps,
                  "group_by_length": args.group_by_length}
     budget = replace(pipeline.BUDGETS[args.budget], **{k: v for k, v in overrides.items() if v is not None})
