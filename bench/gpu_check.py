@@ -805,9 +805,11 @@ def throughput_predictor(ctx: Context, dtype, cells: dict):
             layers = roofline.costeff_layers(contender.config)
             work = roofline.exact_work(lengths, exit_layers, len(layers))
             batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu")
-            path = "fused" if all(contender.model.fused(i, batch) for i in range(len(layers))) else "per-op"
+            # the backend's rule per layer: a model may fuse some layers and run the others per op
+            paths = ["fused" if contender.model.fused(i, batch) else "per-op" for i in range(len(layers))]
+            path = paths[0] if len(set(paths)) == 1 else "mixed"
             for name, case in cases.items():
-                times[name] = roofline.engine_prediction(layers, lengths, work, path, contender.threshold, key,
+                times[name] = roofline.engine_prediction(layers, lengths, work, paths, contender.threshold, key,
                                                          case, value_bytes)["ms"]
         out = {"predicted_path": "hf" if exit_layers is None else path, "predicted_ms_per_batch": times["mid"],
                "predicted_ms_range": sorted([times["fast"], times["slow"]]),
@@ -816,6 +818,7 @@ def throughput_predictor(ctx: Context, dtype, cells: dict):
         cells[out["lengths_key"]] = lengths
         if exit_layers is not None:
             out["exit_layers"] = list(exit_layers)
+            out["predicted_layer_paths"] = paths
         return out
 
     return predict
@@ -828,8 +831,8 @@ def section_throughput(ctx: Context) -> dict:
     contenders, thresholds, dtype = ctx.contenders()
     ctx.update(dtype=str(dtype).removeprefix("torch."), row_sets={k: len(v) for k, v in row_sets.items()},
                thresholds=thresholds, contenders=[c.name for c in contenders], board=ctx.gpu_key(),
-               prediction="bench/roofline.py: the engine on the path it takes (predicted_path: fused or "
-                          "per-op) and HF, mid case; "
+               prediction="bench/roofline.py: the engine on the path each layer takes (predicted_path: "
+                          "fused, per-op or mixed; predicted_layer_paths) and HF, mid case; "
                           "predicted_ms_measured_host_costs uses kernels.host_costs")
     cells: dict = {}
     grid = throughput_grid(contenders, row_sets, ctx.plan.batch_sizes, ctx.device, ctx.plan.repeats, ctx.plan.warmup,

@@ -355,11 +355,13 @@ def _tiny(count: int, name: str = "small") -> list:
     return [(name, 0.0, 0.0)] * count
 
 
-def engine_groups(layers: Sequence[Layer], work: Sequence[LayerWork], lengths: Sequence[int], path: str,
-                  thresholds: Sequence[float], gpu: str, case: Case, value_bytes: int = 2) -> list[Group]:
+def engine_groups(layers: Sequence[Layer], work: Sequence[LayerWork], lengths: Sequence[int],
+                  path: str | Sequence[str], thresholds: Sequence[float], gpu: str, case: Case,
+                  value_bytes: int = 2) -> list[Group]:
     """The groups of one ``run_early_exit`` call (``costeff_fast/engine.py``) on the triton backend.
 
-    ``path``: ``"per-op"`` (today's code: ``TritonBackend.layer``'s five launches, the exit head reading
+    ``path``: one for every layer, or one per layer (the backend's rule may fuse some layers and not others):
+    ``"per-op"`` (today's code: ``TritonBackend.layer``'s five launches, the exit head reading
     ``reference.exit_features``, the exit mask brought down by ``transfer.to_host``: an asynchronous copy into
     pinned memory and one event waited for, the layer's only wait) or ``"fused"`` (the assumed design of issue 29
     item 2: one launch per layer computing the layer, the row means and the exit head's entropy and mask; the
@@ -390,13 +392,16 @@ def engine_groups(layers: Sequence[Layer], work: Sequence[LayerWork], lengths: S
         return Group(f"exit {index + 1}: decision", torch=torch_calls, host=5, kernels=_tiny(torch_calls),
                      sync=True, weight=weight)
 
+    paths = [path] * len(layers) if isinstance(path, str) else list(path)
+    if len(paths) != len(layers) or not set(paths) <= {"per-op", "fused"}:
+        raise ValueError(f"path must be 'per-op', 'fused' or one of them per layer ({len(layers)}), got {path!r}")
     for index, (layer, w) in enumerate(zip(layers, work)):
         if w.reach <= 0:
             continue
         last = index == len(layers) - 1
         exits = last or thresholds[index] > 0
         F, C = layer.ffn, layer.num_labels
-        if path == "per-op":
+        if paths[index] == "per-op":
             kernels = [(name, flops, values * value_bytes)
                        for name, flops, values in layer_kernels(w.tokens, w.square, H, layer.heads, layer.head_size,
                                                                 F)]
@@ -541,8 +546,9 @@ def timeline(groups: Sequence[Group], gpu: str, case: Case) -> dict:
     return {"us": total, "host_us": host_total, "gpu_us": gpu_total, "syncs": syncs, "launches": launches}
 
 
-def engine_prediction(layers: Sequence[Layer], lengths: Sequence[int], work: Sequence[LayerWork], path: str,
-                      thresholds: Sequence[float], gpu: str, case: Case, value_bytes: int = 2) -> dict:
+def engine_prediction(layers: Sequence[Layer], lengths: Sequence[int], work: Sequence[LayerWork],
+                      path: str | Sequence[str], thresholds: Sequence[float], gpu: str, case: Case,
+                      value_bytes: int = 2) -> dict:
     """One ``run_early_exit`` batch: ``ms``, ``sentences_per_s``, host and GPU totals, waits and launches; and
     ``layer_1``: the time of the first layer with its exit (``max(host, GPU)`` of its groups plus its waits)."""
     groups = engine_groups(layers, work, lengths, path, thresholds, gpu, case, value_bytes)

@@ -126,6 +126,14 @@ def test_launch_and_wait_counts_per_layer(roofline):
     for path in ("per-op", "fused"):
         assert roofline.engine_prediction(layers, lengths, work, path, [0.5, 0.5, 0.0], "H100", case)["syncs"] == 2
         assert roofline.engine_prediction(layers, lengths, work, path, [0.0] * 3, "H100", case)["syncs"] == 0
+    # per layer: a model whose middle layer is too wide to fuse charges that layer per op, the others fused
+    mixed = ["fused", "per-op", "fused"]
+    tau = [0.5, 0.5, 0.0]
+    by_index = {i: _counts(layer(mixed, tau, i)) for i in (1, 2, 3)}
+    assert by_index == {1: _counts(layer("fused", tau, 1)), 2: _counts(layer("per-op", tau, 2)),
+                        3: _counts(layer("fused", tau, 3))}
+    with pytest.raises(ValueError, match="one of them per layer"):
+        roofline.engine_groups(layers, work, lengths, ["fused", "per-op"], tau, "H100", case)
     # transfer.to_host's host calls, the same on both paths: a pinned empty, Event(), record, then any() and bool
     decisions = [g for path in ("per-op", "fused") for g in layer(path, [0.5, 0.5, 0.0], 1)
                  if g.name.endswith("decision")]
