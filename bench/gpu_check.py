@@ -804,9 +804,13 @@ def throughput_predictor(ctx: Context, dtype, cells: dict):
         else:
             layers = roofline.costeff_layers(contender.config)
             work = roofline.exact_work(lengths, exit_layers, len(layers))
-            batch = PackedBatch.from_lengths(torch.tensor(lengths), "cpu")
-            # the backend's rule per layer: a model may fuse some layers and run the others per op
-            paths = ["fused" if contender.model.fused(i, batch) else "per-op" for i in range(len(layers))]
+            # the backend's rule per layer, on the rows that reach it (the engine repacks the survivors, so a layer
+            # after the long rows have left may fuse); a layer nobody reaches costs nothing and keeps "per-op"
+            paths = []
+            for i in range(len(layers)):
+                reach = [n for n, layer in zip(lengths, exit_layers) if layer > i]
+                batch = PackedBatch.from_lengths(torch.tensor(reach), "cpu") if reach else None
+                paths.append("fused" if batch is not None and contender.model.fused(i, batch) else "per-op")
             path = paths[0] if len(set(paths)) == 1 else "mixed"
             for name, case in cases.items():
                 times[name] = roofline.engine_prediction(layers, lengths, work, paths, contender.threshold, key,

@@ -211,6 +211,33 @@ def test_the_smallest_margin_that_holds_out_of_sample_is_chosen():
         cross_validate(outcomes, reference_correct=reference, max_drop=0.25, margin="large")
 
 
+def test_when_no_margin_holds_the_most_accurate_one_out_of_sample_is_taken():
+    """Folds A and B of four rows, reference always right, goal 0.75. Rows right per fold (A, B) and cost:
+    setting 0 (2, 3) at 10, setting 1 (1, 3) at 1, setting 2 (3, 1) at 1, setting 3 (2, 4) at 5.
+
+    - margin 0: A chooses on B: setting 1 (3/4, cheapest), scores 1/4; B chooses on A: setting 2, scores 1/4.
+    - margin 0.0025 (and 0.005): A chooses on B: only setting 3 (4/4) clears 0.7525, scores 2/4; B chooses on A:
+      nothing clears it, the most accurate there is setting 2 (3/4), scores 1/4. Out of sample 3/8.
+    No margin reaches 0.75: the most accurate, 0.0025 (the smaller of the tie), is returned, goal_met False."""
+    a, b = fold_indices(8, 2, seed=0)
+    correct = torch.zeros(4, 8, dtype=torch.bool)
+    for setting, (in_a, in_b) in enumerate([(2, 3), (1, 3), (3, 1), (2, 4)]):
+        correct[setting, a[:in_a]], correct[setting, b[:in_b]] = True, True
+    flops = torch.tensor([[10e9] * 8, [1e9] * 8, [1e9] * 8, [5e9] * 8], dtype=torch.float64)
+    outcomes = outcomes_of(correct.tolist(), flops.tolist(), [10e9] * 8)
+    chosen = choose_margin(outcomes, reference_correct=torch.ones(8, dtype=torch.bool), max_drop=0.25,
+                           margins=(0.0, 0.0025, 0.005), folds=2, seed=0)
+    assert [c["accuracy"] for c in chosen["candidates"]] == [0.25, 0.375, 0.375]
+    assert chosen["margin"] == 0.0025 and chosen["goal_met"] is False
+
+
+def test_nested_cross_validation_of_two_rows_takes_no_margin():
+    outcomes = outcomes_of([[True, True], [True, False]], [[2e9, 2e9], [1e9, 1e9]], [2e9, 2e9])
+    result = cross_validate(outcomes, reference_correct=torch.ones(2, dtype=torch.bool), max_drop=0.0, folds=2,
+                            margin="auto")
+    assert [fold["margin"] for fold in result["per_fold"]] == [0.0, 0.0] and result["rows"] == 2
+
+
 def _brute_choice(correct, flops, teacher, rows, max_drop, margin):
     """The setting the margin rule picks on ``rows`` (a list of column indices), from per-row sums."""
     settings = correct.shape[0]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import costeff_fast
 from costeff_fast import cli
 from costeff_fast.training.budget import budget_with
-from costeff_fast.training.front import encoder_fraction, plan_front
+from costeff_fast.training.front import encoder_fraction, goal_explanation, plan_front
 from costeff_fast.training.pipeline import CompressionSettings, compress
 from costeff_fast.training.validate import CompressArgumentError
 
@@ -34,6 +34,25 @@ def test_the_front_of_the_default_target_by_hand():
     ranked = plan_front(**MINILM, heads=2, ffn=160, embedding_rank=128, fractions=[0.5], num_events=None)
     assert [p.embedding_rank for p in ranked] == [384 - round(4 / 7 * 256), 128]  # 238, then the target
     assert encoder_fraction(384, 32, 12, 1536, 12, 1536) == 1.0
+
+
+def test_the_why_names_the_margin_only_when_it_decided():
+    """Teacher 0.80, max_drop 0.01 (goal 0.79), 100 GFLOPs for the teacher."""
+    row = {"point": "h3-f384", "entropy_threshold": 0.5, "gflops": 10.0, "constraint_met": True}
+    goal = {"max_drop": 0.01}
+    plain = goal_explanation({**row, "accuracy": 0.795, "margin": {"margin": 0.0, "goal_met": True}}, goal, 0.80, 100.0)
+    assert plain.startswith("the cheapest within 0.01 of the teacher's accuracy on the dev rows: width h3-f384")
+    assert "10.0x fewer" in plain
+    held = goal_explanation({**row, "accuracy": 0.795, "margin": {"margin": 0.005, "goal_met": True}}, goal, 0.80, 100.0)
+    assert "keeping 0.50 points in hand (the smallest margin whose choice held" in held
+    closest = goal_explanation({**row, "accuracy": 0.795, "margin": {"margin": 0.005, "goal_met": False}}, goal, 0.80,
+                               100.0)
+    assert "no margin held out of sample" in closest
+    short = goal_explanation({**row, "accuracy": 0.792, "margin": {"margin": 0.005, "goal_met": True}}, goal, 0.80, 100.0)
+    assert "nothing clears the goal by the margin of 0.50 points" in short and "most accurate is written" in short
+    unmet = goal_explanation({**row, "accuracy": 0.78, "constraint_met": False, "margin": {"margin": 0.005}}, goal,
+                             0.80, 100.0)
+    assert unmet.startswith("goal NOT met") and "2.00 points below" in unmet
 
 
 @pytest.mark.parametrize("fractions, message", [
@@ -103,7 +122,7 @@ def test_max_drop_writes_the_cheapest_width_and_threshold_within_the_drop(front_
     assert chosen["constraint_met"] is bool(within)
     if clear:
         assert chosen["gflops"] == min(r["gflops"] for r in clear) and "cheapest within 0.02" in chosen["why"]
-        assert ("keeping a margin" in chosen["why"]) is (margin["margin"] > 0)
+        assert ("in hand" in chosen["why"]) is (margin["margin"] > 0)
     elif within:
         assert chosen["accuracy"] == max(r["accuracy"] for r in rows)
     else:
@@ -140,6 +159,26 @@ def test_another_goal_reuses_every_stage_and_says_when_it_is_not_met(front_run, 
     chosen = unmet["calibration"]["chosen"]
     assert not chosen["constraint_met"] and chosen["gflops"] == min(r["gflops"] for r in rows)
     assert chosen["why"].startswith("goal NOT met: nothing runs 1e+06x fewer")
+
+
+def test_recovery_at_its_own_temperature_reuses_the_ta_and_slenderized_stages(front_run, tmp_path):
+    """--recovery-temperature 2 in the same work directory: the TA and every slenderized point are reused (their
+    records' seconds unchanged), each point is recovered again into its own recovered-T2 directory at temperature
+    2, and the cached temperature-1 recoveries stay as they were."""
+    run = front_run
+    work = run["root"] / "work" / "h1-f16-rfull-uniform-front0.6"
+    before = {d.name: json.loads((d / "recovered" / "stage.json").read_text()) for d in work.iterdir()}
+    hotter = budget_with("quick", **{**{k: v for k, v in vars(run["budget"]).items() if k != "name"},
+                                     "recovery_kd_temperature": 2.0})
+    report = compress("rt", tmp_path / "hot", teacher_dir=run["teacher"], settings=run["settings"], budget=hotter,
+                      work_dir=run["root"] / "work", max_drop=0.02)
+    assert report["stage_seconds"]["teaching assistant"] == run["report"]["stage_seconds"]["teaching assistant"]
+    assert report["stage_seconds"]["slenderization"] == run["report"]["stage_seconds"]["slenderization"]
+    for name, record in before.items():
+        assert json.loads((work / name / "recovered" / "stage.json").read_text()) == record
+        assert record["params"]["temperature"] == 1.0
+        assert json.loads((work / name / "recovered-T2" / "stage.json").read_text())["params"]["temperature"] == 2.0
+    assert all(point["checkpoint"].endswith("recovered-T2") for point in report["front"]["points"])
 
 
 def test_front_and_goal_refusals_come_before_any_training(tmp_path, minilm_dir):

@@ -217,10 +217,14 @@ def test_measurements_sit_next_to_the_roofline_prediction(dry_run, monkeypatch):
             work = roofline.exact_work(lengths, row["exit_layers"], len(checkpoint))
             # the path the backend's rule gives the tiny checkpoint on these rows; the per-op contender keeps five
             # launches whatever the rule
-            paths = ["fused" if fused_layer_supported(TINY_FIELDS["hidden_size"], heads,
-                                                      TINY_FIELDS["attention_head_size"], ffn, max(lengths))
+            # each layer on the rows that reach it (1-based exit layers past it)
+            reach = [[n for n, layer in zip(lengths, row["exit_layers"]) if layer > i] for i in range(len(checkpoint))]
+            paths = ["fused" if rows_in and fused_layer_supported(TINY_FIELDS["hidden_size"], heads,
+                                                                  TINY_FIELDS["attention_head_size"], ffn,
+                                                                  max(rows_in))
                      and row["contender"] != "triton_checkpoint_per_op" else "per-op"
-                     for heads, ffn in zip(TINY_FIELDS["num_attention_heads"], TINY_FIELDS["intermediate_size"])]
+                     for rows_in, heads, ffn in zip(reach, TINY_FIELDS["num_attention_heads"],
+                                                   TINY_FIELDS["intermediate_size"])]
             assert row["predicted_layer_paths"] == paths
             assert row["predicted_path"] == (paths[0] if len(set(paths)) == 1 else "mixed")
             expect = {name: roofline.engine_prediction(checkpoint, lengths, work, paths, threshold, "H100", case,

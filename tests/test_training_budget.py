@@ -84,10 +84,16 @@ def test_budget_with_changes_only_the_named_fields():
         budget_with("huge")
 
 
-def test_recovery_temperature_defaults_to_the_tas_and_is_named_in_the_work_directory():
+def test_recovery_temperature_defaults_to_the_tas_and_names_only_the_recovered_directory():
     assert budget_module.recovery_temperature(budget_with("quick", kd_temperature=3.0)) == 3.0
     hotter = budget_with("quick", recovery_kd_temperature=2.0)
     assert budget_module.recovery_temperature(hotter) == 2.0 and hotter.kd_temperature == 1.0
-    assert budget_module.default_work_name("rt", hotter, "mean") == "rt-quick-len64-mean-recovery_kd_temperature2.0"
+    # the teacher, TA and slenderized stages stay shared; recovery gets its own directory
+    assert budget_module.default_work_name("rt", hotter, "mean") == "rt-quick-len64-mean"
+    assert budget_module.recovered_name(hotter) == "recovered-T2"
+    assert budget_module.recovered_name(budget_with("quick", recovery_kd_temperature=1.0)) == "recovered"
+    assert budget_module.recovered_name(QUICK) == "recovered"
+    assert budget_module.default_work_name("rt", budget_with("quick", kd_temperature=2.0), "mean").endswith(
+        "-kd_temperature2.0")
     with pytest.raises(ValueError, match="recovery_kd_temperature must be > 0"):
         budget_with("quick", recovery_kd_temperature=0.0)

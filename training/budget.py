@@ -53,8 +53,9 @@ class Budget:
     recovery_lr: float
     """Peak AdamW learning rate of both recovery phases."""
     kd_temperature: float
-    """Distillation temperature T (> 0) of the exit (prediction) distillation in the TA and in recovery (the
-    soft cross-entropy is scaled by T^2, :func:`~costeff_fast.training.losses.soft_cross_entropy`)."""
+    """Distillation temperature T (> 0) of the exit (prediction) distillation in the TA and, unless
+    ``recovery_kd_temperature`` is set, in recovery (the soft cross-entropy is scaled by T^2,
+    :func:`~costeff_fast.training.losses.soft_cross_entropy`)."""
     early_exit_weight: float
     """Loss weight (>= 0) of exits 1..L-1 against the last exit in the TA's and recovery's exit distillation
     (the paper sums the exits with weight 1)."""
@@ -136,10 +137,19 @@ STANDARD = Budget(
 """Full data, 64 tokens, three epochs for the teacher and the TA's exit distillation, six for recovery's (the runs
 of record)."""
 
+
 def recovery_temperature(budget: Budget) -> float:
     """The temperature of ``budget``'s recovery exit distillation: ``recovery_kd_temperature``, else
     ``kd_temperature``."""
     return budget.kd_temperature if budget.recovery_kd_temperature is None else budget.recovery_kd_temperature
+
+
+def recovered_name(budget: Budget) -> str:
+    """The directory name of a point's recovered stage: ``recovered``, or ``recovered-T<t>`` when recovery distils
+    at its own temperature ``t`` (``recovery_kd_temperature`` other than ``kd_temperature``), so recoveries at
+    several temperatures share one teacher, TA and slenderized stage in one work directory."""
+    temperature = recovery_temperature(budget)
+    return "recovered" if temperature == budget.kd_temperature else f"recovered-T{temperature:g}"
 
 
 BUDGETS: dict[str, Budget] = {budget.name: budget for budget in (PAPER, STANDARD, QUICK, DEMO)}
@@ -163,6 +173,8 @@ def default_work_name(task: str, budget: Budget, exit_pooling: str) -> str:
     base = BUDGETS.get(budget.name)
     if base is None:
         return name
-    changed = [f for f in fields(Budget) if f.name not in ("name", "max_length")
+    # recovery's own temperature names the recovered directory instead (recovered_name): the stages before it are
+    # shared
+    changed = [f for f in fields(Budget) if f.name not in ("name", "max_length", "recovery_kd_temperature")
                and getattr(budget, f.name) != getattr(base, f.name)]
     return name + "".join(f"-{f.name}{getattr(budget, f.name)}" for f in changed)

@@ -57,7 +57,7 @@ class SweepOutcomes:
         row_flops: ``[T, N]`` float64 executed matmul FLOPs of each row to its exit (exit heads included, real
             lengths; :func:`costeff_fast.flops.cumulative_flops`).
         full_depth_flops: ``[N]`` float64, each row's FLOPs through every layer (the ``target_speedup`` base).
-        seconds: ``T`` engine wall-clock seconds over all ``N`` rows, one per setting.
+        seconds: ``T`` engine wall-clock seconds over all ``N`` rows, one per setting (None for a :meth:`subset`).
         num_layers: the model's layers ``L`` (the deepest model's, for outcomes of several models joined by
             :meth:`concat`).
         points: for outcomes of several models (a front of widths), the model of each setting (its name), else
@@ -69,7 +69,7 @@ class SweepOutcomes:
     exit_layers: torch.Tensor
     row_flops: torch.Tensor
     full_depth_flops: torch.Tensor
-    seconds: list[float]
+    seconds: list[float] | None
     num_layers: int
     points: list[str] | None = None
 
@@ -82,7 +82,8 @@ class SweepOutcomes:
             raise ValueError("outcomes to join must cover the same rows")
         return cls([t for part in parts for t in part.thresholds], torch.cat([p.correct for p in parts]),
                    torch.cat([p.exit_layers for p in parts]), torch.cat([p.row_flops for p in parts]),
-                   parts[0].full_depth_flops, [x for p in parts for x in p.seconds],
+                   parts[0].full_depth_flops,
+                   None if any(p.seconds is None for p in parts) else [x for p in parts for x in p.seconds],
                    max(p.num_layers for p in parts),
                    [name for name, part in named.items() for _ in part.thresholds])
 
@@ -91,15 +92,16 @@ class SweepOutcomes:
         return self.correct.shape[1]
 
     def subset(self, rows: torch.Tensor) -> "SweepOutcomes":
-        """The same settings over the rows ``rows`` only (``[M]`` int64 indices), in that order; ``seconds`` stays
-        the timing of all rows (the engine timed them together)."""
+        """The same settings over the rows ``rows`` only (``[M]`` int64 indices), in that order, without timings
+        (``seconds`` None: the engine timed all rows together)."""
         return SweepOutcomes(self.thresholds, self.correct[:, rows], self.exit_layers[:, rows],
-                             self.row_flops[:, rows], self.full_depth_flops[rows], self.seconds, self.num_layers,
+                             self.row_flops[:, rows], self.full_depth_flops[rows], None, self.num_layers,
                              self.points)
 
     def rows(self, subset: torch.Tensor | None = None) -> list[dict]:
         """One :func:`threshold_sweep` dict per setting over the rows ``subset`` (``[M]`` int64 indices; None: all
-        rows). ``sentences_per_second`` is given for all rows only (the engine timed them together)."""
+        rows). ``sentences_per_second`` is given for all rows of timed outcomes only (the engine timed them
+        together)."""
         index = torch.arange(self.num_rows) if subset is None else subset
         result = []
         for t, tau in enumerate(self.thresholds):
@@ -112,7 +114,7 @@ class SweepOutcomes:
                 "exit_layer_counts": torch.bincount(layers, minlength=self.num_layers + 1)[1:].tolist(),
                 "gflops": self.row_flops[t, index].sum().item() / 1e9,
             }
-            if subset is None:
+            if subset is None and self.seconds is not None:
                 row["sentences_per_second"] = self.num_rows / self.seconds[t]
             result.append(row)
         return result
@@ -297,7 +299,8 @@ def cross_validate(outcomes: SweepOutcomes, *, reference_correct: torch.Tensor, 
         folds: number of folds (at most ``N``); seed: seed of the deal.
         margin: the ``max_drop`` choice's margin (:func:`pick_threshold`), or ``"auto"``: each fold's margin is
             itself chosen by :func:`choose_margin` (over ``margins``) on the other folds' rows only, so the pooled
-            figures are those of the whole procedure, margin choice included (nested cross-validation).
+            figures are those of the whole procedure, margin choice included (nested cross-validation; a fold
+            whose other rows are fewer than two takes margin 0).
 
     Returns:
         :func:`score_choice` of the pooled out-of-sample outcomes plus ``method``, ``folds``, ``seed``,
@@ -320,8 +323,8 @@ def cross_validate(outcomes: SweepOutcomes, *, reference_correct: torch.Tensor, 
     for index, held in enumerate(parts):
         rest = torch.cat([part for i, part in enumerate(parts) if i != index])
         fold_margin = margin
-        if margin == "auto":
-            fold_margin = 0.0 if max_drop is None else choose_margin(
+        if margin == "auto":  # too few rows to cross-validate within: no margin
+            fold_margin = 0.0 if max_drop is None or len(rest) < 2 else choose_margin(
                 outcomes.subset(rest), reference_correct=reference_correct[rest], max_drop=max_drop,
                 folds=len(parts), seed=seed, margins=margins)["margin"]
         sweep = [{**row, "setting": t} for t, row in enumerate(outcomes.rows(rest))]

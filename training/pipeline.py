@@ -24,7 +24,7 @@ from costeff_fast import CostEffForSequenceClassification, from_pretrained
 from costeff_fast.data import load_unlabeled
 from costeff_fast.flops import row_flops
 
-from .budget import BUDGETS, Budget, default_work_name, recovery_temperature
+from .budget import BUDGETS, Budget, default_work_name, recovered_name, recovery_temperature
 from .augment import Augmentation, distillation_rows, unlabeled_fingerprint
 from .calibrate import (
     SweepOutcomes,
@@ -262,7 +262,8 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
             lr=budget.prune_lr, device=device, autocast=autocast, start_dir=previous,
         )
         previous = point_dir / "slender"
-        recovery_record = recover(ta_dir, point_dir / "slender", data, point_dir / "recovered",
+        recovered_dir = point_dir / recovered_name(budget)
+        recovery_record = recover(ta_dir, point_dir / "slender", data, recovered_dir,
                                   hidden_epochs=budget.recovery_hidden_epochs,
                                   prediction_epochs=budget.recovery_prediction_epochs, lr=budget.recovery_lr,
                                   device=device, autocast=autocast, temperature=recovery_temperature(budget),
@@ -270,15 +271,15 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
         timings["slenderization"] = timings.get("slenderization", 0.0) + slender_record["seconds"]
         timings["recovery"] = timings.get("recovery", 0.0) + recovery_record["seconds"]
         started = time.time()
-        model = from_pretrained(point_dir / "recovered", device=device)
-        reference = CostEffForSequenceClassification.from_pretrained(point_dir / "recovered", use_safetensors=True)
+        model = from_pretrained(recovered_dir, device=device)
+        reference = CostEffForSequenceClassification.from_pretrained(recovered_dir, use_safetensors=True)
         thresholds = quantile_thresholds(reference, tokenizer, inputs, max_length=budget.max_length, device=device)
         outcomes[point.name] = engine_sweep(model, inputs, labels, thresholds)
         timings["calibration"] += time.time() - started
         # a point's pruning events are those of every segment from the TA to it
         path_events = path_events + [{**event, "segment": point.name} for event in slender_record["events"]]
         slender_record = {**slender_record, "events": path_events}
-        front[point.name] = {"point": point, "dir": point_dir / "recovered", "slender_record": slender_record,
+        front[point.name] = {"point": point, "dir": recovered_dir, "slender_record": slender_record,
                              "recovery_record": recovery_record}
 
     joined = SweepOutcomes.concat(outcomes) if settings.front else outcomes[points[-1].name]

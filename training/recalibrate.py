@@ -64,8 +64,9 @@ def calibrate_checkpoint(model_dir: Path, data, *, text_column: str = "text", te
     (:class:`~costeff_fast.training.calibrate.ExitTable`); single thresholds at quantiles of those entropies run
     through the batch engine (accuracy, executed FLOPs at real lengths, sentences/s); the goal picks one:
 
-    - ``max_drop``: the fewest FLOPs with accuracy at least ``reference - max_drop``, the reference being the
-      teacher's accuracy on the data with ``teacher_dir``, else the checkpoint's own at full depth (threshold 0);
+    - ``max_drop``: the fewest FLOPs with accuracy at least ``reference - max_drop`` plus a margin (below), the
+      reference being the teacher's accuracy on the data with ``teacher_dir``, else the checkpoint's own at full
+      depth (threshold 0);
     - ``target_speedup``: the most accurate threshold with at most ``1 / target_speedup`` of the full-depth FLOPs.
 
     For a ``max_drop`` goal the single threshold keeps a margin of accuracy in hand on these rows, the smallest

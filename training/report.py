@@ -27,10 +27,11 @@ def write_report(out_dir: Path, *, task, budget, settings, teacher, ta_dir, mode
     paper's accounting, the factorized embedding's projection included), and at the dev rows' real token
     counts (the teacher at full depth; COST-EFF at its calibrated threshold, exit heads included).
 
-    Calibration: ``calibration.chosen`` is the threshold written into the checkpoint, chosen on every dev row,
+    Calibration: ``calibration.chosen`` is the threshold written into the checkpoint, chosen on every dev row
+    (for a ``max_drop`` goal keeping ``chosen.margin``, :func:`~costeff_fast.training.calibrate.choose_margin`),
     with its accuracy on those same rows (optimistic); ``calibration.out_of_sample`` is
-    :func:`~costeff_fast.training.calibrate.cross_validate` of that choice, where each dev row is scored by a
-    threshold chosen without it. ``goal`` is ``{"max_drop": x}`` or ``{"target_speedup": x}``; ``front`` (None
+    :func:`~costeff_fast.training.calibrate.cross_validate` of that choice (``margin="auto"``: nested), where each
+    dev row is scored by a threshold and margin chosen without it. ``goal`` is ``{"max_drop": x}`` or ``{"target_speedup": x}``; ``front`` (None
     without one) is :func:`~costeff_fast.training.front.summarize_front`, and ``sweep``, the widths, parameters
     and exits are then those of the point chosen. The headline accuracy (``accuracy.costeff_calibrated``), FLOPs
     (``flops_per_row.costeff_real_lengths_calibrated``) and the targets are the out-of-sample figures.

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="column holding the label: the model's class names, or integer class ids")
     goal = parser.add_mutually_exclusive_group()
     goal.add_argument("--max-drop", type=float, default=None,
-                      help="fewest FLOPs within this accuracy drop of the reference (a fraction; default 0.01)")
+                      help="fewest FLOPs within this accuracy drop of the reference (a fraction; default 0.01), with "
+                           "the accuracy margin cross-validation says holds")
     goal.add_argument("--target-speedup", type=float, default=None,
                       help="most accurate threshold with this many times fewer executed FLOPs than full depth")
     parser.add_argument("--teacher", type=Path, default=None,

@@ -89,8 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="optimizer steps of distillation from the TA after each pruning event (default: the "
                              "budget's; standard uses 60, the paper 180)")
     parser.add_argument("--kd-temperature", type=positive_float, default=None,
-                        help="distillation temperature of the TA's and recovery's exit distillation (default: the "
-                             "budget's, 1)")
+                        help="distillation temperature of the TA's and (without --recovery-temperature) recovery's "
+                             "exit distillation (default: the budget's, 1)")
     parser.add_argument("--recovery-temperature", type=positive_float, default=None,
                         help="distillation temperature of recovery's exit distillation alone (default: "
                              "--kd-temperature's; the TA keeps its own)")
@@ -105,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     goal = parser.add_mutually_exclusive_group()
     goal.add_argument("--max-drop", type=fraction, default=None,
                       help="goal: the fewest executed FLOPs within this dev accuracy drop of the teacher, a fraction "
-                           "(default 0.01: one point)")
+                           "(default 0.01: one point), with the accuracy margin cross-validation says holds")
     goal.add_argument("--target-speedup", type=positive_float, default=None,
                       help="goal: the most accurate model with this many times fewer executed FLOPs than the teacher "
                            "on the dev rows")
