@@ -168,8 +168,8 @@ def test_cli_passes_row_overrides_to_the_budget(monkeypatch, tmp_path):
     quick = pipeline.BUDGETS["quick"]
     assert (seen["budget"].num_events, seen["budget"].distill_steps) == (quick.num_events, quick.distill_steps)
     cli.main(["compress", "--task-default", "--task", "rt", "--budget", "standard", "--num-events", "10",
-              "--distill-steps", "180", "--out", str(tmp_path)])
-    assert (seen["budget"].num_events, seen["budget"].distill_steps) == (10, 180)
+              "--distill-steps", "240", "--out", str(tmp_path)])
+    assert (seen["budget"].num_events, seen["budget"].distill_steps) == (10, 240)
     assert seen["budget"].recovery_prediction_epochs == pipeline.BUDGETS["standard"].recovery_prediction_epochs
     assert (seen["max_drop"], seen["target_speedup"], seen["settings"].front) == (None, None, ())
     cli.main(["compress", "--task-default", "--task", "rt", "--front", "1/2, 0.25", "--target-speedup", "4",

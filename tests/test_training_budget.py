@@ -13,11 +13,12 @@ from costeff_fast.training.budget import BUDGETS, DEMO, PAPER, QUICK, Budget, bu
 
 # The presets' values as the pipeline used them before Budget took keywords (field order of the dataclass), plus
 # the two ablation fields at the paper's plain sum (temperature 1, every exit weighted 1), batching at random, and
-# recovery at the TA's temperature.
+# recovery at the TA's temperature; quick's distillation steps per pruning event tripled (40 -> 120) on 2026-12-07
+# after bench/results/gap-levers/.
 EXPECTED = {
     "paper": ("paper", None, None, 128, 32, 5, 2e-5, 5 / 3, 5, 2e-5, None, None, 180, 1e-5, 10, 6, 3e-5, 1.0, 1.0,
               False, None),
-    "quick": ("quick", 3000, None, 64, 32, 1, 5e-5, 0.5, 1, 5e-5, 5, 8, 40, 3e-5, 1, 1, 5e-5, 1.0, 1.0, False, None),
+    "quick": ("quick", 3000, None, 64, 32, 1, 5e-5, 0.5, 1, 5e-5, 5, 8, 120, 3e-5, 1, 1, 5e-5, 1.0, 1.0, False, None),
     "demo": ("demo", 2000, None, 64, 32, 1, 5e-5, 0, 1, 5e-5, 4, 4, 25, 3e-5, 0.5, 1, 5e-5, 1.0, 1.0, False, None),
 }
 

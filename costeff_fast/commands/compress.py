@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "budget's; quick and standard use 5; the paper uses one per removed head)")
     parser.add_argument("--distill-steps", type=positive_int, default=None,
                         help="optimizer steps of distillation from the TA after each pruning event (default: the "
-                             "budget's; standard uses 60, the paper 180)")
+                             "budget's; quick uses 120, standard and the paper 180)")
     parser.add_argument("--kd-temperature", type=positive_float, default=None,
                         help="distillation temperature of the TA's and (without --recovery-temperature) recovery's "
                              "exit distillation (default: the budget's, 1)")
