@@ -309,3 +309,15 @@ def test_beats_out_of_sample_by_hand():
     assert not recalibrate.beats_out_of_sample({"accuracy": 0.80, "gflops": 10.0, "goal_met": True}, single)  # tie
     assert not recalibrate.beats_out_of_sample({"accuracy": 0.82, "gflops": 11.0, "goal_met": True}, single)  # a trade
     assert not recalibrate.beats_out_of_sample({"accuracy": 0.81, "gflops": 9.0, "goal_met": False}, single)
+
+
+def test_calibrate_on_two_rows_cross_validates_without_a_margin(model_dir, reviews, tmp_path):
+    """The smallest data calibrate takes: two folds of one row each leave one row to choose on, too few to
+    cross-validate a margin within; both procedures still run and report, with margin 0 in every fold."""
+    two = tmp_path / "two.csv"
+    pd.read_csv(reviews).head(2).to_csv(two, index=False)
+    report = calibrate_checkpoint(model_dir, two, text_column="review", label_column="verdict", max_drop=0.01,
+                                  thresholds="per-layer")
+    assert report["rows"] == 2
+    assert [fold["margin"] for fold in report["single"]["out_of_sample"]["per_fold"]] == [0.0, 0.0]
+    assert [fold["margin"] for fold in report["per_layer"]["out_of_sample"]["per_fold"]] == [0.0, 0.0]

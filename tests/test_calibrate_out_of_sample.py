@@ -236,6 +236,9 @@ def test_nested_cross_validation_of_two_rows_takes_no_margin():
     result = cross_validate(outcomes, reference_correct=torch.ones(2, dtype=torch.bool), max_drop=0.0, folds=2,
                             margin="auto")
     assert [fold["margin"] for fold in result["per_fold"]] == [0.0, 0.0] and result["rows"] == 2
+    one_row = choose_margin(outcomes.subset(torch.tensor([1])), reference_correct=torch.ones(1, dtype=torch.bool),
+                            max_drop=0.0, margins=(0.005, 0.0025))
+    assert one_row == {"margin": 0.0025, "goal_met": None, "candidates": []}
 
 
 def _brute_choice(correct, flops, teacher, rows, max_drop, margin):

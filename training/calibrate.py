@@ -299,8 +299,7 @@ def cross_validate(outcomes: SweepOutcomes, *, reference_correct: torch.Tensor, 
         folds: number of folds (at most ``N``); seed: seed of the deal.
         margin: the ``max_drop`` choice's margin (:func:`pick_threshold`), or ``"auto"``: each fold's margin is
             itself chosen by :func:`choose_margin` (over ``margins``) on the other folds' rows only, so the pooled
-            figures are those of the whole procedure, margin choice included (nested cross-validation; a fold
-            whose other rows are fewer than two takes margin 0).
+            figures are those of the whole procedure, margin choice included (nested cross-validation).
 
     Returns:
         :func:`score_choice` of the pooled out-of-sample outcomes plus ``method``, ``folds``, ``seed``,
@@ -323,8 +322,8 @@ def cross_validate(outcomes: SweepOutcomes, *, reference_correct: torch.Tensor, 
     for index, held in enumerate(parts):
         rest = torch.cat([part for i, part in enumerate(parts) if i != index])
         fold_margin = margin
-        if margin == "auto":  # too few rows to cross-validate within: no margin
-            fold_margin = 0.0 if max_drop is None or len(rest) < 2 else choose_margin(
+        if margin == "auto":
+            fold_margin = 0.0 if max_drop is None else choose_margin(
                 outcomes.subset(rest), reference_correct=reference_correct[rest], max_drop=max_drop,
                 folds=len(parts), seed=seed, margins=margins)["margin"]
         sweep = [{**row, "setting": t} for t, row in enumerate(outcomes.rows(rest))]
@@ -362,7 +361,8 @@ def choose_margin(outcomes: SweepOutcomes, *, reference_correct: torch.Tensor, m
     a margin in hand trades some speed for a choice that holds. For each margin (ascending),
     :func:`cross_validate` scores the choice at that margin; the first whose pooled out-of-sample accuracy meets
     the goal wins. When none does, the margin with the highest out-of-sample accuracy (ties: the smaller) is
-    returned with ``goal_met`` False.
+    returned with ``goal_met`` False. Fewer than two rows cannot be cross-validated: the smallest margin is returned
+    with ``goal_met`` None and no candidates.
 
     Args:
         outcomes, reference_correct, folds, seed: as in :func:`cross_validate`.
@@ -378,6 +378,8 @@ def choose_margin(outcomes: SweepOutcomes, *, reference_correct: torch.Tensor, m
     """
     if not margins or min(margins) < 0:
         raise ValueError(f"margins must be a non-empty list of fractions >= 0, got {margins}")
+    if outcomes.num_rows < 2:
+        return {"margin": min(margins), "goal_met": None, "candidates": []}
     candidates = []
     for margin in sorted(set(margins)):
         held = cross_validate(outcomes, reference_correct=reference_correct, max_drop=max_drop, folds=folds,
