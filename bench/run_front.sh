@@ -23,3 +23,9 @@ run rt-demo rt demo work/demo
 run trec-demo trec demo work/trec-demo
 run rt-quick rt quick work/rt-quick-len64-mean
 run trec-quick trec quick work/trec-quick-len64-mean
+# Runs of record for issue 31's targets: the standard budget, the default recipe (one command per task). Each takes
+# hours on 2 cores; every stage is cached under its work directory and a stage cut short resumes from its last
+# progress save, so the same command continues an interrupted run.
+run trec-standard trec standard work/trec-standard-len64-mean
+run rt-standard rt standard work/rt-standard-len64-mean
+run boolq-standard boolq standard work/boolq-standard-len256-mean --max-length 256 --group-by-length
