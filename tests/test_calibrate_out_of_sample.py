@@ -15,7 +15,6 @@ from costeff_fast.flops import cumulative_flops, model_flops
 from costeff_fast.training.calibrate import (
     SweepOutcomes,
     choose_margin,
-    choose_setting,
     cross_validate,
     fold_indices,
     pick_threshold,
@@ -142,6 +141,24 @@ def test_sweep_rows_over_a_subset_are_sums_over_those_rows():
                        "exit_layer_counts": [0, 1, 1], "gflops": 5.0}
     every = outcomes.rows()
     assert every[0]["accuracy"] == 0.75 and every[0]["sentences_per_second"] == 4.0
+    # the pickers' summary gives the same sums (by a mask product) with each setting's index
+    assert outcomes.summary(torch.tensor([1, 2])) == [
+        {"setting": 0, "entropy_threshold": 0.0, "accuracy": 0.5, "gflops": 8.0},
+        {"setting": 1, "entropy_threshold": 0.1, "accuracy": 0.5, "gflops": 5.0}]
+    assert [row["accuracy"] for row in outcomes.summary()] == [0.75, 0.5]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_summary_equals_the_rows_on_random_subsets_of_real_sized_sweeps(seed):
+    """FLOP counts of real magnitude (whole numbers near 1e9 per row, totals near 1e12): the mask product's sums are
+    exact, so the picks do not depend on which of the two computed them."""
+    generator = torch.Generator().manual_seed(seed)
+    correct = (torch.rand(30, 1000, generator=generator) < 0.8).tolist()
+    flops = torch.randint(10**8, 3 * 10**9, (30, 1000), generator=generator).double().tolist()
+    outcomes = outcomes_of(correct, flops, flops[0])
+    subset = torch.randperm(1000, generator=generator)[:640]
+    for fast, full in zip(outcomes.summary(subset), outcomes.rows(subset)):
+        assert fast["accuracy"] == full["accuracy"] and fast["gflops"] == full["gflops"]
 
 
 @pytest.mark.parametrize("config", [
@@ -290,107 +307,3 @@ def test_nested_cross_validation_agrees_with_a_brute_force_recount(seed):
         expected[held] = correct[t, held]
     assert result["accuracy"] == pytest.approx(expected.double().mean().item())
     assert result["margin"] == "auto" and "margin" in result["chosen_on"]
-
-
-def _two_widths():
-    """Folds A and B of four rows, a reference always right. Model "wide": one setting, 10 GFLOPs a row, always
-    right. Model "narrow": n0 at 4 GFLOPs (right on 2 of A and 3 of B), n1 at 1 (all of B, 2 of A) and n2 at 1
-    (all of A, 2 of B)."""
-    a, b = fold_indices(8, 2, seed=0)
-    correct = torch.zeros(4, 8, dtype=torch.bool)
-    correct[0] = True
-    correct[1, a[:2]], correct[1, b[:3]] = True, True
-    correct[2, b], correct[2, a[:2]] = True, True
-    correct[3, a], correct[3, b[:2]] = True, True
-    flops = [[10e9] * 8, [4e9] * 8, [1e9] * 8, [1e9] * 8]
-    wide = outcomes_of(correct[:1].tolist(), flops[:1], [10e9] * 8, thresholds=[0.0])
-    narrow = outcomes_of(correct[1:].tolist(), flops[1:], [4e9] * 8, thresholds=[0.0, 0.1, 0.2])
-    return SweepOutcomes.concat({"wide": wide, "narrow": narrow})
-
-
-def test_the_width_is_chosen_by_its_own_out_of_sample_choice_not_by_its_luck_on_the_dev_rows():
-    """Goal 0.75 (max_drop 0.25), margin 0 only. On all rows narrow's n1 and n2 each score 6/8 at 1 GFLOP, so the
-    cheapest pair within the goal is narrow's. Cross-validated, narrow's own choice is lucky: fold A chooses on B,
-    where n1 is right on all four, and scores 2/4 on A; fold B likewise takes n2 and scores 2/4: 0.5 out of sample,
-    the goal missed. wide holds (1.0), so wide is written, at its only threshold."""
-    joined = _two_widths()
-    reference = torch.ones(8, dtype=torch.bool)
-    joint = pick_threshold(joined.summary(), 1.0, 0.25)
-    assert joint["point"] == "narrow" and joint["entropy_threshold"] == 0.1
-    choice = choose_setting(joined, reference_correct=reference, max_drop=0.25, folds=2, margins=(0.0,))
-    narrow, wide = choice["points"]["narrow"]["out_of_sample"], choice["points"]["wide"]["out_of_sample"]
-    assert (narrow["accuracy"], narrow["goal_met"]) == (0.5, False)
-    assert (wide["accuracy"], wide["goal_met"]) == (1.0, True)
-    assert choice["setting"] == 0 and choice["row"]["point"] == "wide" and choice["point_goal_met"] is True
-    assert choice["points"]["narrow"]["row"]["setting"] == 2  # narrow's own pick on all rows, as a joined index
-    # the whole procedure, cross-validated: each fold's width is chosen within the other fold's rows
-    whole = cross_validate(joined, reference_correct=reference, max_drop=0.25, folds=2, margin="auto",
-                           margins=(0.0,))
-    assert "width (by cross-validation within those rows)" in whole["chosen_on"]
-    assert all("point" in fold for fold in whole["per_fold"])
-
-
-def test_a_speedup_goal_takes_the_most_accurate_width_that_keeps_the_speed_out_of_sample():
-    """5x fewer FLOPs than 10 GFLOPs a row: wide never fits; narrow's n1 or n2 fits in every fold. With 1e6x
-    nothing fits, and the cheapest width out of sample (narrow) is taken at its cheapest setting."""
-    joined = _two_widths()
-    reference = torch.ones(8, dtype=torch.bool)
-    base = torch.full((8,), 10e9, dtype=torch.float64)
-    choice = choose_setting(joined, reference_correct=reference, base_flops=base, target_speedup=5.0, folds=2)
-    assert choice["row"]["point"] == "narrow" and choice["margin"] is None and choice["point_goal_met"] is True
-    assert choice["points"]["wide"]["out_of_sample"]["goal_met"] is False
-    assert choice["row"]["gflops"] == 8.0 and choice["row"]["accuracy"] == 0.75
-    never = choose_setting(joined, reference_correct=reference, base_flops=base, target_speedup=1e6, folds=2)
-    assert never["row"]["point"] == "narrow" and never["point_goal_met"] is False
-    assert never["row"]["constraint_met"] is False and never["row"]["gflops"] == 8.0
-    with pytest.raises(ValueError, match="exactly one"):
-        choose_setting(joined, reference_correct=reference)
-
-
-def _brute_cv(correct, flops, teacher, columns, max_drop, folds, seed):
-    """Pooled out-of-sample accuracy and FLOPs per row of the margin-0 rule over ``columns``, row by row."""
-    parts = fold_indices(len(columns), folds, seed)
-    hits, cost = 0, 0.0
-    for index, held in enumerate(parts):
-        rest = [columns[i] for j, part in enumerate(parts) if j != index for i in part.tolist()]
-        t = _brute_choice(correct, flops, teacher, rest, max_drop, 0.0)
-        hits += sum(correct[t, columns[i]].item() for i in held.tolist())
-        cost += sum(flops[t, columns[i]].item() for i in held.tolist())
-    return hits / len(columns), cost / len(columns)
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_nested_cross_validation_of_a_front_agrees_with_a_brute_force_recount(seed):
-    """Three models of three settings each, margin 0 only. Each outer fold, on the other folds' rows: every
-    model's own threshold choice is cross-validated, the cheapest model whose out-of-sample accuracy meets the goal
-    (else the most accurate) is taken, then its cheapest threshold within the goal there; it scores the fold."""
-    generator = torch.Generator().manual_seed(seed)
-    models, per_model, rows, folds, drop = 3, 3, 37, 3, 0.04
-    accuracy = torch.tensor([0.92, 0.85, 0.8, 0.88, 0.8, 0.75, 0.84, 0.76, 0.7])
-    correct = torch.rand(models * per_model, rows, generator=generator) < accuracy[:, None]
-    cost = torch.tensor([9.0, 6, 4, 5, 3.5, 2.5, 3, 2, 1.5], dtype=torch.float64)
-    flops = cost[:, None] * 1e9 * (1 + torch.rand(rows, generator=generator, dtype=torch.float64))
-    teacher = torch.rand(rows, generator=generator) < 0.86
-    names = ["h6", "h3", "h2"]
-    joined = SweepOutcomes.concat({name: outcomes_of(correct[m * 3:m * 3 + 3].tolist(), flops[m * 3:m * 3 + 3].tolist(),
-                                                     flops[m * 3].tolist()) for m, name in enumerate(names)})
-    result = cross_validate(joined, reference_correct=teacher, max_drop=drop, folds=folds, seed=seed, margin="auto",
-                            margins=(0.0,))
-    expected = torch.zeros(rows, dtype=torch.bool)
-    for index, held in enumerate(fold_indices(rows, folds, seed)):
-        rest = [r for part_index, part in enumerate(fold_indices(rows, folds, seed)) if part_index != index
-                for r in part.tolist()]
-        goal = sum(teacher[r].item() for r in rest) / len(rest) - drop
-        held_out = {}
-        for m in range(models):
-            settings = list(range(m * 3, m * 3 + 3))
-            block = correct[settings], flops[settings]
-            held_out[m] = _brute_cv(*block, teacher, rest, drop, folds, seed)
-        met = [m for m in range(models) if held_out[m][0] >= goal - 1e-12]
-        model = (min(met, key=lambda m: held_out[m][1]) if met
-                 else max(range(models), key=lambda m: held_out[m][0]))
-        t = model * 3 + _brute_choice(correct[model * 3:model * 3 + 3], flops[model * 3:model * 3 + 3], teacher,
-                                      rest, drop, 0.0)
-        assert result["per_fold"][index]["point"] == names[model]
-        expected[held] = correct[t, held]
-    assert result["accuracy"] == pytest.approx(expected.double().mean().item())

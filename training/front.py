@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .calibrate import SweepOutcomes
+from .calibrate import SweepOutcomes, choose_margin, cross_validate, pick_for_goal
 
 
 @dataclass(frozen=True)
@@ -120,26 +120,8 @@ def _listing(fractions) -> str:
 
 def goal_explanation(chosen: dict, goal: dict, teacher_accuracy: float, teacher_gflops: float) -> str:
     """One sentence: which (width, threshold) the goal picked on the dev rows and why, or that no point meets the
-    goal and which one, the closest, is written instead. ``chosen`` is a sweep row with ``constraint_met`` (and,
-    from a front, ``width_out_of_sample``: :func:`width_evidence`); ``goal`` is ``{"max_drop": x}`` or
-    ``{"target_speedup": x}``; FLOPs are totals over the same rows."""
-    threshold = _threshold_explanation(chosen, goal, teacher_accuracy, teacher_gflops)
-    width = chosen.get("width_out_of_sample")
-    if width is None:
-        return threshold
-    held = (f"{width['accuracy']:.4f} at {width['speedup_over_teacher']:.1f}x out of sample, "
-            f"{width['method']}")
-    if "max_drop" in goal:
-        reason = ("the cheapest whose own threshold choice stayed within the goal out of sample" if width["goal_met"]
-                  else "no width's threshold choice stayed within the goal out of sample; this one came closest")
-    else:
-        reason = ("the most accurate out of sample among those whose threshold choice kept the speedup"
-                  if width["goal_met"] else "no width's threshold choice kept the speedup out of sample; this one is "
-                  "the cheapest")
-    return f"{threshold}; width {chosen['point']}: {reason} ({held})"
-
-
-def _threshold_explanation(chosen: dict, goal: dict, teacher_accuracy: float, teacher_gflops: float) -> str:
+    goal and which one, the closest, is written instead. ``chosen`` is a sweep row with ``constraint_met``;
+    ``goal`` is ``{"max_drop": x}`` or ``{"target_speedup": x}``; FLOPs are totals over the same rows."""
     where = f"width {chosen['point']}, " if "point" in chosen else ""
     what = (f"{where}entropy threshold {chosen['entropy_threshold']:.4f}: accuracy {chosen['accuracy']:.4f} "
             f"(teacher {teacher_accuracy:.4f}), {teacher_gflops / chosen['gflops']:.1f}x fewer executed FLOPs than "
@@ -169,17 +151,8 @@ def _threshold_explanation(chosen: dict, goal: dict, teacher_accuracy: float, te
             f"(cheapest) is written: {what}")
 
 
-def width_evidence(choice: dict, name: str) -> dict:
-    """Why the width ``name`` was chosen, from :func:`~costeff_fast.training.calibrate.choose_setting`'s result:
-    its cross-validated (out-of-sample) ``accuracy``, ``speedup_over_teacher`` (executed FLOPs) and ``goal_met``,
-    and ``any_width_met`` (whether any width's out-of-sample figure met the goal)."""
-    held = choice["points"][name]["out_of_sample"]
-    return {"accuracy": held["accuracy"], "speedup_over_teacher": held["speedup_flops"], "goal_met": held["goal_met"],
-            "any_width_met": choice["point_goal_met"], "method": held["method"]}
-
-
-def summarize_front(front: dict[str, dict], outcomes: dict[str, SweepOutcomes], choice: dict,
-                    teacher_flops: torch.Tensor, chosen: dict) -> dict:
+def summarize_front(front: dict[str, dict], outcomes: dict[str, SweepOutcomes], goal: dict,
+                    teacher_correct: torch.Tensor, teacher_flops: torch.Tensor, chosen: dict, seed: int) -> dict:
     """The report's ``front``: per point its widths, checkpoint directory, exit accuracies, its best threshold for
     the goal on the dev rows (with the margin :func:`~costeff_fast.training.calibrate.choose_margin` gives a
     ``max_drop`` goal) and out of sample (nested over the margin), and its sweep; which point was chosen; how to get
@@ -188,35 +161,34 @@ def summarize_front(front: dict[str, dict], outcomes: dict[str, SweepOutcomes], 
     Args:
         front: ``{name: {"point": FrontPoint, "dir": Path, "recovery_record": dict, ...}}``, widest first.
         outcomes: each point's :func:`~costeff_fast.training.calibrate.engine_sweep` over the same dev rows.
-        choice: :func:`~costeff_fast.training.calibrate.choose_setting` over the points' joined outcomes (its
-            ``points`` hold each point's own choice and its cross-validation).
-        teacher_flops: ``[N]`` float64 per dev row (the speed base).
+        goal: ``{"max_drop": x}`` or ``{"target_speedup": x}``.
+        teacher_correct, teacher_flops: ``[N]`` bool and float64 per dev row (the reference and the speed base).
         chosen: the sweep row written (with its ``point``).
     """
+    teacher_accuracy = teacher_correct.double().mean().item()
     teacher_gflops = teacher_flops.sum().item() / 1e9
-    rows = teacher_flops.shape[0]
+    rows = teacher_correct.shape[0]
     points = []
     for name, entry in front.items():
-        own = choice["points"][name]
         sweep = [{"point": name, **row} for row in outcomes[name].rows()]
-        local = own["settings"].index(own["row"]["setting"])
-        best = {**sweep[local], "constraint_met": own["row"]["constraint_met"]}
+        margin = None if "max_drop" not in goal else choose_margin(
+            outcomes[name], reference_correct=teacher_correct, max_drop=goal["max_drop"], seed=seed)
+        best = pick_for_goal(sweep, reference_accuracy=teacher_accuracy, full_depth_gflops=teacher_gflops,
+                             margin=0.0 if margin is None else margin["margin"], **goal)
+        held = cross_validate(outcomes[name], reference_correct=teacher_correct, base_flops=teacher_flops, seed=seed,
+                              margin="auto", **goal)
         points.append({
             **entry["point"].to_dict(),
             "checkpoint": str(entry["dir"]),
             "exit_accuracies": entry["recovery_record"]["exit_accuracies"],
-            "best_for_goal": {**best, "margin": own["margin"], "gflops_per_row": best["gflops"] / rows,
+            "best_for_goal": {**best, "margin": margin, "gflops_per_row": best["gflops"] / rows,
                               "speedup_over_teacher": teacher_gflops / best["gflops"]},
-            "best_for_goal_out_of_sample": own["out_of_sample"],
+            "best_for_goal_out_of_sample": held,
             "sweep": sweep,
         })
     return {
         "points": points,
         "chosen": chosen.get("point"),
-        "how_chosen": ("the width whose own threshold choice, cross-validated on the dev rows "
-                       "(best_for_goal_out_of_sample), best meets the goal (max_drop: the cheapest within it, else "
-                       "the most accurate; target_speedup: the most accurate at that speed, else the cheapest), then "
-                       "that width's best_for_goal threshold"),
         "another_point": (
             "every point's recovered checkpoint stays in its 'checkpoint' directory under --work-dir; to write "
             "another one to --out, rerun the same compress command with the goal that selects it (another "

@@ -28,13 +28,14 @@ from .budget import BUDGETS, Budget, default_work_name, recovered_name, recovery
 from .augment import Augmentation, distillation_rows, unlabeled_fingerprint
 from .calibrate import (
     SweepOutcomes,
-    choose_setting,
+    choose_margin,
     cross_validate,
     engine_sweep,
+    pick_for_goal,
     quantile_thresholds,
 )
 from .data import dev_inputs, packaged_minilm_dir, prepare_data
-from .front import goal_explanation, summarize_front, width_evidence
+from .front import goal_explanation, summarize_front
 from .prediction import hf_predict, minibatches, predict
 from .report import write_report
 from .stage_cache import RECORD
@@ -123,9 +124,8 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
 
     Goal and front: with ``settings.front`` the slenderization path also stops at those fractions of the teacher's
     encoder; every point is recovered and calibrated, and the goal picks the (width, threshold) pair written to
-    ``out_dir`` from all of them: the width by its own threshold choice cross-validated on the dev rows, then its
-    threshold (:func:`~costeff_fast.training.calibrate.choose_setting`; the report's ``front`` lists every point,
-    its checkpoint under ``work_dir`` and how to write another one). When nothing meets the goal the closest pair is written and the report's
+    ``out_dir`` from all of them (the report's ``front`` lists every point, its checkpoint under ``work_dir``
+    and how to write another one). When nothing meets the goal the closest pair is written and the report's
     ``calibration.chosen.why`` says so (``constraint_met`` False). A ``max_drop`` choice keeps a margin of accuracy
     in hand on the dev rows, the smallest that cross-validation says holds on new rows
     (:func:`~costeff_fast.training.calibrate.choose_margin`; ``calibration.chosen.margin``). The accuracy reported
@@ -286,20 +286,22 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     lengths = predict(lambda chunk: model.encode(chunk)[2], minibatches(inputs, 256))  # [N] tokens
     teacher_flops = row_flops(teacher.config, lengths, every_exit=False)  # [N] float64, the target_speedup base
     goal = {"max_drop": max_drop} if target_speedup is None else {"target_speedup": target_speedup}
-    # written: chosen on every dev row (the width by its own cross-validated choice, then a threshold keeping the
-    # margin that cross-validation says holds); reported: each row scored by the whole choice made without it
-    choice = choose_setting(joined, reference_correct=teacher_correct, base_flops=teacher_flops, seed=seed, **goal)
-    chosen = {**joined.rows()[choice["setting"]], "constraint_met": choice["row"]["constraint_met"],
-              "margin": choice["margin"]}
-    if choice["points"] is not None:
-        chosen["width_out_of_sample"] = width_evidence(choice, chosen["point"])
+    sweep = joined.rows()
+    # written: chosen on every dev row, with a margin that cross-validation says holds; reported: each row scored by
+    # a choice (margin included) made without it
+    margin = None if max_drop is None else choose_margin(joined, reference_correct=teacher_correct, max_drop=max_drop,
+                                                         seed=seed)
+    chosen = pick_for_goal(sweep, reference_accuracy=teacher_accuracy,
+                           full_depth_gflops=teacher_flops.sum().item() / 1e9,
+                           margin=0.0 if margin is None else margin["margin"], **goal)
     out_of_sample = cross_validate(joined, reference_correct=teacher_correct, base_flops=teacher_flops, seed=seed,
                                    margin="auto", **goal)
     chosen_point = front[chosen.get("point", points[-1].name)]
+    chosen["margin"] = margin
     chosen["why"] = goal_explanation(chosen, goal, teacher_accuracy, teacher_flops.sum().item() / 1e9)
     front_report = None
     if settings.front:
-        front_report = summarize_front(front, outcomes, choice, teacher_flops, chosen)
+        front_report = summarize_front(front, outcomes, goal, teacher_correct, teacher_flops, chosen, seed)
     recovered_dir = chosen_point["dir"]
     slender_record, recovery_record = chosen_point["slender_record"], chosen_point["recovery_record"]
     sweep = outcomes[chosen_point["point"].name].rows()
