@@ -91,8 +91,8 @@ def width_first(outcomes: dict[str, SweepOutcomes], teacher_correct, teacher_flo
                                        base_flops=teacher_flops[rest], max_drop=max_drop, seed=seed, margin="auto")
                   for name in names}
         met = [name for name in names if scores[name]["goal_met"]]
-        name = (min(met, key=lambda n: scores[n]["gflops_per_row"]) if met
-                else max(names, key=lambda n: scores[n]["accuracy"]))
+        name = (min(met, key=lambda n: (scores[n]["gflops_per_row"], -scores[n]["accuracy"])) if met
+                else max(names, key=lambda n: (scores[n]["accuracy"], -scores[n]["gflops_per_row"])))
         own = outcomes[name].subset(rest)
         margin = choose_margin(own, reference_correct=reference, max_drop=max_drop, seed=seed)["margin"]
         pick = pick_threshold(own.summary(), reference.double().mean().item(), max_drop, margin)
