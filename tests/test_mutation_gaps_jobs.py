@@ -354,6 +354,24 @@ def test_a_resumed_writer_records_the_parameters_of_this_run(tmp_path):
     assert _manifest(tmp_path)["parameters"] == {"batch_size": 4}
 
 
+def test_what_a_job_killed_mid_write_leaves_is_deleted_by_resume_and_by_overwrite(tmp_path):
+    """A job killed while writing shard 2 leaves its hidden temporary file (atomic_write's ``.<name>.tmp``) and
+    one of the manifest: resume deletes both and keeps the committed shards; --overwrite deletes every job file
+    and keeps a file of the user's."""
+    _write_job(tmp_path, shards_spec=[(2, 0), (2, 1)], finish=False)
+    committed = sorted(p.name for p in tmp_path.iterdir())
+    leftovers = [tmp_path / ".part-00002.parquet.tmp", tmp_path / f".{shards.MANIFEST}.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half written")
+    (tmp_path / "notes.txt").write_text("the user's")
+    _resume(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(committed + ["notes.txt"])
+    for path in leftovers:
+        path.write_bytes(b"half written")
+    assert shards.prepare_output(tmp_path, resume=False, overwrite=True) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 # ShardWriter: checking committed shards at resume -------------------------------------------------------------------
 
 
