@@ -53,6 +53,8 @@ def test_score_choice_by_hand():
     assert result["accuracy"] == 0.75 and result["reference_accuracy"] == 0.75 and result["goal_met"] is True
     assert result["gflops"] == pytest.approx(8.0) and result["gflops_per_row"] == pytest.approx(2.0)
     assert result["speedup_flops"] == pytest.approx(2.0) and result["mean_exit_layer"] == 2.0
+    # per-row differences reference - choice: 0, 1, 0, -1; mean 0, sample variance 2/3, standard error sqrt(2/3)/2
+    assert result["drop"] == 0.0 and result["drop_standard_error"] == pytest.approx((2 / 3) ** 0.5 / 2)
     slower = score_choice(torch.ones(4, dtype=torch.bool), torch.full((4,), 3e9, dtype=torch.float64),
                           torch.full((4,), 3), reference_correct=torch.ones(4, dtype=torch.bool),
                           full_depth_flops=torch.full((4,), 4e9, dtype=torch.float64), target_speedup=1.5)

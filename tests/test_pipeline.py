@@ -94,6 +94,12 @@ def test_compress_end_to_end_on_rt_rows(tiny_teacher, tmp_path):
         assert 0 < point["flops_ratio_real_lengths"]
     else:
         assert point is None
+    # The headline drop is the out-of-sample one, with the paired standard error of a mean of per-row differences
+    # in {-1, 0, 1} (between 0 and 1/sqrt(N - 1))
+    targets, rows = report["targets"], report["validation_rows"]
+    assert targets["points_under_teacher_out_of_sample"] == pytest.approx(
+        (teacher - report["accuracy"]["costeff_calibrated"]) * 100)
+    assert 0 <= targets["standard_error_points"] <= 100 / (rows - 1) ** 0.5
     # The calibrated checkpoint serves with its stored threshold and reproduces the reported accuracy.
     model = costeff_fast.from_pretrained(out)
     assert model.entropy_threshold == [chosen["entropy_threshold"]] * 3

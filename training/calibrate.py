@@ -275,15 +275,21 @@ def score_choice(correct: torch.Tensor, row_flops: torch.Tensor, exit_layers: to
     """Accuracy, FLOPs and goal of one outcome per row (``[N]`` bool correct, ``[N]`` float64 FLOPs, ``[N]``
     int64 1-based exit layers), against the reference's ``[N]`` bool correctness and the rows' ``[N]`` full-depth
     FLOPs. ``goal_met``: accuracy at least the reference's minus ``max_drop``, or FLOPs at most full depth's over
-    ``target_speedup``."""
+    ``target_speedup``. ``drop`` is the reference's accuracy minus this one (a fraction) and ``drop_standard_error``
+    its standard error over these rows, paired (both scored on the same rows: the sample standard deviation of the
+    per-row differences over the square root of N; 0 for one row), so a goal missed or met by less than about two
+    of them is within what another draw of rows could change."""
     accuracy = correct.double().mean().item()
     reference = reference_correct.double().mean().item()
+    differences = reference_correct.double() - correct.double()  # [N] in {-1, 0, 1}
+    spread = differences.std().item() if len(differences) > 1 else 0.0
     gflops, full = row_flops.sum().item() / 1e9, full_depth_flops.sum().item() / 1e9
     if target_speedup is not None:
         met = gflops <= full / target_speedup * (1 + 1e-9)
     else:
         met = accuracy >= reference - max_drop - 1e-12
-    return {"rows": len(correct), "accuracy": accuracy, "reference_accuracy": reference, "gflops": gflops,
+    return {"rows": len(correct), "accuracy": accuracy, "reference_accuracy": reference, "drop": reference - accuracy,
+            "drop_standard_error": spread / len(correct) ** 0.5, "gflops": gflops,
             "gflops_per_row": gflops / len(correct), "speedup_flops": full / gflops,
             "mean_exit_layer": exit_layers.double().mean().item(), "goal_met": met}
 

@@ -91,6 +91,8 @@ def write_report(out_dir: Path, *, task, budget, settings, teacher, ta_dir, mode
         "distillation_rows": distillation_rows,
         "targets": {
             "goal_met_out_of_sample": out_of_sample["goal_met"],
+            "points_under_teacher_out_of_sample": out_of_sample["drop"] * 100,
+            "standard_error_points": out_of_sample["drop_standard_error"] * 100,
             "retains_96.5_percent": out_of_sample["accuracy"] >= 0.965 * teacher_accuracy,
             "at_most_1/19_flops_real_lengths": model_real_exit <= teacher_real / 19,
             "cheapest_threshold_retaining_96.5_percent": paper_point,

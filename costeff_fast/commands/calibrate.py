@@ -81,7 +81,9 @@ def format_calibration(report: dict) -> str:
         f"{single['speedup_flops']:.2f}x fewer FLOPs, {single['sentences_per_second']:.0f} rows/s"
         + ("" if single["constraint_met"] else " (goal not met: closest threshold)"),
         f"  out of sample ({single_held['method']}): accuracy {single_held['accuracy']:.4f}, "
-        f"{single_held['speedup_flops']:.2f}x fewer FLOPs; goal {'met' if single_held['goal_met'] else 'NOT met'}",
+        f"{single_held['speedup_flops']:.2f}x fewer FLOPs, {single_held['drop'] * 100:.2f} points under the "
+        f"reference (standard error {single_held['drop_standard_error'] * 100:.2f}); "
+        f"goal {'met' if single_held['goal_met'] else 'NOT met'}",
         f"per-layer thresholds [{taus}]: accuracy {per_layer['accuracy']:.4f}, {per_layer['speedup_flops']:.2f}x fewer "
         f"FLOPs",
         f"  out of sample: accuracy {per_layer_held['accuracy']:.4f}, {per_layer_held['speedup_flops']:.2f}x fewer "
