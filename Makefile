@@ -26,7 +26,7 @@ demo: setup
 	$(VENV)/bin/costeff-fast demo
 
 test: setup
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=20
 
 bench: setup
 	$(PY) -m pytest bench --benchmark-only -q
