@@ -92,7 +92,7 @@ class SweepOutcomes:
         return self.correct.shape[1]
 
     def summary(self, subset: torch.Tensor | None = None) -> list[dict]:
-        """Per setting only what the pickers read, over the rows ``subset`` (``[M]`` int64 indices; None: all):
+        """Per setting only what the pickers read, over the rows ``subset`` (``[M]`` distinct int64 indices; None: all):
         ``setting`` (its index), ``entropy_threshold``, ``accuracy`` (0-1), ``gflops`` (total over those rows) and
         ``point`` (for several models). The same figures as :meth:`rows`, for all settings at once: nested
         cross-validation picks thousands of times."""
