@@ -120,7 +120,8 @@ def compare(data: dict, goals: list[float], seeds: int) -> dict:
             held = [procedure(drop, seed) for seed in range(seeds)]
             under = [(teacher - h["accuracy"]) * 100 for h in held]
             results.append({"max_drop": drop, "procedure": name, "points_under_teacher": under,
-                            "mean_points_under": statistics.mean(under), "speedup_flops": [h["speedup_flops"] for h in held],
+                            "mean_points_under": statistics.mean(under),
+                            "speedup_flops": [h["speedup_flops"] for h in held],
                             "mean_speedup_flops": statistics.mean(h["speedup_flops"] for h in held),
                             "goal_met": sum(h["goal_met"] for h in held)})
             print(f"max_drop {drop:g}  {name:32s} {statistics.mean(under):5.2f} points under the teacher "
