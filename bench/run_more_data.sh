@@ -4,24 +4,25 @@
 # on the 2,000 training rows plus (a) 4 perturbed copies of each (--augment 4) or (b) the task's other training rows
 # given as unlabeled text (--unlabeled-file; never a validation row). Teacher caches as in run_points_ablation.sh.
 # Writes bench/results/more-data/<name>/report.json. About 15 minutes per run on 2 cores.
-# Usage: bench/run_more_data.sh [NAME...]   (default: all four; NAME as in bench/results/more-data/)
+# Usage: bench/run_more_data.sh [NAME...]   (default: all; NAME as in bench/results/more-data/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COSTEFF=${COSTEFF:-costeff-fast}
 PYTHON=${PYTHON:-python}
 ONLY=" $* "
-unlabeled() {  # unlabeled TASK: the task's training rows the demo budget does not train on, as a CSV of text
-  $PYTHON - "$1" <<'PY'
+unlabeled() {  # unlabeled TASK [BUDGET]: the task's training rows BUDGET (default demo) does not train on, as a CSV
+  $PYTHON - "$1" "${2:-demo}" <<'PY'
 import sys
 import pandas as pd
 from costeff_fast.data import cap_rows, load_task
 from costeff_fast.training.budget import BUDGETS
-task = sys.argv[1]
+task, budget = sys.argv[1], sys.argv[2]
 splits = load_task(task, seed=0)
-used = set(cap_rows(splits, max_train_rows=BUDGETS["demo"].train_rows, seed=0)["train"]["text"])
+used = set(cap_rows(splits, max_train_rows=BUDGETS[budget].train_rows, seed=0)["train"]["text"])
 rest = [text for text in splits["train"]["text"] if text not in used]
-pd.DataFrame({"text": rest}).to_csv(f"work/{task}-unlabeled.csv", index=False)
-print(f"{task}: {len(rest)} unlabeled rows in work/{task}-unlabeled.csv")
+name = f"work/{task}-unlabeled.csv" if budget == "demo" else f"work/{task}-{budget}-unlabeled.csv"
+pd.DataFrame({"text": rest}).to_csv(name, index=False)
+print(f"{task}: {len(rest)} unlabeled rows in {name}")
 PY
 }
 run() {  # run NAME TASK [extra compress flags...]
@@ -41,3 +42,23 @@ for task in rt trec; do
   if [[ "$ONLY" == "  " || "$ONLY" == *" $task-demo-unlabeled "* ]]; then unlabeled "$task"; fi
   run "$task-demo-unlabeled" "$task" --unlabeled-file "work/$task-unlabeled.csv"
 done
+# A strong teacher: trec's standard-budget teacher (0.9369, from `bench/run_front.sh trec-standard`) distilled at the
+# quick budget (3,000 of trec's 4,842 training rows), as is, with --augment 2 and with the other 1,842 training texts
+# as --unlabeled-file. Same widths as above; each run has its own stage cache (the teacher's fingerprint in its name).
+STRONG=(--budget quick --teacher work/trec-standard-len64-mean/teacher --heads 2 --ffn 160)
+strong() {  # strong NAME [extra compress flags...]
+  local name=$1 started=$SECONDS; shift
+  if [[ "$ONLY" != "  " && "$ONLY" != *" $name "* ]]; then return; fi
+  if [[ ! -f work/trec-standard-len64-mean/teacher/stage.json ]]; then
+    echo "run_more_data.sh: $name needs trec's standard teacher: run bench/run_front.sh trec-standard first" >&2
+    exit 2
+  fi
+  $COSTEFF compress --task trec "${STRONG[@]}" --work-dir work/trec-strong --out "work/more-data/$name" "$@"
+  mkdir -p "bench/results/more-data/$name"
+  cp "work/more-data/$name/report.json" "bench/results/more-data/$name/"
+  echo "$name: $((SECONDS - started)) s wall"
+}
+strong trec-strong-quick
+strong trec-strong-quick-augment2 --augment 2
+if [[ "$ONLY" == "  " || "$ONLY" == *" trec-strong-quick-unlabeled "* ]]; then unlabeled trec quick; fi
+strong trec-strong-quick-unlabeled --unlabeled-file work/trec-quick-unlabeled.csv
