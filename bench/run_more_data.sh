@@ -42,23 +42,28 @@ for task in rt trec; do
   if [[ "$ONLY" == "  " || "$ONLY" == *" $task-demo-unlabeled "* ]]; then unlabeled "$task"; fi
   run "$task-demo-unlabeled" "$task" --unlabeled-file "work/$task-unlabeled.csv"
 done
-# A strong teacher: trec's standard-budget teacher (0.9369, from `bench/run_front.sh trec-standard`) distilled at the
-# quick budget (3,000 of trec's 4,842 training rows), as is, with --augment 2 and with the other 1,842 training texts
-# as --unlabeled-file. Same widths as above; each run has its own stage cache (the teacher's fingerprint in its name).
-STRONG=(--budget quick --teacher work/trec-standard-len64-mean/teacher --heads 2 --ffn 160)
-strong() {  # strong NAME [extra compress flags...]
-  local name=$1 started=$SECONDS; shift
+# A strong teacher: the task's standard-budget teacher (trec 0.9369, rt 0.8511; `bench/run_front.sh <task>-standard`
+# trains it) distilled at the quick budget (3,000 training rows), as is, with --augment 2 and with the task's other
+# training texts (trec 1,842, rt 8,476) as --unlabeled-file. Same widths as above; each task has its own stage cache
+# under work/<task>-strong. Names: trec-strong-quick, trec-strong-quick-augment2, trec-strong-quick-unlabeled and the
+# same three for rt (rt-strong-quick, ...).
+strong() {  # strong TASK NAME [extra compress flags...]
+  local task=$1 name=$2 started=$SECONDS; shift 2
   if [[ "$ONLY" != "  " && "$ONLY" != *" $name "* ]]; then return; fi
-  if [[ ! -f work/trec-standard-len64-mean/teacher/stage.json ]]; then
-    echo "run_more_data.sh: $name needs trec's standard teacher: run bench/run_front.sh trec-standard first" >&2
+  local teacher=work/$task-standard-len64-mean/teacher
+  if [[ ! -f $teacher/stage.json ]]; then
+    echo "run_more_data.sh: $name needs $task's standard teacher: run bench/run_front.sh $task-standard first" >&2
     exit 2
   fi
-  $COSTEFF compress --task trec "${STRONG[@]}" --work-dir work/trec-strong --out "work/more-data/$name" "$@"
+  $COSTEFF compress --task "$task" --budget quick --teacher "$teacher" --heads 2 --ffn 160 \
+    --work-dir "work/$task-strong" --out "work/more-data/$name" "$@"
   mkdir -p "bench/results/more-data/$name"
   cp "work/more-data/$name/report.json" "bench/results/more-data/$name/"
   echo "$name: $((SECONDS - started)) s wall"
 }
-strong trec-strong-quick
-strong trec-strong-quick-augment2 --augment 2
-if [[ "$ONLY" == "  " || "$ONLY" == *" trec-strong-quick-unlabeled "* ]]; then unlabeled trec quick; fi
-strong trec-strong-quick-unlabeled --unlabeled-file work/trec-quick-unlabeled.csv
+for task in trec rt; do
+  strong "$task" "$task-strong-quick"
+  strong "$task" "$task-strong-quick-augment2" --augment 2
+  if [[ "$ONLY" == "  " || "$ONLY" == *" $task-strong-quick-unlabeled "* ]]; then unlabeled "$task" quick; fi
+  strong "$task" "$task-strong-quick-unlabeled" --unlabeled-file "work/$task-quick-unlabeled.csv"
+done
