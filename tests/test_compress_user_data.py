@@ -217,7 +217,8 @@ def test_cli_data_flags(rt_teacher, rt_rows, tmp_path, capsys, monkeypatch):
     report = {**dict.fromkeys(keys), "calibration": {"chosen": {"why": "the cheapest within 0.01"}}}
     monkeypatch.setattr(pipeline, "compress", lambda task, out, **kw: seen.update(task=task, **kw) or report)
     cli.main(["compress", *base, "--train-file", str(path), "--validation-file", str(path), "--text-column", "review",
-              "--text-pair-column", "context", "--label-column", "verdict", "--seed", "7"])
+              "--text-pair-column", "context", "--label-column", "verdict", "--seed", "7", "--front-point", "h1-f16"])
     assert seen["task"] is None and seen["data"] == {"train": path, "validation": path}
+    assert seen["front_point"] == "h1-f16"
     assert (seen["text_column"], seen["text_pair_column"], seen["label_column"], seen["seed"]) == (
         "review", "context", "verdict", 7)

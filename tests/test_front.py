@@ -59,12 +59,40 @@ def test_the_why_names_the_margin_only_when_it_decided():
     ([1.0], r"1 is not between the target's size \(0.1250 .*--heads 2 --ffn 160\) and 1"),
     ([0.1], r"0.1 is not between"),
     ([0.5, 0.5], "repeated"),
-    ([0.1251], "land on the same or crossing widths"),  # FFN 160.2 -> 160: the target itself
+    ([0.5, 0.5001], "land on the same or crossing widths"),  # FFN 960 and 960.1 -> 960
     ([0.9999], "rounds to the teacher's own widths"),  # FFN 1535.8 -> 1536
 ])
 def test_fractions_that_cannot_make_a_front_are_refused(fractions, message):
     with pytest.raises(ValueError, match=r"^--front .*" + message):
         plan_front(**MINILM, heads=2, ffn=160, embedding_rank=None, fractions=fractions, num_events=None)
+
+
+def test_a_fraction_naming_the_target_adds_no_point():
+    """MiniLM 12 heads / FFN 1536 to 2 heads / FFN 160: (4*384*64 + 2*384*160) / (4*384*384 + 2*384*1536) = 1/8,
+    so 0.125 (and 0.1252, within the tolerance) is the target itself; 0.126 is a point of its own."""
+    plain = plan_front(**MINILM, heads=2, ffn=160, embedding_rank=None, fractions=[0.5, 0.25], num_events=None)
+    for named in ([0.5, 0.25, 0.125], [0.125, 0.25, 0.5], [0.5, 0.25, 0.1252]):
+        assert plan_front(**MINILM, heads=2, ffn=160, embedding_rank=None, fractions=named, num_events=None) == plain
+    assert plan_front(**MINILM, heads=2, ffn=160, embedding_rank=None, fractions=[0.125], num_events=None) == plain[-1:]
+    extra = plan_front(**MINILM, heads=2, ffn=160, embedding_rank=None, fractions=[0.5, 0.25, 0.13], num_events=None)
+    assert len(extra) == 4 and extra[2].fraction_asked == 0.13
+
+
+def test_the_why_says_whether_the_choice_holds_out_of_sample():
+    """The same in-sample choice, with a cross-validated result that meets the goal and one that misses it:
+    teacher 0.80, the held-out choice 0.785 with a paired standard error of 0.004, 4x fewer FLOPs."""
+    row = {"point": "h3-f384", "entropy_threshold": 0.5, "gflops": 10.0, "constraint_met": True, "accuracy": 0.795,
+           "margin": {"margin": 0.0, "goal_met": True}}
+    held = {"method": "5-fold cross-validation", "accuracy": 0.785, "drop": 0.015, "drop_standard_error": 0.004,
+            "speedup_flops": 4.0, "goal_met": False}
+    missed = goal_explanation(row, {"max_drop": 0.01}, 0.80, 100.0, held)
+    assert missed.startswith("the cheapest within 0.01 of the teacher's accuracy on the dev rows: width h3-f384")
+    assert missed.endswith("Out of sample (5-fold cross-validation, each dev row scored by a choice made without "
+                           "it): accuracy 0.7850, 1.50 ± 0.40 points under the teacher, 4.0x fewer executed FLOPs: "
+                           "the goal does NOT hold there")
+    kept = goal_explanation(row, {"max_drop": 0.02}, 0.80, 100.0, {**held, "goal_met": True})
+    assert kept.endswith("the goal holds there") and "NOT" not in kept
+    assert goal_explanation(row, {"max_drop": 0.01}, 0.80, 100.0) == missed.split(". Out of sample")[0]
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +128,7 @@ def test_every_point_is_recovered_calibrated_and_kept(front_run):
         assert point["best_for_goal_out_of_sample"]["rows"] == report["validation_rows"]
     # the wider point costs more at full depth, on the same rows
     assert points[0]["sweep"][0]["gflops"] > points[1]["sweep"][0]["gflops"]
-    assert "rerun the same compress command" in report["front"]["another_point"]
+    assert "rerun the same compress command with --front-point NAME" in report["front"]["another_point"]
     # the written point's pruning events are its whole path from the TA: one segment per point up to it
     segments = [event["segment"] for event in report["slenderization_events"]]
     assert segments[0] == "h2-f45" and set(segments) <= {"h2-f45", "h1-f16"}
@@ -161,6 +189,27 @@ def test_another_goal_reuses_every_stage_and_says_when_it_is_not_met(front_run, 
     assert chosen["why"].startswith("goal NOT met: nothing runs 1e+06x fewer")
 
 
+def test_front_point_writes_that_width_from_the_cached_stages(front_run, tmp_path):
+    """--front-point names the width: the written weights are that point's, its threshold the goal's best among
+    that point's own sweep only, and nothing trains again."""
+    run = front_run
+    for name in ("h2-f45", "h1-f16"):
+        report = compress("rt", tmp_path / name, teacher_dir=run["teacher"], settings=run["settings"],
+                          budget=run["budget"], work_dir=run["root"] / "work", max_drop=0.02, front_point=name)
+        assert report["stage_seconds"]["slenderization"] == run["report"]["stage_seconds"]["slenderization"]
+        assert report["stage_seconds"]["recovery"] == run["report"]["stage_seconds"]["recovery"]
+        chosen = report["calibration"]["chosen"]
+        assert chosen["point"] == name == report["front"]["chosen"]
+        assert chosen["why"].startswith(f"--front-point {name} fixes the width; of its thresholds, ")
+        own = next(p for p in run["report"]["front"]["points"] if p["name"] == name)
+        assert chosen["entropy_threshold"] in [row["entropy_threshold"] for row in own["sweep"]]
+        kept = load_file(run["root"] / "work" / "h1-f16-rfull-uniform-front0.6" / name / "recovered" / "model.safetensors")
+        written = load_file(tmp_path / name / "model.safetensors")
+        assert written.keys() == kept.keys() and all((written[k] == kept[k]).all() for k in written)
+        # the cross-validated choice is made among this point's thresholds only
+        assert {fold["point"] for fold in report["calibration"]["out_of_sample"]["per_fold"]} == {name}
+
+
 def test_recovery_at_its_own_temperature_reuses_the_ta_and_slenderized_stages(front_run, tmp_path):
     """--recovery-temperature 2 in the same work directory: the TA and every slenderized point are reused (their
     records' seconds unchanged), each point is recovered again into its own recovered-T2 directory at temperature
@@ -189,6 +238,10 @@ def test_front_and_goal_refusals_come_before_any_training(tmp_path, minilm_dir):
         compress("rt", tmp_path / "out", teacher_dir=teacher, max_drop=0.01, target_speedup=2.0)
     with pytest.raises(CompressArgumentError, match=r"--target-speedup 0.5: must be >= 1"):
         compress("rt", tmp_path / "out", teacher_dir=teacher, target_speedup=0.5)
+    with pytest.raises(CompressArgumentError, match=r"^--front-point h9-f1: not a point of this front \(h2-f45, "
+                                                    r"h1-f16\); pass one of them$"):
+        compress("rt", tmp_path / "out", teacher_dir=teacher, settings=CompressionSettings(heads=1, ffn=16, front=(0.6,)),
+                 front_point="h9-f1", work_dir=tmp_path / "work")
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
 
 

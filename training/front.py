@@ -53,6 +53,11 @@ def encoder_fraction(hidden_size: int, head_size: int, heads: float, ffn: float,
     return weights(heads, ffn) / weights(teacher_heads, teacher_ffn)
 
 
+TARGET_TOLERANCE = 5e-4
+"""A ``--front`` fraction this close to the target's own fraction names the target (e.g. ``0.125`` for a target at
+0.1250 of the teacher's encoder), so the target can be listed with the other points."""
+
+
 def plan_front(*, hidden_size: int, head_size: int, teacher_heads: int, teacher_ffn: int, heads: int, ffn: int,
                embedding_rank: int | None, teacher_rank: int, fractions, num_events: int | None) -> list[FrontPoint]:
     """The front's points, widest first, ending with the target (``heads``, ``ffn``, ``embedding_rank``).
@@ -68,7 +73,9 @@ def plan_front(*, hidden_size: int, head_size: int, teacher_heads: int, teacher_
         hidden_size, head_size: of the teacher (and so of every point).
         teacher_heads, teacher_ffn, teacher_rank: the starting widths (the TA's, equal to the teacher's).
         heads, ffn, embedding_rank: the target, the last point.
-        fractions: fractions of the teacher's encoder matmul weights, each strictly between the target's and 1.
+        fractions: fractions of the teacher's encoder matmul weights, each strictly between the target's and 1;
+            one within :data:`TARGET_TOLERANCE` of the target's own fraction names the target (``--front
+            0.5,0.25,0.125`` with ``--heads 2 --ffn 160`` of MiniLM's 12 / 1536) and adds no point.
         num_events: the events of the whole path (None: one per removed head).
 
     Returns:
@@ -82,10 +89,11 @@ def plan_front(*, hidden_size: int, head_size: int, teacher_heads: int, teacher_
     fractions = [float(f) for f in fractions]
     if len(set(fractions)) != len(fractions):
         raise ValueError(f"--front {_listing(fractions)}: a fraction is repeated; give each once")
+    asked, fractions = fractions, [f for f in fractions if abs(f - target_fraction) > TARGET_TOLERANCE]
     for f in fractions:
         if not target_fraction < f < 1:
             raise ValueError(
-                f"--front {_listing(fractions)}: {f:g} is not between the target's size ({target_fraction:.4f} of the "
+                f"--front {_listing(asked)}: {f:g} is not between the target's size ({target_fraction:.4f} of the "
                 f"teacher's encoder at --heads {heads} --ffn {ffn}) and 1; pass fractions in that range")
     points = []
     for f in sorted(fractions, reverse=True):
@@ -100,10 +108,10 @@ def plan_front(*, hidden_size: int, head_size: int, teacher_heads: int, teacher_
     widths = [(h, fw) for _, _, h, fw, _ in points]
     for (a, b) in zip(widths, widths[1:]):
         if a == b or a[0] < b[0] or a[1] < b[1]:
-            raise ValueError(f"--front {_listing(fractions)}: two points land on the same or crossing widths "
+            raise ValueError(f"--front {_listing(asked)}: two points land on the same or crossing widths "
                              f"(heads, ffn) {a} and {b}; pass fractions further apart")
     if fractions and widths[0] == (teacher_heads, teacher_ffn):
-        raise ValueError(f"--front {_listing(fractions)}: {points[0][1]:g} rounds to the teacher's own widths; "
+        raise ValueError(f"--front {_listing(asked)}: {points[0][1]:g} rounds to the teacher's own widths; "
                          "pass a smaller fraction")
     result, previous_t = [], 0.0
     for t, asked, h, fw, rank in points:
@@ -118,10 +126,24 @@ def _listing(fractions) -> str:
     return ",".join(f"{f:g}" for f in fractions)
 
 
-def goal_explanation(chosen: dict, goal: dict, teacher_accuracy: float, teacher_gflops: float) -> str:
-    """One sentence: which (width, threshold) the goal picked on the dev rows and why, or that no point meets the
-    goal and which one, the closest, is written instead. ``chosen`` is a sweep row with ``constraint_met``;
-    ``goal`` is ``{"max_drop": x}`` or ``{"target_speedup": x}``; FLOPs are totals over the same rows."""
+def goal_explanation(chosen: dict, goal: dict, teacher_accuracy: float, teacher_gflops: float,
+                     held: dict | None = None) -> str:
+    """Which (width, threshold) the goal picked on the dev rows and why, or that no point meets the goal and which
+    one, the closest, is written instead; with ``held``, a second sentence on whether the whole choice keeps the
+    goal out of sample. ``chosen`` is a sweep row with ``constraint_met``; ``goal`` is ``{"max_drop": x}`` or
+    ``{"target_speedup": x}``; FLOPs are totals over the same rows; ``held`` is
+    :func:`~costeff_fast.training.calibrate.cross_validate`'s result against the teacher (``base_flops`` the
+    teacher's)."""
+    choice = _choice_explanation(chosen, goal, teacher_accuracy, teacher_gflops)
+    if held is None:
+        return choice
+    verdict = "the goal holds there" if held["goal_met"] else "the goal does NOT hold there"
+    return (f"{choice}. Out of sample ({held['method']}, each dev row scored by a choice made without it): accuracy "
+            f"{held['accuracy']:.4f}, {held['drop'] * 100:.2f} ± {held['drop_standard_error'] * 100:.2f} points under "
+            f"the teacher, {held['speedup_flops']:.1f}x fewer executed FLOPs: {verdict}")
+
+
+def _choice_explanation(chosen: dict, goal: dict, teacher_accuracy: float, teacher_gflops: float) -> str:
     where = f"width {chosen['point']}, " if "point" in chosen else ""
     what = (f"{where}entropy threshold {chosen['entropy_threshold']:.4f}: accuracy {chosen['accuracy']:.4f} "
             f"(teacher {teacher_accuracy:.4f}), {teacher_gflops / chosen['gflops']:.1f}x fewer executed FLOPs than "
@@ -190,7 +212,8 @@ def summarize_front(front: dict[str, dict], outcomes: dict[str, SweepOutcomes], 
         "points": points,
         "chosen": chosen.get("point"),
         "another_point": (
-            "every point's recovered checkpoint stays in its 'checkpoint' directory under --work-dir; to write "
-            "another one to --out, rerun the same compress command with the goal that selects it (another "
-            "--max-drop or --target-speedup): every training stage is cached, only calibration runs again"),
+            "every point's recovered checkpoint stays in its 'checkpoint' directory under --work-dir (do not "
+            "calibrate it there: it is the stage cache); to write another point to --out, rerun the same compress "
+            "command with --front-point NAME (that width, its threshold chosen for the goal) or with another goal "
+            "(--max-drop or --target-speedup): every training stage is cached, only calibration runs again"),
     }

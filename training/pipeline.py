@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -85,7 +85,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
              settings: CompressionSettings = CompressionSettings(), budget: str | Budget = "quick",
              work_dir: Path | None = None, max_drop: float | None = None, target_speedup: float | None = None,
              exit_pooling: str = "mean", seed: int = 0, unlabeled=None, unlabeled_text_column: str | None = None,
-             augment: int = 0,
+             augment: int = 0, front_point: str | None = None,
              overwrite: bool = False, device: str | torch.device = "auto", autocast: bool | None = None) -> dict:
     """Run the whole COST-EFF pipeline and write the calibrated checkpoint and its report to ``out_dir``.
 
@@ -141,6 +141,9 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
             ``text_column``) and ``text_pair_column``.
         augment: perturbed copies of every training row added to the same rows (masked, replaced and deleted
             tokens; :class:`~costeff_fast.training.augment.Augmentation`), labelled by the teacher.
+        front_point: write this point of the front (a name of the report's ``front.points``, e.g. ``"h3-f384"``)
+            instead of the one the goal picks across widths; its threshold is still chosen for the goal. With the
+            same ``work_dir`` every stage is reused and only calibration runs.
         overwrite: replace an existing ``out_dir`` that holds other files (they are deleted at the end).
         device: where every stage trains and calibration runs: ``"auto"`` (CUDA when available, else the CPU),
             ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (:func:`~costeff_fast.training.trainer.resolve_device`).
@@ -154,7 +157,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
         CompressArgumentError: (a ``ValueError``; one line naming the argument and the fix) before any training:
             no data, or both a task and data; unknown task or budget; ``max_drop`` outside [0, 1), ``target_speedup``
             below 1, or both; a ``front`` fraction not between the target's size and 1, or two that land on the same
-            widths; a device that is not here; a teacher directory that is missing, lacks
+            widths; a ``front_point`` that is not a point of the front; a device that is not here; a teacher directory that is missing, lacks
             ``config.json``, weights or a tokenizer, or is not a supported ``*ForSequenceClassification``; a
             teacher tokenizer larger than its ``vocab_size``;
             ``heads``, ``ffn`` or ``embedding_rank`` outside [1, the teacher's heads, intermediate size or
@@ -193,6 +196,12 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
     timings = {}
     started = time.time()
     teacher_config, teacher_label = read_teacher_config(teacher_dir)
+    points = front_points(settings, teacher_config, teacher_label, num_events=budget.num_events)
+    # a fraction naming the target adds no point, nor a cache directory of its own
+    settings = replace(settings, front=tuple(point.fraction_asked for point in points[:-1]))
+    if front_point is not None and front_point not in [point.name for point in points]:
+        raise CompressArgumentError(f"--front-point {front_point}: not a point of this front "
+                                    f"({', '.join(point.name for point in points)}); pass one of them")
     labelled_config = teacher_config if teacher_dir is not None else None  # the packaged MiniLM has no labels yet
     splits = load_compress_data(task, data, teacher_config=labelled_config, text_column=text_column,
                                 text_pair_column=text_pair_column, label_column=label_column, seed=seed)
@@ -242,7 +251,6 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
                                            early_exit_weight=budget.early_exit_weight)
     timings["teaching assistant"] = ta_record["seconds"]
     variant_dir = work_dir / (settings.name + extra_key)
-    points = front_points(settings, teacher_config, teacher_label, num_events=budget.num_events)
     inputs, labels = dev_inputs(validation)
     started = time.time()
     teacher_logits = hf_predict(teacher.eval(), tokenizer, inputs, 64, budget.max_length, device=device,
@@ -282,7 +290,10 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
         front[point.name] = {"point": point, "dir": recovered_dir, "slender_record": slender_record,
                              "recovery_record": recovery_record}
 
-    joined = SweepOutcomes.concat(outcomes) if settings.front else outcomes[points[-1].name]
+    if front_point is not None:
+        joined = SweepOutcomes.concat({front_point: outcomes[front_point]})
+    else:
+        joined = SweepOutcomes.concat(outcomes) if settings.front else outcomes[points[-1].name]
     lengths = predict(lambda chunk: model.encode(chunk)[2], minibatches(inputs, 256))  # [N] tokens
     teacher_flops = row_flops(teacher.config, lengths, every_exit=False)  # [N] float64, the target_speedup base
     goal = {"max_drop": max_drop} if target_speedup is None else {"target_speedup": target_speedup}
@@ -298,7 +309,9 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
                                    margin="auto", **goal)
     chosen_point = front[chosen.get("point", points[-1].name)]
     chosen["margin"] = margin
-    chosen["why"] = goal_explanation(chosen, goal, teacher_accuracy, teacher_flops.sum().item() / 1e9)
+    chosen["why"] = goal_explanation(chosen, goal, teacher_accuracy, teacher_flops.sum().item() / 1e9, out_of_sample)
+    if front_point is not None:
+        chosen["why"] = f"--front-point {front_point} fixes the width; of its thresholds, {chosen['why']}"
     front_report = None
     if settings.front:
         front_report = summarize_front(front, outcomes, goal, teacher_correct, teacher_flops, chosen, seed)

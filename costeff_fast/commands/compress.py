@@ -114,6 +114,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "0.5,0.25 or 1/2,1/4; each between the --heads/--ffn target's size and 1), recover and "
                              "calibrate each, and write the (width, threshold) that best meets the goal; report.json's "
                              "front lists every point (default: the target only)")
+    parser.add_argument("--front-point", default=None, metavar="NAME",
+                        help="write this point of the front (a name in report.json's front.points, e.g. h3-f384) "
+                             "instead of the width the goal picks; its threshold is still chosen for the goal. Rerun "
+                             "the same command with it: every stage is cached, only calibration runs")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="stage cache (default work/<task>-<budget>-len<max length>-<exit pooling>, plus a suffix "
                              "per overridden budget field; for your data the task is <file name>-<content hash>, and "
@@ -193,7 +197,7 @@ def run(args: argparse.Namespace) -> None:
                                    teacher_dir=args.teacher, settings=settings, budget=budget, work_dir=args.work_dir,
                                    max_drop=args.max_drop, target_speedup=args.target_speedup,
                                    exit_pooling=args.exit_pooling, unlabeled=args.unlabeled_file, unlabeled_text_column=args.unlabeled_text_column,
-                                   augment=args.augment, seed=args.seed,
+                                   augment=args.augment, front_point=args.front_point, seed=args.seed,
                                    overwrite=args.overwrite, device=args.device)
     except (CompressArgumentError, StageMismatchError) as error:
         refuse(error)
