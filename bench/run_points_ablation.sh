@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Where the points go (issue 31 item 0): the same teacher and TA at the demo budget, then students that differ in one
-# thing: narrowed (2 heads, FFN 160) with the word embedding factorized to rank 128 or not, and the TA's own widths
+# thing: narrowed (2 heads, FFN 160) with the word embedding factorized to rank 128, 192, 256 or not, and the TA's own widths
 # (12 heads, FFN 1536: no narrowing) with only the embedding factorized. Teacher and TA are cached per task (rt in
 # work/demo/, the cache `make demo` fills; trec in work/trec-demo/) and shared by the three students. About 15
 # minutes per task on 2 cores.
-# Usage: bench/run_points_ablation.sh [NAME...]   (default: all six; NAME as in bench/results/points-ablation/)
+# Usage: bench/run_points_ablation.sh [NAME...]   (default: all; NAME as in bench/results/points-ablation/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COSTEFF=${COSTEFF:-costeff-fast}
@@ -19,8 +19,27 @@ run() {  # run NAME TASK [extra compress flags...]
   mkdir -p "bench/results/points-ablation/$name"
   cp "work/ablate/$name/report.json" "bench/results/points-ablation/$name/"
 }
+events() {  # events NAME TASK: the default student (full embedding) slenderized again in a cache of its own whose
+  # teacher and TA are hard links to the task's, so its record has every pruning event's dev accuracy right after
+  # the pruning and after its distillation steps (recorded since 2026-12-07; the seeded stage is otherwise the same)
+  local name=$1 task=$2
+  if [[ "$ONLY" != "  " && "$ONLY" != *" $name "* ]]; then return; fi
+  local from=work/$task-demo
+  if [[ $task == rt ]]; then from=work/demo; fi
+  mkdir -p "work/$task-demo-events"
+  for stage in teacher ta; do
+    [[ -e "work/$task-demo-events/$stage" ]] || cp -al "$from/$stage" "work/$task-demo-events/$stage"
+  done
+  $COSTEFF compress --task-default --task "$task" --budget demo --work-dir "work/$task-demo-events" \
+    --heads 2 --ffn 160 --out "work/ablate/$name"
+  mkdir -p "bench/results/points-ablation/$name"
+  cp "work/ablate/$name/report.json" "bench/results/points-ablation/$name/"
+}
 for task in rt trec; do
   run "$task-demo-h2-f160-rfull" "$task" --heads 2 --ffn 160
   run "$task-demo-h2-f160-r128" "$task" --heads 2 --ffn 160 --embedding-rank 128
   run "$task-demo-h12-f1536-r128" "$task" --heads 12 --ffn 1536 --embedding-rank 128
+  run "$task-demo-h2-f160-r192" "$task" --heads 2 --ffn 160 --embedding-rank 192
+  run "$task-demo-h2-f160-r256" "$task" --heads 2 --ffn 160 --embedding-rank 256
+  events "$task-demo-h2-f160-rfull-events" "$task"
 done

@@ -131,6 +131,9 @@ def test_every_point_is_recovered_calibrated_and_kept(front_run):
     assert "rerun the same compress command with --front-point NAME" in report["front"]["another_point"]
     # the written point's pruning events are its whole path from the TA: one segment per point up to it
     segments = [event["segment"] for event in report["slenderization_events"]]
+    for event in report["slenderization_events"]:  # dev accuracy per exit right after pruning, then after the steps
+        for key in ("before_distill", "after_distill"):
+            assert len(event[key]["exit_accuracies"]) == 3 and all(0 <= a <= 1 for a in event[key]["exit_accuracies"])
     assert segments[0] == "h2-f45" and set(segments) <= {"h2-f45", "h1-f16"}
     assert [(e["heads"], e["ffn"]) for e in report["slenderization_events"]][-1] == (
         (2, 45) if report["front"]["chosen"] == "h2-f45" else (1, 16))

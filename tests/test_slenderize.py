@@ -595,6 +595,43 @@ def test_slenderize_reaches_the_targets(allocation, tmp_path):
     torch.testing.assert_close(all_exit_logits(loaded, batches), all_exit_logits(slim.eval(), batches))
 
 
+def test_measure_sees_each_event_pruned_then_distilled_and_changes_no_training_step():
+    """``measure`` runs right after each event's pruning (the event's widths, before any step) and after its
+    distillation; one that draws random numbers and switches to eval mode leaves the trained weights exactly those
+    of a run without it (dropout 0.3, so the training itself draws from the generator)."""
+    ta = tiny_model(1, hidden_dropout_prob=0.3)
+    batches = make_batches(count=3)
+    seen, calls = [], []
+
+    def measure(model):
+        model.eval()
+        torch.rand(1000)
+        seen.append((model.config.num_attention_heads[0], model.training))
+        return {"heads": model.config.num_attention_heads[0]}
+
+    def run(**kwargs):
+        torch.manual_seed(5)
+        student = copy.deepcopy(ta).train()
+        return slenderize(student, ta, lambda: iter(batches), heads=2, ffn=6, embedding_rank=None,
+                          importance_batches=2, distill_steps_between_events=3, lr=1e-3, progress=False, **kwargs)
+
+    measured = run(measure=measure, on_event=lambda index, event, model, stats: calls.append(stats))
+    plain = run()
+    assert seen == [(3, False), (3, False), (2, False), (2, False)]
+    assert [(c["before_distill"], c["after_distill"]) for c in calls] == [({"heads": 3}, {"heads": 3}),
+                                                                          ({"heads": 2}, {"heads": 2})]
+    assert measured.training  # its mode restored after each measurement
+    for (name, a), (_, b) in zip(measured.state_dict().items(), plain.state_dict().items()):
+        assert torch.equal(a, b), name
+    # the same measurement without restoring the generator would change the steps: dropout draws differ
+    torch.manual_seed(5)
+    drifted = copy.deepcopy(ta).train()
+    slenderize(drifted, ta, lambda: iter(batches), heads=2, ffn=6, embedding_rank=None, importance_batches=2,
+               distill_steps_between_events=3, lr=1e-3, progress=False,
+               on_event=lambda index, event, model, stats: torch.rand(1000))
+    assert not all(torch.equal(a, b) for a, b in zip(drifted.state_dict().values(), plain.state_dict().values()))
+
+
 def test_slenderize_distillation_moves_the_student_toward_the_ta():
     ta = tiny_model(1)
     student = copy.deepcopy(ta)

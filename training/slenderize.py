@@ -15,6 +15,8 @@ from __future__ import annotations
 import itertools
 from typing import Callable, Iterable, Literal
 
+import torch
+
 from costeff_fast.modeling import CostEffForSequenceClassification
 
 from .allocation import allocate_widths
@@ -49,7 +51,8 @@ def slenderize(
     progress: bool = True,
     device: Device | None = None,
     autocast: bool | None = None,
-    on_event: Callable[[int, PruningEvent, CostEffForSequenceClassification, dict[str, float]], None] | None = None,
+    on_event: Callable[[int, PruningEvent, CostEffForSequenceClassification, dict], None] | None = None,
+    measure: Callable[[CostEffForSequenceClassification], dict] | None = None,
 ) -> CostEffForSequenceClassification:
     """Slenderize ``student`` in place by iterative exit-calibrated pruning (COST-EFF Sec. 3.2-3.3).
 
@@ -101,7 +104,12 @@ def slenderize(
             CUDA, :func:`~costeff_fast.training.trainer.resolve_autocast`); losses and weights stay fp32.
         on_event: called after each event's distillation as ``on_event(index, event, student, stats)`` with
             ``index`` 0-based and ``stats = {"importance_loss", "distill_loss"}`` (mean losses; distill_loss
-            is NaN when no step ran), e.g. to save a checkpoint or log widths.
+            is NaN when no step ran), e.g. to save a checkpoint or log widths; with ``measure``, also
+            ``before_distill`` and ``after_distill``.
+        measure: called on the student right after each event's pruning and again after its distillation
+            steps (e.g. dev accuracy per exit), its results passed to ``on_event``; it runs with the random
+            number generators' state saved and restored (:func:`torch.random.fork_rng`), so measuring leaves the
+            training itself unchanged.
 
     Returns:
         ``student``, slender: per-layer widths in its config (``num_attention_heads``, ``intermediate_size``,
@@ -143,6 +151,7 @@ def slenderize(
         prune_neurons(student, keep.neurons)
         if event.embedding_rank is not None:
             factorize_embedding(student, event.embedding_rank)
+        before = None if measure is None else _measured(measure, student)
         with model_mode(ta, False):
             result = train(
                 student,
@@ -159,5 +168,18 @@ def slenderize(
                 autocast=autocast,
             )
         if on_event is not None:
-            on_event(index, event, student, {"importance_loss": importance.loss, "distill_loss": result.mean_loss})
+            stats = {"importance_loss": importance.loss, "distill_loss": result.mean_loss}
+            if measure is not None:
+                stats.update(before_distill=before, after_distill=_measured(measure, student))
+            on_event(index, event, student, stats)
     return student
+
+
+def _measured(measure: Callable[[CostEffForSequenceClassification], dict],
+              student: CostEffForSequenceClassification) -> dict:
+    """``measure(student)`` with every random number generator (CPU and the student's CUDA device) restored after,
+    and the student's train/eval mode too."""
+    device = next(student.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            model_mode(student, student.training):
+        return measure(student)

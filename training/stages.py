@@ -194,8 +194,10 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
 
     Returns:
         The stage record: ``events`` (one dict per pruning event: ``event``, ``heads``, ``ffn``,
-        ``embedding_rank``, ``importance_loss``, ``distill_loss``), the per-layer ``num_attention_heads`` and
-        ``intermediate_size`` reached, ``seconds``.
+        ``embedding_rank``, ``importance_loss``, ``distill_loss``, and ``before_distill`` / ``after_distill``:
+        ``{"exit_accuracies": [...]}`` on the dev rows right after the event's pruning and after its distillation
+        steps, one accuracy per exit), the per-layer ``num_attention_heads`` and ``intermediate_size`` reached,
+        ``seconds``.
 
     Raises:
         ValueError: a ``device`` that :func:`~costeff_fast.training.trainer.resolve_device` refuses.
@@ -213,6 +215,7 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
             distill_steps_between_events=distill_steps, num_events=num_events, lr=lr, device=device,
             autocast=autocast,
             on_event=lambda index, event, model, stats: events.append({"event": index, **asdict(event), **stats}),
+            measure=lambda model: {"exit_accuracies": exit_accuracies(model, data.eval_loader(), autocast=autocast)},
         )
         return student.cpu(), {"events": events, "num_attention_heads": student.config.num_attention_heads,
                          "intermediate_size": student.config.intermediate_size}
