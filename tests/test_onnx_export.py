@@ -24,14 +24,15 @@ def texts():
     return list(load_task("rt", max_eval_rows=32)["validation"]["text"])
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, minilm_dir, texts):
+@pytest.fixture(scope="module", params=["cls", "mean"])
+def exported(request, tmp_path_factory, minilm_dir, texts):
     """A 4-layer checkpoint of uneven widths with the real tokenizer and a stored threshold, exported through the
-    command line."""
+    command line; its unpooled exits read [CLS] (the paper) or the token mean (compress's default)."""
     for name in ("onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(name)
     root = tmp_path_factory.mktemp("onnx")
-    model = make_tiny_model(0, num_labels=2, vocab_size=30522)  # widths [2, 1, 3, 2] heads, [16, 40, 7, 24] FFN
+    # widths [2, 1, 3, 2] heads, [16, 40, 7, 24] FFN
+    model = make_tiny_model(0, num_labels=2, vocab_size=30522, exit_pooling=request.param)
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     with torch.no_grad():
         for exit_head in model.exits:

@@ -91,7 +91,11 @@ def test_compress_end_to_end_on_rt_rows(tiny_teacher, tmp_path):
     keeps = [r for r in sweep if r["accuracy"] >= 0.965 * teacher]
     if keeps:
         assert point is not None and point["gflops"] == min(r["gflops"] for r in keeps)
-        assert 0 < point["flops_ratio_real_lengths"]
+        # its FLOPs per row over the teacher's, both at the dev rows' real lengths
+        teacher_per_row = report["flops_per_row"]["teacher_real_lengths"]
+        assert point["flops_ratio_real_lengths"] == pytest.approx(
+            point["gflops"] * 1e9 / report["validation_rows"] / teacher_per_row, rel=1e-9)
+        assert point["flops_ratio_real_lengths"] < 1  # narrower than the teacher at every layer
     else:
         assert point is None
     # The headline drop is the out-of-sample one, with the paired standard error of a mean of per-row differences
@@ -161,6 +165,7 @@ def test_cli_passes_row_overrides_to_the_budget(monkeypatch, tmp_path):
     cli.main(["compress", "--task-default", "--task", "boolq", "--train-rows", "1500", "--eval-rows", "800",
               "--max-length", "128", "--teacher-epochs", "3", "--ta-epochs", "2.5", "--out", str(tmp_path)])
     budget = seen["budget"]
+    assert seen["teacher_dir"] is None  # --task-default: compress fine-tunes the packaged MiniLM itself
     assert (budget.train_rows, budget.eval_rows, budget.max_length, budget.teacher_epochs) == (1500, 800, 128, 3)
     assert budget.ta_prediction_epochs == 2.5
     assert budget.recovery_prediction_epochs == pipeline.BUDGETS["quick"].recovery_prediction_epochs

@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from test_predict_job import assert_same_output, checkpoint, texts, write_input  # noqa: F401  (fixtures)
@@ -37,21 +39,23 @@ def _interrupted(monkeypatch, after_manifests: int):
 
 
 def _input(tmp_path, kind: str, rows: list):
-    """``rows`` (None: a row that fails) as one CSV file, one JSON Lines file, or a directory of three JSON Lines
-    files whose sizes do not divide the shard size (so shards straddle file edges). A second column keeps a CSV
-    line with an empty text a row (a one-column CSV would make it a blank line, which is no row)."""
+    """``rows`` (None: a row that fails) as one CSV file, one JSON Lines file, or a directory of three JSON Lines,
+    CSV or Parquet files (``directory-<suffix>``) whose sizes do not divide the shard size (so shards straddle file
+    edges). A second column keeps a CSV line with an empty text a row (a one-column CSV would make it a blank line,
+    which is no row)."""
     columns = {"n": list(range(len(rows))), "text": rows}
     if kind in ("csv", "jsonl"):
         return write_input(tmp_path / f"rows.{kind}", columns)
+    suffix = kind.split("-")[1]
     directory = tmp_path / "rows"
     directory.mkdir()
     edges = [0, 23, 41, len(rows)]
     for index, (start, stop) in enumerate(zip(edges, edges[1:])):
-        write_input(directory / f"part-{index}.jsonl", {name: values[start:stop] for name, values in columns.items()})
+        write_input(directory / f"part-{index}.{suffix}", {name: values[start:stop] for name, values in columns.items()})
     return directory
 
 
-@pytest.mark.parametrize("kind", ["csv", "jsonl", "directory"])
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "directory-jsonl", "directory-csv", "directory-parquet"])
 def test_an_interrupted_job_resumes_to_the_files_of_an_uninterrupted_run(tmp_path, checkpoint, texts, kind,  # noqa: F811
                                                                          monkeypatch):
     rows = [t if i % 11 else None for i, t in enumerate(texts[:90])]
@@ -121,3 +125,23 @@ def test_read_chunks_from_any_start_row_is_the_tail_of_a_full_read(tmp_path, suf
         assert [chunk.first_row for chunk in chunks] == list(range(first, len(values), 4))
         assert [chunk.num_rows for chunk in chunks] == [min(4, len(values) - row) for row in range(first, len(values), 4)]
         assert [text for chunk in chunks for text in chunk.columns["text"]] == values[first:]
+
+
+def test_read_chunks_of_parquet_skip_whole_row_groups_and_start_inside_one(tmp_path):
+    """Parquet files of 7, 5 and 9 rows in row groups of 2: a resume skips the row groups before its start row
+    unread and begins inside the next, at every start row and across file edges; the rows and chunk starts equal
+    the full read's tail."""
+    directory = tmp_path / "rows"
+    directory.mkdir()
+    values, start = [f"row {i}" for i in range(21)], 0
+    for index, size in enumerate((7, 5, 9)):
+        pq.write_table(pa.table({"text": values[start:start + size], "id": list(range(start, start + size))}),
+                       directory / f"part-{index}.parquet", row_group_size=2)
+        start += size
+    files = find_input_files(directory)
+    assert pq.ParquetFile(directory / "part-0.parquet").metadata.num_row_groups == 4
+    for first in range(len(values) + 2):
+        chunks = list(read_chunks(files, ["text", "id"], 4, first))
+        assert [chunk.first_row for chunk in chunks] == list(range(first, len(values), 4))
+        assert [text for chunk in chunks for text in chunk.columns["text"]] == values[first:]
+        assert [ident for chunk in chunks for ident in chunk.columns["id"]] == list(range(first, len(values)))
