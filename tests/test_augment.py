@@ -12,7 +12,9 @@ from conftest import save_tiny_bert_teacher
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from costeff_fast import cli
 from costeff_fast.data import load_task
+from costeff_fast.training import pipeline
 from costeff_fast.training.augment import Augmentation, augmented_rows, distillation_rows, perturb
 from costeff_fast.training.budget import budget_with
 from costeff_fast.training.data import prepare_data
@@ -153,3 +155,16 @@ def test_a_pair_tasks_unlabeled_rows_are_read_as_pairs(tiny, tmp_path, monkeypat
                  unlabeled=job)
     assert seen["columns"] == ["text", "text_pair"]
     assert seen["dropped"] == [(validation["text"][0], validation["text_pair"][0])]
+
+
+def test_the_command_says_when_unlabeled_rows_were_left_out_as_validation_rows(monkeypatch, capsys, tmp_path):
+    keys = ("parameters", "flops_per_row", "accuracy", "targets")
+    report = {**dict.fromkeys(keys), "calibration": {"chosen": {"why": "the cheapest within 0.01"}},
+              "distillation_rows": {"unlabeled_rows": 30, "unlabeled_dropped_as_validation": 1234}}
+    monkeypatch.setattr(pipeline, "compress", lambda task, out, **kw: report)
+    cli.main(["compress", "--task-default", "--task", "rt", "--out", str(tmp_path)])
+    assert ("--unlabeled-file: 1,234 rows equal to a validation row were left out, so the dev rows stay unseen"
+            in capsys.readouterr().out)
+    report["distillation_rows"]["unlabeled_dropped_as_validation"] = 0
+    cli.main(["compress", "--task-default", "--task", "rt", "--out", str(tmp_path)])
+    assert "left out" not in capsys.readouterr().out

@@ -203,4 +203,8 @@ def run(args: argparse.Namespace) -> None:
         refuse(error)
     print(json.dumps({k: report[k] for k in ("parameters", "flops_per_row", "accuracy", "targets")}, indent=2))
     print(f"written: {report['calibration']['chosen']['why']}")
+    dropped = (report.get("distillation_rows") or {}).get("unlabeled_dropped_as_validation", 0)
+    if dropped:
+        print(f"--unlabeled-file: {dropped:,} rows equal to a validation row were left out, so the dev rows stay "
+              "unseen (report.json's distillation_rows)")
     print(f"checkpoint, report.json and report.png in {args.output}")
