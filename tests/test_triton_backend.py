@@ -178,3 +178,31 @@ def test_kernels_compile_for_cuda_targets(tmp_path):
     tiles = {(r["constexprs"]["BLOCK_M"], r["num_warps"]) for r in report["records"]
              if r["kernel"] == "_varlen_attention_kernel"}
     assert len(tiles) == 3, tiles
+
+
+@pytest.mark.skipif(not CUDA, reason="host and device tensors only differ on a GPU")
+def test_streaming_on_the_gpu_gives_each_row_the_batch_call_answer():
+    """stream_early_exit with the model on CUDA and the chunks on the host: every row's exit layer and logits equal
+    run_early_exit's on the whole batch (a tensor the stream left on the wrong device raises instead)."""
+    from costeff_fast.engine import stream_early_exit
+
+    model = _model(4)
+    batch = random_batch(4, batch=23, vocab=97)
+    backend = TritonBackend.from_model(model)
+    entropies = _entropies(model, batch)
+    tau = entropies.median(dim=0).values.tolist()
+    clear = ~((entropies - torch.tensor(tau)).abs() < 0.05).any(dim=1)  # fp16 may tip a row this close either way
+    assert clear.sum() >= 12
+    input_ids, token_type_ids, lengths = _packed(batch)
+    expected_logits, expected_layers = run_early_exit(backend, input_ids, token_type_ids, lengths, tau)
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    chunks = [(input_ids[starts[i]:starts[min(i + 5, 23)]], token_type_ids[starts[i]:starts[min(i + 5, 23)]],
+               lengths[i:i + 5]) for i in range(0, 23, 5)]
+    seen = torch.zeros(23, dtype=torch.bool)
+    for row_ids, logits, layer in stream_early_exit(backend, chunks, 4, tau):
+        assert logits.device.type == "cpu" and row_ids.device.type == "cpu"
+        keep = clear[row_ids]
+        assert (expected_layers[row_ids].cpu()[keep] == layer).all()
+        torch.testing.assert_close(logits[keep], expected_logits[row_ids].cpu()[keep], atol=5e-2, rtol=0)
+        seen[row_ids] = True
+    assert seen.all()
