@@ -28,7 +28,10 @@ events() {  # events NAME TASK: the default student (full embedding) slenderized
   if [[ $task == rt ]]; then from=work/demo; fi
   mkdir -p "work/$task-demo-events"
   for stage in teacher ta; do
-    [[ -e "work/$task-demo-events/$stage" ]] || cp -al "$from/$stage" "work/$task-demo-events/$stage"
+    # absent there: this run trains its own
+    if [[ ! -e "work/$task-demo-events/$stage" && -e "$from/$stage" ]]; then
+      cp -al "$from/$stage" "work/$task-demo-events/$stage"
+    fi
   done
   $COSTEFF compress --task-default --task "$task" --budget demo --work-dir "work/$task-demo-events" \
     --heads 2 --ffn 160 --out "work/ablate/$name"

@@ -15,9 +15,13 @@ for name in "$@"; do
     boolq-standard) extra=(--max-length 256 --group-by-length) ; work=work/boolq-standard-len256-mean ;;
     *) echo "unknown run $name; pass trec-standard, rt-standard or boolq-standard" >&2; exit 2 ;;
   esac
+  if [[ ! -d $work/teacher ]]; then
+    echo "$work has no teacher: run bash bench/run_front.sh $name first" >&2; exit 2
+  fi
+  mkdir -p "bench/results/front/$name"
   for speedup in 10 19; do
     started=$SECONDS
-    $COSTEFF compress --task-default --task "$task" --budget standard --work-dir "$work" "${extra[@]}" \
+    $COSTEFF compress --task-default --task "$task" --budget standard --work-dir "$work" ${extra[@]+"${extra[@]}"} \
       --front 0.5,0.25 --target-speedup "$speedup" --out "work/front/$name-x$speedup"
     cp "work/front/$name-x$speedup/report.json" "bench/results/front/$name/target-speedup-$speedup.json"
     echo "$name --target-speedup $speedup: $((SECONDS - started)) s wall"

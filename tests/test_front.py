@@ -59,7 +59,7 @@ def test_the_why_names_the_margin_only_when_it_decided():
     ([1.0], r"1 is not between the target's size \(0.1250 .*--heads 2 --ffn 160\) and 1"),
     ([0.1], r"0.1 is not between"),
     ([0.5, 0.5], "repeated"),
-    ([0.5, 0.5001], "land on the same or crossing widths"),  # FFN 960 and 960.1 -> 960
+    ([0.5, 0.5001], "land on the same or crossing widths"),  # FFN 768 and 768.2 -> 768
     ([0.9999], "rounds to the teacher's own widths"),  # FFN 1535.8 -> 1536
 ])
 def test_fractions_that_cannot_make_a_front_are_refused(fractions, message):
@@ -69,13 +69,17 @@ def test_fractions_that_cannot_make_a_front_are_refused(fractions, message):
 
 def test_a_fraction_naming_the_target_adds_no_point():
     """MiniLM 12 heads / FFN 1536 to 2 heads / FFN 160: (4*384*64 + 2*384*160) / (4*384*384 + 2*384*1536) = 1/8,
-    so 0.125 (and 0.1252, within the tolerance) is the target itself; 0.126 is a point of its own."""
+    so 0.125 is the target itself, and so is 0.1252 (FFN 160.46 rounds to 160); 0.1254 (FFN 160.6 -> 161) is a point
+    of its own."""
     plain = plan_front(**MINILM, heads=2, ffn=160, embedding_rank=None, fractions=[0.5, 0.25], num_events=None)
     for named in ([0.5, 0.25, 0.125], [0.125, 0.25, 0.5], [0.5, 0.25, 0.1252]):
         assert plan_front(**MINILM, heads=2, ffn=160, embedding_rank=None, fractions=named, num_events=None) == plain
     assert plan_front(**MINILM, heads=2, ffn=160, embedding_rank=None, fractions=[0.125], num_events=None) == plain[-1:]
-    extra = plan_front(**MINILM, heads=2, ffn=160, embedding_rank=None, fractions=[0.5, 0.25, 0.13], num_events=None)
-    assert len(extra) == 4 and extra[2].fraction_asked == 0.13
+    extra = plan_front(**MINILM, heads=2, ffn=160, embedding_rank=None, fractions=[0.5, 0.25, 0.1254], num_events=None)
+    assert [p.name for p in extra] == [p.name for p in plain[:2]] + ["h2-f161", "h2-f160"]
+    assert extra[2].fraction_asked == 0.1254
+    with pytest.raises(ValueError, match=r"^--front 0.125,1: 1 is not between"):  # the fractions as given
+        plan_front(**MINILM, heads=2, ffn=160, embedding_rank=None, fractions=[0.125, 1.0], num_events=None)
 
 
 def test_the_why_says_whether_the_choice_holds_out_of_sample():
@@ -245,6 +249,9 @@ def test_front_and_goal_refusals_come_before_any_training(tmp_path, minilm_dir):
                                                     r"h1-f16\); pass one of them$"):
         compress("rt", tmp_path / "out", teacher_dir=teacher, settings=CompressionSettings(heads=1, ffn=16, front=(0.6,)),
                  front_point="h9-f1", work_dir=tmp_path / "work")
+    with pytest.raises(CompressArgumentError, match=r"^--front-point h2-f45: not a point of this front \(h1-f16\)"):
+        compress("rt", tmp_path / "out", teacher_dir=teacher, settings=CompressionSettings(heads=1, ffn=16),
+                 front_point="h2-f45", work_dir=tmp_path / "work")  # without --front the target is the only point
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
 
 

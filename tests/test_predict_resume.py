@@ -127,7 +127,7 @@ def test_read_chunks_from_any_start_row_is_the_tail_of_a_full_read(tmp_path, suf
         assert [text for chunk in chunks for text in chunk.columns["text"]] == values[first:]
 
 
-def test_read_chunks_of_parquet_skip_whole_row_groups_and_start_inside_one(tmp_path):
+def test_read_chunks_of_parquet_skip_whole_row_groups_and_start_inside_one(tmp_path, monkeypatch):
     """Parquet files of 7, 5 and 9 rows in row groups of 2: a resume skips the row groups before its start row
     unread and begins inside the next, at every start row and across file edges; the rows and chunk starts equal
     the full read's tail."""
@@ -145,3 +145,14 @@ def test_read_chunks_of_parquet_skip_whole_row_groups_and_start_inside_one(tmp_p
         assert [chunk.first_row for chunk in chunks] == list(range(first, len(values), 4))
         assert [text for chunk in chunks for text in chunk.columns["text"]] == values[first:]
         assert [ident for chunk in chunks for ident in chunk.columns["id"]] == list(range(first, len(values)))
+    # from row 5: file 0's groups 0-1 (rows 0-3) are never read; the read starts at group 2 (rows 4-5)
+    groups_read = []
+    iter_batches = pq.ParquetFile.iter_batches
+
+    def recording(self, *args, row_groups=None, **kwargs):
+        groups_read.append(list(row_groups))
+        return iter_batches(self, *args, row_groups=row_groups, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", recording)
+    assert [text for chunk in read_chunks(files, ["text"], 4, 5) for text in chunk.columns["text"]] == values[5:]
+    assert groups_read[0] == [2, 3]

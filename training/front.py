@@ -53,11 +53,6 @@ def encoder_fraction(hidden_size: int, head_size: int, heads: float, ffn: float,
     return weights(heads, ffn) / weights(teacher_heads, teacher_ffn)
 
 
-TARGET_TOLERANCE = 5e-4
-"""A ``--front`` fraction this close to the target's own fraction names the target (e.g. ``0.125`` for a target at
-0.1250 of the teacher's encoder), so the target can be listed with the other points."""
-
-
 def plan_front(*, hidden_size: int, head_size: int, teacher_heads: int, teacher_ffn: int, heads: int, ffn: int,
                embedding_rank: int | None, teacher_rank: int, fractions, num_events: int | None) -> list[FrontPoint]:
     """The front's points, widest first, ending with the target (``heads``, ``ffn``, ``embedding_rank``).
@@ -74,50 +69,56 @@ def plan_front(*, hidden_size: int, head_size: int, teacher_heads: int, teacher_
         teacher_heads, teacher_ffn, teacher_rank: the starting widths (the TA's, equal to the teacher's).
         heads, ffn, embedding_rank: the target, the last point.
         fractions: fractions of the teacher's encoder matmul weights, each strictly between the target's and 1;
-            one within :data:`TARGET_TOLERANCE` of the target's own fraction names the target (``--front
-            0.5,0.25,0.125`` with ``--heads 2 --ffn 160`` of MiniLM's 12 / 1536) and adds no point.
+            the target's own fraction, or one whose widths round to the target's, names the target and adds no
+            point (``--front 0.5,0.25,0.125`` with ``--heads 2 --ffn 160`` of MiniLM's 12 / 1536).
         num_events: the events of the whole path (None: one per removed head).
 
     Returns:
         The points, in decreasing width; the last one is the target (``fraction_asked`` None).
 
     Raises:
-        ValueError: (one line naming ``--front`` and the fix) a fraction outside (target's fraction, 1), two
-            fractions that land on the same widths, or a repeated fraction.
+        ValueError: (one line naming ``--front`` as given and the fix) a fraction outside (target's fraction, 1)
+            other than the target's own, two fractions that land on the same widths, or a repeated fraction.
     """
     target_fraction = encoder_fraction(hidden_size, head_size, heads, ffn, teacher_heads, teacher_ffn)
-    fractions = [float(f) for f in fractions]
-    if len(set(fractions)) != len(fractions):
-        raise ValueError(f"--front {_listing(fractions)}: a fraction is repeated; give each once")
-    asked, fractions = fractions, [f for f in fractions if abs(f - target_fraction) > TARGET_TOLERANCE]
-    for f in fractions:
-        if not target_fraction < f < 1:
-            raise ValueError(
-                f"--front {_listing(asked)}: {f:g} is not between the target's size ({target_fraction:.4f} of the "
-                f"teacher's encoder at --heads {heads} --ffn {ffn}) and 1; pass fractions in that range")
-    points = []
-    for f in sorted(fractions, reverse=True):
+    asked = [float(f) for f in fractions]
+    if len(set(asked)) != len(asked):
+        raise ValueError(f"--front {_listing(asked)}: a fraction is repeated; give each once")
+
+    def planned(f: float) -> tuple:
         t = (1 - f) / (1 - target_fraction)
         point_heads = min(max(round(teacher_heads - t * (teacher_heads - heads)), heads), teacher_heads)
         attention = 4 * hidden_size * point_heads * head_size
         total = f * (4 * hidden_size * teacher_heads * head_size + 2 * hidden_size * teacher_ffn)
         point_ffn = min(max(round((total - attention) / (2 * hidden_size)), ffn), teacher_ffn)
         rank = None if embedding_rank is None else round(teacher_rank - t * (teacher_rank - embedding_rank))
-        points.append((t, f, point_heads, point_ffn, rank))
+        return t, f, point_heads, point_ffn, rank
+
+    points = []
+    for f in sorted(asked, reverse=True):
+        if abs(f - target_fraction) <= 1e-9:
+            continue  # the target's own size, as given (0.125)
+        if not target_fraction < f < 1:
+            raise ValueError(
+                f"--front {_listing(asked)}: {f:g} is not between the target's size ({target_fraction:.4f} of the "
+                f"teacher's encoder at --heads {heads} --ffn {ffn}) and 1; pass fractions in that range")
+        point = planned(f)
+        if point[2:4] != (heads, ffn):  # one that rounds to the target's widths names the target too
+            points.append(point)
     points.append((1.0, None, heads, ffn, embedding_rank))
     widths = [(h, fw) for _, _, h, fw, _ in points]
     for (a, b) in zip(widths, widths[1:]):
         if a == b or a[0] < b[0] or a[1] < b[1]:
             raise ValueError(f"--front {_listing(asked)}: two points land on the same or crossing widths "
                              f"(heads, ffn) {a} and {b}; pass fractions further apart")
-    if fractions and widths[0] == (teacher_heads, teacher_ffn):
+    if len(points) > 1 and widths[0] == (teacher_heads, teacher_ffn):
         raise ValueError(f"--front {_listing(asked)}: {points[0][1]:g} rounds to the teacher's own widths; "
                          "pass a smaller fraction")
     result, previous_t = [], 0.0
-    for t, asked, h, fw, rank in points:
+    for t, fraction, h, fw, rank in points:
         events = None if num_events is None else max(1, round(num_events * (t - previous_t)))
         result.append(FrontPoint(h, fw, rank, encoder_fraction(hidden_size, head_size, h, fw, teacher_heads, teacher_ffn),
-                                 asked, events))
+                                 fraction, events))
         previous_t = t
     return result
 

@@ -17,6 +17,7 @@ looked up, so an unavailable one is refused even when the stage is cached.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Literal
@@ -195,14 +196,19 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
     Returns:
         The stage record: ``events`` (one dict per pruning event: ``event``, ``heads``, ``ffn``,
         ``embedding_rank``, ``importance_loss``, ``distill_loss``, and ``before_distill`` / ``after_distill``:
-        ``{"exit_accuracies": [...]}`` on the dev rows right after the event's pruning and after its distillation
-        steps, one accuracy per exit), the per-layer ``num_attention_heads`` and ``intermediate_size`` reached,
+        ``{"exit_accuracies": [...], "seconds": s}`` on the dev rows right after the event's pruning and after its
+        distillation steps, one accuracy per exit, and the seconds that took, counted in the stage's ``seconds``), the per-layer ``num_attention_heads`` and ``intermediate_size`` reached,
         ``seconds``.
 
     Raises:
         ValueError: a ``device`` that :func:`~costeff_fast.training.trainer.resolve_device` refuses.
     """
     device = resolve_device(device)
+
+    def measure(model) -> dict:
+        started = time.time()
+        accuracies = exit_accuracies(model, data.eval_loader(), autocast=autocast)
+        return {"exit_accuracies": accuracies, "seconds": time.time() - started}
 
     def build():
         ta = CostEffForSequenceClassification.from_pretrained(ta_dir, use_safetensors=True).eval()
@@ -215,7 +221,7 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
             distill_steps_between_events=distill_steps, num_events=num_events, lr=lr, device=device,
             autocast=autocast,
             on_event=lambda index, event, model, stats: events.append({"event": index, **asdict(event), **stats}),
-            measure=lambda model: {"exit_accuracies": exit_accuracies(model, data.eval_loader(), autocast=autocast)},
+            measure=measure,
         )
         return student.cpu(), {"events": events, "num_attention_heads": student.config.num_attention_heads,
                          "intermediate_size": student.config.intermediate_size}
