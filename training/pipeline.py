@@ -157,7 +157,8 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
         CompressArgumentError: (a ``ValueError``; one line naming the argument and the fix) before any training:
             no data, or both a task and data; unknown task or budget; ``max_drop`` outside [0, 1), ``target_speedup``
             below 1, or both; a ``front`` fraction not between the target's size and 1, or two that land on the same
-            widths; a ``front_point`` that is not a point of the front; a device that is not here; a teacher directory that is missing, lacks
+            widths; a ``front_point`` that is not a point of the front; a device that is not here; a teacher
+            directory that is missing, lacks
             ``config.json``, weights or a tokenizer, or is not a supported ``*ForSequenceClassification``; a
             teacher tokenizer larger than its ``vocab_size``;
             ``heads``, ``ffn`` or ``embedding_rank`` outside [1, the teacher's heads, intermediate size or

@@ -151,7 +151,8 @@ def slenderize(
         prune_neurons(student, keep.neurons)
         if event.embedding_rank is not None:
             factorize_embedding(student, event.embedding_rank)
-        before = None if measure is None else _measured(measure, student)
+        measuring = measure is not None and on_event is not None  # the results go to on_event only
+        before = _measured(measure, student) if measuring else None
         with model_mode(ta, False):
             result = train(
                 student,
@@ -169,7 +170,7 @@ def slenderize(
             )
         if on_event is not None:
             stats = {"importance_loss": importance.loss, "distill_loss": result.mean_loss}
-            if measure is not None:
+            if measuring:
                 stats.update(before_distill=before, after_distill=_measured(measure, student))
             on_event(index, event, student, stats)
     return student

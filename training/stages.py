@@ -196,8 +196,8 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
         The stage record: ``events`` (one dict per pruning event: ``event``, ``heads``, ``ffn``,
         ``embedding_rank``, ``importance_loss``, ``distill_loss``, and ``before_distill`` / ``after_distill``:
         ``{"exit_accuracies": [...]}`` on the dev rows right after the event's pruning and after its distillation
-        steps, one accuracy per exit; two passes over the dev rows per event, counted in the stage's ``seconds``), the per-layer ``num_attention_heads`` and ``intermediate_size`` reached,
-        ``seconds``.
+        steps, one accuracy per exit; two passes over the dev rows per event, counted in the stage's
+        ``seconds``), the per-layer ``num_attention_heads`` and ``intermediate_size`` reached, ``seconds``.
 
     Raises:
         ValueError: a ``device`` that :func:`~costeff_fast.training.trainer.resolve_device` refuses.
