@@ -80,7 +80,7 @@ MODULES: dict[str, dict] = {
         "source": "costeff_fast/jobs/predict.py",
         "tests": ["tests/test_predict_job.py", "tests/test_predict_resume.py", "tests/test_predict_faults.py",
                   "tests/test_predict_bad_input.py", "tests/test_predict_audit.py", "tests/test_cli.py",
-                  "-k", "predict and not sigkill"],
+                  "tests/test_mutation_gaps_predict.py", "-k", "predict and not sigkill"],
     },
 }
 

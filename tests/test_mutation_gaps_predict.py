@@ -1,0 +1,141 @@
+"""Behaviour of the predict job (:mod:`costeff_fast.jobs.predict`) the rest of the suite left unchecked, found by
+mutation testing (``bench/mutation.py predict``; the mutants each test kills are listed in
+``bench/results/mutation/README.md``).
+
+Expected values are worked out in each test from the inputs it builds (the arithmetic is written next to them), not
+copied from the code's output.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from test_predict_job import checkpoint, texts  # noqa: F401 (fixtures: a tiny saved model, rt's texts)
+
+import costeff_fast
+from costeff_fast.jobs import PredictJob
+from costeff_fast.jobs.predict import (AgreementBelowMinimum, PredictSummary, label_names, predict_rows, summarize,
+                                       text_problem)
+
+AUDIT = {"rows": 1500, "confidence": 0.95,
+         "full_depth": {"agreement": 0.98761, "interval": [0.9812, 0.9921]},
+         "teacher_agreement": {"agreement": 0.912345, "interval": [0.9004, 0.9196]}}
+
+
+def _summary(**changes) -> PredictSummary:
+    fields = dict(output=Path("out"), rows=12345, written=12000, failed=345, exit_layer_sum=30000, num_layers=6,
+                  rows_this_run=2345, seconds=4.0, files=["part-000000.parquet", "part-000001.parquet"])
+    fields.update(changes)
+    return PredictSummary(**fields)
+
+
+def test_the_summary_of_a_resumed_job_with_failures_truncation_and_an_audit_reads_line_by_line():
+    text = _summary(truncated=1234, audit=AUDIT).format()
+    assert text.split("\n") == [
+        # 345 failed rows: the errors file is named
+        "12,345 rows: 12,000 written to out (2 files), 345 failed (reasons in out/_errors.jsonl)",
+        # 30000 / 12000 = 2.5 layers; 2345 rows / 4 s = 586.25 rows/s; 2345 < 12345 rows: this run resumed
+        "mean exit layer 2.50 of 6; 586 rows/s (2,345 rows in 4.0 s, resumed)",
+        "1,234 rows were longer than the model's max length and were truncated",
+        "audit: 1,500 rows, agreement with full depth 0.9876 (95% interval 0.981-0.992), with the teacher 0.9123 "
+        "(0.900-0.920); costeff-fast info out for more",
+    ]
+
+
+def test_the_summary_of_a_complete_job_says_there_was_nothing_to_do():
+    text = _summary(failed=0, rows=12000, rows_this_run=0, seconds=0.0).format()
+    assert text.split("\n") == [
+        "12,000 rows: 12,000 written to out (2 files), 0 failed",
+        "mean exit layer 2.50 of 6; the job was already complete: nothing to do",
+    ]
+
+
+def test_a_first_run_is_not_called_resumed_and_an_audit_without_rows_says_so():
+    audit = dict(AUDIT, full_depth={"agreement": None, "interval": [0.0, 1.0]},
+                 teacher_agreement={"agreement": None, "interval": [0.0, 1.0]}, confidence=0.99, rows=0)
+    text = _summary(rows=2345, written=2000, failed=345, exit_layer_sum=7000, audit=audit).format()
+    assert text.split("\n") == [
+        "2,345 rows: 2,000 written to out (2 files), 345 failed (reasons in out/_errors.jsonl)",
+        # 7000 / 2000 = 3.5 layers; all 2345 rows ran in this run
+        "mean exit layer 3.50 of 6; 586 rows/s (2,345 rows in 4.0 s)",
+        "audit: 0 rows, agreement with full depth - (no row audited yet); costeff-fast info out for more",
+    ]
+
+
+def test_an_audit_without_a_teacher_names_only_full_depth():
+    text = _summary(audit=dict(AUDIT, teacher_agreement=None)).format()
+    assert text.split("\n")[-1] == ("audit: 1,500 rows, agreement with full depth 0.9876 (95% interval 0.981-0.992); "
+                                    "costeff-fast info out for more")
+
+
+def test_a_non_string_text_is_named_with_its_type_and_a_repr_cut_to_sixty_characters():
+    assert text_problem(123, "text") == "text is not a string: column 'text' holds int 123"
+    # b'' plus 57 x: a repr of exactly 60 characters is kept whole
+    whole = text_problem(b"x" * 57, "body")
+    assert whole == "text is not a string: column 'body' holds bytes b'" + "x" * 57 + "'"
+    # one more x makes 61: cut to its first 57 characters and "...", 60 in all
+    cut = text_problem(b"x" * 58, "body")
+    assert cut == "text is not a string: column 'body' holds bytes b'" + "x" * 55 + "..."
+
+
+def test_agreement_below_minimum_names_every_shortfall_the_fix_and_the_complete_output():
+    audit = dict(AUDIT, full_depth={"agreement": 0.9, "interval": [0.88, 0.92]},
+                 teacher_agreement={"agreement": 0.8, "interval": [0.77, 0.83]})
+    summary = _summary(audit=audit, min_agreement=0.95)
+    error = AgreementBelowMinimum(summary, 0.95)
+    assert error.summary is summary and error.min_agreement == 0.95
+    # both intervals lie wholly under 0.95: both are named, in that order, "; " between them
+    assert str(error) == (
+        "the audit puts the early exits' agreement below --min-agreement 0.95: full depth 0.900 (95% interval "
+        "0.880-0.920); the teacher 0.800 (95% interval 0.770-0.830); lower the threshold (--entropy-threshold) or "
+        "compress with a smaller --max-drop (the output in out is complete)")
+
+
+def _with_labels(id2label, num_labels):
+    return SimpleNamespace(config=SimpleNamespace(id2label=id2label, num_labels=num_labels))
+
+
+def test_label_names_read_integer_and_string_keys_and_name_the_unnamed_ones():
+    assert label_names(_with_labels({0: "neg", 1: "pos"}, 2)) == ["neg", "pos"]
+    # a config.json read without transformers' key conversion keeps its keys as strings
+    assert label_names(_with_labels({"0": "neg", "1": "pos"}, 2)) == ["neg", "pos"]
+    assert label_names(_with_labels({}, 3)) == ["LABEL_0", "LABEL_1", "LABEL_2"]
+    assert label_names(_with_labels(None, 2)) == ["LABEL_0", "LABEL_1"]
+    assert label_names(_with_labels({0: "neg", "1": "pos"}, 3)) == ["neg", "pos", "LABEL_2"]
+    with pytest.raises(ValueError, match=r"repeat a name \(\['x', 'x'\]\); give each class its own name"):
+        label_names(_with_labels({0: "x", 1: "x"}, 2))
+
+
+def test_string_ids_from_other_json_values_read_as_json_writes_them(checkpoint, texts):  # noqa: F811
+    model = costeff_fast.from_pretrained(checkpoint)
+    ids = [17, 1.5, True, np.int64(3), np.float32(0.25), None, "seven", (1, 2)]
+    table = predict_rows(model, texts[:len(ids)], ids, id_type=pa.string())
+    assert table.column("id").type == pa.string()
+    # JSON scalars (numpy ones included) as JSON text; null stays null; other values as str()
+    assert table.column("id").to_pylist() == ["17", "1.5", "true", "3", "0.25", None, "seven", "(1, 2)"]
+
+
+def test_summarize_takes_its_counts_from_the_manifest_and_its_depth_from_the_model(checkpoint, tmp_path):  # noqa: F811
+    model = costeff_fast.from_pretrained(checkpoint)
+    source = tmp_path / "rows.jsonl"
+    source.write_text('{"text": "a"}\n')
+    job = PredictJob(checkpoint, source, tmp_path / "out", audit_rate=0.5, min_agreement=0.9)
+    manifest = {"totals": {"written": 7, "failed": 2, "exit_layer_sum": 15},
+                "shards": [{"file": "part-000000.parquet"}, {"file": "part-000001.parquet"}]}
+    started = time.perf_counter()
+    summary = summarize(job, manifest, model, rows_this_run=5, started=started - 2.0)
+    assert (summary.rows, summary.written, summary.failed, summary.exit_layer_sum) == (9, 7, 2, 15)
+    assert summary.num_layers == model.config.num_hidden_layers == 4
+    assert 2.0 <= summary.seconds < 2.0 + (time.perf_counter() - started) + 1e-6
+    assert summary.files == ["part-000000.parquet", "part-000001.parquet"]
+    assert summary.truncated == 0 and summary.audit is None and summary.min_agreement == 0.9
+    assert summary.output == tmp_path / "out"
+    assert "mean exit layer 2.14 of 4" in summary.format()  # 15 / 7 = 2.142...
+    manifest.update(summary={"truncated": 3}, audit=AUDIT)
+    summary = summarize(job, manifest, model, rows_this_run=5, started=started)
+    assert summary.truncated == 3 and summary.audit == AUDIT
