@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Where the points go (issue 31 item 0): the same teacher and TA at the demo budget, then students that differ in one
 # thing: narrowed (2 heads, FFN 160) with the word embedding factorized to rank 128, 192, 256 or not, and the TA's own widths
-# (12 heads, FFN 1536: no narrowing) with only the embedding factorized. Teacher and TA are cached per task (rt in
+# (12 heads, FFN 1536: no narrowing) with only the embedding factorized; and the default student with a geometric
+# pruning schedule. Teacher and TA are cached per task (rt in
 # work/demo/, the cache `make demo` fills; trec in work/trec-demo/) and shared by the three students. About 15
 # minutes per task on 2 cores.
 # Usage: bench/run_points_ablation.sh [NAME...]   (default: all; NAME as in bench/results/points-ablation/)
@@ -45,4 +46,6 @@ for task in rt trec; do
   run "$task-demo-h2-f160-r192" "$task" --heads 2 --ffn 160 --embedding-rank 192
   run "$task-demo-h2-f160-r256" "$task" --heads 2 --ffn 160 --embedding-rank 256
   events "$task-demo-h2-f160-rfull-events" "$task"
+  # the events' record showed the last (linear) event doing most of the damage: the same share removed per event
+  run "$task-demo-h2-f160-rfull-geometric" "$task" --heads 2 --ffn 160 --pruning-schedule geometric
 done

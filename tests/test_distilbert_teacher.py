@@ -125,6 +125,14 @@ def test_every_stage_takes_a_distilbert_teacher(distilbert_teacher, tmp_path):
     slender = slenderize_stage(tmp_path / "ta", data, tmp_path / "slender", heads=1, ffn=16, embedding_rank=16,
                                importance_batches=1, distill_steps=2, num_events=1, device="cpu")
     assert slender["num_attention_heads"] == [1, 1] and slender["intermediate_size"] == [16, 16]
+    assert "schedule" not in json.loads((tmp_path / "slender" / "stage.json").read_text())["params"]
+    # geometric over two events: heads 4 -> 4 x (1/4) ** (1/2) = 2 -> 1, FFN 64 -> 32 -> 16 (linear: 3, 40)
+    geometric = slenderize_stage(tmp_path / "ta", data, tmp_path / "slender-geometric", heads=1, ffn=16,
+                                 embedding_rank=None, importance_batches=1, distill_steps=1, num_events=2,
+                                 schedule="geometric", device="cpu")
+    assert [(event["heads"], event["ffn"]) for event in geometric["events"]] == [(2, 32), (1, 16)]
+    stage = json.loads((tmp_path / "slender-geometric" / "stage.json").read_text())
+    assert stage["params"]["schedule"] == "geometric"
     recovered = recover(tmp_path / "ta", tmp_path / "slender", data, tmp_path / "recovered", hidden_epochs=0.25,
                         prediction_epochs=0.25, device="cpu")
     assert len(recovered["exit_accuracies"]) == 2

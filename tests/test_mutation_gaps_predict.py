@@ -19,8 +19,8 @@ from test_predict_job import checkpoint, texts  # noqa: F401 (fixtures: a tiny s
 
 import costeff_fast
 from costeff_fast.jobs import PredictJob
-from costeff_fast.jobs.predict import (AgreementBelowMinimum, PredictSummary, label_names, predict_rows, summarize,
-                                       text_problem)
+from costeff_fast.jobs.predict import (AgreementBelowMinimum, PredictSummary, label_names, output_schema, predict_rows,
+                                       summarize, text_problem)
 
 AUDIT = {"rows": 1500, "confidence": 0.95,
          "full_depth": {"agreement": 0.98761, "interval": [0.9812, 0.9921]},
@@ -139,3 +139,14 @@ def test_summarize_takes_its_counts_from_the_manifest_and_its_depth_from_the_mod
     manifest.update(summary={"truncated": 3}, audit=AUDIT)
     summary = summarize(job, manifest, model, rows_this_run=5, started=started)
     assert summary.truncated == 3 and summary.audit == AUDIT
+
+
+def test_the_output_schema_adds_logits_entropy_and_error_only_when_asked_in_the_documented_order():
+    base = [("id", pa.int64()), ("label", pa.string()), ("prob_neg", pa.float32()), ("prob_pos", pa.float32()),
+            ("exit_layer", pa.int64())]
+    assert output_schema(["neg", "pos"], pa.int64()) == pa.schema(base)
+    everything = output_schema(["neg", "pos"], pa.int64(), with_error=True, output_logits=True, output_entropy=True,
+                               keep=[("source", pa.string())])
+    assert everything == pa.schema(base + [("logit_neg", pa.float32()), ("logit_pos", pa.float32()),
+                                           ("entropy", pa.float32()), ("source", pa.string()),
+                                           ("error", pa.string())])

@@ -543,6 +543,32 @@ def test_pruning_schedule_properties(start, data):
         assert steps == [1] * num_events
 
 
+def test_geometric_schedule_examples():
+    # 160 / 1536 = 0.10417; its 4th root 0.56811 removes 43 % per event: 1536 x 0.56811 = 872.6, x 0.32275 = 495.7,
+    # x 0.18336 = 281.6, then the target (the linear schedule removes 22 %, 29 %, 41 %, 68 %: 1192, 848, 504, 160)
+    assert pruning_schedule(1536, 160, 4, "geometric") == [873, 496, 282, 160]
+    # 2 / 12 = 0.16667; its 4th root 0.63894: 7.67, 4.90, 3.13, 2
+    assert pruning_schedule(12, 2, 4, "geometric") == [8, 5, 3, 2]
+    assert pruning_schedule(1000, 10, 2, "geometric") == [100, 10]
+    assert pruning_schedule(384, 160, 1, "geometric") == [160]
+    assert pruning_schedule(5, 5, 3, "geometric") == [5, 5, 5]
+    with pytest.raises(ValueError, match="shape 'cosine': unknown; use one of linear, geometric"):
+        pruning_schedule(12, 2, 4, "cosine")
+
+
+@given(start=st.integers(1, 5000), data=st.data())
+def test_geometric_schedule_properties(start, data):
+    target = data.draw(st.integers(1, start))
+    num_events = data.draw(st.integers(1, 60))
+    widths = pruning_schedule(start, target, num_events, "geometric")
+    assert len(widths) == num_events and widths[-1] == target
+    assert all(isinstance(w, int) for w in widths)
+    assert all(a >= b for a, b in zip([start] + widths, widths))  # non-increasing, starting from start
+    ratio = target / start
+    for k, width in enumerate(widths[:-1], start=1):  # each the nearest integer to start * ratio ** (k / n)
+        assert abs(width - start * ratio ** (k / num_events)) <= 0.5 + 1e-6
+
+
 def test_plan_events_follows_the_paper_schedule():
     config = CostEffConfig(hidden_size=768, num_attention_heads=12, intermediate_size=3072)
     events = plan_events(config, heads=6, ffn=1536, embedding_rank=384)
@@ -556,6 +582,11 @@ def test_plan_events_follows_the_paper_schedule():
     assert plan_events(config, 12, 2048, None) == [PruningEvent(12, 2048, None)]  # FFN only: one event
     with pytest.raises(ValueError, match="target"):
         plan_events(config, 13, 3072, None)
+    geometric = plan_events(config, heads=2, ffn=160, embedding_rank=None, num_events=4, schedule="geometric")
+    # 12 -> 2 heads: 12 x (1/6) ** (k/4) = 7.67, 4.90, 3.13, 2; FFN 3072 -> 160: 3072 x 0.05208 ** (k/4) =
+    # 1467.6, 701.1, 334.9, 160
+    assert geometric == [PruningEvent(8, 1468, None), PruningEvent(5, 701, None), PruningEvent(3, 335, None),
+                         PruningEvent(2, 160, None)]
 
 
 # The loop

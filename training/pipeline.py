@@ -71,13 +71,17 @@ class CompressionSettings:
     #: fractions of the teacher's encoder (matmul weights per layer) at which the slenderization path also stops,
     #: each point recovered and calibrated like the target (:mod:`~costeff_fast.training.front`); () = the target only
     front: tuple[float, ...] = ()
+    #: the widths' shape over the pruning events (:func:`~costeff_fast.training.schedule.pruning_schedule`):
+    #: "linear" (the paper's code) or "geometric" (the same share of the width removed by every event)
+    schedule: str = "linear"
 
     @property
     def name(self) -> str:
         rank = "full" if self.embedding_rank is None else self.embedding_rank
         ablation = "" if self.calibrate_exits else "-lastexit"
         front = "" if not self.front else "-front" + "_".join(f"{f:g}" for f in sorted(self.front, reverse=True))
-        return f"h{self.heads}-f{self.ffn}-r{rank}-{self.allocation}{ablation}{front}"
+        schedule = "" if self.schedule == "linear" else f"-{self.schedule}"
+        return f"h{self.heads}-f{self.ffn}-r{rank}-{self.allocation}{ablation}{schedule}{front}"
 
 
 def compress(task: str | None = None, out_dir: Path | None = None, *, data=None, text_column: str = "text",
@@ -268,7 +272,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
             embedding_rank=point.embedding_rank, allocation=settings.allocation,
             calibrate_exits=settings.calibrate_exits, importance_batches=budget.importance_batches,
             distill_steps=budget.distill_steps, num_events=point.events if settings.front else budget.num_events,
-            lr=budget.prune_lr, device=device, autocast=autocast, start_dir=previous,
+            schedule=settings.schedule, lr=budget.prune_lr, device=device, autocast=autocast, start_dir=previous,
         )
         previous = point_dir / "slender"
         recovered_dir = point_dir / recovered_name(budget)

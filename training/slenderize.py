@@ -40,6 +40,7 @@ def slenderize(
     importance_batches: int | None = None,
     distill_steps_between_events: int = 100,
     num_events: int | None = None,
+    schedule: str = "linear",
     lr: float = 2e-5,
     weight_decay: float = 0.01,
     max_grad_norm: float | None = 1.0,
@@ -92,6 +93,8 @@ def slenderize(
         importance_batches: batches per importance pass (None: one full pass of the factory).
         distill_steps_between_events: optimizer steps after each event (>= 0).
         num_events: override the number of events (default: one per removed head).
+        schedule: the widths' shape over the events, ``"linear"`` (the paper's code) or ``"geometric"`` (the same
+            share removed by every event), :func:`~costeff_fast.training.schedule.pruning_schedule`.
         lr, weight_decay, max_grad_norm: AdamW learning rate, decoupled weight decay (not on biases and
             LayerNorm weights), gradient clipping (None: off).
         kd_weight, temperature, hidden_weight: loss weights, see :func:`compute_importance`.
@@ -125,7 +128,7 @@ def slenderize(
         raise ValueError(f"distill_steps_between_events must be >= 0, got {distill_steps_between_events}")
     if importance_batches is not None and importance_batches < 1:
         raise ValueError(f"importance_batches must be >= 1 or None, got {importance_batches}")
-    events = plan_events(student.config, heads, ffn, embedding_rank, num_events)
+    events = plan_events(student.config, heads, ffn, embedding_rank, num_events, schedule)
     device = place_model(student, device)
     place_model(ta, device)
     loss_kwargs = dict(kd_weight=kd_weight, temperature=temperature, hidden_weight=hidden_weight)

@@ -178,8 +178,9 @@ def distill_teaching_assistant(teacher_dir: Path, data: TrainingData, out_dir: P
 def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: int, ffn: int,
                      embedding_rank: int | None, allocation: Literal["uniform", "global"] = "uniform",
                      calibrate_exits: bool = True, importance_batches: int | None = None,
-                     distill_steps: int = 100, num_events: int | None = None, lr: float = 2e-5,
-                     device: Device = "auto", autocast: bool | None = None, start_dir: Path | None = None) -> dict:
+                     distill_steps: int = 100, num_events: int | None = None, schedule: str = "linear",
+                     lr: float = 2e-5, device: Device = "auto", autocast: bool | None = None,
+                     start_dir: Path | None = None) -> dict:
     """Step 3: exit-calibrated slenderization of a copy of the TA (COST-EFF Sec. 3.2-3.3), by
     :func:`~costeff_fast.training.slenderize.slenderize`.
 
@@ -187,8 +188,8 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
         start_dir: the checkpoint to narrow further (a wider point of a front, :mod:`~.front`); None: a copy of
             the TA. The TA is the distillation teacher either way.
         heads, ffn, embedding_rank, allocation, calibrate_exits: the targets and how widths are chosen.
-        importance_batches, distill_steps, num_events, lr: see ``slenderize`` (``distill_steps`` is its
-            ``distill_steps_between_events``).
+        importance_batches, distill_steps, num_events, schedule, lr: see ``slenderize`` (``distill_steps`` is
+            its ``distill_steps_between_events``).
         device, autocast: where the importance passes and the distillation run, and whether their forwards
             use bf16 autocast (see the module docstring).
 
@@ -215,7 +216,8 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
         slenderize(
             student, ta, data.train_loader, heads=heads, ffn=ffn, embedding_rank=embedding_rank,
             allocation=allocation, calibrate_exits=calibrate_exits, importance_batches=importance_batches,
-            distill_steps_between_events=distill_steps, num_events=num_events, lr=lr, device=device,
+            distill_steps_between_events=distill_steps, num_events=num_events, schedule=schedule, lr=lr,
+            device=device,
             autocast=autocast,
             on_event=lambda index, event, model, stats: events.append({"event": index, **asdict(event), **stats}),
             measure=measure,
@@ -229,6 +231,8 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
               "lr": lr}
     if start_dir is not None:  # absent otherwise, so stages cached before fronts existed are still found
         params["start"] = stage_digest(start_dir)
+    if schedule != "linear":  # likewise: stages cached before the schedule had a shape are linear ones
+        params["schedule"] = schedule
     return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed, params=params)
 
 

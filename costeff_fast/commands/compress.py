@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="uniform: every layer keeps --heads heads and --ffn neurons (default); global: the same "
                              "totals spread over the layers by importance ranked across the whole model, so widths "
                              "differ per layer")
+    parser.add_argument("--pruning-schedule", choices=["linear", "geometric"], default="linear",
+                        help="how the widths shrink over the pruning events: linear, the same number of heads and "
+                             "neurons per event (the paper's code; default), or geometric, the same share of the "
+                             "width per event, so the last event is no harsher than the first")
     parser.add_argument("--final-exit-importance", action="store_true",
                         help="ablation: importance from the final exit only (no exit calibration)")
     parser.add_argument("--budget", choices=["quick", "standard", "paper", "demo"], default="quick",
@@ -181,7 +185,7 @@ def run(args: argparse.Namespace) -> None:
     set_num_threads(args.num_threads)
     settings = pipeline.CompressionSettings(heads=args.heads, ffn=args.ffn, embedding_rank=args.embedding_rank,
                                             allocation=args.allocation, calibrate_exits=not args.final_exit_importance,
-                                            front=args.front)
+                                            front=args.front, schedule=args.pruning_schedule)
     overrides = {"max_length": args.max_length, "train_rows": args.train_rows, "eval_rows": args.eval_rows,
                  "teacher_epochs": args.teacher_epochs, "ta_prediction_epochs": args.ta_epochs,
                  "recovery_prediction_epochs": args.recovery_epochs,
