@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Where the points go (issue 31 item 0): the same teacher and TA at the demo budget, then students that differ in one
-# thing: narrowed (2 heads, FFN 160) with the word embedding factorized to rank 128, 192, 256 or not, and the TA's own widths
-# (12 heads, FFN 1536: no narrowing) with only the embedding factorized; and the default student with a geometric
-# pruning schedule. Teacher and TA are cached per task (rt in
-# work/demo/, the cache `make demo` fills; trec in work/trec-demo/) and shared by the three students. About 15
-# minutes per task on 2 cores.
+# thing: narrowed (2 heads, FFN 160) with the word embedding factorized to rank 128, 192, 256 or not, and the TA's
+# own widths (12 heads, FFN 1536: no narrowing) with only the embedding factorized; and the default student with a
+# geometric pruning schedule, or with its distillation steps spread by the share each event removes. Teacher and TA
+# are cached per task (rt in work/demo/, the cache `make demo` fills; trec in work/trec-demo/) and shared by the
+# students. About 3-4 minutes per student on 2 cores once they are cached.
 # Usage: bench/run_points_ablation.sh [NAME...]   (default: all; NAME as in bench/results/points-ablation/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,4 +48,6 @@ for task in rt trec; do
   events "$task-demo-h2-f160-rfull-events" "$task"
   # the events' record showed the last (linear) event doing most of the damage: the same share removed per event
   run "$task-demo-h2-f160-rfull-geometric" "$task" --heads 2 --ffn 160 --pruning-schedule geometric
+  # or keep the linear schedule and give the last events more of the same total steps
+  run "$task-demo-h2-f160-rfull-steps-by-share" "$task" --heads 2 --ffn 160 --event-steps by-share
 done

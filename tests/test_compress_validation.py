@@ -207,11 +207,12 @@ def test_task_default_widths_must_fit_the_packaged_minilm(tmp_path, no_training,
     assert "packaged MiniLM" in message
 
 
-def test_a_geometric_schedule_has_work_directories_of_its_own():
+def test_a_geometric_schedule_or_steps_by_share_have_work_directories_of_their_own():
     """Stages cached by a linear run are never taken for a geometric one: the variant's directory names it (and
     the linear default keeps the name it always had)."""
     assert CompressionSettings().name == "h2-f160-rfull-uniform"
     assert CompressionSettings(schedule="geometric", front=(0.5,)).name == "h2-f160-rfull-uniform-geometric-front0.5"
+    assert CompressionSettings(event_steps="by-share").name == "h2-f160-rfull-uniform-steps-by-share"
 
 
 def test_unknown_allocation_and_exit_pooling(teacher, tmp_path, no_training):
@@ -220,6 +221,9 @@ def test_unknown_allocation_and_exit_pooling(teacher, tmp_path, no_training):
     settings = CompressionSettings(**{**SMALL.__dict__, "schedule": "cosine"})
     message = refused("--pruning-schedule 'cosine'", tmp_path=tmp_path, teacher_dir=teacher, settings=settings)
     assert message.endswith("pass one of linear, geometric")
+    settings = CompressionSettings(**{**SMALL.__dict__, "event_steps": "last"})
+    message = refused("--event-steps 'last'", tmp_path=tmp_path, teacher_dir=teacher, settings=settings)
+    assert message.endswith("pass one of even, by-share")
     refused("--exit-pooling 'max'", tmp_path=tmp_path, teacher_dir=teacher, settings=SMALL, exit_pooling="max")
 
 

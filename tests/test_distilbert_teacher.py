@@ -132,7 +132,16 @@ def test_every_stage_takes_a_distilbert_teacher(distilbert_teacher, tmp_path):
                                  schedule="geometric", device="cpu")
     assert [(event["heads"], event["ffn"]) for event in geometric["events"]] == [(2, 32), (1, 16)]
     stage = json.loads((tmp_path / "slender-geometric" / "stage.json").read_text())
-    assert stage["params"]["schedule"] == "geometric"
+    assert stage["params"]["schedule"] == "geometric" and "event_steps" not in stage["params"]
+    assert [event["distill_steps"] for event in geometric["events"]] == [1, 1]
+    # linear (3 heads / FFN 40, then 1 / 16) with 3 steps per event spread by share: hidden 32, heads of 8, so
+    # weights per layer 4*32*8*h + 2*32*f: 8192, 5632, 2048; shares 0.3125 and 0.636 of 6 steps: 1.98, 4.02
+    by_share = slenderize_stage(tmp_path / "ta", data, tmp_path / "slender-by-share", heads=1, ffn=16,
+                                embedding_rank=None, importance_batches=1, distill_steps=3, num_events=2,
+                                event_steps="by-share", device="cpu")
+    assert [(event["heads"], event["ffn"], event["distill_steps"]) for event in by_share["events"]] == [
+        (3, 40, 2), (1, 16, 4)]
+    assert json.loads((tmp_path / "slender-by-share" / "stage.json").read_text())["params"]["event_steps"] == "by-share"
     recovered = recover(tmp_path / "ta", tmp_path / "slender", data, tmp_path / "recovered", hidden_epochs=0.25,
                         prediction_epochs=0.25, device="cpu")
     assert len(recovered["exit_accuracies"]) == 2

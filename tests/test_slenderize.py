@@ -17,7 +17,7 @@ from costeff_fast.training.importance import Importance, compute_importance
 from costeff_fast.training.losses import hidden_mse, multi_exit_loss
 from costeff_fast.training.pruning import factorize_embedding, prune_heads, prune_neurons
 from costeff_fast.training.schedule import PruningEvent
-from costeff_fast.training.schedule import plan_events, pruning_schedule
+from costeff_fast.training.schedule import event_steps, plan_events, pruning_schedule
 from costeff_fast.training.slenderize import slenderize
 
 LAYERS, HEADS, HEAD_SIZE, HIDDEN, FFN, LABELS, VOCAB = 3, 4, 4, 16, 12, 3, 40
@@ -567,6 +567,33 @@ def test_geometric_schedule_properties(start, data):
     ratio = target / start
     for k, width in enumerate(widths[:-1], start=1):  # each the nearest integer to start * ratio ** (k / n)
         assert abs(width - start * ratio ** (k / num_events)) <= 0.5 + 1e-6
+
+
+def test_event_steps_by_share_by_hand():
+    """MiniLM (hidden 384, heads of 32) to 2 heads / FFN 160 in four linear events. Encoder weights per layer,
+    4 * 384 * 32 * heads + 2 * 384 * FFN: 1769472 (12, 1536), 1406976 (10, 1192), 995328 (7, 848), 632832 (5, 504),
+    221184 (2, 160); shares removed 0.205, 0.293, 0.364, 0.650 (sum 1.512) of 100 steps: 13.6, 19.4, 24.1, 43.0."""
+    config = CostEffConfig(hidden_size=384, num_attention_heads=12, intermediate_size=1536, attention_head_size=32)
+    events = plan_events(config, heads=2, ffn=160, embedding_rank=None, num_events=4)
+    assert event_steps(config, events, 25, "by-share") == [14, 19, 24, 43]
+    assert event_steps(config, events, 25) == [25, 25, 25, 25]
+    assert event_steps(config, [], 25, "by-share") == []
+    with pytest.raises(ValueError, match="allocation 'last': unknown; use one of even, by-share"):
+        event_steps(config, events, 25, "last")
+
+
+@given(steps=st.integers(0, 500), num_events=st.integers(1, 12), heads=st.integers(1, 12), ffn=st.integers(1, 1536))
+def test_event_steps_by_share_keeps_the_total_and_gives_more_to_larger_cuts(steps, num_events, heads, ffn):
+    config = CostEffConfig(hidden_size=384, num_attention_heads=12, intermediate_size=1536, attention_head_size=32)
+    events = plan_events(config, heads=heads, ffn=ffn, embedding_rank=None, num_events=num_events)
+    allocated = event_steps(config, events, steps, "by-share")
+    assert len(allocated) == num_events and sum(allocated) == steps * num_events and min(allocated) >= 0
+    sizes = [4 * 384 * 32 * 12 + 2 * 384 * 1536] + [4 * 384 * 32 * e.heads + 2 * 384 * e.ffn for e in events]
+    shares = [(a - b) / a for a, b in zip(sizes, sizes[1:])]
+    for i in range(num_events):  # a strictly larger share never gets fewer steps (rounding moves one at most)
+        for j in range(num_events):
+            if shares[i] > shares[j]:
+                assert allocated[i] >= allocated[j] - 1
 
 
 def test_plan_events_follows_the_paper_schedule():

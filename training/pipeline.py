@@ -74,6 +74,9 @@ class CompressionSettings:
     #: the widths' shape over the pruning events (:func:`~costeff_fast.training.schedule.pruning_schedule`):
     #: "linear" (the paper's code) or "geometric" (the same share of the width removed by every event)
     schedule: str = "linear"
+    #: the distillation steps after the pruning events (:func:`~costeff_fast.training.schedule.event_steps`):
+    #: "even" (the budget's steps after each) or "by-share" (the same total, in proportion to what each removes)
+    event_steps: str = "even"
 
     @property
     def name(self) -> str:
@@ -81,6 +84,7 @@ class CompressionSettings:
         ablation = "" if self.calibrate_exits else "-lastexit"
         front = "" if not self.front else "-front" + "_".join(f"{f:g}" for f in sorted(self.front, reverse=True))
         schedule = "" if self.schedule == "linear" else f"-{self.schedule}"
+        schedule += "" if self.event_steps == "even" else f"-steps-{self.event_steps}"
         return f"h{self.heads}-f{self.ffn}-r{rank}-{self.allocation}{ablation}{schedule}{front}"
 
 
@@ -272,7 +276,8 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
             embedding_rank=point.embedding_rank, allocation=settings.allocation,
             calibrate_exits=settings.calibrate_exits, importance_batches=budget.importance_batches,
             distill_steps=budget.distill_steps, num_events=point.events if settings.front else budget.num_events,
-            schedule=settings.schedule, lr=budget.prune_lr, device=device, autocast=autocast, start_dir=previous,
+            schedule=settings.schedule, event_steps=settings.event_steps, lr=budget.prune_lr, device=device,
+            autocast=autocast, start_dir=previous,
         )
         previous = point_dir / "slender"
         recovered_dir = point_dir / recovered_name(budget)

@@ -23,7 +23,7 @@ from .allocation import allocate_widths
 from .importance import compute_importance
 from .losses import Batch, check_distillation_pair, slenderization_loss
 from .pruning import factorize_embedding, prune_heads, prune_neurons
-from .schedule import PruningEvent, plan_events
+from .schedule import PruningEvent, event_steps, plan_events
 from .trainer import Device, model_mode, place_model, repeat_epochs, train
 
 
@@ -41,6 +41,7 @@ def slenderize(
     distill_steps_between_events: int = 100,
     num_events: int | None = None,
     schedule: str = "linear",
+    event_steps_allocation: str = "even",
     lr: float = 2e-5,
     weight_decay: float = 0.01,
     max_grad_norm: float | None = 1.0,
@@ -95,6 +96,9 @@ def slenderize(
         num_events: override the number of events (default: one per removed head).
         schedule: the widths' shape over the events, ``"linear"`` (the paper's code) or ``"geometric"`` (the same
             share removed by every event), :func:`~costeff_fast.training.schedule.pruning_schedule`.
+        event_steps_allocation: ``"even"`` (``distill_steps_between_events`` after every event) or ``"by-share"``
+            (the same total, in proportion to the share of the encoder each event removes),
+            :func:`~costeff_fast.training.schedule.event_steps`.
         lr, weight_decay, max_grad_norm: AdamW learning rate, decoupled weight decay (not on biases and
             LayerNorm weights), gradient clipping (None: off).
         kd_weight, temperature, hidden_weight: loss weights, see :func:`compute_importance`.
@@ -129,6 +133,7 @@ def slenderize(
     if importance_batches is not None and importance_batches < 1:
         raise ValueError(f"importance_batches must be >= 1 or None, got {importance_batches}")
     events = plan_events(student.config, heads, ffn, embedding_rank, num_events, schedule)
+    steps = event_steps(student.config, events, distill_steps_between_events, event_steps_allocation)
     device = place_model(student, device)
     place_model(ta, device)
     loss_kwargs = dict(kd_weight=kd_weight, temperature=temperature, hidden_weight=hidden_weight)
@@ -161,7 +166,7 @@ def slenderize(
                 student,
                 train_batches,
                 distillation,
-                steps=distill_steps_between_events,
+                steps=steps[index],
                 lr=lr,
                 schedule="constant",
                 weight_decay=weight_decay,
@@ -172,7 +177,8 @@ def slenderize(
                 autocast=autocast,
             )
         if on_event is not None:
-            stats = {"importance_loss": importance.loss, "distill_loss": result.mean_loss}
+            stats = {"importance_loss": importance.loss, "distill_steps": steps[index],
+                     "distill_loss": result.mean_loss}
             if measuring:
                 stats.update(before_distill=before, after_distill=_measured(measure, student))
             on_event(index, event, student, stats)

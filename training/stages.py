@@ -179,8 +179,8 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
                      embedding_rank: int | None, allocation: Literal["uniform", "global"] = "uniform",
                      calibrate_exits: bool = True, importance_batches: int | None = None,
                      distill_steps: int = 100, num_events: int | None = None, schedule: str = "linear",
-                     lr: float = 2e-5, device: Device = "auto", autocast: bool | None = None,
-                     start_dir: Path | None = None) -> dict:
+                     event_steps: str = "even", lr: float = 2e-5, device: Device = "auto",
+                     autocast: bool | None = None, start_dir: Path | None = None) -> dict:
     """Step 3: exit-calibrated slenderization of a copy of the TA (COST-EFF Sec. 3.2-3.3), by
     :func:`~costeff_fast.training.slenderize.slenderize`.
 
@@ -190,15 +190,16 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
         heads, ffn, embedding_rank, allocation, calibrate_exits: the targets and how widths are chosen.
         importance_batches, distill_steps, num_events, schedule, lr: see ``slenderize`` (``distill_steps`` is
             its ``distill_steps_between_events``).
+        event_steps: ``slenderize``'s ``event_steps_allocation``.
         device, autocast: where the importance passes and the distillation run, and whether their forwards
             use bf16 autocast (see the module docstring).
 
     Returns:
         The stage record: ``events`` (one dict per pruning event: ``event``, ``heads``, ``ffn``,
-        ``embedding_rank``, ``importance_loss``, ``distill_loss``, and ``before_distill`` / ``after_distill``:
-        ``{"exit_accuracies": [...]}`` on the dev rows right after the event's pruning and after its distillation
-        steps, one accuracy per exit; two passes over the dev rows per event, counted in the stage's
-        ``seconds``), the per-layer ``num_attention_heads`` and ``intermediate_size`` reached, ``seconds``.
+        ``embedding_rank``, ``importance_loss``, ``distill_steps``, ``distill_loss``, and ``before_distill`` /
+        ``after_distill``: ``{"exit_accuracies": [...]}`` on the dev rows right after the event's pruning and
+        after its distillation steps, one accuracy per exit; two passes over the dev rows per event, counted in
+        the stage's ``seconds``), the per-layer ``num_attention_heads`` and ``intermediate_size`` reached, ``seconds``.
 
     Raises:
         ValueError: a ``device`` that :func:`~costeff_fast.training.trainer.resolve_device` refuses.
@@ -216,7 +217,8 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
         slenderize(
             student, ta, data.train_loader, heads=heads, ffn=ffn, embedding_rank=embedding_rank,
             allocation=allocation, calibrate_exits=calibrate_exits, importance_batches=importance_batches,
-            distill_steps_between_events=distill_steps, num_events=num_events, schedule=schedule, lr=lr,
+            distill_steps_between_events=distill_steps, num_events=num_events, schedule=schedule,
+            event_steps_allocation=event_steps, lr=lr,
             device=device,
             autocast=autocast,
             on_event=lambda index, event, model, stats: events.append({"event": index, **asdict(event), **stats}),
@@ -233,6 +235,8 @@ def slenderize_stage(ta_dir: Path, data: TrainingData, out_dir: Path, *, heads: 
         params["start"] = stage_digest(start_dir)
     if schedule != "linear":  # likewise: stages cached before the schedule had a shape are linear ones
         params["schedule"] = schedule
+    if event_steps != "even":
+        params["event_steps"] = event_steps
     return run_stage(out_dir, build, tokenizer=data.tokenizer, seed=data.seed, params=params)
 
 

@@ -25,7 +25,7 @@ from costeff_fast.data import TASKS, UnknownLabelError, load_task, load_user_dat
 from .budget import BUDGETS, Budget
 from .data import packaged_minilm_dir
 from .front import FrontPoint, plan_front
-from .schedule import SCHEDULES
+from .schedule import SCHEDULES, STEP_ALLOCATIONS
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")
 """``config.model_type`` values of the teachers the pipeline supports: the encoder classifiers that
@@ -194,7 +194,7 @@ def check_settings(settings, config: dict, label: str) -> None:
     Raises:
         CompressArgumentError: ``heads`` outside [1, teacher heads], ``ffn`` outside [1, teacher
             ``intermediate_size``], ``embedding_rank`` (unless None) outside [1, teacher ``hidden_size``], or an
-            unknown ``allocation`` or ``schedule``.
+            unknown ``allocation``, ``schedule`` or ``event_steps``.
     """
     _check_width(settings.heads, "--heads", _count(config, "num_attention_heads", label),
                  "attention heads per layer", label)
@@ -208,6 +208,9 @@ def check_settings(settings, config: dict, label: str) -> None:
     if settings.schedule not in SCHEDULES:
         raise CompressArgumentError(f"--pruning-schedule {settings.schedule!r}: unknown; "
                                     f"pass one of {', '.join(SCHEDULES)}")
+    if settings.event_steps not in STEP_ALLOCATIONS:
+        raise CompressArgumentError(f"--event-steps {settings.event_steps!r}: unknown; "
+                                    f"pass one of {', '.join(STEP_ALLOCATIONS)}")
     front_points(settings, config, label, num_events=None)
 
 

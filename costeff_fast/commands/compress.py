@@ -64,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how the widths shrink over the pruning events: linear, the same number of heads and "
                              "neurons per event (the paper's code; default), or geometric, the same share of the "
                              "width per event, so the last event is no harsher than the first")
+    parser.add_argument("--event-steps", choices=["even", "by-share"], default="even",
+                        help="the distillation steps after the pruning events: even, the budget's steps after each "
+                             "(default), or by-share, the same total in proportion to the share of the encoder "
+                             "each event removes")
     parser.add_argument("--final-exit-importance", action="store_true",
                         help="ablation: importance from the final exit only (no exit calibration)")
     parser.add_argument("--budget", choices=["quick", "standard", "paper", "demo"], default="quick",
@@ -185,7 +189,8 @@ def run(args: argparse.Namespace) -> None:
     set_num_threads(args.num_threads)
     settings = pipeline.CompressionSettings(heads=args.heads, ffn=args.ffn, embedding_rank=args.embedding_rank,
                                             allocation=args.allocation, calibrate_exits=not args.final_exit_importance,
-                                            front=args.front, schedule=args.pruning_schedule)
+                                            front=args.front, schedule=args.pruning_schedule,
+                                            event_steps=args.event_steps)
     overrides = {"max_length": args.max_length, "train_rows": args.train_rows, "eval_rows": args.eval_rows,
                  "teacher_epochs": args.teacher_epochs, "ta_prediction_epochs": args.ta_epochs,
                  "recovery_prediction_epochs": args.recovery_epochs,
