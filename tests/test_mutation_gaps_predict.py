@@ -18,9 +18,9 @@ import pytest
 from test_predict_job import checkpoint, texts  # noqa: F401 (fixtures: a tiny saved model, rt's texts)
 
 import costeff_fast
-from costeff_fast.jobs import PredictJob
-from costeff_fast.jobs.predict import (AgreementBelowMinimum, PredictSummary, label_names, output_schema, predict_rows,
-                                       summarize, text_problem)
+from costeff_fast.jobs import JobArgumentError, PredictJob
+from costeff_fast.jobs.predict import (AgreementBelowMinimum, PredictSummary, check_keep_columns, label_names,
+                                       output_schema, predict_rows, summarize, text_problem)
 
 AUDIT = {"rows": 1500, "confidence": 0.95,
          "full_depth": {"agreement": 0.98761, "interval": [0.9812, 0.9921]},
@@ -150,3 +150,32 @@ def test_the_output_schema_adds_logits_entropy_and_error_only_when_asked_in_the_
     assert everything == pa.schema(base + [("logit_neg", pa.float32()), ("logit_pos", pa.float32()),
                                            ("entropy", pa.float32()), ("source", pa.string()),
                                            ("error", pa.string())])
+
+
+def test_keep_columns_may_not_take_a_name_the_output_has_and_only_the_columns_asked_for_count():
+    names = ["neg", "pos"]
+    with pytest.raises(JobArgumentError) as raised:
+        check_keep_columns(names, ["id", "source", "error"])
+    assert str(raised.value) == ("--keep-columns id,error: the output already has a column of that name; rename the "
+                                 "input column or drop it from --keep-columns")
+    check_keep_columns(names, ["logit_neg", "entropy"])  # not output columns unless asked for
+    with pytest.raises(JobArgumentError, match="--keep-columns logit_neg: "):
+        check_keep_columns(names, ["logit_neg", "entropy"], output_logits=True)
+    with pytest.raises(JobArgumentError, match="--keep-columns entropy: "):
+        check_keep_columns(names, ["logit_neg", "entropy"], output_entropy=True)
+
+
+def test_a_float_text_is_not_a_string_but_nan_is_a_missing_text():
+    assert text_problem(1.5, "text") == "text is not a string: column 'text' holds float 1.5"
+    assert text_problem(float("nan"), "text") == "missing text: column 'text' is null or absent"
+    assert text_problem(None, "body") == "missing text: column 'body' is null or absent"
+    assert text_problem("  ", "body") == "empty text: column 'body' is '  '"
+    assert text_problem("fine", "body") is None
+
+
+def test_failed_rows_name_the_text_column_which_defaults_to_text(checkpoint, texts):  # noqa: F811
+    model = costeff_fast.from_pretrained(checkpoint)
+    table = predict_rows(model, [texts[0], 5], [0, 1])
+    assert table.column("error").to_pylist() == [None, "text is not a string: column 'text' holds int 5"]
+    table = predict_rows(model, [texts[0], 5], [0, 1], text_column="review")
+    assert table.column("error").to_pylist()[1] == "text is not a string: column 'review' holds int 5"
