@@ -3,6 +3,7 @@ read by validation, its forward gets no ``token_type_ids``, and ``compress`` tak
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -125,7 +126,8 @@ def test_every_stage_takes_a_distilbert_teacher(distilbert_teacher, tmp_path):
     slender = slenderize_stage(tmp_path / "ta", data, tmp_path / "slender", heads=1, ffn=16, embedding_rank=16,
                                importance_batches=1, distill_steps=2, num_events=1, device="cpu")
     assert slender["num_attention_heads"] == [1, 1] and slender["intermediate_size"] == [16, 16]
-    assert "schedule" not in json.loads((tmp_path / "slender" / "stage.json").read_text())["params"]
+    params = json.loads((tmp_path / "slender" / "stage.json").read_text())["params"]
+    assert "schedule" not in params and "event_steps" not in params
     # geometric over two events: heads 4 -> 4 x (1/4) ** (1/2) = 2 -> 1, FFN 64 -> 32 -> 16 (linear: 3, 40)
     geometric = slenderize_stage(tmp_path / "ta", data, tmp_path / "slender-geometric", heads=1, ffn=16,
                                  embedding_rank=None, importance_batches=1, distill_steps=1, num_events=2,
@@ -152,8 +154,16 @@ def test_compress_end_to_end_with_a_distilbert_teacher(distilbert_teacher, tmp_p
     """``compress`` with a tiny DistilBERT classifier: every stage, calibration and the report; the checkpoint
     serves in the engine and matches the reference model."""
     out = tmp_path / "out"
-    report = compress("rt", out, teacher_dir=distilbert_teacher, budget=BUDGET, work_dir=tmp_path / "work",
-                      settings=CompressionSettings(heads=1, ffn=16, embedding_rank=16))
+    # a geometric schedule with steps by share: compress hands both to the slenderization stage
+    settings = CompressionSettings(heads=1, ffn=16, embedding_rank=16, schedule="geometric", event_steps="by-share")
+    report = compress("rt", out, teacher_dir=distilbert_teacher, budget=dataclasses.replace(BUDGET, num_events=2),
+                      work_dir=tmp_path / "work", settings=settings)
+    stage = json.loads((tmp_path / "work" / settings.name / "slender" / "stage.json").read_text())
+    assert (stage["params"]["schedule"], stage["params"]["event_steps"]) == ("geometric", "by-share")
+    # heads 4 -> 2 -> 1, FFN 64 -> 32 -> 16, rank 32 -> 23 -> 16 (32 x 0.707 = 22.6); each event removes half of
+    # the encoder (more than its 28 % and 30 % of the rank), so the 2 x 2 steps split evenly
+    assert [(e["heads"], e["ffn"], e["embedding_rank"], e["distill_steps"]) for e in stage["events"]] == [
+        (2, 32, 23, 2), (1, 16, 16, 2)]
     config = json.loads((out / "config.json").read_text())
     assert config["num_attention_heads"] == [1, 1] and config["intermediate_size"] == [16, 16]
     assert len(report["accuracy"]["costeff_exits"]) == 2

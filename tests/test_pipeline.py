@@ -22,6 +22,7 @@ from costeff_fast.training import pipeline
 from costeff_fast.training.budget import BUDGETS, budget_with, default_work_name
 from costeff_fast.training.calibrate import pick_threshold
 from costeff_fast.training.pipeline import CompressionSettings, compress
+from costeff_fast.training.schedule import SCHEDULES, STEP_ALLOCATIONS
 from costeff_fast.training.stage_cache import StageMismatchError
 
 
@@ -186,6 +187,11 @@ def test_cli_passes_row_overrides_to_the_budget(monkeypatch, tmp_path):
     cli.main(["compress", "--task-default", "--task", "rt", "--front", "1/2, 0.25", "--target-speedup", "4",
               "--out", str(tmp_path)])
     assert (seen["max_drop"], seen["target_speedup"], seen["settings"].front) == (None, 4.0, (0.5, 0.25))
+    assert (seen["settings"].schedule, seen["settings"].event_steps) == ("linear", "even")
+    for schedule, steps in zip(SCHEDULES, reversed(STEP_ALLOCATIONS)):  # every shape and allocation the API knows
+        cli.main(["compress", "--task-default", "--task", "rt", "--pruning-schedule", schedule, "--event-steps", steps,
+                  "--out", str(tmp_path)])
+        assert (seen["settings"].schedule, seen["settings"].event_steps) == (schedule, steps)
     with pytest.raises(SystemExit):
         cli.main(["compress", "--task-default", "--task", "rt", "--kd-temperature", "0", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):

@@ -572,7 +572,8 @@ def test_geometric_schedule_properties(start, data):
 def test_event_steps_by_share_by_hand():
     """MiniLM (hidden 384, heads of 32) to 2 heads / FFN 160 in four linear events. Encoder weights per layer,
     4 * 384 * 32 * heads + 2 * 384 * FFN: 1769472 (12, 1536), 1406976 (10, 1192), 995328 (7, 848), 632832 (5, 504),
-    221184 (2, 160); shares removed 0.205, 0.293, 0.364, 0.650 (sum 1.512) of 100 steps: 13.6, 19.4, 24.1, 43.0."""
+    221184 (2, 160); shares removed 0.205, 0.293, 0.364, 0.650 (sum 1.512) of 100 steps: 13.5, 19.3, 24.1, 43.0;
+    the largest remainder (13.5) rounds up."""
     config = CostEffConfig(hidden_size=384, num_attention_heads=12, intermediate_size=1536, attention_head_size=32)
     events = plan_events(config, heads=2, ffn=160, embedding_rank=None, num_events=4)
     assert event_steps(config, events, 25, "by-share") == [14, 19, 24, 43]
@@ -580,6 +581,16 @@ def test_event_steps_by_share_by_hand():
     assert event_steps(config, [], 25, "by-share") == []
     with pytest.raises(ValueError, match="allocation 'last': unknown; use one of even, by-share"):
         event_steps(config, events, 25, "last")
+    with pytest.raises(ValueError, match="steps_per_event must be an int >= 0, got -1"):
+        event_steps(config, events, -1, "by-share")
+    # only the embedding shrinks in the first three events (rank 384 -> 320 -> 256 -> 192 -> 128: shares 1/6, 1/5,
+    # 1/4, 1/3), the last one also drops a head (12 -> 11: 2.8 % of the encoder, less than its third of the rank):
+    # 100 steps x (0.167, 0.2, 0.25, 0.333) / 0.95 = 17.5, 21.1, 26.3, 35.1
+    rank_only = plan_events(config, heads=11, ffn=1536, embedding_rank=128, num_events=4)
+    assert [e.embedding_rank for e in rank_only] == [320, 256, 192, 128]
+    assert event_steps(config, rank_only, 25, "by-share") == [18, 21, 26, 35]
+    # an event that removes nothing gets no steps
+    assert event_steps(config, [PruningEvent(12, 1536, None), PruningEvent(6, 768, None)], 10, "by-share") == [0, 20]
 
 
 @given(steps=st.integers(0, 500), num_events=st.integers(1, 12), heads=st.integers(1, 12), ffn=st.integers(1, 1536))
@@ -590,10 +601,10 @@ def test_event_steps_by_share_keeps_the_total_and_gives_more_to_larger_cuts(step
     assert len(allocated) == num_events and sum(allocated) == steps * num_events and min(allocated) >= 0
     sizes = [4 * 384 * 32 * 12 + 2 * 384 * 1536] + [4 * 384 * 32 * e.heads + 2 * 384 * e.ffn for e in events]
     shares = [(a - b) / a for a, b in zip(sizes, sizes[1:])]
-    for i in range(num_events):  # a strictly larger share never gets fewer steps (rounding moves one at most)
+    for i in range(num_events):  # a strictly larger share never gets fewer steps (largest remainders)
         for j in range(num_events):
             if shares[i] > shares[j]:
-                assert allocated[i] >= allocated[j] - 1
+                assert allocated[i] >= allocated[j]
 
 
 def test_plan_events_follows_the_paper_schedule():
@@ -609,6 +620,8 @@ def test_plan_events_follows_the_paper_schedule():
     assert plan_events(config, 12, 2048, None) == [PruningEvent(12, 2048, None)]  # FFN only: one event
     with pytest.raises(ValueError, match="target"):
         plan_events(config, 13, 3072, None)
+    with pytest.raises(ValueError, match="schedule 'cosine': unknown"):
+        plan_events(config, 12, 3072, None, schedule="cosine")  # even when nothing would change
     geometric = plan_events(config, heads=2, ffn=160, embedding_rank=None, num_events=4, schedule="geometric")
     # 12 -> 2 heads: 12 x (1/6) ** (k/4) = 7.67, 4.90, 3.13, 2; FFN 3072 -> 160: 3072 x 0.05208 ** (k/4) =
     # 1467.6, 701.1, 334.9, 160

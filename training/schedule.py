@@ -4,8 +4,9 @@ COST-EFF (Shen et al., EMNLP 2022, arXiv 2210.15523, Sec. 3.2) removes one head 
 authors' released code (GitHub sbwww/COST-EFF) shrinks the FFN width and the embedding rank by the same
 linear rule over the same events. A linear schedule removes the same number of units per event, so the last
 events remove the largest share of what is left (1536 -> 160 FFN in four events: 22 %, 29 %, 41 %, then 68 %);
-the geometric one removes the same share each time (43 % per event there), so no single event does most of the
-damage (bench/results/README.md, "Where the points go").
+the geometric one removes about the same share each time (43 % per event there). Measured on rt and trec
+(bench/results/README.md, "Where the points go"), neither the geometric shape nor more steps after the larger
+cuts (:func:`event_steps`) ends more accurate than the linear schedule with even steps, the default.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def pruning_schedule(start: int, target: int, num_events: int, shape: str = "lin
     num_events)``, in exact integer arithmetic: each step removes ``floor`` or ``ceil`` of ``(start - target) /
     num_events``. With ``num_events = start - target`` each event removes exactly one unit (the paper's head
     schedule). ``geometric``: event ``k`` reaches ``round(start * (target / start) ** (k / num_events))``, the
-    same share of the width removed by every event, clamped so that widths never grow. Either way the widths are
-    non-increasing and event ``num_events`` hits ``target`` exactly.
+    same share of the width removed by every event up to rounding (with few units per event, e.g. heads, one event
+    may repeat the width before it and the next remove two). Either way the widths are non-increasing and event
+    ``num_events`` hits ``target`` exactly.
 
     Args:
         start: current width, >= 1.
@@ -64,11 +66,9 @@ def pruning_schedule(start: int, target: int, num_events: int, shape: str = "lin
         return [start - (start - target) * k // num_events for k in range(1, num_events + 1)]
     if shape != "geometric":
         raise ValueError(f"shape {shape!r}: unknown; use one of {', '.join(SCHEDULES)}")
-    widths, previous = [], start
-    for k in range(1, num_events):
-        previous = min(previous, max(target, round(start * math.exp(math.log(target / start) * k / num_events))))
-        widths.append(previous)
-    return widths + [target]
+    # rounding a decreasing sequence keeps it non-increasing; max() only guards the float arithmetic at the end
+    return [max(target, round(start * math.exp(math.log(target / start) * k / num_events)))
+            for k in range(1, num_events)] + [target]
 
 
 #: how :func:`event_steps` spreads the distillation steps over the events (``--event-steps``)
@@ -78,13 +78,17 @@ STEP_ALLOCATIONS = ("even", "by-share")
 def event_steps(config: CostEffConfig, events: list[PruningEvent], steps_per_event: int,
                 allocation: str = "even") -> list[int]:
     """Distillation steps after each event: ``steps_per_event`` each (``"even"``), or the same total split in
-    proportion to the share of the encoder's matmul weights each event removes (``"by-share"``: heads cost
-    ``4 * hidden_size * head_size`` weights per layer, FFN neurons ``2 * hidden_size``), largest remainders
-    rounded up, so an event that removes two thirds of what is left trains about three times as long as one that
-    removes a fifth.
+    proportion to the share each event removes (``"by-share"``), largest remainders rounded up, so an event that
+    removes two thirds of what is left trains about three times as long as one that removes a fifth.
+
+    An event's share is the larger of two: the share of the encoder's matmul weights per layer it removes (heads
+    cost ``4 * hidden_size * attention_head_size`` weights, FFN neurons ``2 * hidden_size``) and the share of the
+    factorized embedding's rank it removes (0 when the event leaves the embedding as it is). An event that
+    removes nothing gets no steps; when none removes anything every event gets ``steps_per_event``.
 
     Args:
-        config: the model before the first event (its per-layer widths are averaged, as in :func:`plan_events`).
+        config: the model before the first event (its per-layer widths averaged and rounded down, as
+            :func:`plan_events` takes them; its rank ``embedding_rank``, ``hidden_size`` when not factorized).
         events: :func:`plan_events`' output.
         steps_per_event: steps per event (>= 0); the total is ``steps_per_event * len(events)`` either way.
         allocation: ``"even"`` or ``"by-share"`` (:data:`STEP_ALLOCATIONS`).
@@ -93,10 +97,12 @@ def event_steps(config: CostEffConfig, events: list[PruningEvent], steps_per_eve
         One step count per event.
 
     Raises:
-        ValueError: an unknown ``allocation``.
+        ValueError: an unknown ``allocation`` or a negative ``steps_per_event``.
     """
     if allocation not in STEP_ALLOCATIONS:
         raise ValueError(f"allocation {allocation!r}: unknown; use one of {', '.join(STEP_ALLOCATIONS)}")
+    if isinstance(steps_per_event, bool) or not isinstance(steps_per_event, int) or steps_per_event < 0:
+        raise ValueError(f"steps_per_event must be an int >= 0, got {steps_per_event!r}")
     if allocation == "even" or not events:
         return [steps_per_event] * len(events)
     num_layers = config.num_hidden_layers
@@ -104,9 +110,13 @@ def event_steps(config: CostEffConfig, events: list[PruningEvent], steps_per_eve
     def weights(heads: float, ffn: float) -> float:
         return 4 * config.hidden_size * heads * config.attention_head_size + 2 * config.hidden_size * ffn
 
-    sizes = [weights(sum(config.num_attention_heads) / num_layers, sum(config.intermediate_size) / num_layers)]
+    sizes = [weights(sum(config.num_attention_heads) // num_layers, sum(config.intermediate_size) // num_layers)]
     sizes += [weights(event.heads, event.ffn) for event in events]
-    shares = [max(before - after, 0.0) / before for before, after in zip(sizes, sizes[1:])]
+    ranks = [config.embedding_rank or config.hidden_size]
+    for event in events:
+        ranks.append(ranks[-1] if event.embedding_rank is None else event.embedding_rank)
+    shares = [max((before - after) / before, (rank_before - rank_after) / rank_before, 0.0)
+              for before, after, rank_before, rank_after in zip(sizes, sizes[1:], ranks, ranks[1:])]
     total = steps_per_event * len(events)
     if sum(shares) == 0:
         return [steps_per_event] * len(events)
@@ -147,6 +157,8 @@ def plan_events(
         ValueError: a target outside ``[1, start]``, ``num_events < 1`` or an unknown ``schedule`` (via
             :func:`pruning_schedule`).
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r}: unknown; use one of {', '.join(SCHEDULES)}")
     num_layers = config.num_hidden_layers
     start_heads = sum(config.num_attention_heads) // num_layers
     start_ffn = sum(config.intermediate_size) // num_layers

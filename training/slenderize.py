@@ -60,7 +60,7 @@ def slenderize(
 
     For each :class:`~costeff_fast.training.schedule.PruningEvent` of
     :func:`~costeff_fast.training.schedule.plan_events` (by default one head removed per layer per event; FFN
-    width and embedding rank shrink linearly alongside):
+    width and embedding rank shrink alongside, linearly unless ``schedule`` says otherwise):
 
     1. :func:`compute_importance` over ``importance_batches`` batches of a fresh ``train_batches_factory()``
        (every batch of one pass when None, as the paper's code) with the exit-calibrated loss
@@ -110,9 +110,9 @@ def slenderize(
         autocast: bf16 autocast of the forwards of the importance passes and the distillation (None: on for
             CUDA, :func:`~costeff_fast.training.trainer.resolve_autocast`); losses and weights stay fp32.
         on_event: called after each event's distillation as ``on_event(index, event, student, stats)`` with
-            ``index`` 0-based and ``stats = {"importance_loss", "distill_loss"}`` (mean losses; distill_loss
-            is NaN when no step ran), e.g. to save a checkpoint or log widths; with ``measure``, also
-            ``before_distill`` and ``after_distill``.
+            ``index`` 0-based and ``stats = {"importance_loss", "distill_steps", "distill_loss"}`` (mean
+            losses, the event's step count; distill_loss is NaN when no step ran), e.g. to save a checkpoint or
+            log widths; with ``measure``, also ``before_distill`` and ``after_distill``.
         measure: called on the student right after each event's pruning and again after its distillation
             steps (e.g. dev accuracy per exit), its results passed to ``on_event``; it runs with the random
             number generators' state saved and restored (:func:`torch.random.fork_rng`), so measuring leaves the
