@@ -179,3 +179,21 @@ def test_failed_rows_name_the_text_column_which_defaults_to_text(checkpoint, tex
     assert table.column("error").to_pylist() == [None, "text is not a string: column 'text' holds int 5"]
     table = predict_rows(model, [texts[0], 5], [0, 1], text_column="review")
     assert table.column("error").to_pylist()[1] == "text is not a string: column 'review' holds int 5"
+
+
+def test_without_options_the_table_has_the_default_columns_and_no_rows_give_an_empty_table(checkpoint):  # noqa: F811
+    model = costeff_fast.from_pretrained(checkpoint)
+    default = ["id", "label", "prob_negative", "prob_neutral", "prob_positive", "exit_layer", "error"]
+    table = predict_rows(model, ["a fine film"], [7])
+    assert table.schema.names == default and table.column("exit_layer").type == pa.int64()
+    empty = predict_rows(model, [], [], id_type=pa.int64())
+    assert empty.num_rows == 0 and empty.schema.names == default
+
+
+def test_a_bad_second_text_names_its_column_which_defaults_to_text_pair(checkpoint, texts):  # noqa: F811
+    model = costeff_fast.from_pretrained(checkpoint)
+    table = predict_rows(model, texts[:3], [0, 1, 2], pairs=["so it goes", None, 3])
+    assert table.column("error").to_pylist() == [None, "missing text: column 'text_pair' is null or absent",
+                                                 "text is not a string: column 'text_pair' holds int 3"]
+    table = predict_rows(model, texts[:2], [0, 1], pairs=["so it goes", None], text_pair_column="hypothesis")
+    assert table.column("error").to_pylist()[1] == "missing text: column 'hypothesis' is null or absent"
