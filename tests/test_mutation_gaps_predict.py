@@ -197,3 +197,15 @@ def test_a_bad_second_text_names_its_column_which_defaults_to_text_pair(checkpoi
                                                  "text is not a string: column 'text_pair' holds int 3"]
     table = predict_rows(model, texts[:2], [0, 1], pairs=["so it goes", None], text_pair_column="hypothesis")
     assert table.column("error").to_pylist()[1] == "missing text: column 'hypothesis' is null or absent"
+
+
+def test_progress_is_told_of_every_classified_row_in_steps_of_64_and_is_optional(checkpoint, texts):  # noqa: F811
+    model = costeff_fast.from_pretrained(checkpoint)
+    for count, expected in ((130, [64, 64, 2]), (128, [64, 64]), (5, [5])):
+        calls = []
+        predict_rows(model, texts[:count], list(range(count)), progress=calls.append)
+        assert calls == expected
+    calls = []  # failed rows are not classified, so not counted
+    predict_rows(model, texts[:66] + [None], list(range(67)), progress=calls.append)
+    assert calls == [64, 2]
+    assert predict_rows(model, texts[:130], list(range(130))).num_rows == 130  # no callback: nothing to call
