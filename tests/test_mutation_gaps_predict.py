@@ -18,6 +18,7 @@ import pytest
 from test_predict_job import checkpoint, texts  # noqa: F401 (fixtures: a tiny saved model, rt's texts)
 
 import costeff_fast
+from costeff_fast.audit import AgreementAudit, audit_sample
 from costeff_fast.jobs import JobArgumentError, PredictJob
 from costeff_fast.jobs.predict import (AgreementBelowMinimum, PredictSummary, check_keep_columns, label_names,
                                        output_schema, predict_rows, summarize, text_problem)
@@ -209,3 +210,17 @@ def test_progress_is_told_of_every_classified_row_in_steps_of_64_and_is_optional
     predict_rows(model, texts[:66] + [None], list(range(67)), progress=calls.append)
     assert calls == [64, 2]
     assert predict_rows(model, texts[:130], list(range(130))).num_rows == 130  # no callback: nothing to call
+
+
+def test_an_audit_without_row_numbers_samples_rows_zero_to_n_minus_one(checkpoint, texts):  # noqa: F811
+    model = costeff_fast.from_pretrained(checkpoint)
+    audit = AgreementAudit(model, rate=1.0)  # every classified row is audited
+    predict_rows(model, texts[:4] + [None], list(range(5)), audit=audit)
+    assert audit.counts.result()["rows"] == 4  # the failed row is not classified, so not audited
+    # row numbers decide the sample: at rate 0.5 the default 0..4 and the numbers 800..804 take different counts
+    default, numbered = AgreementAudit(model, rate=0.5), AgreementAudit(model, rate=0.5)
+    predict_rows(model, texts[:5], list(range(5)), audit=default)
+    predict_rows(model, texts[:5], list(range(5)), audit=numbered, row_numbers=range(800, 805))
+    assert default.counts.result()["rows"] == int(audit_sample(range(5), 0.5).sum())
+    assert numbered.counts.result()["rows"] == int(audit_sample(range(800, 805), 0.5).sum())
+    assert numbered.counts.result()["rows"] != default.counts.result()["rows"]
