@@ -12,7 +12,9 @@ So that neither the shared working tree nor other sessions' builds are touched, 
 that no pytest run there collects the mutated tree's tests): the sources are exported from a commit (``--ref``, default
 ``HEAD``; ``--worktree`` copies the working tree's files instead), ``training/`` goes to ``costeff_fast/training``
 and ``csrc/`` to ``costeff_fast/csrc`` (the layout of an installed wheel, so the copy and not the editable install
-is what the tests import), and the native kernels build into the folder's own ``torch_extensions``. Every process
+is what the tests import), the native kernels build into the folder's own ``torch_extensions`` and pytest's
+temporary folders go under its own ``pytest-temp`` (pytest deletes all but its newest 3, so a shared root would lose
+the files of a test session running beside). Every process
 runs at ``nice -n 19``, one torch thread per test process, ``--max-children`` at a time (default 2).
 
 Per module the test selection is the fast tests that exercise it (:data:`MODULES`): no session-trained model
@@ -156,8 +158,14 @@ def write_config(workdir: Path, module: dict, args) -> list[str]:
 
 def environment(workdir: Path) -> dict:
     env = dict(os.environ)
+    temp_root = workdir.parent / "pytest-temp"
+    temp_root.mkdir(parents=True, exist_ok=True)
     env.update({
         "TORCH_EXTENSIONS_DIR": str(workdir.parent / "torch_extensions"),  # not the shared ~/.cache build
+        # pytest keeps only the newest 3 ``pytest-N`` folders under its temporary root and deletes the rest: the
+        # hundreds of mutant runs would delete the folders of any other pytest session of this user (a CI run or
+        # `make test` beside the mutation run lost its module fixtures' files that way), so they get their own root
+        "PYTEST_DEBUG_TEMPROOT": str(temp_root),
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false", "PYTHONDONTWRITEBYTECODE": "1",
