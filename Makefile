@@ -26,7 +26,7 @@ demo: setup
 	$(VENV)/bin/costeff-fast demo
 
 test: setup
-	$(PY) -m pytest tests -q --durations=20
+	$(PY) -m pytest tests -q --durations=20 -n auto --dist loadfile
 
 bench: setup
 	$(PY) -m pytest bench --benchmark-only -q

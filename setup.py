@@ -56,6 +56,7 @@ setup(
             "onnxruntime>=1.18",
             "pytest>=8",
             "pytest-benchmark>=4",
+            "pytest-xdist>=3.5",  # make test: two workers on 2 cores (tests/conftest.py groups the work)
             "hypothesis>=6.100",
             "ninja>=1.11",
         ],

@@ -13,6 +13,12 @@ if not torch.cuda.is_available():  # Triton kernels pick the interpreter when th
 
 import pytest  # noqa: E402
 
+# Under pytest-xdist (``make test``), each worker takes its share of the CPUs: two workers at torch's default of one
+# thread per core would run twice as many threads as there are cores, and OpenMP's waiting threads would slow both.
+# Tests that need several threads set them (tests/test_native.py, tests/test_threads.py).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 import costeff_fast  # noqa: E402,F401  (registers the Auto classes)
 from costeff_fast import CostEffConfig, CostEffForSequenceClassification, native  # noqa: E402
 from costeff_fast import threads as threads_module  # noqa: E402
@@ -99,7 +105,7 @@ def auto_threads_at_the_ceiling(request, monkeypatch):
         monkeypatch.setattr(threads_module.AutoThreads, "threads", lambda self: self.max_threads)
 
 
-# A small real model trained inside the test session (tests/test_trained_model.py, tests/test_int8.py): what
+# A small real model trained inside the test session (tests/test_trained_model.py, and only there): what
 # `make demo` runs (costeff_fast.training.demo.run_demo: compress with the packaged MiniLM fine-tuned as the
 # teacher, the `--task-default` path, then early-exit inference next to HF on rt's validation split), on a budget
 # small enough for about two minutes on 2 CPU cores. Widths are compress's defaults (2 heads, FFN 160, the word
@@ -160,3 +166,10 @@ def trained_rt(tmp_path_factory):
         # the teacher timed once, not twice: CI reads no speed from this run (about 16 s saved)
         results = run_demo(work_dir, budget="ci", seed=0, teacher_timings=1)
     return TrainedRt(work_dir, budget, results, time.perf_counter() - started)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests of the model trained in the session (tests/test_trained_model.py) first: under ``make test``'s
+    pytest-xdist workers (``--dist loadfile``: a file goes whole to one worker, so module and session fixtures are
+    built once) the longest unit of work, the training included, then starts at once instead of last."""
+    items.sort(key=lambda item: item.path.name != "test_trained_model.py")  # stable: the rest keep their order

@@ -12,6 +12,7 @@ Bounds (each derived where it is used):
   within 2e-4 (the engine's logits are within 1e-4 of the reference forward's);
 * early exit: at the calibrated threshold the held-out accuracy stays within the drop that calibration accepted on
   its own rows, plus the sampling noise of a paired difference (derived in the test);
+* int8: :func:`test_int8.check_trained`'s statistical bounds (McNemar, no checkpoint tuned on);
 * ONNX: every output within 1e-4 of the reference forward (the export's contract), the final logits within 2e-4 of
   the engine's at threshold 0 (1e-4 each from the reference).
 """
@@ -31,6 +32,7 @@ from costeff_fast import exit_entropy
 from costeff_fast.data import TASKS
 from costeff_fast.export import TOLERANCE, export_onnx, output_names
 from costeff_fast.training.demo import DEFAULT_THRESHOLDS
+from test_int8 import check_trained
 
 TIE = 1e-5  # nats: two computations of one entropy may fall on either side of a threshold this close
 MARGIN = 2e-4  # logits: two computations each within 1e-4 of the reference can disagree on the label only below it
@@ -194,3 +196,8 @@ def test_onnx_export_of_the_trained_model_matches_the_engine(trained_rt, exit_lo
         np.testing.assert_allclose(outputs[layer], exit_logits[:64, layer].numpy(), atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(outputs[-1], engine.generate_logits(texts, entropy_threshold=0.0).numpy(),
                                atol=2 * TOLERANCE, rtol=0)
+
+
+def test_int8_against_fp32_on_the_trained_model(trained_rt):
+    """test_int8.check_trained on all 1,276 rt validation rows, at torch's thread count like the rest of CI."""
+    check_trained(trained_rt.model_dir, trained_rt.texts, trained_rt.labels)
