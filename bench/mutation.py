@@ -29,6 +29,10 @@ Usage::
     .venv/bin/python bench/mutation.py losses --overlay tests/test_training_losses.py   # HEAD + an uncommitted test
     .venv/bin/python bench/mutation.py losses --worktree     # every file as the working tree has it
 
+Ctrl-C or SIGTERM stops a run and still writes the summary: the mutants not reached count as "not checked" and
+``--resume`` goes on with them, on this machine from the tree in ``--workdir``, on another (a fresh checkout) from the
+summary itself, which carries mutmut's verdicts (``mutmut_meta``).
+
 Writes ``bench/results/mutation/<module>.json`` (``<module>-<label>.json`` with ``--label``) per module: the commit, the tests and pytest arguments, the counts
 (killed, survived, timeout, no tests, ...), the score ``(killed + timeout + segfault) / all mutants`` and every
 mutant not killed with its diff. ``bench/results/mutation/README.md`` reads them.
@@ -41,6 +45,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -190,6 +195,7 @@ def summarize(workdir: Path, name: str, module: dict, origin: dict, pytest_args:
         reset_config()
         data = SourceFileMutationData(path=source)
         data.load()
+        meta = json.loads(data.meta_path.read_text())
         counts: dict[str, int] = {}
         not_killed, timed_out = [], []
         for key, code in sorted(data.exit_code_by_key.items()):
@@ -218,11 +224,15 @@ def summarize(workdir: Path, name: str, module: dict, origin: dict, pytest_args:
         "elapsed_s": round(elapsed_s),
         "counts": counts,
         "mutants": total,
+        "checked": total - counts.get("not checked", 0),  # less than mutants when a run was stopped (--resume goes on)
         "killed": killed,
         "survived": counts.get("survived", 0),
         "score": round(killed / total, 4) if total else None,
         "not_killed": not_killed,
         "timed_out": timed_out,  # counted as killed; listed so a timeout caused by a slow machine can be told apart
+        # mutmut's own record of the run (every mutant's exit code, None where not checked yet, and the hash of each
+        # function it mutated): what --resume needs to go on from this file on another machine (see restore_tree)
+        "mutmut_meta": meta,
     }
 
 
@@ -237,15 +247,47 @@ def rerun_names(workdir: Path, module: dict, which: str) -> list[str]:
     return sorted(key for key, code in meta["exit_code_by_key"].items() if status_by_exit_code[code] not in keep)
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def restore_tree(workdir: Path, module: dict, out: Path) -> dict:
+    """Rebuild the tree of the run recorded in ``out`` (a summary written by an earlier run, on this machine or
+    another): the sources of its commit, the recorded overlay files as the working tree has them now, and mutmut's
+    verdicts (``mutmut_meta``). mutmut keeps the verdict of every mutant whose function hashes the same, so the run
+    goes on with the mutants not checked yet."""
+    if not out.is_file():
+        raise SystemExit(f"--resume: no tree in {workdir} and no earlier summary {out} to go on from; "
+                         "start the run without --resume")
+    summary = json.loads(out.read_text())
+    if "mutmut_meta" not in summary:
+        raise SystemExit(f"--resume: {out} predates the recorded verdicts (no 'mutmut_meta'); start the run anew")
+    workdir.mkdir(parents=True)
+    origin = export_tree(workdir, None if summary["worktree"] else summary["commit"], summary.get("overlay", []))
+    if summary["worktree"]:
+        print(f"[mutation] warning: {out} mutated a working tree; the working tree now stands in for it", flush=True)
+    origin["runs"] = summary.get("runs", [])
+    meta_path = workdir / "mutants" / (tree_path(module["source"]) + ".meta")
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(json.dumps(summary["mutmut_meta"]))
+    (workdir / "origin.json").write_text(json.dumps({"module": summary["module"], **origin}))
+    pending = sum(code is None for code in summary["mutmut_meta"]["exit_code_by_key"].values())
+    print(f"[mutation] {summary['module']}: tree rebuilt from {out} ({pending} mutants not checked yet)", flush=True)
+    return origin
+
+
 def run_module(name: str, args) -> dict:
     module = MODULES[name]
     workdir = Path(args.workdir) / name / "tree"
+    out = Path(args.results) / (f"{name}-{args.label}.json" if args.label else f"{name}.json")
     if not args.resume:
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
         origin = export_tree(workdir, None if args.worktree else args.ref, args.overlay)
         (workdir / "origin.json").write_text(json.dumps({"module": name, **origin}))
     else:
+        if not (workdir / "origin.json").is_file():  # e.g. a fresh machine: go on from the committed summary
+            restore_tree(workdir, module, out)
         origin = json.loads((workdir / "origin.json").read_text())
         origin.pop("module")
         for file in args.overlay:  # mutmut copies tests/ into mutants/ again on every run
@@ -259,23 +301,37 @@ def run_module(name: str, args) -> dict:
     print(f"[mutation] {name}: {module['source']} at {origin['commit'][:10]}"
           f"{' + working tree' if origin['worktree'] else ''}{''.join(' + ' + f for f in origin.get('overlay', []))}"
           f", tests {' '.join(tests)}", flush=True)
-    out = Path(args.results) / (f"{name}-{args.label}.json" if args.label else f"{name}.json")
     if args.summary_only:  # the verdicts of the last run in workdir, e.g. after a change to this summary
         elapsed = json.loads(out.read_text())["elapsed_s"] if out.is_file() else float("nan")
     else:
         names = rerun_names(workdir, module, args.rerun) if args.rerun else []
         start = time.monotonic()
+        stopped = False
         with open(workdir / "mutmut.log", "a") as log:
-            completed = subprocess.run(
+            # its own process group, so that a stop reaches mutmut's forked test processes too
+            process = subprocess.Popen(
                 ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children),
-                 *names], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+                 *names], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+            try:
+                returncode = process.wait()
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop mutmut, keep the verdicts so far, write the summary
+                stopped = True
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+            finally:
+                signal.signal(signal.SIGTERM, previous)
         elapsed = time.monotonic() - start
-        if completed.returncode != 0:
-            raise SystemExit(f"mutmut failed ({completed.returncode}): see {workdir / 'mutmut.log'}")
+        if not stopped and returncode != 0:
+            raise SystemExit(f"mutmut failed ({returncode}): see {workdir / 'mutmut.log'}")
         origin.setdefault("runs", []).append({
             "what": f"rerun of {len(names)} mutants ({args.rerun})" if args.rerun else "all",
             "timeout_multiplier": args.timeout_multiplier, "timeout_constant_s": args.timeout_constant,
-            "overlay": args.overlay, "elapsed_s": round(elapsed)})
+            "overlay": args.overlay, "elapsed_s": round(elapsed), **({"stopped": True} if stopped else {})})
         (workdir / "origin.json").write_text(json.dumps({"module": name, **origin}))
         elapsed = sum(run["elapsed_s"] for run in origin["runs"])
     summary = summarize(workdir, name, module, origin, pytest_args, elapsed, args)
@@ -301,7 +357,8 @@ def main(argv=None) -> None:
     parser.add_argument("--timeout-multiplier", type=float, default=5.0)
     parser.add_argument("--timeout-constant", type=float, default=30.0)  # per-mutant setup: fork, fixtures
     parser.add_argument("--resume", action="store_true",
-                        help="reuse the tree (and mutmut's cached verdicts) of the last run instead of exporting anew")
+                        help="reuse the tree (and mutmut's cached verdicts) of the last run instead of exporting anew; "
+                             "where there is none (another machine), rebuild it from the run's summary JSON")
     parser.add_argument("--rerun", choices=["not-killed", "timeouts"],
                         help="reuse the last run's tree and run again only its mutants not killed outright "
                              "(survived, timed out: e.g. with a new test, --overlay) or only those that timed out "
