@@ -26,7 +26,7 @@ demo: setup
 	$(VENV)/bin/costeff-fast demo
 
 test: setup
-	$(PY) -m pytest tests -q --durations=20 -n auto --dist loadfile
+	$(PY) -m pytest tests -q --durations=20 -n auto --dist loadfile --no-loadscope-reorder
 
 bench: setup
 	$(PY) -m pytest bench --benchmark-only -q

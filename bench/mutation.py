@@ -34,7 +34,7 @@ Ctrl-C or SIGTERM stops a run and still writes the summary: the mutants not reac
 summary itself, which carries mutmut's verdicts (``mutmut_meta``).
 
 Writes ``bench/results/mutation/<module>.json`` (``<module>-<label>.json`` with ``--label``) per module: the commit, the tests and pytest arguments, the counts
-(killed, survived, timeout, no tests, ...), the score ``(killed + timeout + segfault) / all mutants`` and every
+(killed, survived, timeout, no tests, ...), the score ``(killed + timeout + segfault) / mutants checked`` and every
 mutant not killed with its diff. ``bench/results/mutation/README.md`` reads them.
 """
 
@@ -69,7 +69,7 @@ MODULES: dict[str, dict] = {
             "tests/test_engine.py", "tests/test_native.py", "tests/test_kernel_attention.py",
             "tests/test_kernel_compaction.py", "tests/test_kernel_exit_head.py", "tests/test_kernel_ffn.py",
             "tests/test_int8.py", "tests/test_modeling.py", "tests/test_mutation_gaps.py",
-            "-k", "not triton and not trained_checkpoint",
+            "-k", "not triton and not run_of_record",
         ],
     },
     "engine": {
@@ -201,6 +201,8 @@ def summarize(workdir: Path, name: str, module: dict, origin: dict, pytest_args:
         for key, code in sorted(data.exit_code_by_key.items()):
             status = status_by_exit_code[code]
             counts[status] = counts.get(status, 0) + 1
+            if status == "not checked":  # a stopped run: counted, and in mutmut_meta for --resume; no diff
+                continue
             if status not in KILLED or status == "timeout":
                 (timed_out if status == "timeout" else not_killed).append(
                     {"mutant": key, "status": status,
@@ -209,6 +211,7 @@ def summarize(workdir: Path, name: str, module: dict, origin: dict, pytest_args:
         os.chdir(previous)
     total = sum(counts.values())
     killed = sum(counts.get(status, 0) for status in KILLED)
+    checked = total - counts.get("not checked", 0)
     return {
         "module": name,
         "source": module["source"],
@@ -224,10 +227,11 @@ def summarize(workdir: Path, name: str, module: dict, origin: dict, pytest_args:
         "elapsed_s": round(elapsed_s),
         "counts": counts,
         "mutants": total,
-        "checked": total - counts.get("not checked", 0),  # less than mutants when a run was stopped (--resume goes on)
+        "checked": checked,  # fewer than mutants when a run was stopped (--resume goes on)
         "killed": killed,
         "survived": counts.get("survived", 0),
-        "score": round(killed / total, 4) if total else None,
+        # over the mutants checked: all of them once a run is complete (a stopped run's score so far)
+        "score": round(killed / checked, 4) if checked else None,
         "not_killed": not_killed,
         "timed_out": timed_out,  # counted as killed; listed so a timeout caused by a slow machine can be told apart
         # mutmut's own record of the run (every mutant's exit code, None where not checked yet, and the hash of each
@@ -247,21 +251,52 @@ def rerun_names(workdir: Path, module: dict, which: str) -> list[str]:
     return sorted(key for key, code in meta["exit_code_by_key"].items() if status_by_exit_code[code] not in keep)
 
 
-def _stop_on_sigterm(signum, frame):
-    raise KeyboardInterrupt
+class Stopped(Exception):
+    """SIGTERM, SIGHUP or Ctrl-C during a run: mutmut is stopped, the summary so far written, then the exit."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def stop_mutmut(process: subprocess.Popen, waits_s: tuple[float, float] = (60, 15)) -> None:
+    """Stop mutmut and its forked test processes: SIGINT to mutmut alone first, which it answers by stopping its
+    workers (a mutant cut short gets no verdict) and exiting with its verdicts saved; then SIGTERM and SIGKILL to the
+    whole process group (mutmut's own: ``start_new_session``)."""
+    for signum, wait_s in ((signal.SIGINT, waits_s[0]), (signal.SIGTERM, waits_s[1]), (signal.SIGKILL, None)):
+        try:
+            if signum == signal.SIGINT:
+                process.send_signal(signum)
+            else:
+                os.killpg(process.pid, signum)
+        except ProcessLookupError:  # already gone
+            pass
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def restore_tree(workdir: Path, module: dict, out: Path) -> dict:
     """Rebuild the tree of the run recorded in ``out`` (a summary written by an earlier run, on this machine or
-    another): the sources of its commit, the recorded overlay files as the working tree has them now, and mutmut's
+    another; ``--from``, by default the summary this run writes): the sources of its commit, the recorded overlay files as the working tree has them now, and mutmut's
     verdicts (``mutmut_meta``). mutmut keeps the verdict of every mutant whose function hashes the same, so the run
     goes on with the mutants not checked yet."""
     if not out.is_file():
         raise SystemExit(f"--resume: no tree in {workdir} and no earlier summary {out} to go on from; "
-                         "start the run without --resume")
+                         "name one with --from, or start the run without --resume")
     summary = json.loads(out.read_text())
     if "mutmut_meta" not in summary:
         raise SystemExit(f"--resume: {out} predates the recorded verdicts (no 'mutmut_meta'); start the run anew")
+    shutil.rmtree(workdir, ignore_errors=True)  # a restore cut short: no origin.json there, so no verdicts either
     workdir.mkdir(parents=True)
     origin = export_tree(workdir, None if summary["worktree"] else summary["commit"], summary.get("overlay", []))
     if summary["worktree"]:
@@ -287,7 +322,10 @@ def run_module(name: str, args) -> dict:
         (workdir / "origin.json").write_text(json.dumps({"module": name, **origin}))
     else:
         if not (workdir / "origin.json").is_file():  # e.g. a fresh machine: go on from the committed summary
-            restore_tree(workdir, module, out)
+            if args.summary_only:
+                raise SystemExit(f"--summary-only: no run in {workdir} (mutmut's mutated files are not kept in the "
+                                 f"summary); run with --resume to go on with it here")
+            restore_tree(workdir, module, Path(args.from_summary) if args.from_summary else out)
         origin = json.loads((workdir / "origin.json").read_text())
         origin.pop("module")
         for file in args.overlay:  # mutmut copies tests/ into mutants/ again on every run
@@ -301,30 +339,26 @@ def run_module(name: str, args) -> dict:
     print(f"[mutation] {name}: {module['source']} at {origin['commit'][:10]}"
           f"{' + working tree' if origin['worktree'] else ''}{''.join(' + ' + f for f in origin.get('overlay', []))}"
           f", tests {' '.join(tests)}", flush=True)
+    stopped = 0  # the signal that stopped the run, if one did
     if args.summary_only:  # the verdicts of the last run in workdir, e.g. after a change to this summary
         elapsed = json.loads(out.read_text())["elapsed_s"] if out.is_file() else float("nan")
     else:
         names = rerun_names(workdir, module, args.rerun) if args.rerun else []
         start = time.monotonic()
-        stopped = False
         with open(workdir / "mutmut.log", "a") as log:
             # its own process group, so that a stop reaches mutmut's forked test processes too
             process = subprocess.Popen(
                 ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children),
                  *names], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+            previous = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
             try:
                 returncode = process.wait()
-            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop mutmut, keep the verdicts so far, write the summary
-                stopped = True
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            except Stopped as stop:  # stop mutmut, keep the verdicts so far, write the summary, then exit
+                stopped = stop.signum
+                stop_mutmut(process)
             finally:
-                signal.signal(signal.SIGTERM, previous)
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
         elapsed = time.monotonic() - start
         if not stopped and returncode != 0:
             raise SystemExit(f"mutmut failed ({returncode}): see {workdir / 'mutmut.log'}")
@@ -340,6 +374,10 @@ def run_module(name: str, args) -> dict:
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"[mutation] {name}: {summary['killed']}/{summary['mutants']} killed (score {summary['score']}), "
           f"{summary['counts']}, {elapsed / 60:.1f} min -> {out}", flush=True)
+    if stopped:  # 128 + the signal, as a shell reports a process it stopped
+        print(f"[mutation] {name} stopped by {signal.Signals(stopped).name} after {summary['checked']} of "
+              f"{summary['mutants']} mutants; --resume goes on", file=sys.stderr, flush=True)
+        raise SystemExit(128 + stopped)
     return summary
 
 
@@ -363,6 +401,9 @@ def main(argv=None) -> None:
                         help="reuse the last run's tree and run again only its mutants not killed outright "
                              "(survived, timed out: e.g. with a new test, --overlay) or only those that timed out "
                              "(e.g. with a longer --timeout-constant)")
+    parser.add_argument("--from", dest="from_summary", metavar="SUMMARY",
+                        help="with --resume where the tree is gone: the summary JSON to rebuild it from (default the "
+                             "one this run writes, e.g. --label after --from bench/results/mutation/predict-before.json)")
     parser.add_argument("--summary-only", action="store_true",
                         help="only rewrite the JSON from the verdicts already in the workdir (implies --resume)")
     args = parser.parse_args(argv)

@@ -108,13 +108,13 @@ def auto_threads_at_the_ceiling(request, monkeypatch):
 # A small real model trained inside the test session (tests/test_trained_model.py, and only there): what
 # `make demo` runs (costeff_fast.training.demo.run_demo: compress with the packaged MiniLM fine-tuned as the
 # teacher, the `--task-default` path, then early-exit inference next to HF on rt's validation split), on a budget
-# small enough for about two minutes on 2 CPU cores. Widths are compress's defaults (2 heads, FFN 160, the word
-# embedding not factorized, mean-pooled exits).
+# small enough for about two minutes on 2 CPU cores (about three on the one thread of a `make test` worker).
+# Widths are compress's defaults (2 heads, FFN 160, the word embedding not factorized, mean-pooled exits).
 
 #: the fields changed from the ``demo`` preset: 384 training rows (12 steps of 32 per epoch), 256 validation rows for
 #: checkpoint choice and calibration (the other rt validation rows stay held out), 64 tokens, 2 pruning events. The
 #: teacher needs 2 epochs at 2e-4: 1 epoch at 1e-4 left it at the majority class (0.578); 2 at 2e-4 reach about 0.77
-#: (0.755 on 384 rows, grouped by length: the whole fixture in 82 s on 2 cores)
+#: (0.755 on 384 rows, grouped by length: the whole fixture in 82 s on 2 threads, 166 s on one beside another worker)
 TRAINED_RT_BUDGET = dict(
     train_rows=384, eval_rows=256, max_length=64,
     teacher_epochs=2, teacher_lr=2e-4,
@@ -170,6 +170,7 @@ def trained_rt(tmp_path_factory):
 
 def pytest_collection_modifyitems(config, items):
     """The tests of the model trained in the session (tests/test_trained_model.py) first: under ``make test``'s
-    pytest-xdist workers (``--dist loadfile``: a file goes whole to one worker, so module and session fixtures are
-    built once) the longest unit of work, the training included, then starts at once instead of last."""
+    pytest-xdist workers (``--dist loadfile``: a file goes whole to one worker, so a module fixture is built once;
+    ``--no-loadscope-reorder``: the files go out in this order) the longest unit of work, the training included, then
+    starts at once instead of last."""
     items.sort(key=lambda item: item.path.name != "test_trained_model.py")  # stable: the rest keep their order

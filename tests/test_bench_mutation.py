@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,41 @@ def test_resume_without_a_tree_or_a_summary_with_verdicts_says_what_to_do(tmp_pa
     old.write_text(json.dumps({"module": "losses", "commit": "x", "worktree": False}))
     with pytest.raises(SystemExit, match="predates the recorded verdicts"):
         mutation.restore_tree(tmp_path / "b", module, old)
+
+
+def test_a_stop_asks_mutmut_alone_first_then_ends_its_whole_process_group(tmp_path):
+    """SIGINT to mutmut's own process (it saves its verdicts and stops its workers); a process group that outlives
+    that is ended by SIGTERM, then SIGKILL."""
+    mutation = load_mutation_script()
+    said = tmp_path / "said"
+    polite = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time\n"
+        f"signal.signal(signal.SIGINT, lambda *a: (open({str(said)!r}, 'w').write('SIGINT'), sys.exit(0)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n")], start_new_session=True, stdout=subprocess.PIPE, text=True)
+    assert polite.stdout.readline() == "ready\n"
+    mutation.stop_mutmut(polite, waits_s=(10, 10))
+    assert polite.returncode == 0 and said.read_text() == "SIGINT"
+    # a main process that ignores SIGINT and SIGTERM, with a child of its own: the group is killed
+    stubborn = subprocess.Popen([sys.executable, "-c", (
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n")], start_new_session=True, stdout=subprocess.PIPE, text=True)
+    child = int(stubborn.stdout.readline())
+    mutation.stop_mutmut(stubborn, waits_s=(0.5, 0.5))
+    assert stubborn.returncode == -signal.SIGKILL
+    for _ in range(100):  # the orphaned child, killed with the group, is reaped by init
+        if _gone(child):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the child {child} outlived the stop")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie: dead
+    except FileNotFoundError:
+        return True

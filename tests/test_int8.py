@@ -15,9 +15,10 @@ Tolerances (stated once, used below):
   2 %, against about 4 % from fp32);
 * the converted MiniLM: logits within 5 % of their largest magnitude, same argmax on at least 95 % of rows;
 * trained checkpoints (the committed-run ones when present here; the one trained in the session, conftest.py's
-  ``trained_rt``, in tests/test_trained_model.py, so that every test of it runs in one xdist worker): int8 no less accurate than fp32 beyond chance, a McNemar bound on the rows where the two
-  disagree (:func:`check_no_worse`), at threshold 0 and at the calibrated threshold; the labels at
-  threshold 0 disagree on few rows (:func:`check_few_disagree`).
+  ``trained_rt``, in tests/test_trained_model.py, where every test of it runs in one xdist worker): int8 no less
+  accurate than fp32 beyond chance, a McNemar bound on the rows where the two disagree (:func:`check_no_worse`), at
+  threshold 0 and at the calibrated threshold; the labels at threshold 0 disagree on few rows
+  (:func:`check_few_disagree`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from costeff_fast.packing import INT8_WEIGHT_MAX, Int8Weight, PackedWeights, qua
 INT8_BACKENDS = [name for name in AVAILABLE_BACKENDS if name in ("torch", "native")]
 # Trained checkpoints, where bench/run_standard_all.sh and bench/run_user_csv.sh leave them (relative to the
 # repository root); COSTEFF_TEST_RT_CHECKPOINT etc. point elsewhere. Without them their parametrizations are not
-# collected (LOCAL_CHECKPOINTS), so CI runs the session-trained one only.
+# collected (LOCAL_CHECKPOINTS); CI checks the session-trained one (tests/test_trained_model.py).
 _ROOT = Path(__file__).resolve().parent.parent
 RT_CHECKPOINT = Path(os.environ.get("COSTEFF_TEST_RT_CHECKPOINT", _ROOT / "work/out/rt-standard-uniform"))
 TREC_CHECKPOINT = Path(os.environ.get("COSTEFF_TEST_TREC_CHECKPOINT", _ROOT / "work/user-csv/out"))
@@ -473,7 +474,8 @@ def _trec_rows():
 
 
 #: runs of record checked on demand: collected only where the checkpoint is there (COSTEFF_TEST_RT_CHECKPOINT,
-#: COSTEFF_TEST_TREC_CHECKPOINT), so CI, which has none, skips nothing; the session-trained model runs everywhere
+#: COSTEFF_TEST_TREC_CHECKPOINT), so CI, which has none, skips nothing; the session-trained model's check is in
+#: tests/test_trained_model.py
 LOCAL_CHECKPOINTS = [name for name, present in (
     ("rt", (RT_CHECKPOINT / "config.json").is_file()),
     ("trec", (TREC_CHECKPOINT / "config.json").is_file() and TREC_VALIDATION.is_file())) if present]

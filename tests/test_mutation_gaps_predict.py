@@ -224,3 +224,21 @@ def test_an_audit_without_row_numbers_samples_rows_zero_to_n_minus_one(checkpoin
     assert default.counts.result()["rows"] == int(audit_sample(range(5), 0.5).sum())
     assert numbered.counts.result()["rows"] == int(audit_sample(range(800, 805), 0.5).sum())
     assert numbered.counts.result()["rows"] != default.counts.result()["rows"]
+
+
+def test_load_model_hands_its_defaults_and_every_option_to_from_pretrained(checkpoint, monkeypatch):  # noqa: F811
+    """``load_model``'s engine options are ``from_pretrained``'s (``backend="auto"``, ``num_threads="auto"``, no
+    device by default), each handed on as given."""
+    import costeff_fast.jobs.predict as predict_module
+
+    seen, real = [], predict_module.from_pretrained
+
+    def recording(path, **options):
+        seen.append(options)
+        return real(path, **options)
+
+    monkeypatch.setattr(predict_module, "from_pretrained", recording)
+    predict_module.load_model(checkpoint)
+    predict_module.load_model(checkpoint, backend="torch", num_threads=1, device="cpu")
+    assert seen == [{"backend": "auto", "num_threads": "auto", "device": None},
+                    {"backend": "torch", "num_threads": 1, "device": "cpu"}]
