@@ -242,3 +242,27 @@ def test_load_model_hands_its_defaults_and_every_option_to_from_pretrained(check
     predict_module.load_model(checkpoint, backend="torch", num_threads=1, device="cpu")
     assert seen == [{"backend": "auto", "num_threads": "auto", "device": None},
                     {"backend": "torch", "num_threads": 1, "device": "cpu"}]
+
+
+def test_load_model_refusals_name_the_flag_and_keep_the_cause(checkpoint, tmp_path, monkeypatch):  # noqa: F811
+    """A backend that cannot run, a checkpoint that cannot be read and a bad threshold each end as one
+    JobArgumentError starting with its flag; a good threshold is the model's."""
+    import costeff_fast.jobs.predict as predict_module
+
+    with pytest.raises(JobArgumentError) as bad_threshold:
+        predict_module.load_model(checkpoint, entropy_threshold=-1.0)
+    assert str(bad_threshold.value).startswith("--entropy-threshold: entropy_threshold must be >= 0")
+    assert predict_module.load_model(checkpoint, entropy_threshold=0.25).config.entropy_threshold == 0.25
+    missing = tmp_path / "missing"
+    with pytest.raises(JobArgumentError) as bad_model:
+        predict_module.load_model(missing)
+    assert str(bad_model.value).startswith(f"--model {missing}: ")
+
+    def cannot_run(path, **options):
+        raise RuntimeError("backend='triton' needs a CUDA GPU")
+
+    monkeypatch.setattr(predict_module, "from_pretrained", cannot_run)
+    with pytest.raises(JobArgumentError) as bad_backend:
+        predict_module.load_model(checkpoint, backend="triton")
+    assert str(bad_backend.value) == "--backend triton: backend='triton' needs a CUDA GPU"
+    assert isinstance(bad_backend.value.__cause__, RuntimeError)
