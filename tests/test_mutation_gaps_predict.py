@@ -266,3 +266,49 @@ def test_load_model_refusals_name_the_flag_and_keep_the_cause(checkpoint, tmp_pa
         predict_module.load_model(checkpoint, backend="triton")
     assert str(bad_backend.value) == "--backend triton: backend='triton' needs a CUDA GPU"
     assert isinstance(bad_backend.value.__cause__, RuntimeError)
+
+
+def test_a_checkpoint_without_its_tokenizer_is_refused_naming_the_fix(checkpoint, tmp_path):  # noqa: F811
+    import shutil
+
+    import costeff_fast.jobs.predict as predict_module
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(checkpoint / name, bare / name)
+    with pytest.raises(JobArgumentError) as refused:
+        predict_module.load_model(bare)
+    assert str(refused.value) == (f"--model {bare}: the checkpoint has no tokenizer files; save its tokenizer next to "
+                                  "it (tokenizer.save_pretrained)")
+
+
+def test_load_job_model_hands_on_the_jobs_threshold_as_a_list_its_backend_device_and_the_threads(
+        checkpoint, tmp_path, monkeypatch):  # noqa: F811
+    import costeff_fast.jobs.predict as predict_module
+
+    source = tmp_path / "rows.csv"
+    source.write_text("text\nfine\n")
+    seen = []
+    monkeypatch.setattr(predict_module, "load_model", lambda path, **options: seen.append((path, options)))
+    per_layer = PredictJob(checkpoint, source, tmp_path / "a", entropy_threshold=[0.1, 0.2, 0.3, 0.4],
+                           backend="torch", device="cpu")
+    predict_module.load_job_model(per_layer, num_threads=1)
+    one = PredictJob(checkpoint, source, tmp_path / "b", entropy_threshold=0.5)
+    predict_module.load_job_model(one, num_threads="auto")
+    assert seen == [(per_layer.model, {"entropy_threshold": [0.1, 0.2, 0.3, 0.4], "backend": "torch",
+                                       "num_threads": 1, "device": "cpu"}),
+                    (one.model, {"entropy_threshold": 0.5, "backend": "auto", "num_threads": "auto", "device": None})]
+    assert type(seen[0][1]["entropy_threshold"]) is list  # what from_pretrained takes for per-layer thresholds
+
+
+def test_run_description_gives_the_local_engines_threads_or_a_ray_workers(checkpoint, tmp_path):  # noqa: F811
+    import costeff_fast.jobs.predict as predict_module
+
+    source = tmp_path / "rows.csv"
+    source.write_text("text\nfine\n")
+    model = predict_module.load_model(checkpoint, backend="torch")
+    local = PredictJob(checkpoint, source, tmp_path / "a")
+    on_ray = PredictJob(checkpoint, source, tmp_path / "b", engine="ray")
+    assert predict_module.run_description(model, local) == {"backend": "torch", "num_threads": "auto", "device": "cpu"}
+    assert predict_module.run_description(model, on_ray) == {"backend": "torch", "num_threads": 1, "device": "cpu"}
