@@ -312,3 +312,35 @@ def test_run_description_gives_the_local_engines_threads_or_a_ray_workers(checkp
     on_ray = PredictJob(checkpoint, source, tmp_path / "b", engine="ray")
     assert predict_module.run_description(model, local) == {"backend": "torch", "num_threads": "auto", "device": "cpu"}
     assert predict_module.run_description(model, on_ray) == {"backend": "torch", "num_threads": 1, "device": "cpu"}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_manifest_names_the_model_and_input_as_documented(checkpoint, tmp_path):  # noqa: F811
+    """costeff_fast/jobs/shards.py's schema: model {path, config_sha256, weights: [{file, size, mtime_ns, sha256}]}
+    over every ``*.safetensors`` and ``*.bin`` file, in name order; input {format, files: [{path, size,
+    mtime_ns}]}."""
+    import shutil
+
+    import costeff_fast.jobs.predict as predict_module
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(checkpoint, model_dir)
+    (model_dir / "pytorch_model.bin").write_bytes(b"old weights")  # a second weights file is part of the identity
+    identity = predict_module.model_identity(model_dir)
+    weights = [model_dir / "model.safetensors", model_dir / "pytorch_model.bin"]
+    assert identity == {
+        "path": str(model_dir.resolve()), "config_sha256": _sha256(model_dir / "config.json"),
+        "weights": [{"file": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns, "sha256": _sha256(p)}
+                    for p in weights]}
+    source = tmp_path / "rows.csv"
+    source.write_text("text\nfine\n")
+    job = PredictJob(checkpoint, source, tmp_path / "out")
+    model = predict_module.load_model(checkpoint, backend="torch")
+    stat = source.stat()
+    assert predict_module.job_identity(job, model)["input"] == {
+        "format": "csv", "files": [{"path": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}]}
