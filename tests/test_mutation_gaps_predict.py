@@ -344,3 +344,26 @@ def test_the_manifest_names_the_model_and_input_as_documented(checkpoint, tmp_pa
     stat = source.stat()
     assert predict_module.job_identity(job, model)["input"] == {
         "format": "csv", "files": [{"path": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}]}
+
+
+def test_a_ray_jobs_identity_has_no_shard_rows_and_a_local_jobs_has_them(checkpoint, tmp_path):  # noqa: F811
+    import costeff_fast.jobs.predict as predict_module
+
+    source = tmp_path / "rows.csv"
+    source.write_text("text\nfine\n")
+    model = predict_module.load_model(checkpoint, backend="torch")
+    local = PredictJob(checkpoint, source, tmp_path / "a", shard_rows=100)
+    on_ray = PredictJob(checkpoint, source, tmp_path / "b", engine="ray")
+    assert predict_module.job_identity(local, model)["shard_rows"] == 100
+    assert predict_module.job_identity(on_ray, model)["shard_rows"] is None
+
+
+def test_shard_stats_count_exit_layers_as_ints_even_for_an_empty_shard_and_keep_microseconds():
+    from costeff_fast.jobs.predict import BatchStats, shard_stats
+
+    table = pa.table({"exit_layer": pa.array([2, 4, 2], pa.int64())})
+    stats = shard_stats(table, BatchStats(truncated=1, seconds=0.12345678), num_layers=4)
+    assert stats == {"exit_layers": [0, 2, 0, 1], "truncated": 1, "seconds": 0.123457, "audit": None}
+    empty = shard_stats(table.slice(0, 0), BatchStats(seconds=2.5), num_layers=4)
+    assert empty["exit_layers"] == [0, 0, 0, 0] and all(type(count) is int for count in empty["exit_layers"])
+    assert empty["seconds"] == 2.5
