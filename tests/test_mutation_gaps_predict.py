@@ -367,3 +367,20 @@ def test_shard_stats_count_exit_layers_as_ints_even_for_an_empty_shard_and_keep_
     empty = shard_stats(table.slice(0, 0), BatchStats(seconds=2.5), num_layers=4)
     assert empty["exit_layers"] == [0, 0, 0, 0] and all(type(count) is int for count in empty["exit_layers"])
     assert empty["seconds"] == 2.5
+
+
+def test_job_summary_sums_its_shards_in_ints_and_counts_a_shard_without_stats_as_nothing():
+    from costeff_fast.jobs.predict import job_summary
+
+    run = {"backend": "torch", "num_threads": 1, "device": "cpu"}
+    shards = [{"rows": 3, "exit_layers": [1, 2, 0], "truncated": 1, "seconds": 0.5},
+              {"rows": 2, "exit_layers": [0, 0, 2], "truncated": 0, "seconds": 0.25},
+              {"rows": 0}]  # a shard written before its stats were kept: no exit layers, truncation or time
+    summary, audit = job_summary(shards, num_layers=3, run=run, audit=None)
+    assert audit is None
+    assert summary == {"rows_per_second": 5 / 0.75, "seconds": 0.75, "exit_layer_histogram": [1, 2, 2],
+                       "truncated": 1, **run}
+    assert all(type(count) is int for count in summary["exit_layer_histogram"])
+    nothing, _ = job_summary([], num_layers=3, run=run, audit=None)
+    assert nothing["rows_per_second"] is None and nothing["seconds"] == 0.0 and nothing["truncated"] == 0
+    assert nothing["exit_layer_histogram"] == [0, 0, 0] and all(type(c) is int for c in nothing["exit_layer_histogram"])
