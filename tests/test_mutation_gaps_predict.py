@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_predict_job import checkpoint, texts  # noqa: F401 (fixtures: a tiny saved model, rt's texts)
+from test_predict_job import LABELS, checkpoint, texts  # noqa: F401 (fixtures: a tiny saved model, rt's texts)
 
 import costeff_fast
 from costeff_fast.audit import AgreementAudit, audit_sample
@@ -384,3 +384,54 @@ def test_job_summary_sums_its_shards_in_ints_and_counts_a_shard_without_stats_as
     nothing, _ = job_summary([], num_layers=3, run=run, audit=None)
     assert nothing["rows_per_second"] is None and nothing["seconds"] == 0.0 and nothing["truncated"] == 0
     assert nothing["exit_layer_histogram"] == [0, 0, 0] and all(type(c) is int for c in nothing["exit_layer_histogram"])
+
+
+def test_job_summary_merges_audit_counts_only_for_an_audited_job_at_the_confidence_asked():
+    from costeff_fast.audit import AuditCounts
+    from costeff_fast.jobs.predict import job_summary
+
+    counts = AuditCounts(2)
+    counts.add(early=[0, 1, 1], exit_layer=[1, 2, 2], full=[0, 1, 0])
+    shards = [{"rows": 3, "exit_layers": [1, 2], "seconds": 0.5, "audit": counts.to_dict()}]
+    run = {"backend": "torch", "num_threads": 1, "device": "cpu"}
+    _, none = job_summary(shards, num_layers=2, run=run, audit=None)  # counts of a job without an audit: unread
+    assert none is None
+    _, result = job_summary(shards + shards, num_layers=2, run=run, confidence=0.99,
+                            audit={"rate": 0.5, "seed": 3, "teacher": None})
+    assert result["confidence"] == 0.99 and result["rows"] == 6 and (result["rate"], result["seed"]) == (0.5, 3)
+
+
+def test_run_local_refuses_a_ray_job_and_loads_the_model_at_the_jobs_local_threads(checkpoint, tmp_path,  # noqa: F811
+                                                                                  monkeypatch):
+    import costeff_fast.jobs.predict as predict_module
+
+    source = tmp_path / "rows.csv"
+    source.write_text("text\nfine\n")
+    with pytest.raises(JobArgumentError) as refused:
+        predict_module.run_local(PredictJob(checkpoint, source, tmp_path / "a", engine="ray"))
+    assert str(refused.value) == ("--engine ray: run_local runs local jobs; run this one with "
+                                  "costeff_fast.integrations.ray.run_ray")
+    seen = []
+
+    def stop_here(job, *, num_threads):
+        seen.append(num_threads)
+        raise JobArgumentError("stop")
+
+    monkeypatch.setattr(predict_module, "load_job_model", stop_here)
+    for threads in (None, 2):
+        with pytest.raises(JobArgumentError, match="^stop$"):
+            predict_module.run_local(PredictJob(checkpoint, source, tmp_path / "b", num_threads=threads))
+    assert seen == ["auto", 2]
+
+
+@pytest.mark.parametrize(("column", "flag"), [(f"logit_{LABELS[0]}", "output_logits"), ("entropy", "output_entropy")])
+def test_run_local_refuses_keep_columns_that_clash_with_the_logits_or_entropy_asked_for(checkpoint, tmp_path,  # noqa: F811
+                                                                                       column, flag):
+    import costeff_fast.jobs.predict as predict_module
+
+    source = tmp_path / "rows.csv"
+    source.write_text(f"text,{column}\nfine,x\n")
+    job = PredictJob(checkpoint, source, tmp_path / "out", keep_columns=[column], **{flag: True})
+    with pytest.raises(JobArgumentError, match=f"^--keep-columns {column}: the output already has"):
+        predict_module.run_local(job)
+    assert not (tmp_path / "out").exists()
