@@ -287,9 +287,9 @@ def stop_mutmut(process: subprocess.Popen, waits_s: tuple[float, float] = (60, 1
 
 def restore_tree(workdir: Path, module: dict, out: Path) -> dict:
     """Rebuild the tree of the run recorded in ``out`` (a summary written by an earlier run, on this machine or
-    another; ``--from``, by default the summary this run writes): the sources of its commit, the recorded overlay files as the working tree has them now, and mutmut's
-    verdicts (``mutmut_meta``). mutmut keeps the verdict of every mutant whose function hashes the same, so the run
-    goes on with the mutants not checked yet."""
+    another; ``--from``, by default the summary this run writes): the sources of its commit, the recorded overlay
+    files as the working tree has them now, and mutmut's verdicts (``mutmut_meta``). mutmut keeps the verdict of
+    every mutant whose function hashes the same, so the run goes on with the mutants not checked yet."""
     if not out.is_file():
         raise SystemExit(f"--resume: no tree in {workdir} and no earlier summary {out} to go on from; "
                          "name one with --from, or start the run without --resume")
