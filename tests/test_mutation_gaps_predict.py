@@ -435,3 +435,57 @@ def test_run_local_refuses_keep_columns_that_clash_with_the_logits_or_entropy_as
     with pytest.raises(JobArgumentError, match=f"^--keep-columns {column}: the output already has"):
         predict_module.run_local(job)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_resumed_job_logs_where_it_resumes_and_its_progress_bar_counts_every_input_row(checkpoint, texts, tmp_path,  # noqa: F811
+                                                                                       monkeypatch, caplog, capsys):
+    import json
+
+    import costeff_fast.jobs.predict as predict_module
+    from costeff_fast.jobs import run_predict
+    from costeff_fast.jobs import shards as shards_module
+    from costeff_fast.jobs.shards import MANIFEST
+
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"text": texts[:40]}), source, row_group_size=10)  # Parquet: the row count is known
+    bars, real_tqdm = [], predict_module.tqdm
+
+    def recording_tqdm(**kwargs):
+        bars.append(kwargs)
+        return real_tqdm(**kwargs)
+
+    monkeypatch.setattr(predict_module, "tqdm", recording_tqdm)
+    options = dict(shard_rows=16, batch_size=8, num_threads=1, backend="torch")
+    out = tmp_path / "out"
+    calls, write_manifest = [], shards_module.ShardWriter._write_manifest
+
+    def stop_at_the_third(self):  # the first manifest, then shard 0; the third (shard 1's) never lands
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        write_manifest(self)
+
+    monkeypatch.setattr(shards_module.ShardWriter, "_write_manifest", stop_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(checkpoint, source, out, progress=None, **options)
+    monkeypatch.setattr(shards_module.ShardWriter, "_write_manifest", write_manifest)
+    committed = json.loads((out / MANIFEST).read_text())
+    assert (committed["next_row"], len(committed["shards"])) == (16, 1)
+    capsys.readouterr()
+    with caplog.at_level("INFO", logger=predict_module.__name__):
+        run_predict(checkpoint, source, out, resume=True, progress=True, **options)
+        bar_text = capsys.readouterr().err
+        run_predict(checkpoint, source, out, resume=True, progress=True, **options)  # complete: no bar at all
+        run_predict(checkpoint, source, tmp_path / "quiet", progress=False, **options)
+    assert [record.getMessage() for record in caplog.records if record.name == predict_module.__name__] == [
+        f"costeff_fast: resuming {out} at row 16 (1 shards committed)",
+        f"costeff_fast: {out} is complete; nothing to resume",
+    ]
+    # 40 input rows each time (Parquet metadata; a CSV's count is unknown, total=None); the resumed bar starts at the 16 committed; progress None leaves tqdm to decide (off
+    # when stderr is no terminal), True forces it on, False off
+    shared = dict(total=40, unit="rows", unit_scale=True, desc="predict", dynamic_ncols=True)
+    assert bars == [dict(shared, initial=0, disable=None), dict(shared, initial=16, disable=False),
+                    dict(shared, initial=0, disable=True)]
+    assert "predict: 100%" in bar_text and "rows/s" in bar_text
