@@ -8,6 +8,7 @@ copied from the code's output.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -439,8 +440,6 @@ def test_run_local_refuses_keep_columns_that_clash_with_the_logits_or_entropy_as
 
 def test_a_resumed_job_logs_where_it_resumes_and_its_progress_bar_counts_every_input_row(checkpoint, texts, tmp_path,  # noqa: F811
                                                                                        monkeypatch, caplog, capsys):
-    import json
-
     import costeff_fast.jobs.predict as predict_module
     from costeff_fast.jobs import run_predict
     from costeff_fast.jobs import shards as shards_module
@@ -489,3 +488,18 @@ def test_a_resumed_job_logs_where_it_resumes_and_its_progress_bar_counts_every_i
     assert bars == [dict(shared, initial=0, disable=None), dict(shared, initial=16, disable=False),
                     dict(shared, initial=0, disable=True)]
     assert "predict: 100%" in bar_text and "rows/s" in bar_text
+
+
+def test_a_job_fails_a_row_for_a_nul_byte_in_its_text_but_not_in_its_id_or_kept_columns(checkpoint, texts, tmp_path):  # noqa: F811
+    from costeff_fast.jobs import run_predict
+
+    source = tmp_path / "rows.jsonl"
+    rows = [{"id": "a\x00", "text": texts[0], "note": "x"}, {"id": "b", "text": texts[1], "note": "y\x00"},
+            {"id": "c", "text": texts[2][:4] + "\x00" + texts[2][4:], "note": "z"}]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = run_predict(checkpoint, source, tmp_path / "out", id_column="id", keep_columns=["note"],
+                          num_threads=1, backend="torch", progress=False)
+    # only row 2's text holds a NUL byte; the id of row 0 and the kept column of row 1 are data, copied as they are
+    assert (summary.written, summary.failed) == (2, 1)
+    written = [json.loads(line) for line in (tmp_path / "out" / summary.files[0]).read_text().splitlines()]
+    assert [(row["id"], row["note"]) for row in written] == [("a\x00", "x"), ("b", "y\x00")]
