@@ -503,3 +503,19 @@ def test_a_job_fails_a_row_for_a_nul_byte_in_its_text_but_not_in_its_id_or_kept_
     assert (summary.written, summary.failed) == (2, 1)
     written = [json.loads(line) for line in (tmp_path / "out" / summary.files[0]).read_text().splitlines()]
     assert [(row["id"], row["note"]) for row in written] == [("a\x00", "x"), ("b", "y\x00")]
+
+
+def test_a_jsonl_jobs_numeric_ids_are_written_as_text_and_a_failed_pair_names_its_column(checkpoint, texts,  # noqa: F811
+                                                                                          tmp_path):
+    from costeff_fast.jobs import run_predict
+
+    source = tmp_path / "rows.jsonl"
+    rows = [{"n": 7, "text": texts[0], "second": texts[1]}, {"n": 8, "text": texts[2], "second": ""}]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    summary = run_predict(checkpoint, source, out, id_column="n", text_pair_column="second", num_threads=1,
+                          backend="torch", progress=False)
+    # a JSON Lines id column is text whatever its values (the manifest's id type), so 7 is written as "7"
+    assert [json.loads(line)["id"] for line in (out / summary.files[0]).read_text().splitlines()] == ["7"]
+    [error] = [json.loads(line) for line in (out / "_errors.jsonl").read_text().splitlines()]
+    assert (error["id"], error["reason"]) == ("8", "empty text: column 'second' is ''")
