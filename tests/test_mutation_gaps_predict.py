@@ -519,3 +519,25 @@ def test_a_jsonl_jobs_numeric_ids_are_written_as_text_and_a_failed_pair_names_it
     assert [json.loads(line)["id"] for line in (out / summary.files[0]).read_text().splitlines()] == ["7"]
     [error] = [json.loads(line) for line in (out / "_errors.jsonl").read_text().splitlines()]
     assert (error["id"], error["reason"]) == ("8", "empty text: column 'second' is ''")
+
+
+def test_a_jobs_batch_size_reaches_the_engine_and_a_failed_text_names_the_jobs_text_column(checkpoint, texts,  # noqa: F811
+                                                                                           tmp_path, monkeypatch):
+    from costeff_fast.inference import CostEffEngineForSequenceClassification
+    from costeff_fast.jobs import run_predict
+
+    sizes, stream = [], CostEffEngineForSequenceClassification.generate_logits_stream
+
+    def recording_stream(self, items, batch_size=64, **options):
+        sizes.append(batch_size)
+        return stream(self, items, batch_size, **options)
+
+    monkeypatch.setattr(CostEffEngineForSequenceClassification, "generate_logits_stream", recording_stream)
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps({"body": body}) + "\n" for body in [texts[0], " ", texts[1]]))
+    out = tmp_path / "out"
+    summary = run_predict(checkpoint, source, out, text_column="body", batch_size=5, num_threads=1, backend="torch",
+                          progress=False)
+    assert (summary.written, sizes) == (2, [5])  # one shard, one stream at --batch-size 5 rows per layer call
+    [error] = [json.loads(line) for line in (out / "_errors.jsonl").read_text().splitlines()]
+    assert (error["id"], error["reason"]) == (1, "empty text: column 'body' is ' '")
