@@ -541,3 +541,25 @@ def test_a_jobs_batch_size_reaches_the_engine_and_a_failed_text_names_the_jobs_t
     assert (summary.written, sizes) == (2, [5])  # one shard, one stream at --batch-size 5 rows per layer call
     [error] = [json.loads(line) for line in (out / "_errors.jsonl").read_text().splitlines()]
     assert (error["id"], error["reason"]) == (1, "empty text: column 'body' is ' '")
+
+
+def test_a_shard_of_failed_rows_adds_no_exit_layers_and_each_shards_seconds_fit_in_the_jobs_wall_time(  # noqa: F811
+        checkpoint, texts, tmp_path):
+    from costeff_fast.jobs import run_predict
+    from costeff_fast.jobs.shards import MANIFEST
+
+    source = tmp_path / "rows.jsonl"
+    rows = [None, " ", texts[0], texts[1], texts[2]]  # shard 0 (rows 0-1) fails whole; shard 1 and 2 have answers
+    source.write_text("".join(json.dumps({"text": text}) + "\n" for text in rows))
+    out = tmp_path / "out"
+    began = time.perf_counter()
+    summary = run_predict(checkpoint, source, out, shard_rows=2, num_threads=1, backend="torch", progress=False)
+    wall = time.perf_counter() - began
+    layers = [json.loads(line)["exit_layer"] for name in summary.files
+              for line in (out / name).read_text().splitlines()]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert len(layers) == 3 and summary.exit_layer_sum == sum(layers)
+    assert [shard["exit_layer_sum"] for shard in manifest["shards"]] == [0, sum(layers[:2]), layers[2]]
+    # each shard's seconds are the reading and classifying since the previous commit: within the job's wall time
+    assert all(0.0 <= shard["seconds"] <= wall for shard in manifest["shards"])
+    assert sum(shard["seconds"] for shard in manifest["shards"]) <= wall
