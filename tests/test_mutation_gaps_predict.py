@@ -521,8 +521,8 @@ def test_a_jsonl_jobs_numeric_ids_are_written_as_text_and_a_failed_pair_names_it
     assert (error["id"], error["reason"]) == ("8", "empty text: column 'second' is ''")
 
 
-def test_a_jobs_batch_size_reaches_the_engine_and_a_failed_text_names_the_jobs_text_column(checkpoint, texts,  # noqa: F811
-                                                                                           tmp_path, monkeypatch):
+def test_a_jobs_batch_size_or_predict_rows_default_reaches_the_engine_and_a_failed_text_names_its_column(  # noqa: F811
+        checkpoint, texts, tmp_path, monkeypatch):
     from costeff_fast.inference import CostEffEngineForSequenceClassification
     from costeff_fast.jobs import run_predict
 
@@ -541,6 +541,8 @@ def test_a_jobs_batch_size_reaches_the_engine_and_a_failed_text_names_the_jobs_t
     assert (summary.written, sizes) == (2, [5])  # one shard, one stream at --batch-size 5 rows per layer call
     [error] = [json.loads(line) for line in (out / "_errors.jsonl").read_text().splitlines()]
     assert (error["id"], error["reason"]) == (1, "empty text: column 'body' is ' '")
+    predict_rows(costeff_fast.from_pretrained(checkpoint), texts[:2], [0, 1])
+    assert sizes[1:] == [64]  # predict_rows' documented default, 64 rows per layer call
 
 
 def test_a_shard_of_failed_rows_adds_no_exit_layers_and_each_shards_seconds_fit_in_the_jobs_wall_time(  # noqa: F811
