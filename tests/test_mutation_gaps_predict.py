@@ -565,3 +565,15 @@ def test_a_shard_of_failed_rows_adds_no_exit_layers_and_each_shards_seconds_fit_
     # each shard's seconds are the reading and classifying since the previous commit: within the job's wall time
     assert all(0.0 <= shard["seconds"] <= wall for shard in manifest["shards"])
     assert sum(shard["seconds"] for shard in manifest["shards"]) <= wall
+
+
+def test_a_failed_row_has_only_its_id_kept_columns_and_error_set(checkpoint, texts):  # noqa: F811
+    model = costeff_fast.from_pretrained(checkpoint)
+    table = predict_rows(model, [texts[0], None, texts[1]], [10, 11, 12], keep={"note": ["a", "b", "c"]},
+                         output_logits=True, output_entropy=True)
+    rows = table.to_pylist()
+    assert {name: value for name, value in rows[1].items() if value is not None} == {
+        "id": 11, "note": "b", "error": "missing text: column 'text' is null or absent"}
+    for row in (rows[0], rows[2]):  # a classified row has every column but error
+        assert row["error"] is None and all(row[name] is not None for name in table.schema.names if name != "error")
+        assert row["label"] in LABELS
