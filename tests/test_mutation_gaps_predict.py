@@ -577,3 +577,17 @@ def test_a_failed_row_has_only_its_id_kept_columns_and_error_set(checkpoint, tex
     for row in (rows[0], rows[2]):  # a classified row has every column but error
         assert row["error"] is None and all(row[name] is not None for name in table.schema.names if name != "error")
         assert row["label"] in LABELS
+
+
+def test_predict_rows_fills_stats_with_the_calls_truncated_rows_and_its_wall_time(checkpoint, texts):  # noqa: F811
+    from costeff_fast.jobs.predict import BatchStats
+
+    model = costeff_fast.from_pretrained(checkpoint)
+    rows = [texts[0], " ".join(texts[:8])]  # eight reviews pass the checkpoint's max length; one review does not
+    over = [len(model.tokenizer(row)["input_ids"]) > model.max_length for row in rows]
+    stats = BatchStats(truncated=99, seconds=-1.0)
+    began = time.perf_counter()
+    predict_rows(model, rows, [0, 1], stats=stats)
+    wall = time.perf_counter() - began
+    assert over == [False, True] and stats.truncated == 1 and stats.audit is None
+    assert 0.0 < stats.seconds <= wall
