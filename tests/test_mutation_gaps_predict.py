@@ -591,3 +591,10 @@ def test_predict_rows_fills_stats_with_the_calls_truncated_rows_and_its_wall_tim
     wall = time.perf_counter() - began
     assert over == [False, True] and stats.truncated == 1 and stats.audit is None
     assert 0.0 < stats.seconds <= wall
+
+
+def test_range_ids_take_the_id_type_asked_for(checkpoint, texts):  # noqa: F811
+    model = costeff_fast.from_pretrained(checkpoint)
+    table = predict_rows(model, texts[:2], range(5, 7), id_type=pa.int32())
+    assert table.schema.field("id").type == pa.int32() and table.column("id").to_pylist() == [5, 6]
+    assert predict_rows(model, texts[:2], range(5, 7)).schema.field("id").type == pa.int64()  # inferred: int64
