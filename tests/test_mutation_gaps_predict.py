@@ -593,8 +593,9 @@ def test_predict_rows_fills_stats_with_the_calls_truncated_rows_and_its_wall_tim
     assert 0.0 < stats.seconds <= wall
 
 
-def test_range_ids_take_the_id_type_asked_for(checkpoint, texts):  # noqa: F811
+def test_range_and_list_ids_take_the_id_type_asked_for(checkpoint, texts):  # noqa: F811
     model = costeff_fast.from_pretrained(checkpoint)
-    table = predict_rows(model, texts[:2], range(5, 7), id_type=pa.int32())
-    assert table.schema.field("id").type == pa.int32() and table.column("id").to_pylist() == [5, 6]
+    for ids in (range(5, 7), [5, 6]):  # row numbers, or a Parquet id column of int32 read as Python ints
+        table = predict_rows(model, texts[:2], ids, id_type=pa.int32())
+        assert table.schema.field("id").type == pa.int32() and table.column("id").to_pylist() == [5, 6]
     assert predict_rows(model, texts[:2], range(5, 7)).schema.field("id").type == pa.int64()  # inferred: int64
