@@ -4,16 +4,19 @@
 # that many times cheaper than the teacher is chosen on the dev rows and its accuracy is scored by 5-fold
 # cross-validation of that choice (report.json's calibration.out_of_sample). Every training stage is cached: only
 # calibration runs. Writes bench/results/front/<name>/target-speedup-<x>.json.
-# Usage: bench/run_targets.sh NAME...   (NAME one of trec-standard, rt-standard, boolq-standard)
+# Usage: bench/run_targets.sh NAME...   (NAME one of trec-standard, rt-standard, boolq-standard,
+#        trec-standard-augment2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COSTEFF=${COSTEFF:-costeff-fast}
 for name in "$@"; do
-  task=${name%-standard}
+  task=${name%%-*} front=0.5,0.25
   case $name in
     trec-standard|rt-standard) extra=() ; work=work/$task-standard-len64-mean ;;
     boolq-standard) extra=(--max-length 256 --group-by-length) ; work=work/boolq-standard-len256-mean ;;
-    *) echo "unknown run $name; pass trec-standard, rt-standard or boolq-standard" >&2; exit 2 ;;
+    trec-standard-augment2) extra=(--augment 2) front=0.25 ; work=work/trec-standard-len64-mean ;;
+    *) echo "unknown run $name; pass trec-standard, rt-standard, boolq-standard or trec-standard-augment2" >&2
+       exit 2 ;;
   esac
   if [[ ! -d $work/teacher ]]; then
     echo "$work has no teacher: run bash bench/run_front.sh $name first" >&2; exit 2
@@ -22,7 +25,7 @@ for name in "$@"; do
   for speedup in 10 19; do
     started=$SECONDS
     $COSTEFF compress --task-default --task "$task" --budget standard --work-dir "$work" ${extra[@]+"${extra[@]}"} \
-      --front 0.5,0.25 --target-speedup "$speedup" --out "work/front/$name-x$speedup"
+      --front "$front" --target-speedup "$speedup" --out "work/front/$name-x$speedup"
     cp "work/front/$name-x$speedup/report.json" "bench/results/front/$name/target-speedup-$speedup.json"
     echo "$name --target-speedup $speedup: $((SECONDS - started)) s wall"
   done
