@@ -5,7 +5,7 @@
 # cross-validation of that choice (report.json's calibration.out_of_sample). Every training stage is cached: only
 # calibration runs. Writes bench/results/front/<name>/target-speedup-<x>.json.
 # Usage: bench/run_targets.sh NAME...   (NAME one of trec-standard, rt-standard, boolq-standard,
-#        trec-standard-augment2, rt-standard-augment2)
+#        trec-standard-augment2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COSTEFF=${COSTEFF:-costeff-fast}
@@ -14,8 +14,8 @@ for name in "$@"; do
   case $name in
     trec-standard|rt-standard) extra=() ; work=work/$task-standard-len64-mean ;;
     boolq-standard) extra=(--max-length 256 --group-by-length) ; work=work/boolq-standard-len256-mean ;;
-    trec-standard-augment2|rt-standard-augment2) extra=(--augment 2) front=0.25 ; work=work/$task-standard-len64-mean ;;
-    *) echo "unknown run $name; pass trec-standard, rt-standard, boolq-standard or <trec|rt>-standard-augment2" >&2
+    trec-standard-augment2) extra=(--augment 2) front=0.25 ; work=work/trec-standard-len64-mean ;;
+    *) echo "unknown run $name; pass trec-standard, rt-standard, boolq-standard or trec-standard-augment2" >&2
        exit 2 ;;
   esac
   if [[ ! -d $work/teacher ]]; then
