@@ -10,10 +10,12 @@ cheapest threshold within the goal with compress's margin, else the closest, mar
 that choice scored out of sample (``best_for_goal_out_of_sample``: each dev row scored by a threshold chosen
 without it); and the most accurate pair at no more than 1/10 and 1/19 of the teacher's executed FLOPs (real
 lengths) in sample, the cheapest of equally accurate ones. The point compress wrote is in bold (its written pair,
-chosen over all points with the whole front's margin, is in ``calibration.chosen``). Accuracy is a fraction of the dev rows; ``Nx`` is the teacher's executed FLOPs
-over the pair's (``flops_per_row.teacher_real_lengths`` against the sweep's ``gflops`` per row).
+chosen over all points with the whole front's margin, is in ``calibration.chosen``). Accuracy is a fraction of the
+dev rows; ``Nx`` is the teacher's executed FLOPs over the pair's (``flops_per_row.teacher_real_lengths`` against
+the sweep's ``gflops`` per row).
 
-Reads only the report: nothing is run. Exits with a one-line error when the report has no front.
+Reads only the report: nothing is run. Exits with a one-line error when the report has no front or another goal
+(a ``--target-speedup`` report: its ``best_for_goal`` is not a one-point pair).
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ def front_table(report: dict) -> str:
     front = report.get("front")
     if not front:
         raise SystemExit("front_table.py: the report has no front: pass the report.json of a compress run with --front")
+    goal = report.get("calibration", {}).get("goal")
+    if goal != {"max_drop": 0.01}:
+        raise SystemExit(f"front_table.py: the report's goal is {goal}, not --max-drop 0.01: pass the report.json of "
+                         "the front's --max-drop 0.01 run")
     rows = [HEADER, "|---|---|---|---|---|"]
     rows += [point_row(point, report, point["name"] == front["chosen"]) for point in front["points"]]
     return "\n".join(rows)

@@ -38,7 +38,7 @@ def test_a_point_that_misses_the_goal_is_marked_and_the_written_point_is_bold(fr
              "best_for_goal": {**setting(0.80, 0.1), "constraint_met": False},
              "best_for_goal_out_of_sample": {"accuracy": 0.79, "speedup_flops": 9.5},
              "sweep": [setting(0.80, 0.1), setting(0.70, 0.04)]}
-    report = {"validation_rows": 100, "accuracy": {"teacher": 0.82},
+    report = {"validation_rows": 100, "accuracy": {"teacher": 0.82}, "calibration": {"goal": {"max_drop": 0.01}},
               "flops_per_row": {"teacher_real_lengths": 1e9}, "front": {"chosen": "h2-f160", "points": [point]}}
     row = front_table.front_table(report).splitlines()[-1]
     assert row.startswith("| **h2-f160 (1/8), written** | 0.500 0.600 0.700 0.800 0.800 0.800 |")
@@ -47,9 +47,12 @@ def test_a_point_that_misses_the_goal_is_marked_and_the_written_point_is_bold(fr
     assert row.endswith("| 0.8000 (97.6 %), 10.0x | 0.7000 (85.4 %), 25.0x |")
 
 
-def test_a_report_without_a_front_is_refused(front_table):
+def test_a_report_without_a_front_or_with_another_goal_is_refused(front_table):
     with pytest.raises(SystemExit, match="has no front"):
         front_table.front_table({"front": None})
+    speedup_run = json.loads((RESULTS / "front" / "trec-standard-augment2" / "target-speedup-10.json").read_text())
+    with pytest.raises(SystemExit, match="not --max-drop 0.01"):
+        front_table.front_table(speedup_run)
 
 
 @pytest.mark.parametrize("run", ["trec-standard", "rt-standard", "trec-standard-augment2"])
