@@ -44,9 +44,10 @@ for task in rt trec; do
 done
 # A strong teacher: the task's standard-budget teacher (trec 0.9369, rt 0.8511; `bench/run_front.sh <task>-standard`
 # trains it) distilled at the quick budget (3,000 training rows), as is, with --augment 2 and with the task's other
-# training texts (trec 1,842, rt 8,476) as --unlabeled-file. Same widths as above; each task has its own stage cache
+# training texts (trec 1,842, rt 8,476) as --unlabeled-file, and with --augment 2 for the TA only (--extra-rows-for ta:
+# slenderization and recovery on the labelled rows; it reuses the augment2 run's TA). Same widths as above; each task has its own stage cache
 # under work/<task>-strong. Names: trec-strong-quick, trec-strong-quick-augment2, trec-strong-quick-unlabeled and the
-# same three for rt (rt-strong-quick, ...).
+# same for rt (rt-strong-quick, ...).
 strong() {  # strong TASK NAME [extra compress flags...]
   local task=$1 name=$2 started=$SECONDS; shift 2
   if [[ "$ONLY" != "  " && "$ONLY" != *" $name "* ]]; then return; fi
@@ -64,6 +65,7 @@ strong() {  # strong TASK NAME [extra compress flags...]
 for task in trec rt; do
   strong "$task" "$task-strong-quick"
   strong "$task" "$task-strong-quick-augment2" --augment 2
+  strong "$task" "$task-strong-quick-augment2-ta" --augment 2 --extra-rows-for ta
   if [[ "$ONLY" == "  " || "$ONLY" == *" $task-strong-quick-unlabeled "* ]]; then unlabeled "$task" quick; fi
   strong "$task" "$task-strong-quick-unlabeled" --unlabeled-file "work/$task-quick-unlabeled.csv"
 done

@@ -114,6 +114,25 @@ def test_compress_distils_on_the_extra_rows_in_their_own_stage_caches(tiny, tmp_
     assert record["params"]["train_rows"] == 64 + 64 + 30
 
 
+def test_extra_rows_for_the_ta_only_leave_the_students_stages_on_the_labelled_rows(tiny, tmp_path):
+    root, teacher = tiny
+    budget = budget_with("quick", train_rows=64, eval_rows=48, max_length=32, ta_hidden_epochs=0,
+                         ta_prediction_epochs=0.25, num_events=1, importance_batches=1, distill_steps=1,
+                         recovery_hidden_epochs=0, recovery_prediction_epochs=0.25)
+    report = compress("rt", tmp_path / "out", teacher_dir=teacher, settings=CompressionSettings(heads=1, ffn=16),
+                      budget=budget, work_dir=tmp_path / "work", augment=1, extra_rows_for="ta")
+    assert report["distillation_rows"]["augmented_rows"] == 64
+    assert report["distillation_rows"]["stages"] == "ta"
+    work = tmp_path / "work"
+    assert sorted(p.name for p in work.iterdir()) == ["h1-f16-rfull-uniform-aug1-ta", "ta-aug1"]
+    ta = json.loads((work / "ta-aug1" / "stage.json").read_text())["params"]
+    student = work / "h1-f16-rfull-uniform-aug1-ta"
+    slender = json.loads((student / "slender" / "stage.json").read_text())["params"]
+    recovered = [json.loads(p.read_text())["params"] for p in student.glob("recovered*/stage.json")]
+    assert ta["train_rows"] == 128 and slender["train_rows"] == 64 and [r["train_rows"] for r in recovered] == [64]
+    assert slender["ta"] == recovered[0]["ta"]  # both distil from the TA that saw the copies
+
+
 def test_bad_extra_row_arguments_are_refused_before_training(tiny, tmp_path):
     _, teacher = tiny
     refused = functools.partial(compress, "rt", tmp_path / "out", teacher_dir=teacher,
@@ -125,6 +144,10 @@ def test_bad_extra_row_arguments_are_refused_before_training(tiny, tmp_path):
         refused(unlabeled=tmp_path / "job.csv")
     with pytest.raises(CompressArgumentError, match=r"^--augment -2: pass a whole number"):
         refused(augment=-2)
+    with pytest.raises(CompressArgumentError, match=r"^--extra-rows-for ta: there are no extra rows"):
+        refused(extra_rows_for="ta")
+    with pytest.raises(CompressArgumentError, match=r"^--extra-rows-for 'slender': pass all"):
+        refused(augment=1, extra_rows_for="slender")
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
 
 

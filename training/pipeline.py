@@ -93,7 +93,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
              settings: CompressionSettings = CompressionSettings(), budget: str | Budget = "quick",
              work_dir: Path | None = None, max_drop: float | None = None, target_speedup: float | None = None,
              exit_pooling: str = "mean", seed: int = 0, unlabeled=None, unlabeled_text_column: str | None = None,
-             augment: int = 0, front_point: str | None = None,
+             augment: int = 0, extra_rows_for: str = "all", front_point: str | None = None,
              overwrite: bool = False, device: str | torch.device = "auto", autocast: bool | None = None) -> dict:
     """Run the whole COST-EFF pipeline and write the calibrated checkpoint and its report to ``out_dir``.
 
@@ -149,6 +149,9 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
             ``text_column``) and ``text_pair_column``.
         augment: perturbed copies of every training row added to the same rows (masked, replaced and deleted
             tokens; :class:`~costeff_fast.training.augment.Augmentation`), labelled by the teacher.
+        extra_rows_for: which stages distil on the ``unlabeled`` and ``augment`` rows: ``"all"`` (the TA,
+            slenderization and recovery; default) or ``"ta"`` (the TA only; slenderization and recovery distil on
+            the labelled training rows, the TA's extra knowledge reaching the student through its exits).
         front_point: write this point of the front (a name of the report's ``front.points``, e.g. ``"h3-f384"``)
             instead of the one the goal picks across widths; its threshold is still chosen for the goal. With the
             same ``work_dir`` every stage is reused and only calibration runs.
@@ -171,7 +174,8 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
             teacher tokenizer larger than its ``vocab_size``;
             ``heads``, ``ffn`` or ``embedding_rank`` outside [1, the teacher's heads, intermediate size or
             hidden size] (the packaged MiniLM's with ``teacher_dir=None``); an unknown allocation or exit
-            pooling; ``work_dir`` or ``out_dir`` an existing file; ``out_dir`` a non-empty directory that is not
+            pooling; an ``extra_rows_for`` other than ``"all"`` or ``"ta"``, or ``"ta"``
+            without extra rows; ``work_dir`` or ``out_dir`` an existing file; ``out_dir`` a non-empty directory that is not
             a previous COST-EFF output without ``overwrite``, or one containing the teacher or ``work_dir``; a
             missing data file or column, empty texts, missing labels, labels the teacher does not know or a class
             count other than the teacher's. Also at the end, keeping the new checkpoint in the staging directory
@@ -195,6 +199,12 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
         device = resolve_device(device)
     except ValueError as error:
         raise CompressArgumentError(str(error)) from error
+    if extra_rows_for not in ("all", "ta"):
+        raise CompressArgumentError(f"--extra-rows-for {extra_rows_for!r}: pass all (the TA, slenderization and "
+                                    "recovery distil on the extra rows) or ta (the TA only)")
+    if extra_rows_for == "ta" and not augment and unlabeled is None:
+        raise CompressArgumentError("--extra-rows-for ta: there are no extra rows; pass --augment N or "
+                                    "--unlabeled-file with it")
     try:
         augmentation = Augmentation(copies=augment)
     except ValueError as error:
@@ -243,7 +253,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
         timings["teacher"] = finetune_teacher(source, data, teacher_dir, epochs=budget.teacher_epochs,
                                               lr=budget.teacher_lr, device=device, autocast=autocast)["seconds"]
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
-    distillation_info = None
+    distillation_info, labelled_data = None, data
     if extra_key:  # the teacher labels the extra rows; the stages after it distil on them too
         started = time.time()
         validation_keys = set(dev_inputs(splits["validation"])[0])
@@ -252,6 +262,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
                                                     max_length=budget.max_length, seed=seed, device=device)
         teacher.cpu()
         timings["extra rows"] = time.time() - started
+        distillation_info["stages"] = "ta" if extra_rows_for == "ta" else "ta, slenderization, recovery"
     ta_dir = work_dir / f"ta{extra_key}"
     ta_record = distill_teaching_assistant(teacher_dir, data, ta_dir, hidden_epochs=budget.ta_hidden_epochs,
                                            prediction_epochs=budget.ta_prediction_epochs, lr=budget.ta_lr,
@@ -259,6 +270,8 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
                                            temperature=budget.kd_temperature,
                                            early_exit_weight=budget.early_exit_weight)
     timings["teaching assistant"] = ta_record["seconds"]
+    if extra_key and extra_rows_for == "ta":  # the student's stages distil on the labelled rows from this TA
+        data, extra_key = labelled_data, extra_key + "-ta"
     variant_dir = work_dir / (settings.name + extra_key)
     inputs, labels = dev_inputs(validation)
     started = time.time()

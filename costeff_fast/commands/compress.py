@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     more.add_argument("--augment", type=int, default=0, metavar="N",
                       help="add N perturbed copies of every training row (tokens masked, replaced by random "
                            "vocabulary tokens, a span deleted; default 0)")
+    more.add_argument("--extra-rows-for", choices=["all", "ta"], default="all",
+                      help="the stages that distil on these rows: all (default) or ta, the teaching assistant only "
+                           "(slenderization and recovery then distil on the labelled rows)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the validation split, the row subsets and every stage (default 0)")
     parser.add_argument("--heads", type=positive_int, default=2, help="attention heads per layer (default 2)")
@@ -206,7 +209,8 @@ def run(args: argparse.Namespace) -> None:
                                    teacher_dir=args.teacher, settings=settings, budget=budget, work_dir=args.work_dir,
                                    max_drop=args.max_drop, target_speedup=args.target_speedup,
                                    exit_pooling=args.exit_pooling, unlabeled=args.unlabeled_file, unlabeled_text_column=args.unlabeled_text_column,
-                                   augment=args.augment, front_point=args.front_point, seed=args.seed,
+                                   augment=args.augment, extra_rows_for=args.extra_rows_for,
+                                   front_point=args.front_point, seed=args.seed,
                                    overwrite=args.overwrite, device=args.device)
     except (CompressArgumentError, StageMismatchError) as error:
         refuse(error)
