@@ -43,3 +43,24 @@ for task in rt trec; do
   run "$task-quick-recoveryT4" "$task" --from "$task-quick-base" --recovery-temperature 4
   run "$task-quick-steps120-hidden3" "$task" --distill-steps 120 --recovery-hidden-epochs 3
 done
+# With a strong teacher: the task's standard-budget teacher (rt 0.8511; `bash bench/run_front.sh rt-standard` trains
+# it) and the quick-budget TA distilled from it by `bash bench/run_more_data.sh rt-strong-quick` (work/rt-strong/ta,
+# hard-linked here), so the student is that run's but for the lever. rt-strong-quick-steps360: three times the
+# default 120 distillation steps after each pruning event (about 25 minutes more slenderization on 2 cores).
+strong() {  # strong NAME TASK [extra compress flags...]
+  local name=$1 task=$2 work=work/gap/$1 started=$SECONDS; shift 2
+  if [[ "$ONLY" != "  " && "$ONLY" != *" $name "* ]]; then return; fi
+  local teacher=work/$task-standard-len64-mean/teacher ta=work/$task-strong/ta
+  if [[ ! -f $ta/stage.json ]]; then
+    echo "run_gap_levers.sh: $name needs $ta: run bash bench/run_more_data.sh $task-strong-quick first" >&2
+    exit 2
+  fi
+  mkdir -p "$work"
+  if [[ ! -e $work/ta ]]; then cp -al "$ta" "$work/ta"; fi
+  $COSTEFF compress --task "$task" --budget quick --teacher "$teacher" --work-dir "$work" --heads 2 --ffn 160 \
+    --out "work/gap-out/$name" --overwrite "$@"
+  mkdir -p "bench/results/gap-levers/$name"
+  cp "work/gap-out/$name/report.json" "bench/results/gap-levers/$name/"
+  echo "$name: $((SECONDS - started)) s wall (teacher and TA shared)"
+}
+strong rt-strong-quick-steps360 rt --distill-steps 360
