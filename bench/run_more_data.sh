@@ -44,10 +44,10 @@ for task in rt trec; do
 done
 # A strong teacher: the task's standard-budget teacher (trec 0.9369, rt 0.8511; `bench/run_front.sh <task>-standard`
 # trains it) distilled at the quick budget (3,000 training rows), as is, with --augment 2 and with the task's other
-# training texts (trec 1,842, rt 8,476) as --unlabeled-file, and with --augment 2 for the TA only (--extra-rows-for ta:
-# slenderization and recovery on the labelled rows; it reuses the augment2 run's TA). Same widths as above; each task has its own stage cache
-# under work/<task>-strong. Names: trec-strong-quick, trec-strong-quick-augment2, trec-strong-quick-unlabeled and the
-# same for rt (rt-strong-quick, ...).
+# training texts (trec 1,842, rt 8,476) as --unlabeled-file, and with --augment 2 for the TA only (--extra-rows-for
+# ta: slenderization and recovery on the labelled rows; it reuses the augment2 run's TA). Same widths as above; each
+# task has its own stage cache under work/<task>-strong. Names: trec-strong-quick, trec-strong-quick-augment2,
+# trec-strong-quick-augment2-ta, trec-strong-quick-unlabeled and the same for rt (rt-strong-quick, ...).
 strong() {  # strong TASK NAME [extra compress flags...]
   local task=$1 name=$2 started=$SECONDS; shift 2
   if [[ "$ONLY" != "  " && "$ONLY" != *" $name "* ]]; then return; fi

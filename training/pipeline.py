@@ -174,9 +174,9 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
             teacher tokenizer larger than its ``vocab_size``;
             ``heads``, ``ffn`` or ``embedding_rank`` outside [1, the teacher's heads, intermediate size or
             hidden size] (the packaged MiniLM's with ``teacher_dir=None``); an unknown allocation or exit
-            pooling; an ``extra_rows_for`` other than ``"all"`` or ``"ta"``, or ``"ta"``
-            without extra rows; ``work_dir`` or ``out_dir`` an existing file; ``out_dir`` a non-empty directory that is not
-            a previous COST-EFF output without ``overwrite``, or one containing the teacher or ``work_dir``; a
+            pooling; an ``extra_rows_for`` other than ``"all"`` or ``"ta"``, or ``"ta"`` without extra rows;
+            ``work_dir`` or ``out_dir`` an existing file; ``out_dir`` a non-empty directory that is not a previous
+            COST-EFF output without ``overwrite``, or one containing the teacher or ``work_dir``; a
             missing data file or column, empty texts, missing labels, labels the teacher does not know or a class
             count other than the teacher's. Also at the end, keeping the new checkpoint in the staging directory
             it names, when ``out_dir`` gained such files during the run.
