@@ -9,12 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 COSTEFF=${COSTEFF:-costeff-fast}
 ONLY=" $* "
-run() {  # run NAME TASK BUDGET WORK [extra compress flags...]
-  local name=$1 task=$2 budget=$3 work=$4; shift 4
+run() {  # run NAME TASK BUDGET WORK [--target-only] [extra compress flags...]
+  local name=$1 task=$2 budget=$3 work=$4 front=(--front 0.5,0.25); shift 4
   if [[ "$ONLY" != "  " && "$ONLY" != *" $name "* ]]; then return; fi
+  if [[ ${1:-} == --target-only ]]; then front=(); shift; fi  # the 2-head / FFN-160 target alone, no front
   local started=$SECONDS
   $COSTEFF compress --task-default --task "$task" --budget "$budget" --work-dir "$work" \
-    --front 0.5,0.25 --max-drop 0.01 --out "work/front/$name" "$@"
+    ${front[@]+"${front[@]}"} --max-drop 0.01 --out "work/front/$name" "$@"
   mkdir -p "bench/results/front/$name"
   cp "work/front/$name/report.json" "work/front/$name/report.png" "bench/results/front/$name/"
   echo "$name: $((SECONDS - started)) s wall (cached stages reused)"
@@ -35,4 +36,16 @@ run rt-standard rt standard work/rt-standard-len64-mean
 # run for rt: with rt's standard teacher the copies lowered the quick-budget student's late exits
 # (bench/results/more-data/rt-strong-quick-augment2).
 run trec-standard-augment2 trec standard work/trec-standard-len64-mean --augment 2 --front 0.25
+# rt with three times the standard budget's 180 distillation steps after each pruning event (the lever that lifted
+# the quick-budget student with rt's standard teacher by 1.0-1.1 points at exits 5-6: bench/results/gap-levers/
+# rt-strong-quick-steps360), the target alone. Its own work directory (the stages after the teacher differ), whose
+# teacher is a hard link of rt-standard's (trained first when missing); the TA is the default recipe's.
+if [[ "$ONLY" == "  " || "$ONLY" == *" rt-standard-steps540 "* ]]; then
+  if [[ ! -f work/rt-standard-len64-mean/teacher/stage.json ]]; then "$0" rt-standard; fi
+  mkdir -p work/rt-standard-steps540
+  if [[ ! -e work/rt-standard-steps540/teacher ]]; then
+    cp -al work/rt-standard-len64-mean/teacher work/rt-standard-steps540/teacher
+  fi
+fi
+run rt-standard-steps540 rt standard work/rt-standard-steps540 --target-only --distill-steps 540
 run boolq-standard boolq standard work/boolq-standard-len256-mean --max-length 256 --group-by-length
