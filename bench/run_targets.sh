@@ -5,17 +5,19 @@
 # cross-validation of that choice (report.json's calibration.out_of_sample). Every training stage is cached: only
 # calibration runs. Writes bench/results/front/<name>/target-speedup-<x>.json.
 # Usage: bench/run_targets.sh NAME...   (NAME one of trec-standard, rt-standard, boolq-standard,
-#        trec-standard-augment2)
+#        trec-standard-augment2, rt-standard-steps540)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COSTEFF=${COSTEFF:-costeff-fast}
 for name in "$@"; do
-  task=${name%%-*} front=0.5,0.25
+  task=${name%%-*} front=(--front 0.5,0.25)
   case $name in
     trec-standard|rt-standard) extra=() ; work=work/$task-standard-len64-mean ;;
     boolq-standard) extra=(--max-length 256 --group-by-length) ; work=work/boolq-standard-len256-mean ;;
-    trec-standard-augment2) extra=(--augment 2) front=0.25 ; work=work/trec-standard-len64-mean ;;
-    *) echo "unknown run $name; pass trec-standard, rt-standard, boolq-standard or trec-standard-augment2" >&2
+    trec-standard-augment2) extra=(--augment 2) front=(--front 0.25) ; work=work/trec-standard-len64-mean ;;
+    rt-standard-steps540) extra=(--distill-steps 540) front=() ; work=work/rt-standard-steps540 ;;
+    *) echo "unknown run $name; pass trec-standard, rt-standard, boolq-standard, trec-standard-augment2 or" \
+         "rt-standard-steps540" >&2
        exit 2 ;;
   esac
   if [[ ! -d $work/teacher ]]; then
@@ -25,7 +27,7 @@ for name in "$@"; do
   for speedup in 10 19; do
     started=$SECONDS
     $COSTEFF compress --task-default --task "$task" --budget standard --work-dir "$work" ${extra[@]+"${extra[@]}"} \
-      --front "$front" --target-speedup "$speedup" --out "work/front/$name-x$speedup"
+      ${front[@]+"${front[@]}"} --target-speedup "$speedup" --out "work/front/$name-x$speedup"
     cp "work/front/$name-x$speedup/report.json" "bench/results/front/$name/target-speedup-$speedup.json"
     echo "$name --target-speedup $speedup: $((SECONDS - started)) s wall"
   done
