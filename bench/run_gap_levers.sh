@@ -46,7 +46,7 @@ done
 # With a strong teacher: the task's standard-budget teacher (rt 0.8511; `bash bench/run_front.sh rt-standard` trains
 # it) and the quick-budget TA distilled from it by `bash bench/run_more_data.sh rt-strong-quick` (work/rt-strong/ta,
 # hard-linked here), so the student is that run's but for the lever. rt-strong-quick-steps360: three times the
-# default 120 distillation steps after each pruning event (about 25 minutes more slenderization on 2 cores).
+# default 120 distillation steps after each pruning event (about 16 minutes more slenderization on 2 cores).
 strong() {  # strong NAME TASK [extra compress flags...]
   local name=$1 task=$2 work=work/gap/$1 started=$SECONDS; shift 2
   if [[ "$ONLY" != "  " && "$ONLY" != *" $name "* ]]; then return; fi

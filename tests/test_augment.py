@@ -19,6 +19,7 @@ from costeff_fast.training.augment import Augmentation, augmented_rows, distilla
 from costeff_fast.training.budget import budget_with
 from costeff_fast.training.data import prepare_data
 from costeff_fast.training.pipeline import CompressionSettings, compress
+from costeff_fast.training.stage_cache import stage_digest
 from costeff_fast.training.validate import CompressArgumentError
 
 SPECIAL = {0, 101, 102, 103}  # [PAD], [CLS], [SEP], [MASK] of the BERT vocabulary
@@ -130,7 +131,8 @@ def test_extra_rows_for_the_ta_only_leave_the_students_stages_on_the_labelled_ro
     slender = json.loads((student / "slender" / "stage.json").read_text())["params"]
     recovered = [json.loads(p.read_text())["params"] for p in student.glob("recovered*/stage.json")]
     assert ta["train_rows"] == 128 and slender["train_rows"] == 64 and [r["train_rows"] for r in recovered] == [64]
-    assert slender["ta"] == recovered[0]["ta"]  # both distil from the TA that saw the copies
+    assert slender["ta"] == recovered[0]["ta"] == stage_digest(work / "ta-aug1")  # the TA that saw the copies
+    assert report["train_rows"] == 64  # the rows the student's stages trained on
 
 
 def test_bad_extra_row_arguments_are_refused_before_training(tiny, tmp_path):
@@ -191,3 +193,17 @@ def test_the_command_says_when_unlabeled_rows_were_left_out_as_validation_rows(m
     report["distillation_rows"]["unlabeled_dropped_as_validation"] = 0
     cli.main(["compress", "--task-default", "--task", "rt", "--out", str(tmp_path)])
     assert "left out" not in capsys.readouterr().out
+
+
+def test_the_command_passes_extra_rows_for_to_compress(monkeypatch, tmp_path):
+    seen = {}
+    report = {**dict.fromkeys(("parameters", "flops_per_row", "accuracy", "targets")),
+              "calibration": {"chosen": {"why": "the cheapest within 0.01"}}}
+    monkeypatch.setattr(pipeline, "compress", lambda task, out, **kw: seen.update(kw) or report)
+    cli.main(["compress", "--task-default", "--task", "rt", "--out", str(tmp_path), "--augment", "2",
+              "--extra-rows-for", "ta"])
+    assert (seen["augment"], seen["extra_rows_for"]) == (2, "ta")
+    cli.main(["compress", "--task-default", "--task", "rt", "--out", str(tmp_path)])
+    assert seen["extra_rows_for"] == "all"
+    with pytest.raises(SystemExit):
+        cli.main(["compress", "--task-default", "--task", "rt", "--out", str(tmp_path), "--extra-rows-for", "tas"])

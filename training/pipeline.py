@@ -151,7 +151,9 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
             tokens; :class:`~costeff_fast.training.augment.Augmentation`), labelled by the teacher.
         extra_rows_for: which stages distil on the ``unlabeled`` and ``augment`` rows: ``"all"`` (the TA,
             slenderization and recovery; default) or ``"ta"`` (the TA only; slenderization and recovery distil on
-            the labelled training rows, the TA's extra knowledge reaching the student through its exits).
+            the labelled training rows, the TA's extra knowledge reaching the student through its exits). The report's
+            ``train_rows`` counts the rows the student's stages trained on, ``distillation_rows.stages`` names the
+            stages that saw the extra rows.
         front_point: write this point of the front (a name of the report's ``front.points``, e.g. ``"h3-f384"``)
             instead of the one the goal picks across widths; its threshold is still chosen for the goal. With the
             same ``work_dir`` every stage is reused and only calibration runs.
@@ -254,7 +256,7 @@ def compress(task: str | None = None, out_dir: Path | None = None, *, data=None,
                                               lr=budget.teacher_lr, device=device, autocast=autocast)["seconds"]
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True)
     distillation_info, labelled_data = None, data
-    if extra_key:  # the teacher labels the extra rows; the stages after it distil on them too
+    if extra_key:  # the teacher labels the extra rows; the TA (and, with extra_rows_for all, the rest) distil on them
         started = time.time()
         validation_keys = set(dev_inputs(splits["validation"])[0])
         data, distillation_info = distillation_rows(data, teacher, augmentation=augmentation,

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="column holding the label: strings (mapped through the teacher's label2id when it names "
                            "its classes), integer class ids or bools (default label)")
     more = parser.add_argument_group(
-        "more rows to distil on", "labelled by the teacher; used by the TA, slenderization and recovery stages")
+        "more rows to distil on",
+        "labelled by the teacher; used by the TA, slenderization and recovery stages (--extra-rows-for)")
     more.add_argument("--unlabeled-file", type=Path, default=None,
                       help="text rows without labels (.csv, .jsonl/.json, .parquet or a save_to_disk directory), "
                            "typically your production job's own rows; rows equal to a validation row are dropped")
