@@ -39,9 +39,10 @@ run trec-standard-augment2 trec standard work/trec-standard-len64-mean --augment
 # rt with three times the standard budget's 180 distillation steps after each pruning event (the lever that lifted
 # the quick-budget student with rt's standard teacher by 1.0-1.1 points at exits 5-6: bench/results/gap-levers/
 # rt-strong-quick-steps360), the target alone. Its own work directory (the stages after the teacher differ), whose
-# teacher is a hard link of rt-standard's (trained first when missing); the TA is the default recipe's.
+# teacher is a hard link of rt-standard's (when missing, rt-standard's whole front runs first: hours); the TA is
+# the default recipe's, retrained here.
 if [[ "$ONLY" == "  " || "$ONLY" == *" rt-standard-steps540 "* ]]; then
-  if [[ ! -f work/rt-standard-len64-mean/teacher/stage.json ]]; then "$0" rt-standard; fi
+  if [[ ! -f work/rt-standard-len64-mean/teacher/stage.json ]]; then bash bench/run_front.sh rt-standard; fi
   mkdir -p work/rt-standard-steps540
   if [[ ! -e work/rt-standard-steps540/teacher ]]; then
     cp -al work/rt-standard-len64-mean/teacher work/rt-standard-steps540/teacher
