@@ -66,4 +66,20 @@ if [[ "$ONLY" == "  " || "$ONLY" == *" rt-standard-steps540-hid10 "* ]]; then
 fi
 run rt-standard-steps540-hid10 rt standard work/rt-standard-steps540-hid10 --target-only --distill-steps 540 \
   --recovery-hidden-epochs 10
+# trec's augment2 front recovered with the paper's 10 hidden-state epochs (the lever that took rt-standard-steps540's
+# student within one point at 1/13.7 of the teacher's FLOPs, out of sample). Teacher, TA and both slenderized points
+# are hard links of trec-standard-augment2's (run that first), so only the extra rows, recovery and calibration run.
+if [[ "$ONLY" == "  " || "$ONLY" == *" trec-standard-augment2-hid10 "* ]]; then
+  points=work/trec-standard-len64-mean/h2-f160-rfull-uniform-front0.25-aug2
+  if [[ ! -f $points/h2-f160/slender/stage.json ]]; then bash bench/run_front.sh trec-standard-augment2; fi
+  for stage in teacher ta-aug2 ${points#work/trec-standard-len64-mean/}/h3-f384/slender \
+      ${points#work/trec-standard-len64-mean/}/h2-f160/slender; do
+    mkdir -p "$(dirname "work/trec-standard-augment2-hid10/$stage")"
+    if [[ ! -e work/trec-standard-augment2-hid10/$stage ]]; then
+      cp -al "work/trec-standard-len64-mean/$stage" "work/trec-standard-augment2-hid10/$stage"
+    fi
+  done
+fi
+run trec-standard-augment2-hid10 trec standard work/trec-standard-augment2-hid10 --augment 2 --front 0.25 \
+  --recovery-hidden-epochs 10
 run boolq-standard boolq standard work/boolq-standard-len256-mean --max-length 256 --group-by-length

@@ -5,7 +5,7 @@
 # cross-validation of that choice (report.json's calibration.out_of_sample). Every training stage is cached: only
 # calibration runs. Writes bench/results/front/<name>/target-speedup-<x>.json.
 # Usage: bench/run_targets.sh NAME...   (NAME one of trec-standard, rt-standard, boolq-standard,
-#        trec-standard-augment2, rt-standard-steps540, rt-standard-steps540-hid10)
+#        trec-standard-augment2(-hid10), rt-standard-steps540(-hid10))
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COSTEFF=${COSTEFF:-costeff-fast}
@@ -18,7 +18,9 @@ for name in "$@"; do
     rt-standard-steps540) extra=(--distill-steps 540) front=() ; work=work/rt-standard-steps540 ;;
     rt-standard-steps540-hid10) extra=(--distill-steps 540 --recovery-hidden-epochs 10) front=()
       work=work/rt-standard-steps540-hid10 ;;
-    *) echo "unknown run $name; pass trec-standard, rt-standard, boolq-standard, trec-standard-augment2 or" \
+    trec-standard-augment2-hid10) extra=(--augment 2 --recovery-hidden-epochs 10) front=(--front 0.25)
+      work=work/trec-standard-augment2-hid10 ;;
+    *) echo "unknown run $name; pass trec-standard, rt-standard, boolq-standard, trec-standard-augment2(-hid10) or" \
          "rt-standard-steps540(-hid10)" >&2
        exit 2 ;;
   esac
