@@ -55,7 +55,7 @@ def test_a_report_without_a_front_or_with_another_goal_is_refused(front_table):
         front_table.front_table(speedup_run)
 
 
-@pytest.mark.parametrize("run", ["trec-standard", "rt-standard", "trec-standard-augment2"])
+@pytest.mark.parametrize("run", ["trec-standard", "rt-standard", "trec-standard-augment2", "trec-standard-augment2-hid10"])
 def test_the_results_readme_tables_are_the_scripts_output(front_table, run):
     """Every row the script prints for a committed front report is in bench/results/README.md as printed."""
     report = json.loads((RESULTS / "front" / run / "report.json").read_text())
