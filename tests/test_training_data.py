@@ -100,10 +100,10 @@ def test_batching_and_recovery_flags_reach_the_budget_and_the_work_directory(tmp
 
     monkeypatch.setattr(pipeline, "prepare_data", stop)
     base = ["compress", "--task-default", "--task", "trec", "--budget", "standard", "--out", str(tmp_path / "o")]
-    for extra in ([], ["--group-by-length"], ["--recovery-hidden-epochs", "10"]):
+    for extra in ([], ["--group-by-length"], ["--recovery-hidden-epochs", "3"]):
         with pytest.raises(KeyboardInterrupt):
             cli.main(base + extra)
     assert [b.group_by_length for b in seen] == [False, True, False]
-    assert [b.recovery_hidden_epochs for b in seen] == [1, 1, 10]
+    assert [b.recovery_hidden_epochs for b in seen] == [10, 10, 3]  # the standard budget's 10, then the flag's
     names = {default_work_name("trec", budget, "mean") for budget in seen}
     assert len(names) == 3
