@@ -64,7 +64,10 @@ if [[ "$ONLY" == "  " || "$ONLY" == *" rt-standard-steps540-hid10 "* ]]; then
   for stage in teacher ta h2-f160-rfull-uniform/slender; do
     mkdir -p "$(dirname "work/rt-standard-steps540-hid10/$stage")"
     if [[ ! -e work/rt-standard-steps540-hid10/$stage ]]; then
-      cp -al "work/rt-standard-steps540/$stage" "work/rt-standard-steps540-hid10/$stage"
+      # hard links under a temporary name first, so an interrupted copy is never taken for a finished stage
+      rm -rf "work/rt-standard-steps540-hid10/$stage.linking"
+      cp -al "work/rt-standard-steps540/$stage" "work/rt-standard-steps540-hid10/$stage.linking"
+      mv "work/rt-standard-steps540-hid10/$stage.linking" "work/rt-standard-steps540-hid10/$stage"
     fi
   done
 fi
@@ -80,7 +83,9 @@ if [[ "$ONLY" == "  " || "$ONLY" == *" trec-standard-augment2-hid10 "* ]]; then
       ${points#work/trec-standard-len64-mean/}/h2-f160/slender; do
     mkdir -p "$(dirname "work/trec-standard-augment2-hid10/$stage")"
     if [[ ! -e work/trec-standard-augment2-hid10/$stage ]]; then
-      cp -al "work/trec-standard-len64-mean/$stage" "work/trec-standard-augment2-hid10/$stage"
+      rm -rf "work/trec-standard-augment2-hid10/$stage.linking"
+      cp -al "work/trec-standard-len64-mean/$stage" "work/trec-standard-augment2-hid10/$stage.linking"
+      mv "work/trec-standard-augment2-hid10/$stage.linking" "work/trec-standard-augment2-hid10/$stage"
     fi
   done
 fi
