@@ -20,6 +20,18 @@ run() {  # run NAME TASK BUDGET WORK [--target-only] [extra compress flags...]
   cp "work/front/$name/report.json" "work/front/$name/report.png" "bench/results/front/$name/"
   echo "$name: $((SECONDS - started)) s wall (cached stages reused)"
 }
+share() {  # share SOURCE_WORK_DIR DEST_WORK_DIR STAGE...: hard-link finished stages into another run's stage cache
+  local source=$1 dest=$2 stage; shift 2
+  for stage in "$@"; do
+    if [[ ! -e "$dest/$stage" ]]; then
+      # under a temporary name first, so an interrupted copy is never taken for a finished stage
+      mkdir -p "$(dirname "$dest/$stage")"
+      rm -rf "$dest/$stage.linking"
+      cp -al "$source/$stage" "$dest/$stage.linking"
+      mv "$dest/$stage.linking" "$dest/$stage"
+    fi
+  done
+}
 run rt-demo rt demo work/demo
 run trec-demo trec demo work/trec-demo
 run rt-quick rt quick work/rt-quick-len64-mean
@@ -46,10 +58,7 @@ run trec-standard-augment2 trec standard work/trec-standard-len64-mean --augment
 # the default recipe's, retrained here.
 if [[ "$ONLY" == "  " || "$ONLY" == *" rt-standard-steps540 "* ]]; then
   if [[ ! -f work/rt-standard-len64-mean/teacher/stage.json ]]; then bash bench/run_front.sh rt-standard; fi
-  mkdir -p work/rt-standard-steps540
-  if [[ ! -e work/rt-standard-steps540/teacher ]]; then
-    cp -al work/rt-standard-len64-mean/teacher work/rt-standard-steps540/teacher
-  fi
+  share work/rt-standard-len64-mean work/rt-standard-steps540 teacher
 fi
 run rt-standard-steps540 rt standard work/rt-standard-steps540 --target-only --distill-steps 540 \
   --recovery-hidden-epochs 1
@@ -61,15 +70,7 @@ if [[ "$ONLY" == "  " || "$ONLY" == *" rt-standard-steps540-hid10 "* ]]; then
   if [[ ! -f work/rt-standard-steps540/h2-f160-rfull-uniform/slender/stage.json ]]; then
     bash bench/run_front.sh rt-standard-steps540
   fi
-  for stage in teacher ta h2-f160-rfull-uniform/slender; do
-    mkdir -p "$(dirname "work/rt-standard-steps540-hid10/$stage")"
-    if [[ ! -e work/rt-standard-steps540-hid10/$stage ]]; then
-      # hard links under a temporary name first, so an interrupted copy is never taken for a finished stage
-      rm -rf "work/rt-standard-steps540-hid10/$stage.linking"
-      cp -al "work/rt-standard-steps540/$stage" "work/rt-standard-steps540-hid10/$stage.linking"
-      mv "work/rt-standard-steps540-hid10/$stage.linking" "work/rt-standard-steps540-hid10/$stage"
-    fi
-  done
+  share work/rt-standard-steps540 work/rt-standard-steps540-hid10 teacher ta h2-f160-rfull-uniform/slender
 fi
 run rt-standard-steps540-hid10 rt standard work/rt-standard-steps540-hid10 --target-only --distill-steps 540 \
   --recovery-hidden-epochs 10
@@ -79,15 +80,8 @@ run rt-standard-steps540-hid10 rt standard work/rt-standard-steps540-hid10 --tar
 if [[ "$ONLY" == "  " || "$ONLY" == *" trec-standard-augment2-hid10 "* ]]; then
   points=work/trec-standard-len64-mean/h2-f160-rfull-uniform-front0.25-aug2
   if [[ ! -f $points/h2-f160/slender/stage.json ]]; then bash bench/run_front.sh trec-standard-augment2; fi
-  for stage in teacher ta-aug2 ${points#work/trec-standard-len64-mean/}/h3-f384/slender \
-      ${points#work/trec-standard-len64-mean/}/h2-f160/slender; do
-    mkdir -p "$(dirname "work/trec-standard-augment2-hid10/$stage")"
-    if [[ ! -e work/trec-standard-augment2-hid10/$stage ]]; then
-      rm -rf "work/trec-standard-augment2-hid10/$stage.linking"
-      cp -al "work/trec-standard-len64-mean/$stage" "work/trec-standard-augment2-hid10/$stage.linking"
-      mv "work/trec-standard-augment2-hid10/$stage.linking" "work/trec-standard-augment2-hid10/$stage"
-    fi
-  done
+  share work/trec-standard-len64-mean work/trec-standard-augment2-hid10 teacher ta-aug2 \
+    "${points#work/trec-standard-len64-mean/}/h3-f384/slender" "${points#work/trec-standard-len64-mean/}/h2-f160/slender"
 fi
 run trec-standard-augment2-hid10 trec standard work/trec-standard-augment2-hid10 --augment 2 --front 0.25 \
   --recovery-hidden-epochs 10
